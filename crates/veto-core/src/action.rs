@@ -1,0 +1,244 @@
+//! Action patterns. An action is a string such as `http:GET:/orders/7`;
+//! segments are separated by `:` or `/`. A pattern may end a segment with
+//! `*`: at the very end of the pattern `*` matches any rest (so `http:GET:/*`
+//! covers every GET path and `*` covers everything); elsewhere it matches the
+//! rest of one segment (`http:*:/health` covers any method on `/health`).
+//!
+//! Because a mid-pattern `*` is always followed by a separator, matching and
+//! containment are both single left-to-right passes, with no backtracking.
+
+use std::fmt;
+
+/// Limits on a pattern.
+pub const MAX_PATTERN_BYTES: usize = 256;
+
+/// Why a pattern was rejected.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PatternError {
+    /// The pattern is empty.
+    #[error("empty action pattern")]
+    Empty,
+    /// The pattern is too long.
+    #[error("action pattern of {0} bytes, over the 256-byte limit")]
+    TooLong(usize),
+    /// A `*` is not at the end of a segment.
+    #[error("action pattern `{0}`: `*` may only end a segment (followed by `:`, `/` or the end)")]
+    MisplacedStar(String),
+    /// Control characters are not allowed.
+    #[error("action pattern `{0}` contains a control character")]
+    Control(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tok {
+    Lit(u8),
+    /// Rest of one segment: `[^:/]*`.
+    Seg,
+    /// Any rest: `.*`.
+    Tail,
+}
+
+fn is_sep(b: u8) -> bool {
+    b == b':' || b == b'/'
+}
+
+/// A validated action pattern.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Pattern {
+    text: String,
+    toks: Vec<Tok>,
+}
+
+impl fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pattern({:?})", self.text)
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Pattern {
+    /// Parses and validates a pattern.
+    pub fn parse(text: &str) -> Result<Self, PatternError> {
+        let bytes = text.as_bytes();
+        if bytes.is_empty() {
+            return Err(PatternError::Empty);
+        }
+        if bytes.len() > MAX_PATTERN_BYTES {
+            return Err(PatternError::TooLong(bytes.len()));
+        }
+        let mut toks = Vec::with_capacity(bytes.len());
+        for (i, &b) in bytes.iter().enumerate() {
+            if b.is_ascii_control() {
+                return Err(PatternError::Control(text.into()));
+            }
+            toks.push(match (b, bytes.get(i + 1)) {
+                (b'*', None) => Tok::Tail,
+                (b'*', Some(&next)) if is_sep(next) => Tok::Seg,
+                (b'*', Some(_)) => return Err(PatternError::MisplacedStar(text.into())),
+                (b, _) => Tok::Lit(b),
+            });
+        }
+        Ok(Self { text: text.into(), toks })
+    }
+
+    /// The pattern text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether the concrete `action` matches (a `*` in an action is literal).
+    pub fn matches(&self, action: &str) -> bool {
+        let a = action.as_bytes();
+        covers(&self.toks, a.len(), |j| Tok::Lit(a[j]))
+    }
+
+    /// Whether every action `other` matches is matched by `self`.
+    pub fn covers(&self, other: &Pattern) -> bool {
+        covers(&self.toks, other.toks.len(), |j| other.toks[j])
+    }
+}
+
+/// `L(c) ⊆ L(p)`, with `c` given by length and accessor so a literal action
+/// needs no token vector.
+fn covers(p: &[Tok], c_len: usize, c: impl Fn(usize) -> Tok) -> bool {
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match p.get(i) {
+            None => return j == c_len,
+            Some(Tok::Tail) => return true,
+            Some(Tok::Lit(x)) => {
+                if j < c_len && c(j) == Tok::Lit(*x) {
+                    i += 1;
+                    j += 1;
+                } else {
+                    return false;
+                }
+            }
+            Some(Tok::Seg) => {
+                // A segment star is followed by a separator in `p`, so
+                // consuming greedily up to the next separator is exact.
+                while j < c_len {
+                    match c(j) {
+                        Tok::Lit(y) if !is_sep(y) => j += 1,
+                        Tok::Seg => j += 1,
+                        _ => break,
+                    }
+                }
+                i += 1;
+            }
+        }
+    }
+}
+
+/// A set of permitted actions (a warrant's `act`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ActionSet {
+    patterns: Vec<Pattern>,
+}
+
+/// Most patterns one warrant may carry.
+pub const MAX_PATTERNS: usize = 64;
+
+impl ActionSet {
+    /// Parses every pattern; at most [`MAX_PATTERNS`].
+    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Self, PatternError> {
+        if patterns.len() > MAX_PATTERNS {
+            return Err(PatternError::TooLong(patterns.len()));
+        }
+        let patterns = patterns.iter().map(|p| Pattern::parse(p.as_ref())).collect::<Result<_, _>>()?;
+        Ok(Self { patterns })
+    }
+
+    /// The patterns.
+    pub fn patterns(&self) -> &[Pattern] {
+        &self.patterns
+    }
+
+    /// Whether some pattern matches `action`.
+    pub fn allows(&self, action: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(action))
+    }
+
+    /// Whether every pattern of `self` is covered by some pattern of `parent`.
+    pub fn is_subset_of(&self, parent: &ActionSet) -> bool {
+        self.patterns.iter().all(|c| parent.patterns.iter().any(|p| p.covers(c)))
+    }
+
+    /// The first pattern of `self` that `parent` does not cover.
+    pub fn first_uncovered<'a>(&'a self, parent: &ActionSet) -> Option<&'a Pattern> {
+        self.patterns.iter().find(|c| !parent.patterns.iter().any(|p| p.covers(c)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn p(s: &str) -> Pattern {
+        Pattern::parse(s).unwrap()
+    }
+
+    #[test]
+    fn matching() {
+        assert!(p("*").matches("http:GET:/a/b"));
+        assert!(p("http:GET:/orders/*").matches("http:GET:/orders/7/items"));
+        assert!(!p("http:GET:/orders/*").matches("http:GET:/order"));
+        assert!(p("http:*:/health").matches("http:POST:/health"));
+        assert!(!p("http:*:/health").matches("http:POST:/x/health"));
+        assert!(p("read:ord*").matches("read:orders:7"));
+        assert!(p("a:b").matches("a:b"));
+        assert!(!p("a:b").matches("a:bc"));
+    }
+
+    #[test]
+    fn containment() {
+        assert!(p("*").covers(&p("http:*:/x")));
+        assert!(p("http:*").covers(&p("http:GET:/*")));
+        assert!(p("http:*:/x").covers(&p("http:GET:/x")));
+        assert!(p("http:*:/x").covers(&p("http:G*:/x")));
+        assert!(!p("http:GET:/x").covers(&p("http:*:/x")));
+        assert!(!p("http:*:/x").covers(&p("http:*")));
+        assert!(!p("http:GET:/*").covers(&p("http:*")));
+        assert!(!p("a:*:b").covers(&p("a:*")));
+    }
+
+    #[test]
+    fn misplaced_star() {
+        assert!(matches!(Pattern::parse("a*b"), Err(PatternError::MisplacedStar(_))));
+        assert!(matches!(Pattern::parse(""), Err(PatternError::Empty)));
+    }
+
+    fn action_text(min: usize) -> impl Strategy<Value = String> {
+        proptest::collection::vec(prop_oneof!["a", "b", ":", "/"], min..8).prop_map(|v| v.concat())
+    }
+
+    fn pattern_text() -> impl Strategy<Value = String> {
+        proptest::collection::vec(prop_oneof!["a", "b", ":", "/", "*"], 1..8)
+            .prop_map(|v| v.concat())
+            .prop_filter("valid", |s| Pattern::parse(s).is_ok())
+    }
+
+    proptest! {
+        // Soundness of containment: if p covers c, every action c matches, p matches.
+        #[test]
+        fn covers_is_sound(pt in pattern_text(), ct in pattern_text(), action in action_text(0)) {
+            let (pp, cp) = (p(&pt), p(&ct));
+            if pp.covers(&cp) && cp.matches(&action) {
+                prop_assert!(pp.matches(&action), "{pt} covers {ct} but not {action}");
+            }
+        }
+
+        // A literal pattern covers exactly what it matches.
+        #[test]
+        fn literal_containment_is_matching(pt in pattern_text(), action in action_text(1)) {
+            let lit = p(&action);
+            prop_assert_eq!(p(&pt).covers(&lit), p(&pt).matches(&action));
+        }
+    }
+}

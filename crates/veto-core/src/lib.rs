@@ -1,0 +1,35 @@
+//! veto's core: the formats and rules every part shares, as pure functions
+//! and state machines. No network, no async runtime, no clock of its own:
+//! time is passed in, bytes are passed in, values come out.
+//!
+//! - [`keys`]: Ed25519 keys as JWKs, RFC 7638 thumbprints, [`KeyResolver`].
+//! - [`jws`]: compact JWS sign/verify with `alg`/`typ` checked first.
+//! - [`warrant`]: minting, delegating, parsing and verifying chains.
+//! - [`srl`]: deltas, snapshots and checkpoints: [`SrlSigner`], [`SrlVerifier`].
+//! - [`SrlState`]: applying them (no rollback, gaps, equivocation, freshness).
+//! - [`Checker`]: the per-request [`Decision`].
+
+mod action;
+mod b64;
+mod clock;
+mod decision;
+mod entry;
+pub mod jws;
+pub mod keyfile;
+mod keys;
+mod set;
+pub mod srl;
+mod state;
+pub mod warrant;
+
+pub use action::{ActionSet, Pattern, PatternError};
+#[cfg(any(test, feature = "test-util"))]
+pub use clock::ManualClock;
+pub use clock::{Clock, SystemClock};
+pub use decision::{CheckConfig, Checker, Decision, Denial, DenyReason, StalenessPolicy};
+pub use entry::{Digest, Entry, EntryError, EntryKind, Reason, Removed, MAX_ENTRY_ID_BYTES};
+pub use keys::{thumbprint, Jwk, KeyError, KeyResolver, KeySet, PublicKey, SigningKey};
+pub use set::RevocationSet;
+pub use srl::{Head, SrlError, SrlLimits, SrlSigner, SrlVerifier, VerifiedCheckpoint, VerifiedDelta, VerifiedSnapshot};
+pub use state::{Applied, ApplyError, Attestation, SrlState};
+pub use warrant::{LinkSpec, ParsedChain, VerifiedChain, WarrantError};
