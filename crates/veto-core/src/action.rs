@@ -215,11 +215,11 @@ mod tests {
     }
 
     fn action_text(min: usize) -> impl Strategy<Value = String> {
-        proptest::collection::vec(prop_oneof!["a", "b", ":", "/"], min..8).prop_map(|v| v.concat())
+        proptest::collection::vec(proptest::sample::select(vec!["a", "b", ":", "/"]), min..8).prop_map(|v| v.concat())
     }
 
     fn pattern_text() -> impl Strategy<Value = String> {
-        proptest::collection::vec(prop_oneof!["a", "b", ":", "/", "*"], 1..8)
+        proptest::collection::vec(proptest::sample::select(vec!["a", "b", ":", "/", "*"]), 1..8)
             .prop_map(|v| v.concat())
             .prop_filter("valid", |s| Pattern::parse(s).is_ok())
     }

@@ -1,0 +1,58 @@
+//! `veto issue --offline`: mint a root warrant with a local issuer key.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use veto_core::{keyfile, warrant, LinkSpec};
+
+use crate::util;
+
+#[derive(Args, Debug)]
+pub struct IssueArgs {
+    /// Sign locally with `--issuer-key` instead of asking a registry.
+    #[arg(long)]
+    offline: bool,
+    /// The issuer's private key file (with `--offline`).
+    #[arg(long, required_if_eq("offline", "true"))]
+    issuer_key: Option<PathBuf>,
+    /// The issuer name written as `iss`.
+    #[arg(long, default_value = "veto")]
+    iss: String,
+    /// The agent id (`sub`).
+    #[arg(long)]
+    agent: String,
+    /// Permitted action patterns, e.g. `http:GET:/orders/*`.
+    #[arg(long = "act", num_args = 1.., required = true)]
+    act: Vec<String>,
+    /// Lifetime, e.g. `15m`, `12h`.
+    #[arg(long, value_parser = util::parse_duration)]
+    ttl: u64,
+    /// The holder's key file (public or private JWK), bound as `cnf` so the
+    /// holder can delegate.
+    #[arg(long)]
+    holder_key: Option<PathBuf>,
+}
+
+pub fn run(a: IssueArgs) -> anyhow::Result<()> {
+    if !a.offline {
+        bail!("online issuance needs a running registry (`veto serve`); to sign locally pass `--offline --issuer-key FILE`");
+    }
+    let issuer_path = a.issuer_key.context("`--offline` needs `--issuer-key FILE`")?;
+    let issuer = keyfile::read_signing_key(&issuer_path)?;
+    let holder = a.holder_key.as_deref().map(keyfile::read_public_key).transpose()?;
+    let now = util::now();
+    let chain = warrant::mint_root(
+        &issuer,
+        &a.iss,
+        LinkSpec {
+            sub: a.agent,
+            act: a.act,
+            iat: now,
+            exp: now + a.ttl,
+            holder,
+        },
+    )?;
+    println!("{chain}");
+    Ok(())
+}

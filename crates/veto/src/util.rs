@@ -1,0 +1,87 @@
+//! Small helpers shared by subcommands.
+
+use std::io::Read as _;
+
+use anyhow::{bail, Context as _};
+use veto_core::{Clock as _, SystemClock};
+
+/// Now, in Unix seconds.
+pub fn now() -> u64 {
+    SystemClock.now()
+}
+
+/// Parses a duration such as `90`, `90s`, `15m`, `12h`, `30d`.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration `{text}`: expected a number with an optional unit s, m, h or d, such as `15m`"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("invalid duration unit in `{text}`: use s, m, h or d")),
+    };
+    n.checked_mul(mult).filter(|&s| s > 0).ok_or_else(|| format!("duration `{text}` must be positive and not overflow"))
+}
+
+/// Reads a chain given on the command line, as `@FILE`, or as `-` for stdin.
+pub fn read_chain(arg: &str) -> anyhow::Result<String> {
+    let text = if arg == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("reading the chain from standard input")?;
+        s
+    } else if let Some(path) = arg.strip_prefix('@') {
+        std::fs::read_to_string(path).with_context(|| format!("reading the chain from `{path}`"))?
+    } else {
+        arg.to_owned()
+    };
+    let text = text.trim();
+    let text = text.strip_prefix("Bearer ").unwrap_or(text);
+    if text.is_empty() {
+        bail!("the chain is empty");
+    }
+    Ok(text.to_owned())
+}
+
+/// Formats a Unix time as RFC 3339 UTC.
+pub fn rfc3339(t: u64) -> String {
+    let days = t / 86_400;
+    let rem = t % 86_400;
+    // Civil-from-days (H. Hinnant), valid for the Unix era.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("15m"), Ok(900));
+        assert_eq!(parse_duration("2d"), Ok(172_800));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_800_000_000), "2027-01-15T08:00:00Z");
+    }
+}
