@@ -1,6 +1,8 @@
 //! The `veto` command line: one module per subcommand.
 
+mod client;
 mod cmd;
+mod logging;
 mod util;
 
 use clap::Parser as _;

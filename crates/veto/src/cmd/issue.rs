@@ -6,11 +6,12 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use veto_core::{keyfile, warrant, LinkSpec};
 
+use crate::client::{Client, RegistryArgs};
 use crate::util;
 
 #[derive(Args, Debug)]
 pub struct IssueArgs {
-    /// Sign locally with `--issuer-key` instead of asking a registry.
+    /// Sign locally with `--issuer-key` instead of asking the registry.
     #[arg(long)]
     offline: bool,
     /// The issuer's private key file (with `--offline`).
@@ -32,11 +33,22 @@ pub struct IssueArgs {
     /// holder can delegate.
     #[arg(long)]
     holder_key: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 pub fn run(a: IssueArgs) -> anyhow::Result<()> {
     if !a.offline {
-        bail!("online issuance needs a running registry (`veto serve`); to sign locally pass `--offline --issuer-key FILE`");
+        let mut body = serde_json::json!({"agent": a.agent, "act": a.act, "ttl": a.ttl});
+        if let Some(p) = &a.holder_key {
+            body["holder_key"] = serde_json::to_value(keyfile::read_public_key(p)?.to_jwk())?;
+        }
+        let resp = Client::new(&a.registry)?.post("/v1/warrants", &body)?;
+        let Some(chain) = resp["warrant"].as_str() else {
+            bail!("the registry answered without a warrant");
+        };
+        println!("{chain}");
+        return Ok(());
     }
     let issuer_path = a.issuer_key.context("`--offline` needs `--issuer-key FILE`")?;
     let issuer = keyfile::read_signing_key(&issuer_path)?;

@@ -6,6 +6,8 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use veto_core::{keyfile, SigningKey};
 
+use crate::client::{Client, RegistryArgs};
+
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
     /// Generate a new Ed25519 private key as a JWK file (mode 0600).
@@ -22,6 +24,24 @@ pub enum KeysCommand {
         /// A private or public JWK file.
         file: PathBuf,
     },
+    /// Add a new issuer key at the registry; new warrants are signed with
+    /// it, warrants signed with older keys stay valid until those are retired.
+    Rotate {
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Retire an issuer key: it leaves the JWKS and stops being trusted.
+    Retire {
+        /// The key's thumbprint.
+        kid: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// List the registry's issuer keys.
+    List {
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
 }
 
 pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
@@ -34,6 +54,22 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             }
             println!("{}", key.kid());
             eprintln!("wrote private key `{}` (kid {})", out.display(), key.kid());
+            Ok(())
+        }
+        KeysCommand::Rotate { registry } => {
+            let resp = Client::new(&registry)?.post("/v1/issuer-keys", &serde_json::json!({}))?;
+            println!("{}", resp["kid"].as_str().unwrap_or_default());
+            eprintln!("new issuer key added; older keys stay trusted until `veto keys retire KID`");
+            Ok(())
+        }
+        KeysCommand::Retire { kid, registry } => {
+            Client::new(&registry)?.delete(&format!("/v1/issuer-keys/{kid}"))?;
+            println!("retired issuer key {kid}");
+            Ok(())
+        }
+        KeysCommand::List { registry } => {
+            let resp = Client::new(&registry)?.get("/v1/issuer-keys", true)?;
+            println!("{}", serde_json::to_string_pretty(&resp["keys"])?);
             Ok(())
         }
         KeysCommand::Show { file } => {

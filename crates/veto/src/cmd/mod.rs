@@ -6,6 +6,9 @@ mod delegate;
 mod inspect;
 mod issue;
 mod keys;
+mod revoke;
+mod serve;
+mod srl;
 
 /// veto: instant, provable credential revocation for AI agents.
 #[derive(Parser, Debug)]
@@ -26,6 +29,16 @@ enum Command {
     Delegate(delegate::DelegateArgs),
     /// Decode and explain a chain without trusting it.
     Inspect(inspect::InspectArgs),
+    /// Run the registry (SQLite store, SSE push) on this machine.
+    Serve(serve::ServeArgs),
+    /// Revoke a warrant, an agent or a key at the registry.
+    Revoke(revoke::RevokeArgs),
+    /// The registry's audit log.
+    #[command(subcommand)]
+    Revocations(revoke::RevocationsCommand),
+    /// The published revocation state.
+    #[command(subcommand)]
+    Srl(srl::SrlCommand),
 }
 
 /// Runs a parsed command line.
@@ -35,5 +48,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Issue(a) => issue::run(a),
         Command::Delegate(a) => delegate::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Revoke(a) => revoke::run(a),
+        Command::Revocations(c) => revoke::run_list(c),
+        Command::Srl(c) => srl::run(c),
     }
 }

@@ -1,0 +1,582 @@
+//! The HTTP surface (DESIGN 6). Every error is `{"error": code, "message":
+//! text}` with a stable code; nothing is written for a refused request.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use veto_core::{warrant, Entry, EntryKind, Jwk, LinkSpec, PublicKey, Reason, SigningKey};
+
+use crate::metrics::Code;
+use crate::store::{AuditFilter, NewEntry};
+use crate::{Event, Inner, IssuerKey, WriteJob};
+
+/// Largest request body.
+pub const MAX_BODY: usize = 1 << 20;
+/// Most entries in one revocation request.
+pub const MAX_BATCH: usize = 10_000;
+/// Most deltas in one response.
+pub const MAX_DELTAS: usize = 1000;
+/// Longest warrant lifetime the registry mints.
+pub const MAX_TTL: u64 = 366 * 86_400;
+
+type Shared = Arc<Inner>;
+
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+    err(StatusCode::BAD_REQUEST, code, message)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": self.code, "message": self.message}))).into_response()
+    }
+}
+
+/// A JSON body: size-limited, strict, errors in the API's shape.
+pub(crate) struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                err(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body is over the {MAX_BODY}-byte limit: send fewer entries per request"))
+            } else {
+                bad("bad_body", format!("could not read the request body: {e}"))
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| bad("invalid_json", format!("invalid JSON body: {e}")))
+    }
+}
+
+pub(crate) fn router(inner: Shared, stop: watch::Receiver<bool>) -> Router {
+    let admin = Router::new()
+        .route("/v1/revocations", post(revoke).get(audit))
+        .route("/v1/warrants", post(mint))
+        .route("/v1/issuer-keys", post(add_issuer_key).get(list_issuer_keys))
+        .route("/v1/issuer-keys/{kid}", delete(retire_issuer_key))
+        .route_layer(middleware::from_fn_with_state(inner.clone(), require_admin));
+    Router::new()
+        .merge(admin)
+        .route("/v1/srl", get(snapshot))
+        .route("/v1/srl/deltas", get(deltas))
+        .route("/v1/srl/checkpoint", get(checkpoint))
+        .route("/v1/srl/events", get(events))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/v1/authority", get(authority))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { err(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::Extension(stop))
+        .with_state(inner)
+}
+
+async fn require_admin(State(inner): State<Shared>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let hint = match &inner.admin_token_path {
+        Some(p) => format!(" (the token is in `{}`)", p.display()),
+        None => " (the token is the registry's VETO_ADMIN_TOKEN)".into(),
+    };
+    let Some(given) = given else {
+        inner.metrics.errors.get_or_create(&Code { code: "unauthorized".into() }).inc();
+        return err(StatusCode::UNAUTHORIZED, "unauthorized", format!("missing admin token: send `Authorization: Bearer <token>`{hint}")).into_response();
+    };
+    // Compare digests in constant time: no early exit on the first differing byte.
+    let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+    let diff = digest.iter().zip(inner.admin_token_hash.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    if diff != 0 {
+        inner.metrics.errors.get_or_create(&Code { code: "unauthorized".into() }).inc();
+        return err(StatusCode::UNAUTHORIZED, "unauthorized", format!("wrong admin token{hint}")).into_response();
+    }
+    next.run(req).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    entries: Vec<RevokeEntry>,
+    #[serde(default)]
+    actor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeEntry {
+    kind: String,
+    id: String,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    before: Option<u64>,
+    #[serde(default)]
+    expires_at: Option<u64>,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+fn validate(req: RevokeRequest, now: u64) -> Result<(Vec<NewEntry>, String), ApiError> {
+    if req.entries.is_empty() {
+        return Err(bad("no_entries", "`entries` is empty: give at least one entry to revoke"));
+    }
+    if req.entries.len() > MAX_BATCH {
+        return Err(bad("batch_too_large", format!("{} entries, over the limit of {MAX_BATCH} per request: split the batch", req.entries.len())));
+    }
+    let actor = req.actor.unwrap_or_else(|| "admin".into());
+    if actor.is_empty() || actor.len() > 128 {
+        return Err(bad("invalid_actor", "`actor` must be 1 to 128 bytes"));
+    }
+    let mut out = Vec::with_capacity(req.entries.len());
+    for (i, e) in req.entries.into_iter().enumerate() {
+        let kind = EntryKind::parse(&e.kind)
+            .ok_or_else(|| bad("unknown_kind", format!("entry {i}: unknown kind `{}`: expected `warrant`, `agent` or `key`", e.kind)))?;
+        let reason = match e.reason.as_deref() {
+            None => Reason::Unspecified,
+            Some(r) => Reason::parse(r).ok_or_else(|| {
+                let all: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+                bad("unknown_reason", format!("entry {i}: unknown reason `{r}`: expected one of {}", all.join(", ")))
+            })?,
+        };
+        if e.id.is_empty() {
+            return Err(bad("invalid_id", format!("entry {i}: `id` is empty")));
+        }
+        if e.id.len() > veto_core::MAX_ENTRY_ID_BYTES {
+            return Err(bad("invalid_id", format!("entry {i}: `id` is {} bytes, over the 256-byte limit", e.id.len())));
+        }
+        match (kind, e.before) {
+            (EntryKind::Agent, None) => {
+                return Err(bad("missing_before", format!("entry {i}: an agent entry needs `before` (revoke credentials issued at or before this Unix time)")))
+            }
+            (EntryKind::Warrant | EntryKind::Key, Some(_)) => {
+                return Err(bad("unexpected_before", format!("entry {i}: `before` applies only to agent entries")))
+            }
+            _ => {}
+        }
+        if let Some(exp) = e.expires_at {
+            if exp <= now {
+                return Err(bad("invalid_expires_at", format!("entry {i}: `expires_at` {exp} is not in the future")));
+            }
+        }
+        if e.note.as_ref().is_some_and(|n| n.len() > 1024) {
+            return Err(bad("invalid_note", format!("entry {i}: `note` is over 1024 bytes")));
+        }
+        out.push(NewEntry {
+            entry: Entry {
+                kind,
+                id: e.id,
+                reason,
+                revoked_at: now,
+                before: e.before,
+                expires_at: e.expires_at,
+            },
+            note: e.note,
+        });
+    }
+    Ok((out, actor))
+}
+
+async fn revoke(State(inner): State<Shared>, JsonBody(req): JsonBody<RevokeRequest>) -> Result<Response, ApiError> {
+    let (entries, actor) = validate(req, inner.now()).inspect_err(|e| {
+        inner.metrics.errors.get_or_create(&Code { code: e.code.into() }).inc();
+    })?;
+    let (reply, rx) = oneshot::channel();
+    inner
+        .writes
+        .send(WriteJob::Revoke { entries, actor, reply })
+        .await
+        .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the registry is shutting down; retry against another replica"))?;
+    let committed = rx
+        .await
+        .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the registry is shutting down; retry"))?
+        .map_err(|e| {
+            inner.metrics.errors.get_or_create(&Code { code: "store_unavailable".into() }).inc();
+            err(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("the revocation was NOT recorded: {e}; retry once the store is writable"))
+        })?;
+    let body = |version| Json(json!({"version": version, "entries": committed.entries}));
+    Ok(match &committed.new_version {
+        Some((ver, _, _)) => (StatusCode::CREATED, body(*ver)).into_response(),
+        None => {
+            let ver = committed.entries.iter().map(|e| e.version).max().unwrap_or(0);
+            (StatusCode::OK, body(ver)).into_response()
+        }
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    kind: Option<String>,
+    id: Option<String>,
+    since: Option<u64>,
+    until: Option<u64>,
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn audit(State(inner): State<Shared>, query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| bad("invalid_query", format!("{}", e.body_text())))?;
+    if let Some(k) = &q.kind {
+        EntryKind::parse(k).ok_or_else(|| bad("unknown_kind", format!("unknown kind `{k}`: expected `warrant`, `agent` or `key`")))?;
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad("invalid_limit", "`limit` must be 1 to 1000"));
+    }
+    let filter = AuditFilter {
+        kind: q.kind,
+        id: q.id,
+        since: q.since,
+        until: q.until,
+        after: q.after,
+        limit,
+    };
+    let store = inner.store.clone();
+    let items = tokio::task::spawn_blocking(move || store.audit_log(&filter))
+        .await
+        .map_err(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", "audit query failed"))?
+        .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()))?;
+    let next = (items.len() == limit as usize).then(|| items.last().map(|r| r.seq)).flatten();
+    Ok(Json(json!({"items": items, "next": next})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintRequest {
+    agent: String,
+    act: Vec<String>,
+    ttl: u64,
+    #[serde(default)]
+    holder_key: Option<Jwk>,
+}
+
+async fn mint(State(inner): State<Shared>, JsonBody(req): JsonBody<MintRequest>) -> Result<Response, ApiError> {
+    if req.agent.is_empty() || req.agent.len() > 256 {
+        return Err(bad("invalid_agent", "`agent` must be 1 to 256 bytes"));
+    }
+    if req.act.is_empty() {
+        return Err(bad("invalid_act", "`act` is empty: give at least one action pattern"));
+    }
+    veto_core::ActionSet::parse(&req.act).map_err(|e| bad("invalid_act", e.to_string()))?;
+    if req.ttl == 0 || req.ttl > MAX_TTL {
+        return Err(bad("invalid_ttl", format!("`ttl` must be 1 to {MAX_TTL} seconds")));
+    }
+    let holder = req
+        .holder_key
+        .as_ref()
+        .map(PublicKey::from_jwk)
+        .transpose()
+        .map_err(|e| bad("invalid_holder_key", format!("`holder_key`: {e}")))?;
+    let now = inner.now();
+    let chain = {
+        let issuers = inner.issuers.read().unwrap_or_else(|p| p.into_inner());
+        let trusted = inner.trusted_issuers();
+        let key = issuers
+            .iter()
+            .rev()
+            .find(|k| trusted.iter().any(|t| t.kid() == k.key.kid()))
+            .ok_or_else(|| err(StatusCode::CONFLICT, "no_issuer_key", "no trusted issuer key: add one with `veto keys rotate`"))?;
+        warrant::mint_root(
+            &key.key,
+            inner.signer.iss(),
+            LinkSpec {
+                sub: req.agent.clone(),
+                act: req.act,
+                iat: now,
+                exp: now + req.ttl,
+                holder,
+            },
+        )
+        .map_err(|e| bad("invalid_warrant", e.to_string()))?
+    };
+    let parsed = veto_core::ParsedChain::parse(&chain).map_err(|d| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", d.message))?;
+    let jti = parsed.root().claims().jti.clone();
+    let store = inner.store.clone();
+    let (j, agent) = (jti.clone(), req.agent);
+    let _ = tokio::task::spawn_blocking(move || store.audit(now, "admin", "mint", Some(&j), Some(&agent))).await;
+    Ok((StatusCode::CREATED, Json(json!({"warrant": chain, "jti": jti, "exp": now + req.ttl}))).into_response())
+}
+
+async fn add_issuer_key(State(inner): State<Shared>) -> Result<Response, ApiError> {
+    let key = SigningKey::generate().map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let jwk = serde_json::to_string(&key.to_private_jwk()).unwrap_or_default();
+    let now = inner.now();
+    let store = inner.store.clone();
+    let kid = key.kid().to_owned();
+    tokio::task::spawn_blocking(move || store.add_issuer_key(&kid, &jwk, now, "admin"))
+        .await
+        .map_err(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not add the key"))?
+        .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()))?;
+    let public = key.public().to_jwk();
+    inner.issuers.write().unwrap_or_else(|p| p.into_inner()).push(IssuerKey {
+        key,
+        added_at: now,
+        retired_at: None,
+    });
+    Ok((StatusCode::CREATED, Json(json!({"kid": public.kid, "jwk": public}))).into_response())
+}
+
+async fn list_issuer_keys(State(inner): State<Shared>) -> Response {
+    let trusted = inner.trusted_issuers();
+    let keys: Vec<_> = inner
+        .issuers
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|k| {
+            json!({
+                "kid": k.key.kid(),
+                "added_at": k.added_at,
+                "retired_at": k.retired_at,
+                "trusted": trusted.iter().any(|t| t.kid() == k.key.kid()),
+            })
+        })
+        .collect();
+    Json(json!({"keys": keys})).into_response()
+}
+
+async fn retire_issuer_key(State(inner): State<Shared>, axum::extract::Path(kid): axum::extract::Path<String>) -> Result<Response, ApiError> {
+    let now = inner.now();
+    let store = inner.store.clone();
+    let k = kid.clone();
+    let retired = tokio::task::spawn_blocking(move || store.retire_issuer_key(&k, now, "admin"))
+        .await
+        .map_err(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not retire the key"))?
+        .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()))?;
+    if !retired {
+        return Err(err(StatusCode::NOT_FOUND, "unknown_key", format!("no active issuer key `{kid}`")));
+    }
+    for k in inner.issuers.write().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+        if k.key.kid() == kid {
+            k.retired_at = Some(now);
+        }
+    }
+    Ok(Json(json!({"kid": kid, "retired_at": now})).into_response())
+}
+
+const JOSE: &str = "application/jose";
+
+async fn snapshot(State(inner): State<Shared>, headers: HeaderMap) -> Response {
+    let snap = inner.snapshot().await;
+    let etag = format!("\"{}\"", snap.ver);
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut resp = if matches {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let gzip = headers
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|e| e.trim().split(';').next() == Some("gzip")));
+        let mut r = if gzip {
+            let mut r = Response::new(Body::from(snap.gzip.clone()));
+            r.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            r
+        } else {
+            Response::new(Body::from(snap.jws.clone()))
+        };
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(JOSE));
+        r
+    };
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+#[derive(Deserialize)]
+struct DeltasQuery {
+    since: Option<String>,
+}
+
+async fn deltas(State(inner): State<Shared>, Query(q): Query<DeltasQuery>) -> Result<Response, ApiError> {
+    let since: u64 = q
+        .since
+        .as_deref()
+        .ok_or_else(|| bad("missing_since", "give `since=N`, the version you have applied"))?
+        .parse()
+        .map_err(|_| bad("invalid_since", "`since` must be a non-negative integer version"))?;
+    let upto = inner.read_current().ver;
+    let store = inner.store.clone();
+    let list = tokio::task::spawn_blocking(move || store.deltas(since, upto, MAX_DELTAS))
+        .await
+        .map_err(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", "delta query failed"))?
+        .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()))?;
+    match list {
+        Some(list) => Ok(Json(json!({"deltas": list.into_iter().map(|(_, j)| j).collect::<Vec<_>>()})).into_response()),
+        None => Err(err(StatusCode::GONE, "gone", format!("deltas after version {since} are no longer retained: fetch the snapshot at /v1/srl"))),
+    }
+}
+
+async fn checkpoint(State(inner): State<Shared>) -> Response {
+    let (_, jws) = inner.checkpoint();
+    ([(header::CONTENT_TYPE, JOSE), (header::CACHE_CONTROL, "no-cache")], jws.to_string()).into_response()
+}
+
+async fn jwks(State(inner): State<Shared>) -> Response {
+    let keys: Vec<Jwk> = inner.trusted_issuers().iter().map(PublicKey::to_jwk).collect();
+    Json(json!({"keys": keys})).into_response()
+}
+
+async fn authority(State(inner): State<Shared>) -> Response {
+    Json(json!({"iss": inner.signer.iss(), "keys": [inner.signer.key().public().to_jwk()]})).into_response()
+}
+
+async fn healthz(State(inner): State<Shared>) -> Response {
+    Json(json!({"status": "ok", "version": inner.read_current().ver})).into_response()
+}
+
+async fn metrics(State(inner): State<Shared>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], inner.metrics.encode()).into_response()
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    since: Option<u64>,
+}
+
+struct SubscriberGuard(Shared);
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.0.metrics.subscribers.dec();
+    }
+}
+
+fn sse(kind: &str, ver: u64, data: &str) -> SseEvent {
+    SseEvent::default().event(kind).id(ver.to_string()).data(data)
+}
+
+/// SSE: resume from `Last-Event-ID` (or `?since=N`) by replaying missed
+/// deltas in order, or a snapshot when they are gone; then a checkpoint;
+/// then live deltas and a checkpoint every heartbeat. A subscriber that
+/// falls behind the live buffer is sent a snapshot instead.
+async fn events(
+    State(inner): State<Shared>,
+    axum::Extension(stop): axum::Extension<watch::Receiver<bool>>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let Query(q) = query.map_err(|_| bad("invalid_since", "`since` must be a non-negative integer version"))?;
+    let since = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| bad("invalid_last_event_id", "`Last-Event-ID` must be a version number"))?,
+        ),
+        None => q.since,
+    };
+    if inner.metrics.subscribers.get() as usize >= inner.config.max_subscribers {
+        inner.metrics.errors.get_or_create(&Code { code: "too_many_subscribers".into() }).inc();
+        return Err(err(StatusCode::SERVICE_UNAVAILABLE, "too_many_subscribers", "the registry is at its subscriber limit: retry later or poll /v1/srl/deltas"));
+    }
+    inner.metrics.subscribers.inc();
+    let guard = SubscriberGuard(inner.clone());
+    // Subscribe before reading the version, so nothing committed in between is missed.
+    let live = inner.events.subscribe();
+    let (tx, rx) = mpsc::channel::<SseEvent>(64);
+    tokio::spawn(feed(inner, guard, live, tx, since, stop));
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) });
+    Ok(Sse::new(stream))
+}
+
+async fn send_snapshot(inner: &Shared, tx: &mpsc::Sender<SseEvent>) -> Option<u64> {
+    let snap = inner.snapshot().await;
+    let text = std::str::from_utf8(&snap.jws).ok()?;
+    tx.send(sse("snapshot", snap.ver, text)).await.ok()?;
+    Some(snap.ver)
+}
+
+async fn feed(inner: Shared, _guard: SubscriberGuard, mut live: broadcast::Receiver<Event>, tx: mpsc::Sender<SseEvent>, since: Option<u64>, mut stop: watch::Receiver<bool>) {
+    let current = inner.read_current().ver;
+    let mut sent = current;
+    if let Some(since) = since.filter(|s| *s < current) {
+        let store = inner.store.clone();
+        let replay = tokio::task::spawn_blocking(move || store.deltas(since, current, usize::MAX)).await;
+        match replay {
+            Ok(Ok(Some(list))) if list.len() as u64 == current - since => {
+                for (ver, jws) in list {
+                    if tx.send(sse("delta", ver, &jws)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            _ => match send_snapshot(&inner, &tx).await {
+                Some(v) => sent = v,
+                None => return,
+            },
+        }
+    }
+    let (ver, jws) = inner.checkpoint();
+    if ver >= sent && tx.send(sse("checkpoint", ver, &jws)).await.is_err() {
+        return;
+    }
+    loop {
+        let event = tokio::select! {
+            e = live.recv() => e,
+            _ = stop.changed() => return,
+            _ = tx.closed() => return,
+        };
+        let ok = match event {
+            Ok(Event::Delta { ver, jws }) if ver > sent => {
+                sent = ver;
+                tx.send(sse("delta", ver, &jws)).await.is_ok()
+            }
+            Ok(Event::Checkpoint { ver, jws }) if ver >= sent => tx.send(sse("checkpoint", ver, &jws)).await.is_ok(),
+            Ok(_) => true,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                inner.metrics.lagged_subscribers.inc();
+                tracing::warn!("slow SSE subscriber fell behind; sending a snapshot");
+                match send_snapshot(&inner, &tx).await {
+                    Some(v) => {
+                        sent = sent.max(v);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => false,
+        };
+        if !ok {
+            return;
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Prometheus metrics for the registry.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindReason {
+    pub kind: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Code {
+    pub code: String,
+}
+
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub version: Gauge,
+    pub entries: Gauge,
+    pub revocations: Family<KindReason, Counter>,
+    pub subscribers: Gauge,
+    pub commit_to_broadcast: Histogram,
+    pub commit_seconds: Histogram,
+    pub group_size: Histogram,
+    pub errors: Family<Code, Counter>,
+    pub snapshots_signed: Counter,
+    pub checkpoints_signed: Counter,
+    pub lagged_subscribers: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("veto_registry");
+        let m = Self {
+            version: Gauge::default(),
+            entries: Gauge::default(),
+            revocations: Family::default(),
+            subscribers: Gauge::default(),
+            commit_to_broadcast: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
+            commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 18)),
+            group_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            errors: Family::default(),
+            snapshots_signed: Counter::default(),
+            checkpoints_signed: Counter::default(),
+            lagged_subscribers: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("version", "Newest committed version", m.version.clone());
+        registry.register("entries", "Live (unpruned) revocation entries", m.entries.clone());
+        registry.register("revocations", "Revocations committed, by kind and reason", m.revocations.clone());
+        registry.register("sse_subscribers", "Connected SSE subscribers", m.subscribers.clone());
+        registry.register(
+            "commit_to_broadcast_seconds",
+            "Time from a durable commit to its delta being handed to every push channel",
+            m.commit_to_broadcast.clone(),
+        );
+        registry.register("commit_seconds", "Time to commit one group of writes durably", m.commit_seconds.clone());
+        registry.register("commit_group_size", "Requests committed per transaction", m.group_size.clone());
+        registry.register("errors", "Requests refused, by error code", m.errors.clone());
+        registry.register("snapshots_signed", "Snapshots signed", m.snapshots_signed.clone());
+        registry.register("checkpoints_signed", "Checkpoints signed", m.checkpoints_signed.clone());
+        registry.register(
+            "sse_lagged",
+            "Times a slow SSE subscriber was sent a snapshot instead of missed deltas",
+            m.lagged_subscribers.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,582 @@
+//! The durable store: SQLite in WAL mode with `synchronous = FULL`, so a
+//! commit is on disk before it is acknowledged. One writer connection
+//! (used by the writer task only) and one reader connection.
+//!
+//! A version is committed in the same transaction as its signed delta and
+//! its entries, so there is never a version without its delta or an entry
+//! without its version.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
+use veto_core::{Entry, EntryKind, Head, Reason, Removed, SrlSigner};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The data in the database is not what veto wrote.
+    #[error("database holds unexpected data: {0}")]
+    Corrupt(String),
+}
+
+/// One revocation as requested, with audit details.
+#[derive(Clone, Debug)]
+pub struct NewEntry {
+    /// The entry as it will be published.
+    pub entry: Entry,
+    /// Free text for the audit log (never published).
+    pub note: Option<String>,
+}
+
+/// The outcome for one entry of a request.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EntryOutcome {
+    /// Kind.
+    pub kind: EntryKind,
+    /// Id.
+    pub id: String,
+    /// The version it was revoked in.
+    pub version: u64,
+    /// Whether this request created the revocation (false: already revoked).
+    pub created: bool,
+}
+
+/// The outcome of one revocation request.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    /// The new version, if the request created one.
+    pub new_version: Option<(u64, Head, String)>,
+    /// Per-entry outcomes, in request order (duplicates folded).
+    pub entries: Vec<EntryOutcome>,
+    /// Entries newly published.
+    pub added: Vec<Entry>,
+}
+
+/// A version that pruned entries.
+#[derive(Clone, Debug)]
+pub struct Pruned {
+    /// The version.
+    pub ver: u64,
+    /// Its head.
+    pub head: Head,
+    /// The delta.
+    pub jws: String,
+    /// The entries removed.
+    pub removed: Vec<Removed>,
+}
+
+/// One audit record.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AuditRecord {
+    /// Sequence number (for pagination).
+    pub seq: i64,
+    /// When.
+    pub at: u64,
+    /// Who.
+    pub actor: String,
+    /// What: `revoke`, `prune`, `mint`, `issuer_key_add`, `issuer_key_retire`.
+    pub action: String,
+    /// Entry kind, for revocations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Entry id or subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Agent cutoff.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
+    /// Expiry of the entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// Free text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// The version, when one was created or matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+}
+
+/// Filters for the audit log.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this id.
+    pub id: Option<String>,
+    /// Only at or after this time.
+    pub since: Option<u64>,
+    /// Only before this time.
+    pub until: Option<u64>,
+    /// Only records after this sequence number (pagination cursor).
+    pub after: Option<i64>,
+    /// At most this many (1..=1000).
+    pub limit: u32,
+}
+
+/// An issuer key as stored.
+#[derive(Clone, Debug)]
+pub struct IssuerKeyRow {
+    /// Its thumbprint.
+    pub kid: String,
+    /// The private JWK.
+    pub private_jwk: String,
+    /// When added.
+    pub added_at: u64,
+    /// When retired (no longer trusted), if it was.
+    pub retired_at: Option<u64>,
+}
+
+/// The state found at start.
+pub struct Loaded {
+    /// Newest version.
+    pub ver: u64,
+    /// Its head.
+    pub head: Head,
+    /// Live entries: kind, id, cutoff.
+    pub entries: Vec<(EntryKind, String, Option<u64>)>,
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (
+    ver INTEGER PRIMARY KEY,
+    head BLOB NOT NULL,
+    iat INTEGER NOT NULL,
+    jws TEXT NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS entries (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    revoked_at INTEGER NOT NULL,
+    before INTEGER,
+    expires_at INTEGER,
+    ver INTEGER NOT NULL,
+    pruned_ver INTEGER,
+    PRIMARY KEY (kind, id)
+);
+CREATE INDEX IF NOT EXISTS entries_expiry ON entries (expires_at) WHERE pruned_ver IS NULL AND expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    kind TEXT,
+    id TEXT,
+    reason TEXT,
+    before INTEGER,
+    expires_at INTEGER,
+    note TEXT,
+    ver INTEGER
+);
+CREATE INDEX IF NOT EXISTS audit_id ON audit (kind, id);
+CREATE TABLE IF NOT EXISTS issuer_keys (
+    kid TEXT PRIMARY KEY,
+    private_jwk TEXT NOT NULL,
+    added_at INTEGER NOT NULL,
+    retired_at INTEGER
+);
+"#;
+
+fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn kind_of(s: &str) -> Result<EntryKind, StoreError> {
+    EntryKind::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown kind `{s}`")))
+}
+
+fn head_of(bytes: Vec<u8>) -> Result<Head, StoreError> {
+    let arr: [u8; 32] = bytes.try_into().map_err(|_| StoreError::Corrupt("head is not 32 bytes".into()))?;
+    Ok(Head(arr))
+}
+
+fn opt_u64(v: Option<i64>) -> Option<u64> {
+    v.map(|x| x as u64)
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let writer = open_conn(path)?;
+        writer.execute_batch(SCHEMA)?;
+        let reader = open_conn(path)?;
+        Ok(Self {
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    fn w(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn r(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads a meta value.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .r()
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Sets a meta value.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.w()
+            .execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", [key, value])?;
+        Ok(())
+    }
+
+    /// Loads the newest version and the live entries.
+    pub fn load(&self) -> Result<Loaded, StoreError> {
+        let conn = self.r();
+        let top: Option<(i64, Vec<u8>)> = conn
+            .query_row("SELECT ver, head FROM versions ORDER BY ver DESC LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let (ver, head) = match top {
+            Some((v, h)) => (v as u64, head_of(h)?),
+            None => (0, Head::ZERO),
+        };
+        let mut stmt = conn.prepare("SELECT kind, id, before FROM entries WHERE pruned_ver IS NULL")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<i64>>(2)?)))?;
+        let mut entries = Vec::new();
+        for row in rows {
+            let (k, id, before) = row?;
+            entries.push((kind_of(&k)?, id, opt_u64(before)));
+        }
+        Ok(Loaded { ver, head, entries })
+    }
+
+    /// Commits a group of revocation requests in one transaction: one
+    /// version per request that revokes anything new, none for a request
+    /// whose entries were all revoked already.
+    pub fn commit(
+        &self,
+        requests: &[(Vec<NewEntry>, String)],
+        signer: &SrlSigner,
+        now: u64,
+    ) -> Result<Vec<Committed>, StoreError> {
+        let mut conn = self.w();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (mut ver, mut head) = tx
+            .query_row("SELECT ver, head FROM versions ORDER BY ver DESC LIMIT 1", [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .optional()?
+            .map(|(v, h)| Ok::<_, StoreError>((v as u64, head_of(h)?)))
+            .transpose()?
+            .unwrap_or((0, Head::ZERO));
+        let mut results = Vec::with_capacity(requests.len());
+        for (entries, actor) in requests {
+            let mut outcomes: Vec<EntryOutcome> = Vec::new();
+            let mut added: Vec<(Entry, Option<String>)> = Vec::new();
+            for new in entries {
+                let e = &new.entry;
+                if outcomes.iter().any(|o| o.kind == e.kind && o.id == e.id) {
+                    continue;
+                }
+                let existing: Option<(i64, Option<i64>)> = tx
+                    .query_row(
+                        "SELECT ver, before FROM entries WHERE kind = ?1 AND id = ?2 AND pruned_ver IS NULL",
+                        params![e.kind.as_str(), e.id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let covered = match existing {
+                    None => false,
+                    Some((_, old_before)) => e.kind != EntryKind::Agent || opt_u64(old_before) >= e.before,
+                };
+                if let (true, Some((v, _))) = (covered, existing) {
+                    outcomes.push(EntryOutcome {
+                        kind: e.kind,
+                        id: e.id.clone(),
+                        version: v as u64,
+                        created: false,
+                    });
+                } else {
+                    outcomes.push(EntryOutcome {
+                        kind: e.kind,
+                        id: e.id.clone(),
+                        version: ver + 1,
+                        created: true,
+                    });
+                    added.push((e.clone(), new.note.clone()));
+                }
+            }
+            if added.is_empty() {
+                for o in &outcomes {
+                    tx.execute(
+                        "INSERT INTO audit (at, actor, action, kind, id, ver) VALUES (?1, ?2, 'revoke_existing', ?3, ?4, ?5)",
+                        params![now as i64, actor, o.kind.as_str(), o.id, o.version as i64],
+                    )?;
+                }
+                results.push(Committed {
+                    new_version: None,
+                    entries: outcomes,
+                    added: Vec::new(),
+                });
+                continue;
+            }
+            ver += 1;
+            let published: Vec<Entry> = added.iter().map(|(e, _)| e.clone()).collect();
+            let (jws, new_head) = signer.delta(ver, head, now, published.clone(), Vec::new());
+            tx.execute(
+                "INSERT INTO versions (ver, head, iat, jws) VALUES (?1, ?2, ?3, ?4)",
+                params![ver as i64, new_head.0.to_vec(), now as i64, jws],
+            )?;
+            for (e, note) in &added {
+                tx.execute(
+                    "INSERT INTO entries (kind, id, reason, revoked_at, before, expires_at, ver, pruned_ver)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)
+                     ON CONFLICT (kind, id) DO UPDATE SET reason = excluded.reason, revoked_at = excluded.revoked_at,
+                       before = excluded.before, expires_at = excluded.expires_at, ver = excluded.ver, pruned_ver = NULL",
+                    params![
+                        e.kind.as_str(),
+                        e.id,
+                        e.reason.as_str(),
+                        e.revoked_at as i64,
+                        e.before.map(|b| b as i64),
+                        e.expires_at.map(|x| x as i64),
+                        ver as i64
+                    ],
+                )?;
+                tx.execute(
+                    "INSERT INTO audit (at, actor, action, kind, id, reason, before, expires_at, note, ver)
+                     VALUES (?1, ?2, 'revoke', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        now as i64,
+                        actor,
+                        e.kind.as_str(),
+                        e.id,
+                        e.reason.as_str(),
+                        e.before.map(|b| b as i64),
+                        e.expires_at.map(|x| x as i64),
+                        note,
+                        ver as i64
+                    ],
+                )?;
+            }
+            head = new_head;
+            results.push(Committed {
+                new_version: Some((ver, new_head, jws)),
+                entries: outcomes,
+                added: published,
+            });
+        }
+        tx.commit()?;
+        Ok(results)
+    }
+
+    /// Prunes up to `limit` entries whose `expires_at` has passed, as one
+    /// new version.
+    pub fn prune(&self, signer: &SrlSigner, now: u64, limit: usize) -> Result<Option<Pruned>, StoreError> {
+        let mut conn = self.w();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let removed: Vec<Removed> = {
+            let mut stmt = tx.prepare(
+                "SELECT kind, id FROM entries WHERE pruned_ver IS NULL AND expires_at IS NOT NULL AND expires_at <= ?1
+                 ORDER BY expires_at LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now as i64, limit as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (k, id) = row?;
+                out.push(Removed { kind: kind_of(&k)?, id });
+            }
+            out
+        };
+        if removed.is_empty() {
+            return Ok(None);
+        }
+        let (ver, head) = tx
+            .query_row("SELECT ver, head FROM versions ORDER BY ver DESC LIMIT 1", [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .optional()?
+            .map(|(v, h)| Ok::<_, StoreError>((v as u64, head_of(h)?)))
+            .transpose()?
+            .unwrap_or((0, Head::ZERO));
+        let ver = ver + 1;
+        let (jws, new_head) = signer.delta(ver, head, now, Vec::new(), removed.clone());
+        tx.execute(
+            "INSERT INTO versions (ver, head, iat, jws) VALUES (?1, ?2, ?3, ?4)",
+            params![ver as i64, new_head.0.to_vec(), now as i64, jws],
+        )?;
+        for r in &removed {
+            tx.execute(
+                "UPDATE entries SET pruned_ver = ?1 WHERE kind = ?2 AND id = ?3",
+                params![ver as i64, r.kind.as_str(), r.id],
+            )?;
+            tx.execute(
+                "INSERT INTO audit (at, actor, action, kind, id, ver) VALUES (?1, 'registry', 'prune', ?2, ?3, ?4)",
+                params![now as i64, r.kind.as_str(), r.id, ver as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Some(Pruned {
+            ver,
+            head: new_head,
+            jws,
+            removed,
+        }))
+    }
+
+    /// The signed deltas `since+1 ..= upto`, at most `limit`; `None` when
+    /// some of them are no longer retained.
+    pub fn deltas(&self, since: u64, upto: u64, limit: usize) -> Result<Option<Vec<(u64, String)>>, StoreError> {
+        if since >= upto {
+            return Ok(Some(Vec::new()));
+        }
+        let conn = self.r();
+        let mut stmt = conn.prepare("SELECT ver, jws FROM versions WHERE ver > ?1 AND ver <= ?2 ORDER BY ver LIMIT ?3")?;
+        let rows = stmt.query_map(params![since as i64, upto as i64, limit as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)))?;
+        let out: Vec<(u64, String)> = rows.collect::<Result<_, _>>()?;
+        // Gap-free by construction; a missing first delta means it was
+        // dropped by retention.
+        if out.first().map(|(v, _)| *v) != Some(since + 1) {
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+
+    /// Drops deltas older than the newest `keep` versions (their entries
+    /// stay; clients that far behind get a snapshot).
+    pub fn drop_old_deltas(&self, keep: u64) -> Result<usize, StoreError> {
+        let conn = self.w();
+        let top: i64 = conn.query_row("SELECT COALESCE(MAX(ver), 0) FROM versions", [], |r| r.get(0))?;
+        let cutoff = top - keep as i64;
+        if cutoff <= 0 {
+            return Ok(0);
+        }
+        Ok(conn.execute("DELETE FROM versions WHERE ver <= ?1", [cutoff])?)
+    }
+
+    /// Writes an audit record that is not a revocation.
+    pub fn audit(&self, now: u64, actor: &str, action: &str, id: Option<&str>, note: Option<&str>) -> Result<(), StoreError> {
+        self.w().execute(
+            "INSERT INTO audit (at, actor, action, id, note) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![now as i64, actor, action, id, note],
+        )?;
+        Ok(())
+    }
+
+    /// Queries the audit log.
+    pub fn audit_log(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        let conn = self.r();
+        let mut stmt = conn.prepare(
+            "SELECT seq, at, actor, action, kind, id, reason, before, expires_at, note, ver FROM audit
+             WHERE (?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR id = ?2) AND (?3 IS NULL OR at >= ?3)
+               AND (?4 IS NULL OR at < ?4) AND seq > COALESCE(?5, 0)
+             ORDER BY seq LIMIT ?6",
+        )?;
+        let rows = stmt.query_map(
+            params![f.kind, f.id, f.since.map(|x| x as i64), f.until.map(|x| x as i64), f.after, f.limit as i64],
+            |r| {
+                Ok(AuditRecord {
+                    seq: r.get(0)?,
+                    at: r.get::<_, i64>(1)? as u64,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    kind: r.get(4)?,
+                    id: r.get(5)?,
+                    reason: r.get(6)?,
+                    before: opt_u64(r.get(7)?),
+                    expires_at: opt_u64(r.get(8)?),
+                    note: r.get(9)?,
+                    version: opt_u64(r.get(10)?),
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every issuer key, oldest first.
+    pub fn issuer_keys(&self) -> Result<Vec<IssuerKeyRow>, StoreError> {
+        let conn = self.r();
+        let mut stmt = conn.prepare("SELECT kid, private_jwk, added_at, retired_at FROM issuer_keys ORDER BY added_at, kid")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(IssuerKeyRow {
+                kid: r.get(0)?,
+                private_jwk: r.get(1)?,
+                added_at: r.get::<_, i64>(2)? as u64,
+                retired_at: opt_u64(r.get(3)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Adds an issuer key.
+    pub fn add_issuer_key(&self, kid: &str, private_jwk: &str, now: u64, actor: &str) -> Result<(), StoreError> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO issuer_keys (kid, private_jwk, added_at) VALUES (?1, ?2, ?3)",
+            params![kid, private_jwk, now as i64],
+        )?;
+        tx.execute(
+            "INSERT INTO audit (at, actor, action, id) VALUES (?1, ?2, 'issuer_key_add', ?3)",
+            params![now as i64, actor, kid],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Retires an issuer key; returns false when no such active key exists.
+    pub fn retire_issuer_key(&self, kid: &str, now: u64, actor: &str) -> Result<bool, StoreError> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE issuer_keys SET retired_at = ?1 WHERE kid = ?2 AND retired_at IS NULL",
+            params![now as i64, kid],
+        )?;
+        if n == 1 {
+            tx.execute(
+                "INSERT INTO audit (at, actor, action, id) VALUES (?1, ?2, 'issuer_key_retire', ?3)",
+                params![now as i64, actor, kid],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    /// Whether a live entry exists for a kind and id.
+    pub fn is_revoked(&self, kind: EntryKind, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .r()
+            .query_row(
+                "SELECT 1 FROM entries WHERE kind = ?1 AND id = ?2 AND pruned_ver IS NULL",
+                params![kind.as_str(), id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+}
+
+/// Parses a stored reason (for tests and tools).
+pub fn reason_of(s: &str) -> Option<Reason> {
+    Reason::parse(s)
+}

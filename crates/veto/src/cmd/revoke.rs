@@ -1,0 +1,163 @@
+//! `veto revoke` and `veto revocations list`.
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use crate::client::{Client, RegistryArgs};
+use crate::util;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Kind {
+    Warrant,
+    Agent,
+    Key,
+}
+
+#[derive(Args, Debug)]
+pub struct RevokeArgs {
+    /// What to revoke: a warrant (by `jti`; its descendants go with it),
+    /// an agent (by id, credentials issued up to `--before`), or a key (by thumbprint).
+    #[arg(value_enum)]
+    kind: Kind,
+    /// The `jti`, agent id or key thumbprint.
+    id: String,
+    /// Why: unspecified, key_compromise, affiliation_changed, superseded,
+    /// cessation_of_operation, privilege_withdrawn.
+    #[arg(long, default_value = "unspecified")]
+    reason: String,
+    /// Agents: revoke credentials issued at or before this Unix time (or `now`, the default).
+    #[arg(long)]
+    before: Option<String>,
+    /// Unix time after which nothing this entry matches can be valid, so it can be pruned.
+    #[arg(long)]
+    expires_at: Option<u64>,
+    /// Free text for the audit log (not published).
+    #[arg(long)]
+    note: Option<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+fn parse_time(text: &str) -> anyhow::Result<u64> {
+    if text == "now" {
+        return Ok(util::now());
+    }
+    text.parse()
+        .map_err(|_| anyhow::anyhow!("invalid time `{text}`: give Unix seconds or `now`"))
+}
+
+pub fn run(a: RevokeArgs) -> anyhow::Result<()> {
+    let client = Client::new(&a.registry)?;
+    let kind = match a.kind {
+        Kind::Warrant => "warrant",
+        Kind::Agent => "agent",
+        Kind::Key => "key",
+    };
+    let mut entry = json!({"kind": kind, "id": a.id, "reason": a.reason});
+    if let Kind::Agent = a.kind {
+        entry["before"] = json!(parse_time(a.before.as_deref().unwrap_or("now"))?);
+    } else if a.before.is_some() {
+        anyhow::bail!("--before applies only to agents");
+    }
+    if let Some(x) = a.expires_at {
+        entry["expires_at"] = json!(x);
+    }
+    if let Some(n) = a.note {
+        entry["note"] = json!(n);
+    }
+    let resp = client.post("/v1/revocations", &json!({"entries": [entry]}))?;
+    let created = resp["entries"][0]["created"].as_bool().unwrap_or(false);
+    let version = resp["entries"][0]["version"].as_u64().unwrap_or(0);
+    if created {
+        println!("revoked {kind} `{}` in version {version}", resp["entries"][0]["id"].as_str().unwrap_or_default());
+    } else {
+        println!("{kind} `{}` was already revoked in version {version}", resp["entries"][0]["id"].as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RevocationsCommand {
+    /// List the audit log: who revoked what, when, why, in which version.
+    List(ListArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only this kind.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only this id.
+    #[arg(long)]
+    id: Option<String>,
+    /// Only at or after this Unix time.
+    #[arg(long)]
+    since: Option<u64>,
+    /// Only before this Unix time.
+    #[arg(long)]
+    until: Option<u64>,
+    /// Start after this sequence number (the `next` of a previous page).
+    #[arg(long)]
+    after: Option<i64>,
+    /// Records per page (1 to 1000).
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+pub fn run_list(cmd: RevocationsCommand) -> anyhow::Result<()> {
+    let RevocationsCommand::List(a) = cmd;
+    let client = Client::new(&a.registry)?;
+    let mut q = vec![format!("limit={}", a.limit)];
+    for (k, v) in [("kind", a.kind), ("id", a.id)] {
+        if let Some(v) = v {
+            q.push(format!("{k}={}", urlencode(&v)));
+        }
+    }
+    for (k, v) in [("since", a.since), ("until", a.until)] {
+        if let Some(v) = v {
+            q.push(format!("{k}={v}"));
+        }
+    }
+    if let Some(v) = a.after {
+        q.push(format!("after={v}"));
+    }
+    let resp = client.get(&format!("/v1/revocations?{}", q.join("&")), true)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+        return Ok(());
+    }
+    let s = |v: &Value| v.as_str().map(str::to_owned).or_else(|| v.as_u64().map(|n| n.to_string())).unwrap_or_else(|| "-".into());
+    println!("{:>6}  {:<20}  {:<8}  {:<16}  {:<8}  {:<40}  {:<20}  {}", "seq", "at", "actor", "action", "kind", "id", "reason", "version");
+    for r in resp["items"].as_array().into_iter().flatten() {
+        let at = r["at"].as_u64().map(util::rfc3339).unwrap_or_default();
+        println!(
+            "{:>6}  {:<20}  {:<8}  {:<16}  {:<8}  {:<40}  {:<20}  {}",
+            s(&r["seq"]),
+            at,
+            s(&r["actor"]),
+            s(&r["action"]),
+            s(&r["kind"]),
+            s(&r["id"]),
+            s(&r["reason"]),
+            s(&r["version"])
+        );
+    }
+    if let Some(next) = resp["next"].as_i64() {
+        println!("more: --after {next}");
+    }
+    Ok(())
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,78 @@
+//! `veto serve`: run the registry on the embedded default (SQLite + SSE).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use veto_core::keyfile;
+use veto_registry::{Config, Registry};
+
+use crate::util;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "VETO_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Data directory: database, authority key, admin token.
+    #[arg(long, env = "VETO_DATA_DIR", default_value = "./veto-data")]
+    data_dir: PathBuf,
+    /// Authority name (`iss`) in every signed object.
+    #[arg(long, env = "VETO_ISS", default_value = "veto")]
+    iss: String,
+    /// Authority private key file (default: `<data-dir>/authority.jwk`, created on first start).
+    #[arg(long, env = "VETO_AUTHORITY_KEY")]
+    authority_key: Option<PathBuf>,
+    /// Checkpoint interval.
+    #[arg(long, default_value = "5s", value_parser = util::parse_duration)]
+    heartbeat: u64,
+    /// How long a checkpoint or snapshot may be relied on.
+    #[arg(long, default_value = "300s", value_parser = util::parse_duration)]
+    attestation_ttl: u64,
+    /// How often entries past `expires_at` are pruned.
+    #[arg(long, default_value = "60s", value_parser = util::parse_duration)]
+    prune_interval: u64,
+    /// Versions of deltas to retain for catching up.
+    #[arg(long, default_value_t = 100_000)]
+    retention: u64,
+}
+
+pub fn run(a: ServeArgs) -> anyhow::Result<()> {
+    crate::logging::init();
+    let mut config = Config::new(&a.data_dir);
+    config.iss = a.iss;
+    config.authority_key = a.authority_key;
+    config.heartbeat = Duration::from_secs(a.heartbeat);
+    config.attestation_ttl = a.attestation_ttl;
+    config.prune_interval = Duration::from_secs(a.prune_interval);
+    config.retention = a.retention;
+    config.admin_token = std::env::var("VETO_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+    let registry = Registry::open(config).with_context(|| format!("opening the registry in `{}`", a.data_dir.display()))?;
+    let pub_path = a.data_dir.join("authority.pub.jwk");
+    if !pub_path.exists() {
+        keyfile::write_public_key(&pub_path, registry.authority_key())?;
+    }
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}: is another process using it? choose another with --listen", a.listen))?;
+        let addr = listener.local_addr()?;
+        println!("veto registry listening on http://{addr}");
+        println!("  data directory : {}", a.data_dir.display());
+        match registry.admin_token_path() {
+            Some(p) => println!("  admin token    : {}", p.display()),
+            None => println!("  admin token    : from VETO_ADMIN_TOKEN"),
+        }
+        println!("  authority iss  : {}", registry.iss());
+        println!("  authority key  : {} (pin this file in authorizers: --authority-key)", pub_path.display());
+        println!("  {}", serde_json::to_string(&registry.authority_key().to_jwk())?);
+        println!("  version        : {}", registry.version());
+        tracing::info!(%addr, version = registry.version(), "registry started");
+        registry.serve(listener, crate::logging::shutdown_signal()).await?;
+        tracing::info!("registry stopped");
+        Ok(())
+    })
+}
