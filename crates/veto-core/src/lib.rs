@@ -19,6 +19,7 @@ pub mod keyfile;
 mod keys;
 mod set;
 pub mod srl;
+mod sse;
 mod state;
 pub mod warrant;
 
@@ -31,5 +32,6 @@ pub use entry::{Digest, Entry, EntryError, EntryKind, Reason, Removed, MAX_ENTRY
 pub use keys::{thumbprint, Jwk, KeyError, KeyResolver, KeySet, PublicKey, SigningKey};
 pub use set::RevocationSet;
 pub use srl::{Head, SrlError, SrlLimits, SrlSigner, SrlVerifier, VerifiedCheckpoint, VerifiedDelta, VerifiedSnapshot};
+pub use sse::{SseError, SseEvent, SseParser};
 pub use state::{Applied, ApplyError, Attestation, SrlState};
 pub use warrant::{LinkSpec, ParsedChain, VerifiedChain, WarrantError};
