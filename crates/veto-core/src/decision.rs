@@ -221,18 +221,35 @@ impl Checker {
         }
     }
 
+    /// Checks a parsed chain in DESIGN order and, when its signatures
+    /// verified, also returns it verified (for a cache). Signature work is
+    /// done at most once, and not at all for a revoked or expired chain.
+    pub fn check_and_verify(&self, state: &SrlState, chain: ParsedChain, action: &str, now: u64) -> (Decision, Option<VerifiedChain>) {
+        if let Err(denial) = revocation(state, &chain).and_then(|()| self.time(&chain, now)) {
+            return (Decision::Deny(denial), None);
+        }
+        match self.verify(chain) {
+            Ok(verified) => (self.finish(state, verified.chain(), action, now), Some(verified)),
+            Err(denial) => (Decision::Deny(denial), None),
+        }
+    }
+
     fn decide(&self, state: &SrlState, chain: &ParsedChain, action: &str, now: u64, signatures: impl FnOnce() -> Step) -> Decision {
         let steps = || -> Step {
             revocation(state, chain)?;
             self.time(chain, now)?;
-            signatures()?;
-            if !chain.leaf().actions().allows(action) {
-                return Err(Denial::new(DenyReason::ActionDenied, format!("the warrant does not permit `{action}`")));
-            }
-            Ok(())
+            signatures()
         };
-        if let Err(denial) = steps() {
-            return Decision::Deny(denial);
+        match steps() {
+            Ok(()) => self.finish(state, chain, action, now),
+            Err(denial) => Decision::Deny(denial),
+        }
+    }
+
+    /// The last steps: action, then the freshness policy.
+    fn finish(&self, state: &SrlState, chain: &ParsedChain, action: &str, now: u64) -> Decision {
+        if !chain.leaf().actions().allows(action) {
+            return Decision::Deny(Denial::new(DenyReason::ActionDenied, format!("the warrant does not permit `{action}`")));
         }
         if state.is_fresh(now, self.config.max_staleness) {
             return Decision::Allow { stale: false };

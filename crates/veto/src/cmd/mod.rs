@@ -3,9 +3,11 @@
 use clap::{Parser, Subcommand};
 
 mod delegate;
+mod demo;
 mod inspect;
 mod issue;
 mod keys;
+mod proxy;
 mod revoke;
 mod serve;
 mod srl;
@@ -31,6 +33,10 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Run the registry (SQLite store, SSE push) on this machine.
     Serve(serve::ServeArgs),
+    /// Run the reverse proxy: the authorizer in front of an upstream.
+    Proxy(proxy::ProxyArgs),
+    /// Run the whole product on loopback and measure time-to-deny.
+    Demo(demo::DemoArgs),
     /// Revoke a warrant, an agent or a key at the registry.
     Revoke(revoke::RevokeArgs),
     /// The registry's audit log.
@@ -50,6 +56,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Revoke(a) => revoke::run(a),
+        Command::Proxy(a) => proxy::run(a),
+        Command::Demo(a) => demo::run(a),
         Command::Revocations(c) => revoke::run_list(c),
         Command::Srl(c) => srl::run(c),
     }

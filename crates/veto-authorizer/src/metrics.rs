@@ -1,0 +1,98 @@
+//! Prometheus metrics for an authorizer.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use veto_core::DenyReason;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Label {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: String,
+}
+
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// allow, allow_stale, then one per deny reason (DenyReason::ALL order).
+    decisions: Vec<Counter>,
+    pub version: Gauge,
+    pub staleness: Gauge,
+    pub fresh: Gauge,
+    pub push_connected: Gauge,
+    pub sync_errors: Family<Label, Counter>,
+    pub rejected: Family<Label, Counter>,
+    pub gaps_repaired: Counter,
+    pub equivocations: Counter,
+    pub applied: Family<Label, Counter>,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("veto_authorizer");
+        let decisions_family: Family<Outcome, Counter> = Family::default();
+        let mut decisions = Vec::new();
+        for name in ["allow", "allow_stale"].into_iter().chain(DenyReason::ALL.iter().map(|r| r.as_str())) {
+            decisions.push(decisions_family.get_or_create(&Outcome { outcome: name.into() }).clone());
+        }
+        registry.register("decisions", "Decisions, by outcome (allow, allow_stale, or the denial reason)", decisions_family);
+        let m = Self {
+            decisions,
+            version: Gauge::default(),
+            staleness: Gauge::default(),
+            fresh: Gauge::default(),
+            push_connected: Gauge::default(),
+            sync_errors: Family::default(),
+            rejected: Family::default(),
+            gaps_repaired: Counter::default(),
+            equivocations: Counter::default(),
+            applied: Family::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("applied_version", "Applied revocation-state version", m.version.clone());
+        registry.register("staleness_seconds", "Seconds since the newest attestation of the applied state was signed", m.staleness.clone());
+        registry.register("fresh", "1 while the revocation state is fresh, else 0", m.fresh.clone());
+        registry.register("push_connected", "1 while the push subscription is connected", m.push_connected.clone());
+        registry.register("sync_errors", "Sync failures, by kind", m.sync_errors.clone());
+        registry.register(
+            "rejected_objects",
+            "Signed objects refused (forged, rolled back, wrong prev, equivocating, from the future), by kind",
+            m.rejected.clone(),
+        );
+        registry.register("gaps_repaired", "Gaps detected and repaired by catching up", m.gaps_repaired.clone());
+        registry.register("equivocations", "Two heads signed for one version (alarm)", m.equivocations.clone());
+        registry.register("applied_objects", "Objects applied, by kind", m.applied.clone());
+        registry.register("chain_cache_hits", "Verified-chain cache hits", m.cache_hits.clone());
+        registry.register("chain_cache_misses", "Verified-chain cache misses", m.cache_misses.clone());
+        Self { registry, ..m }
+    }
+
+    #[inline]
+    pub fn decision(&self, decision: &veto_core::Decision) {
+        let i = match decision {
+            veto_core::Decision::Allow { stale: false } => 0,
+            veto_core::Decision::Allow { stale: true } => 1,
+            veto_core::Decision::Deny(d) => 2 + DenyReason::ALL.iter().position(|r| *r == d.reason).unwrap_or(0),
+        };
+        self.decisions[i].inc();
+    }
+
+    pub fn label(kind: &str) -> Label {
+        Label { kind: kind.into() }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

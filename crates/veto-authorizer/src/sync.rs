@@ -1,0 +1,345 @@
+//! Keeping the state current: one SSE subscription and a poller, both
+//! feeding [`Inner::apply`]. Nothing here touches the check path.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use veto_core::{ApplyError, KeySet, PublicKey, SrlError, SseParser};
+
+use crate::metrics::Metrics;
+use crate::{Incoming, Inner};
+
+/// Largest push event accepted (a snapshot of ~15M entries).
+const MAX_EVENT: usize = 320 << 20;
+/// Most delta pages fetched in one catch-up.
+const MAX_PAGES: usize = 1000;
+/// A disk cache with more deltas than this is replaced by a fresh snapshot.
+const MAX_KEPT_DELTAS: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SyncError {
+    #[error("cannot reach the registry: {0}")]
+    Connect(String),
+    #[error("registry answered {0}")]
+    Status(u16),
+    #[error("{0}")]
+    Invalid(#[from] SrlError),
+    #[error("push stream silent for {0:?}: reconnecting")]
+    Idle(Duration),
+    #[error("push stream: {0}")]
+    Stream(String),
+}
+
+impl SyncError {
+    fn kind(&self) -> &'static str {
+        match self {
+            SyncError::Connect(_) => "connect",
+            SyncError::Status(_) => "status",
+            SyncError::Invalid(_) => "invalid_object",
+            SyncError::Idle(_) => "push_idle",
+            SyncError::Stream(_) => "push_stream",
+        }
+    }
+}
+
+fn count(inner: &Inner, e: &SyncError) {
+    inner.metrics.sync_errors.get_or_create(&Metrics::label(e.kind())).inc();
+    if let SyncError::Invalid(err) = e {
+        inner.metrics.rejected.get_or_create(&Metrics::label(invalid_kind(err))).inc();
+    }
+}
+
+fn invalid_kind(e: &SrlError) -> &'static str {
+    match e {
+        SrlError::Jws { source, .. } => match source {
+            veto_core::jws::JwsError::BadSignature | veto_core::jws::JwsError::UnknownKey(_) => "bad_signature",
+            veto_core::jws::JwsError::Typ { .. } => "wrong_typ",
+            _ => "malformed",
+        },
+        SrlError::FromFuture { .. } => "from_future",
+        SrlError::Issuer { .. } => "wrong_issuer",
+        SrlError::Payload { .. } => "malformed",
+    }
+}
+
+/// ±20% jitter, so a fleet does not poll in step.
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = getrandom::getrandom(&mut b);
+    let f = 0.8 + 0.4 * (f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX));
+    d.mul_f64(f)
+}
+
+async fn get(inner: &Inner, path: &str, etag: Option<u64>) -> Result<Option<String>, SyncError> {
+    let mut req = inner.http.get(format!("{}{path}", inner.config.registry));
+    if let Some(v) = etag {
+        req = req.header("if-none-match", format!("\"{v}\""));
+    }
+    let resp = req.send().await.map_err(|e| SyncError::Connect(e.to_string()))?;
+    match resp.status().as_u16() {
+        200 => Ok(Some(resp.text().await.map_err(|e| SyncError::Connect(e.to_string()))?)),
+        304 => Ok(None),
+        s => Err(SyncError::Status(s)),
+    }
+}
+
+fn apply_logged(inner: &Inner, incoming: Incoming) -> Result<(), ApplyError> {
+    inner.apply(incoming).map(|_| ())
+}
+
+pub(crate) async fn fetch_snapshot(inner: &Arc<Inner>) -> Result<(), SyncError> {
+    let ver = inner.current.load().state.ver();
+    let etag = (ver > 0).then_some(ver);
+    let Some(token) = get(inner, "/v1/srl", etag).await? else {
+        return Ok(());
+    };
+    let token = token.trim().to_owned();
+    let i = inner.clone();
+    let verified = tokio::task::spawn_blocking(move || {
+        let v = i.verifier.snapshot(&token, i.now());
+        (v, token)
+    })
+    .await
+    .map_err(|e| SyncError::Stream(e.to_string()))?;
+    let snapshot = verified.0?;
+    let _ = apply_logged(inner, Incoming::Snapshot(snapshot, verified.1));
+    Ok(())
+}
+
+async fn fetch_checkpoint(inner: &Arc<Inner>) -> Result<bool, SyncError> {
+    let Some(token) = get(inner, "/v1/srl/checkpoint", None).await? else {
+        return Ok(false);
+    };
+    let token = token.trim().to_owned();
+    let cp = inner.verifier.checkpoint(&token, inner.now())?;
+    Ok(matches!(inner.apply(Incoming::Checkpoint(cp, token)), Err(ApplyError::Gap { .. })))
+}
+
+/// Fetches deltas after the applied version until none are left; a
+/// snapshot when they are no longer retained.
+pub(crate) async fn catch_up(inner: &Arc<Inner>) -> Result<(), SyncError> {
+    for _ in 0..MAX_PAGES {
+        let since = inner.current.load().state.ver();
+        let resp = inner
+            .http
+            .get(format!("{}/v1/srl/deltas?since={since}", inner.config.registry))
+            .send()
+            .await
+            .map_err(|e| SyncError::Connect(e.to_string()))?;
+        match resp.status().as_u16() {
+            200 => {}
+            410 => {
+                tracing::info!(since, "deltas no longer retained; fetching a snapshot");
+                return fetch_snapshot(inner).await;
+            }
+            s => return Err(SyncError::Status(s)),
+        }
+        #[derive(serde::Deserialize)]
+        struct Deltas {
+            deltas: Vec<String>,
+        }
+        let body: Deltas = resp.json().await.map_err(|e| SyncError::Stream(e.to_string()))?;
+        if body.deltas.is_empty() {
+            return Ok(());
+        }
+        for token in body.deltas {
+            let delta = inner.verifier.delta(&token, inner.now())?;
+            if let Err(e) = apply_logged(inner, Incoming::Delta(delta, token)) {
+                if !matches!(e, ApplyError::Gap { .. }) {
+                    return Err(SyncError::Stream(format!("catch-up stopped: {e}")));
+                }
+            }
+        }
+        if inner.current.load().state.ver() == since {
+            return Err(SyncError::Stream("catch-up made no progress".into()));
+        }
+    }
+    Ok(())
+}
+
+/// One poll: checkpoint (cheap), and catch up when it shows a gap.
+pub(crate) async fn poll_once(inner: &Arc<Inner>) {
+    let result = async {
+        let (ver, attested) = {
+            let c = inner.current.load();
+            (c.state.ver(), c.state.attested().is_some())
+        };
+        let kept = inner.apply_lock.lock().map(|o| o.deltas.len()).unwrap_or(0);
+        if (ver == 0 && !attested) || kept > MAX_KEPT_DELTAS {
+            fetch_snapshot(inner).await?;
+        }
+        if fetch_checkpoint(inner).await? {
+            let before = inner.current.load().state.ver();
+            catch_up(inner).await?;
+            if inner.current.load().state.ver() > before {
+                inner.metrics.gaps_repaired.inc();
+            }
+            fetch_checkpoint(inner).await?;
+        }
+        Ok::<_, SyncError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        count(inner, &e);
+        tracing::warn!(error = %e, "poll failed; the state is not refreshed by this poll");
+    }
+}
+
+pub(crate) async fn poll_loop(inner: Arc<Inner>) {
+    let mut stop = inner.shutdown.subscribe();
+    loop {
+        poll_once(&inner).await;
+        tokio::select! {
+            _ = tokio::time::sleep(jitter(inner.config.poll_interval)) => {}
+            _ = inner.catch_up.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+pub(crate) async fn sse_loop(inner: Arc<Inner>) {
+    let mut stop = inner.shutdown.subscribe();
+    let client = match reqwest::Client::builder().connect_timeout(inner.config.request_timeout).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the push client; polling only");
+            return;
+        }
+    };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            r = sse_session(&inner, &client) => r,
+            _ = stop.changed() => return,
+        };
+        inner.push_connected.store(false, Ordering::Relaxed);
+        match &result {
+            Ok(()) => tracing::info!("push stream closed by the registry; reconnecting"),
+            Err(e) => {
+                count(&inner, e);
+                tracing::warn!(error = %e, retry_in = ?backoff, "push stream down; polling continues meanwhile");
+            }
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(100);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(jitter(backoff)) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn sse_session(inner: &Arc<Inner>, client: &reqwest::Client) -> Result<(), SyncError> {
+    let (ver, attested) = {
+        let c = inner.current.load();
+        (c.state.ver(), c.state.attested().is_some())
+    };
+    let mut req = client
+        .get(format!("{}/v1/srl/events", inner.config.registry))
+        .header("accept", "text/event-stream");
+    if ver > 0 || attested {
+        req = req.header("last-event-id", ver.to_string());
+    }
+    let mut resp = req.send().await.map_err(|e| SyncError::Connect(e.to_string()))?;
+    if resp.status().as_u16() != 200 {
+        return Err(SyncError::Status(resp.status().as_u16()));
+    }
+    inner.push_connected.store(true, Ordering::Relaxed);
+    tracing::info!(from = ver, "push stream connected");
+    let mut parser = SseParser::new(MAX_EVENT);
+    let idle = inner.config.push_idle_timeout;
+    loop {
+        let chunk = match tokio::time::timeout(idle, resp.chunk()).await {
+            Err(_) => return Err(SyncError::Idle(idle)),
+            Ok(Err(e)) => return Err(SyncError::Stream(e.to_string())),
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(c))) => c,
+        };
+        let events = parser.feed(&chunk).map_err(|e| SyncError::Stream(e.to_string()))?;
+        for event in events {
+            let result = handle_event(inner, &event.event, event.data).await;
+            if let Err(e) = result {
+                count(inner, &e);
+                tracing::warn!(error = %e, event = %event.event, "refused a pushed object");
+            }
+        }
+    }
+}
+
+async fn handle_event(inner: &Arc<Inner>, kind: &str, data: String) -> Result<(), SyncError> {
+    let now = inner.now();
+    match kind {
+        "delta" => {
+            let d = inner.verifier.delta(&data, now)?;
+            let _ = inner.apply(Incoming::Delta(d, data));
+        }
+        "checkpoint" => {
+            let c = inner.verifier.checkpoint(&data, now)?;
+            let _ = inner.apply(Incoming::Checkpoint(c, data));
+        }
+        "snapshot" => {
+            let i = inner.clone();
+            let (v, data) = tokio::task::spawn_blocking(move || (i.verifier.snapshot(&data, now), data))
+                .await
+                .map_err(|e| SyncError::Stream(e.to_string()))?;
+            let _ = inner.apply(Incoming::Snapshot(v?, data));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+pub(crate) fn parse_jwks(text: &str) -> Result<KeySet, String> {
+    #[derive(serde::Deserialize)]
+    struct Jwks {
+        keys: Vec<veto_core::Jwk>,
+    }
+    let jwks: Jwks = serde_json::from_str(text).map_err(|e| format!("invalid JWKS: {e}"))?;
+    let keys = jwks
+        .keys
+        .iter()
+        .map(PublicKey::from_jwk)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("invalid JWKS key: {e}"))?;
+    Ok(KeySet::new(keys))
+}
+
+pub(crate) async fn jwks_loop(inner: Arc<Inner>, refresh: Duration) {
+    let mut stop = inner.shutdown.subscribe();
+    let mut retry = Duration::from_millis(200);
+    loop {
+        let wait = match get(&inner, "/.well-known/jwks.json", None).await {
+            Ok(Some(text)) => match parse_jwks(&text) {
+                Ok(keys) => {
+                    inner.set_issuers(keys);
+                    if let Ok(mut o) = inner.apply_lock.lock() {
+                        o.jwks = Some(text);
+                    }
+                    inner.persist_now.notify_one();
+                    retry = Duration::from_millis(200);
+                    jitter(refresh)
+                }
+                Err(e) => {
+                    inner.metrics.sync_errors.get_or_create(&Metrics::label("jwks")).inc();
+                    tracing::warn!(error = %e, "refusing the registry's JWKS; keeping the previous issuer keys");
+                    refresh
+                }
+            },
+            Ok(None) => jitter(refresh),
+            Err(e) => {
+                count(&inner, &e);
+                tracing::warn!(error = %e, "cannot fetch issuer keys (JWKS); retrying");
+                retry = (retry * 2).min(refresh);
+                retry
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Route files: map a request to an action other than `http:METHOD:PATH`.
+//!
+//! One rule per line, first match wins, `#` starts a comment:
+//! `METHOD PATH ACTION`, where METHOD may be `*` and PATH may end with `*`
+//! (a prefix). Requests no rule matches use `http:METHOD:PATH`.
+//!
+//! ```text
+//! GET  /v1/orders/*  orders:read
+//! *    /v1/orders/*  orders:write
+//! ```
+
+use http::Method;
+
+/// Why a route file was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("route file line {line}: {message}")]
+pub struct RouteError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+#[derive(Clone, Debug)]
+struct Rule {
+    method: Option<Method>,
+    path: String,
+    prefix: bool,
+    action: String,
+}
+
+/// Parsed routes.
+#[derive(Clone, Debug, Default)]
+pub struct Routes {
+    rules: Vec<Rule>,
+}
+
+impl Routes {
+    /// Parses a route file's text.
+    pub fn parse(text: &str) -> Result<Self, RouteError> {
+        let mut rules = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let err = |message: String| RouteError { line: i + 1, message };
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            let [method, path, action] = parts[..] else {
+                return Err(err(format!("expected `METHOD PATH ACTION`, found `{line}`")));
+            };
+            let method = match method {
+                "*" => None,
+                m => Some(Method::from_bytes(m.as_bytes()).map_err(|_| err(format!("invalid method `{m}`")))?),
+            };
+            if !path.starts_with('/') {
+                return Err(err(format!("path `{path}` must start with `/`")));
+            }
+            veto_core::Pattern::parse(action).map_err(|e| err(e.to_string()))?;
+            let (path, prefix) = match path.strip_suffix('*') {
+                Some(p) => (p.to_owned(), true),
+                None => (path.to_owned(), false),
+            };
+            rules.push(Rule {
+                method,
+                path,
+                prefix,
+                action: action.to_owned(),
+            });
+        }
+        Ok(Self { rules })
+    }
+
+    /// The action for a request.
+    pub fn action(&self, method: &Method, path: &str) -> String {
+        for r in &self.rules {
+            let method_ok = r.method.as_ref().is_none_or(|m| m == method);
+            let path_ok = if r.prefix { path.starts_with(&r.path) } else { path == r.path };
+            if method_ok && path_ok {
+                return r.action.clone();
+            }
+        }
+        veto_authorizer::action_for(method, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_match_wins_and_default_applies() {
+        let r = Routes::parse("GET /v1/orders/* orders:read\n* /v1/orders/* orders:write # all else\n").unwrap();
+        assert_eq!(r.action(&Method::GET, "/v1/orders/7"), "orders:read");
+        assert_eq!(r.action(&Method::POST, "/v1/orders/7"), "orders:write");
+        assert_eq!(r.action(&Method::GET, "/health"), "http:GET:/health");
+        assert!(Routes::parse("GET orders x").is_err());
+        assert!(Routes::parse("GET /x").is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! `veto proxy`: the authorizer in front of one upstream.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use veto_authorizer::{Authorizer, Config, Issuers, Push, StalenessPolicy};
+use veto_core::{keyfile, KeySet};
+use veto_proxy::{ProxyConfig, Routes};
+
+use crate::util;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Policy {
+    /// Deny with 503 `stale` when the revocation state is too old (default).
+    FailClosed,
+    /// Allow, flagged (`Veto-Stale: 1` upstream), counted and logged.
+    FailOpen,
+}
+
+#[derive(Args, Debug)]
+pub struct ProxyArgs {
+    /// Address to listen on for agents.
+    #[arg(long, env = "VETO_PROXY_LISTEN", default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "VETO_PROXY_ADMIN_LISTEN", default_value = "127.0.0.1:9091")]
+    admin_listen: SocketAddr,
+    /// The upstream service, such as `http://127.0.0.1:9000`.
+    #[arg(long, env = "VETO_UPSTREAM")]
+    upstream: String,
+    /// The registry.
+    #[arg(long, env = "VETO_REGISTRY", default_value = "http://127.0.0.1:8080")]
+    registry: String,
+    /// The registry's authority public key (pinned; `<data-dir>/authority.pub.jwk`).
+    #[arg(long, env = "VETO_AUTHORITY_KEY_FILE")]
+    authority_key: Vec<PathBuf>,
+    /// The authority name expected as `iss`.
+    #[arg(long, env = "VETO_ISS", default_value = "veto")]
+    iss: String,
+    /// Pin issuer keys instead of fetching the registry's JWKS.
+    #[arg(long)]
+    issuer_key: Vec<PathBuf>,
+    /// What to do when the revocation state is stale.
+    #[arg(long, value_enum, default_value = "fail-closed")]
+    policy: Policy,
+    /// Longest the state may go without a fresh signed checkpoint.
+    #[arg(long, default_value = "300s", value_parser = util::parse_duration)]
+    max_staleness: u64,
+    /// Poll interval (fallback and gap repair), jittered ±20%.
+    #[arg(long, default_value = "60s", value_parser = util::parse_duration)]
+    poll_interval: u64,
+    /// Allowed clock skew for `nbf`/`iat`.
+    #[arg(long, default_value = "5s", value_parser = util::parse_duration)]
+    skew: u64,
+    /// Route file mapping requests to actions (`METHOD PATH ACTION` lines).
+    #[arg(long)]
+    routes: Option<PathBuf>,
+    /// Keep the last verified state here across restarts.
+    #[arg(long, env = "VETO_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Do not subscribe to pushes: poll only.
+    #[arg(long)]
+    no_push: bool,
+}
+
+pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
+    crate::logging::init();
+    if a.authority_key.is_empty() {
+        anyhow::bail!("--authority-key FILE is required: pin the registry's authority public key (`<data-dir>/authority.pub.jwk`)");
+    }
+    let keys = a.authority_key.iter().map(|p| keyfile::read_public_key(p)).collect::<Result<Vec<_>, _>>()?;
+    let mut config = Config::new(&a.registry, &a.iss, KeySet::new(keys));
+    if !a.issuer_key.is_empty() {
+        let issuers = a.issuer_key.iter().map(|p| keyfile::read_public_key(p)).collect::<Result<Vec<_>, _>>()?;
+        config.issuers = Issuers::Pinned(KeySet::new(issuers));
+    }
+    config.push = if a.no_push { Push::Off } else { Push::Sse };
+    config.poll_interval = Duration::from_secs(a.poll_interval);
+    config.check.max_staleness = a.max_staleness;
+    config.check.skew = a.skew;
+    config.check.policy = match a.policy {
+        Policy::FailClosed => StalenessPolicy::FailClosed,
+        Policy::FailOpen => StalenessPolicy::FailOpen,
+    };
+    config.check.issuer = Some(a.iss.clone());
+    config.cache_dir = a.cache_dir;
+    let routes = match &a.routes {
+        Some(p) => Routes::parse(&std::fs::read_to_string(p).with_context(|| format!("reading routes `{}`", p.display()))?)?,
+        None => Routes::default(),
+    };
+    let upstream = a.upstream.parse().with_context(|| format!("invalid --upstream `{}`", a.upstream))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}: choose another with --listen", a.listen))?;
+        let admin = tokio::net::TcpListener::bind(a.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {}: choose another with --admin-listen", a.admin_listen))?;
+        let authz = Authorizer::start(config).await?;
+        println!("veto proxy listening on http://{}", listener.local_addr()?);
+        println!("  admin (metrics, health): http://{}", admin.local_addr()?);
+        println!("  upstream : {}", a.upstream);
+        println!("  registry : {} (push: {})", a.registry, if a.no_push { "off" } else { "SSE" });
+        println!("  policy   : {:?}, max staleness {} s", a.policy, a.max_staleness);
+        veto_proxy::serve(authz, ProxyConfig { upstream, routes }, listener, admin, crate::logging::shutdown_signal()).await?;
+        Ok(())
+    })
+}
