@@ -6,6 +6,7 @@
 //! its entries, so there is never a version without its delta or an entry
 //! without its version.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -293,11 +294,8 @@ impl SqliteStore {
         for (entries, actor) in requests {
             let mut outcomes: Vec<EntryOutcome> = Vec::new();
             let mut added: Vec<(Entry, Option<String>)> = Vec::new();
-            for new in entries {
+            for new in &fold_duplicates(entries) {
                 let e = &new.entry;
-                if outcomes.iter().any(|o| o.kind == e.kind && o.id == e.id) {
-                    continue;
-                }
                 let existing: Option<(i64, Option<i64>)> = tx
                     .query_row(
                         "SELECT ver, before FROM entries WHERE kind = ?1 AND id = ?2 AND pruned_ver IS NULL",
@@ -467,7 +465,10 @@ impl SqliteStore {
     pub fn drop_old_deltas(&self, keep: u64) -> Result<usize, StoreError> {
         let conn = self.w();
         let top: i64 = conn.query_row("SELECT COALESCE(MAX(ver), 0) FROM versions", [], |r| r.get(0))?;
-        let cutoff = top - keep as i64;
+        // The newest version's row is where `commit`, `prune` and `load` find
+        // the current version and head: dropping it would restart the chain
+        // at version 1 (a rollback and an equivocation). Keep it always.
+        let cutoff = top - keep.max(1) as i64;
         if cutoff <= 0 {
             return Ok(0);
         }
@@ -574,6 +575,31 @@ impl SqliteStore {
             .optional()?
             .is_some())
     }
+}
+
+/// Folds repeats of a (kind, id) in one request into the first, keeping the
+/// latest agent cutoff and the longest life: a repeat must never narrow what
+/// an acknowledged request revoked.
+fn fold_duplicates(entries: &[NewEntry]) -> Vec<NewEntry> {
+    let mut index: HashMap<(EntryKind, &str), usize> = HashMap::with_capacity(entries.len());
+    let mut out: Vec<NewEntry> = Vec::with_capacity(entries.len());
+    for new in entries {
+        match index.get(&(new.entry.kind, new.entry.id.as_str())) {
+            Some(&i) => {
+                let kept = &mut out[i].entry;
+                kept.before = kept.before.max(new.entry.before);
+                kept.expires_at = match (kept.expires_at, new.entry.expires_at) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+            }
+            None => {
+                index.insert((new.entry.kind, new.entry.id.as_str()), out.len());
+                out.push(new.clone());
+            }
+        }
+    }
+    out
 }
 
 /// Parses a stored reason (for tests and tools).
