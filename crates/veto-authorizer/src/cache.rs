@@ -35,7 +35,9 @@ impl ChainCache {
 
     pub fn get(&self, token: &str) -> Option<Arc<VerifiedChain>> {
         let k = self.key(token);
-        let shard = self.shards[k as usize % SHARDS].lock().unwrap_or_else(|p| p.into_inner());
+        let shard = self.shards[k as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         match shard.get(&k) {
             Some((t, chain)) if **t == *token => Some(chain.clone()),
             _ => None,
@@ -44,7 +46,9 @@ impl ChainCache {
 
     pub fn insert(&self, token: &str, chain: Arc<VerifiedChain>) {
         let k = self.key(token);
-        let mut shard = self.shards[k as usize % SHARDS].lock().unwrap_or_else(|p| p.into_inner());
+        let mut shard = self.shards[k as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if shard.len() >= self.per_shard {
             // Bounded: drop an arbitrary half rather than track recency on the hot path.
             let drop: Vec<u64> = shard.keys().take(self.per_shard / 2 + 1).copied().collect();

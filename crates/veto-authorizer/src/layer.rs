@@ -49,8 +49,18 @@ pub struct Verified {
 }
 
 /// Decides a request's headers: the denial, or who is acting.
-pub(crate) fn decide(authz: &Authorizer, method: &Method, path: &str, headers: &HeaderMap) -> Result<(Verified, crate::Outcome), Denial> {
-    let token = bearer(headers).ok_or_else(|| Denial::new(DenyReason::Malformed, "missing `Authorization: Bearer <chain>`"))?;
+pub(crate) fn decide(
+    authz: &Authorizer,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<(Verified, crate::Outcome), Denial> {
+    let token = bearer(headers).ok_or_else(|| {
+        Denial::new(
+            DenyReason::Malformed,
+            "missing `Authorization: Bearer <chain>`",
+        )
+    })?;
     let outcome = authz.check(token, &action_for(method, path));
     match (&outcome.decision, &outcome.chain) {
         (Decision::Allow { stale }, Some(chain)) => {
@@ -65,20 +75,28 @@ pub(crate) fn decide(authz: &Authorizer, method: &Method, path: &str, headers: &
             ))
         }
         (Decision::Deny(d), _) => Err(d.clone()),
-        (Decision::Allow { .. }, None) => Err(Denial::new(DenyReason::BadSignature, "chain not verified")),
+        (Decision::Allow { .. }, None) => {
+            Err(Denial::new(DenyReason::BadSignature, "chain not verified"))
+        }
     }
 }
 
 /// A `{"error": reason, "message": text}` response for a denial.
 pub fn deny_response<B: From<String>>(denial: &Denial) -> Response<B> {
-    let body = serde_json::json!({"error": denial.reason.as_str(), "message": denial.message}).to_string();
+    let body =
+        serde_json::json!({"error": denial.reason.as_str(), "message": denial.message}).to_string();
     let mut resp = Response::new(B::from(body));
     *resp.status_mut() = http_status(denial.reason);
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if resp.status() == StatusCode::UNAUTHORIZED {
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
     }
     resp
 }

@@ -26,18 +26,20 @@ mod persist;
 mod sync;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{watch, Notify};
 use veto_core::{
-    Applied, ApplyError, CheckConfig, Checker, Clock, Decision, KeySet, ParsedChain, SrlState, SrlVerifier, SystemClock,
-    VerifiedChain, VerifiedCheckpoint, VerifiedDelta, VerifiedSnapshot,
+    Applied, ApplyError, CheckConfig, Checker, Clock, Decision, KeySet, ParsedChain, SrlState,
+    SrlVerifier, SystemClock, VerifiedChain, VerifiedCheckpoint, VerifiedDelta, VerifiedSnapshot,
 };
 
-pub use layer::{action_for, bearer, deny_response, http_status, AuthorizeLayer, AuthorizeService, Verified};
+pub use layer::{
+    action_for, bearer, deny_response, http_status, AuthorizeLayer, AuthorizeService, Verified,
+};
 pub use veto_core::{DenyReason, StalenessPolicy};
 
 use crate::cache::ChainCache;
@@ -95,7 +97,11 @@ pub struct Config {
 
 impl Config {
     /// Defaults for a registry, authority and pinned authority key.
-    pub fn new(registry: impl Into<String>, iss: impl Into<String>, authority_keys: KeySet) -> Self {
+    pub fn new(
+        registry: impl Into<String>,
+        iss: impl Into<String>,
+        authority_keys: KeySet,
+    ) -> Self {
         Self {
             registry: registry.into().trim_end_matches('/').to_owned(),
             iss: iss.into(),
@@ -185,6 +191,9 @@ pub(crate) struct Inner {
     pub metrics: Metrics,
     pub version_tx: watch::Sender<u64>,
     pub catch_up: Notify,
+    /// The highest version a verified object showed to exist: a gap to
+    /// it is repaired even when the checkpoint served on pull lags.
+    pub gap_to: AtomicU64,
     pub persist_now: Notify,
     pub push_connected: AtomicBool,
     pub shutdown: watch::Sender<bool>,
@@ -204,7 +213,10 @@ impl Authorizer {
     }
 
     /// Starts with an injected clock.
-    pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
+    pub async fn start_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartError> {
         if config.authority_keys.is_empty() {
             return Err(StartError::NoAuthorityKey);
         }
@@ -213,7 +225,8 @@ impl Authorizer {
             .connect_timeout(config.request_timeout)
             .build()
             .map_err(|e| StartError::Http(e.to_string()))?;
-        let verifier = SrlVerifier::new(config.authority_keys.clone(), config.iss.clone()).with_skew(config.check.skew);
+        let verifier = SrlVerifier::new(config.authority_keys.clone(), config.iss.clone())
+            .with_skew(config.check.skew);
         let issuers = match &config.issuers {
             Issuers::Pinned(keys) => keys.clone(),
             Issuers::Jwks { .. } => KeySet::default(),
@@ -235,12 +248,16 @@ impl Authorizer {
             version_tx,
             catch_up: Notify::new(),
             persist_now: Notify::new(),
+            gap_to: AtomicU64::new(0),
             push_connected: AtomicBool::new(false),
             shutdown,
             config,
         });
         if let Some(dir) = &inner.config.cache_dir {
-            std::fs::create_dir_all(dir).map_err(|source| StartError::Cache { path: dir.clone(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| StartError::Cache {
+                path: dir.clone(),
+                source,
+            })?;
             persist::load(&inner, dir);
         }
         let authz = Self { inner };
@@ -279,7 +296,9 @@ impl Authorizer {
             Some(chain) => {
                 inner.metrics.cache_hits.inc();
                 Outcome {
-                    decision: current.checker.check_verified(&current.state, &chain, action, now),
+                    decision: current
+                        .checker
+                        .check_verified(&current.state, &chain, action, now),
                     chain: Some(chain),
                 }
             }
@@ -298,9 +317,17 @@ impl Authorizer {
     fn check_uncached(&self, current: &Current, token: &str, action: &str, now: u64) -> Outcome {
         let parsed = match ParsedChain::parse(token) {
             Ok(p) => p,
-            Err(d) => return Outcome { decision: Decision::Deny(d), chain: None },
+            Err(d) => {
+                return Outcome {
+                    decision: Decision::Deny(d),
+                    chain: None,
+                }
+            }
         };
-        let (decision, verified) = current.checker.check_and_verify(&current.state, parsed, action, now);
+        let (decision, verified) =
+            current
+                .checker
+                .check_and_verify(&current.state, parsed, action, now);
         let chain = verified.map(Arc::new);
         if let Some(c) = &chain {
             self.inner.cache.insert(token, c.clone());
@@ -312,7 +339,9 @@ impl Authorizer {
     /// cutting off a long-lived response when its chain becomes revoked.
     pub fn recheck(&self, chain: &VerifiedChain, action: &str) -> Decision {
         let current = self.inner.current.load();
-        current.checker.check_verified(&current.state, chain, action, self.inner.clock.now())
+        current
+            .checker
+            .check_verified(&current.state, chain, action, self.inner.clock.now())
     }
 
     /// A channel that changes whenever a newer version is applied.
@@ -374,15 +403,19 @@ impl Inner {
                     state,
                     checker: current.checker.clone(),
                 }));
-                self.metrics.applied.get_or_create(&Metrics::label(kind)).inc();
+                self.metrics
+                    .applied
+                    .get_or_create(&Metrics::label(kind))
+                    .inc();
                 if let Applied::Advanced { from, to } = applied {
                     tracing::debug!(from, to, kind, "applied");
                     self.version_tx.send_replace(ver);
                 }
                 self.persist_now.notify_one();
             }
-            Err(e @ ApplyError::Gap { .. }) => {
+            Err(e @ ApplyError::Gap { received, .. }) => {
                 tracing::info!(error = %e, "gap: catching up");
+                self.gap_to.fetch_max(received, Ordering::Relaxed);
                 self.catch_up.notify_one();
             }
             Err(e) => {
@@ -395,7 +428,10 @@ impl Inner {
                     ApplyError::BrokenChain { .. } => "wrong_prev",
                     ApplyError::Gap { .. } => "gap",
                 };
-                self.metrics.rejected.get_or_create(&Metrics::label(label)).inc();
+                self.metrics
+                    .rejected
+                    .get_or_create(&Metrics::label(label))
+                    .inc();
                 tracing::error!(error = %e, kind, "refused a signed object from the registry");
             }
         }

@@ -39,10 +39,23 @@ impl Metrics {
         let mut registry = Registry::with_prefix("veto_authorizer");
         let decisions_family: Family<Outcome, Counter> = Family::default();
         let mut decisions = Vec::new();
-        for name in ["allow", "allow_stale"].into_iter().chain(DenyReason::ALL.iter().map(|r| r.as_str())) {
-            decisions.push(decisions_family.get_or_create(&Outcome { outcome: name.into() }).clone());
+        for name in ["allow", "allow_stale"]
+            .into_iter()
+            .chain(DenyReason::ALL.iter().map(|r| r.as_str()))
+        {
+            decisions.push(
+                decisions_family
+                    .get_or_create(&Outcome {
+                        outcome: name.into(),
+                    })
+                    .clone(),
+            );
         }
-        registry.register("decisions", "Decisions, by outcome (allow, allow_stale, or the denial reason)", decisions_family);
+        registry.register(
+            "decisions",
+            "Decisions, by outcome (allow, allow_stale, or the denial reason)",
+            decisions_family,
+        );
         let m = Self {
             decisions,
             version: Gauge::default(),
@@ -58,21 +71,61 @@ impl Metrics {
             cache_misses: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("applied_version", "Applied revocation-state version", m.version.clone());
-        registry.register("staleness_seconds", "Seconds since the newest attestation of the applied state was signed", m.staleness.clone());
-        registry.register("fresh", "1 while the revocation state is fresh, else 0", m.fresh.clone());
-        registry.register("push_connected", "1 while the push subscription is connected", m.push_connected.clone());
-        registry.register("sync_errors", "Sync failures, by kind", m.sync_errors.clone());
+        registry.register(
+            "applied_version",
+            "Applied revocation-state version",
+            m.version.clone(),
+        );
+        registry.register(
+            "staleness_seconds",
+            "Seconds since the newest attestation of the applied state was signed",
+            m.staleness.clone(),
+        );
+        registry.register(
+            "fresh",
+            "1 while the revocation state is fresh, else 0",
+            m.fresh.clone(),
+        );
+        registry.register(
+            "push_connected",
+            "1 while the push subscription is connected",
+            m.push_connected.clone(),
+        );
+        registry.register(
+            "sync_errors",
+            "Sync failures, by kind",
+            m.sync_errors.clone(),
+        );
         registry.register(
             "rejected_objects",
             "Signed objects refused (forged, rolled back, wrong prev, equivocating, from the future), by kind",
             m.rejected.clone(),
         );
-        registry.register("gaps_repaired", "Gaps detected and repaired by catching up", m.gaps_repaired.clone());
-        registry.register("equivocations", "Two heads signed for one version (alarm)", m.equivocations.clone());
-        registry.register("applied_objects", "Objects applied, by kind", m.applied.clone());
-        registry.register("chain_cache_hits", "Verified-chain cache hits", m.cache_hits.clone());
-        registry.register("chain_cache_misses", "Verified-chain cache misses", m.cache_misses.clone());
+        registry.register(
+            "gaps_repaired",
+            "Gaps detected and repaired by catching up",
+            m.gaps_repaired.clone(),
+        );
+        registry.register(
+            "equivocations",
+            "Two heads signed for one version (alarm)",
+            m.equivocations.clone(),
+        );
+        registry.register(
+            "applied_objects",
+            "Objects applied, by kind",
+            m.applied.clone(),
+        );
+        registry.register(
+            "chain_cache_hits",
+            "Verified-chain cache hits",
+            m.cache_hits.clone(),
+        );
+        registry.register(
+            "chain_cache_misses",
+            "Verified-chain cache misses",
+            m.cache_misses.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -81,7 +134,12 @@ impl Metrics {
         let i = match decision {
             veto_core::Decision::Allow { stale: false } => 0,
             veto_core::Decision::Allow { stale: true } => 1,
-            veto_core::Decision::Deny(d) => 2 + DenyReason::ALL.iter().position(|r| *r == d.reason).unwrap_or(0),
+            veto_core::Decision::Deny(d) => {
+                2 + DenyReason::ALL
+                    .iter()
+                    .position(|r| *r == d.reason)
+                    .unwrap_or(0)
+            }
         };
         self.decisions[i].inc();
     }

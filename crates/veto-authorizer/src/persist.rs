@@ -54,7 +54,9 @@ pub(crate) fn load(inner: &Arc<Inner>, dir: &Path) {
     let now = inner.now();
     let v = &inner.verifier;
     if let Some(jwks) = &objects.jwks {
-        if let (crate::Issuers::Jwks { .. }, Ok(keys)) = (&inner.config.issuers, crate::sync::parse_jwks(jwks)) {
+        if let (crate::Issuers::Jwks { .. }, Ok(keys)) =
+            (&inner.config.issuers, crate::sync::parse_jwks(jwks))
+        {
             inner.set_issuers(keys);
             if let Ok(mut o) = inner.apply_lock.lock() {
                 o.jwks = Some(jwks.clone());
@@ -80,7 +82,11 @@ pub(crate) fn load(inner: &Arc<Inner>, dir: &Path) {
         }
     }
     let c = inner.current.load();
-    tracing::info!(version = c.state.ver(), objects = loaded, "loaded the cached revocation state (still subject to staleness)");
+    tracing::info!(
+        version = c.state.ver(),
+        objects = loaded,
+        "loaded the cached revocation state (still subject to staleness)"
+    );
 }
 
 pub(crate) async fn persist_loop(inner: Arc<Inner>, dir: PathBuf) {
@@ -93,7 +99,9 @@ pub(crate) async fn persist_loop(inner: Arc<Inner>, dir: PathBuf) {
         // Coalesce bursts: at most one write a second.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let json = {
-            let Ok(mut o) = inner.apply_lock.lock() else { continue };
+            let Ok(mut o) = inner.apply_lock.lock() else {
+                continue;
+            };
             if !o.dirty {
                 continue;
             }

@@ -44,16 +44,26 @@ impl SyncError {
 }
 
 fn count(inner: &Inner, e: &SyncError) {
-    inner.metrics.sync_errors.get_or_create(&Metrics::label(e.kind())).inc();
+    inner
+        .metrics
+        .sync_errors
+        .get_or_create(&Metrics::label(e.kind()))
+        .inc();
     if let SyncError::Invalid(err) = e {
-        inner.metrics.rejected.get_or_create(&Metrics::label(invalid_kind(err))).inc();
+        inner
+            .metrics
+            .rejected
+            .get_or_create(&Metrics::label(invalid_kind(err)))
+            .inc();
     }
 }
 
 fn invalid_kind(e: &SrlError) -> &'static str {
     match e {
         SrlError::Jws { source, .. } => match source {
-            veto_core::jws::JwsError::BadSignature | veto_core::jws::JwsError::UnknownKey(_) => "bad_signature",
+            veto_core::jws::JwsError::BadSignature | veto_core::jws::JwsError::UnknownKey(_) => {
+                "bad_signature"
+            }
             veto_core::jws::JwsError::Typ { .. } => "wrong_typ",
             _ => "malformed",
         },
@@ -76,9 +86,16 @@ async fn get(inner: &Inner, path: &str, etag: Option<u64>) -> Result<Option<Stri
     if let Some(v) = etag {
         req = req.header("if-none-match", format!("\"{v}\""));
     }
-    let resp = req.send().await.map_err(|e| SyncError::Connect(e.to_string()))?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| SyncError::Connect(e.to_string()))?;
     match resp.status().as_u16() {
-        200 => Ok(Some(resp.text().await.map_err(|e| SyncError::Connect(e.to_string()))?)),
+        200 => Ok(Some(
+            resp.text()
+                .await
+                .map_err(|e| SyncError::Connect(e.to_string()))?,
+        )),
         304 => Ok(None),
         s => Err(SyncError::Status(s)),
     }
@@ -113,7 +130,10 @@ async fn fetch_checkpoint(inner: &Arc<Inner>) -> Result<bool, SyncError> {
     };
     let token = token.trim().to_owned();
     let cp = inner.verifier.checkpoint(&token, inner.now())?;
-    Ok(matches!(inner.apply(Incoming::Checkpoint(cp, token)), Err(ApplyError::Gap { .. })))
+    Ok(matches!(
+        inner.apply(Incoming::Checkpoint(cp, token)),
+        Err(ApplyError::Gap { .. })
+    ))
 }
 
 /// Fetches deltas after the applied version until none are left; a
@@ -123,7 +143,10 @@ pub(crate) async fn catch_up(inner: &Arc<Inner>) -> Result<(), SyncError> {
         let since = inner.current.load().state.ver();
         let resp = inner
             .http
-            .get(format!("{}/v1/srl/deltas?since={since}", inner.config.registry))
+            .get(format!(
+                "{}/v1/srl/deltas?since={since}",
+                inner.config.registry
+            ))
             .send()
             .await
             .map_err(|e| SyncError::Connect(e.to_string()))?;
@@ -139,7 +162,10 @@ pub(crate) async fn catch_up(inner: &Arc<Inner>) -> Result<(), SyncError> {
         struct Deltas {
             deltas: Vec<String>,
         }
-        let body: Deltas = resp.json().await.map_err(|e| SyncError::Stream(e.to_string()))?;
+        let body: Deltas = resp
+            .json()
+            .await
+            .map_err(|e| SyncError::Stream(e.to_string()))?;
         if body.deltas.is_empty() {
             return Ok(());
         }
@@ -169,7 +195,12 @@ pub(crate) async fn poll_once(inner: &Arc<Inner>) {
         if (ver == 0 && !attested) || kept > MAX_KEPT_DELTAS {
             fetch_snapshot(inner).await?;
         }
-        if fetch_checkpoint(inner).await? {
+        // Catch up when the checkpoint shows a gap, or when a pushed
+        // object did: a signed delta N+2 proves N+1 exists even if the
+        // checkpoint served on pull is older (DESIGN 4: gap → fetch).
+        let shown = fetch_checkpoint(inner).await?;
+        let pushed = inner.gap_to.load(Ordering::Relaxed) > inner.current.load().state.ver();
+        if shown || pushed {
             let before = inner.current.load().state.ver();
             catch_up(inner).await?;
             if inner.current.load().state.ver() > before {
@@ -200,7 +231,10 @@ pub(crate) async fn poll_loop(inner: Arc<Inner>) {
 
 pub(crate) async fn sse_loop(inner: Arc<Inner>) {
     let mut stop = inner.shutdown.subscribe();
-    let client = match reqwest::Client::builder().connect_timeout(inner.config.request_timeout).build() {
+    let client = match reqwest::Client::builder()
+        .connect_timeout(inner.config.request_timeout)
+        .build()
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the push client; polling only");
@@ -244,7 +278,10 @@ async fn sse_session(inner: &Arc<Inner>, client: &reqwest::Client) -> Result<(),
     if ver > 0 || attested {
         req = req.header("last-event-id", ver.to_string());
     }
-    let mut resp = req.send().await.map_err(|e| SyncError::Connect(e.to_string()))?;
+    let mut resp = req
+        .send()
+        .await
+        .map_err(|e| SyncError::Connect(e.to_string()))?;
     if resp.status().as_u16() != 200 {
         return Err(SyncError::Status(resp.status().as_u16()));
     }
@@ -259,7 +296,9 @@ async fn sse_session(inner: &Arc<Inner>, client: &reqwest::Client) -> Result<(),
             Ok(Ok(None)) => return Ok(()),
             Ok(Ok(Some(c))) => c,
         };
-        let events = parser.feed(&chunk).map_err(|e| SyncError::Stream(e.to_string()))?;
+        let events = parser
+            .feed(&chunk)
+            .map_err(|e| SyncError::Stream(e.to_string()))?;
         for event in events {
             let result = handle_event(inner, &event.event, event.data).await;
             if let Err(e) = result {
@@ -283,9 +322,10 @@ async fn handle_event(inner: &Arc<Inner>, kind: &str, data: String) -> Result<()
         }
         "snapshot" => {
             let i = inner.clone();
-            let (v, data) = tokio::task::spawn_blocking(move || (i.verifier.snapshot(&data, now), data))
-                .await
-                .map_err(|e| SyncError::Stream(e.to_string()))?;
+            let (v, data) =
+                tokio::task::spawn_blocking(move || (i.verifier.snapshot(&data, now), data))
+                    .await
+                    .map_err(|e| SyncError::Stream(e.to_string()))?;
             let _ = inner.apply(Incoming::Snapshot(v?, data));
         }
         _ => {}
@@ -324,7 +364,11 @@ pub(crate) async fn jwks_loop(inner: Arc<Inner>, refresh: Duration) {
                     jitter(refresh)
                 }
                 Err(e) => {
-                    inner.metrics.sync_errors.get_or_create(&Metrics::label("jwks")).inc();
+                    inner
+                        .metrics
+                        .sync_errors
+                        .get_or_create(&Metrics::label("jwks"))
+                        .inc();
                     tracing::warn!(error = %e, "refusing the registry's JWKS; keeping the previous issuer keys");
                     refresh
                 }

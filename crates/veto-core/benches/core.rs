@@ -13,8 +13,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use veto_core::warrant::{delegate, mint_root};
 use veto_core::{
-    CheckConfig, Checker, Digest, EntryKind, Head, KeySet, LinkSpec, ParsedChain, RevocationSet, SigningKey,
-    SrlSigner, SrlState, SrlVerifier, VerifiedChain,
+    CheckConfig, Checker, Digest, EntryKind, Head, KeySet, LinkSpec, ParsedChain, RevocationSet,
+    SigningKey, SrlSigner, SrlState, SrlVerifier, VerifiedChain,
 };
 
 /// A fixed "now" (Unix seconds); nothing reads the system clock.
@@ -121,7 +121,10 @@ fn make_chain(rng: &mut Rng, depth: usize) -> String {
 }
 
 fn verified(token: &str) -> VerifiedChain {
-    world().checker.verify(ParsedChain::parse(token).unwrap()).unwrap()
+    world()
+        .checker
+        .verify(ParsedChain::parse(token).unwrap())
+        .unwrap()
 }
 
 /// `n` distinct random digests of `kind`, sorted, plus `extra` given ids.
@@ -158,7 +161,9 @@ fn snapshot_of(set: &RevocationSet) -> String {
 fn state_of(set: &RevocationSet) -> SrlState {
     let token = snapshot_of(set);
     let mut state = SrlState::new();
-    state.apply_snapshot(world().verifier.snapshot(&token, NOW).unwrap()).unwrap();
+    state
+        .apply_snapshot(world().verifier.snapshot(&token, NOW).unwrap())
+        .unwrap();
     assert!(state.is_fresh(NOW, world().checker.config().max_staleness));
     state
 }
@@ -180,7 +185,9 @@ fn fixtures() -> &'static Fixtures {
         let mut rng = Rng(42);
         let tokens = [make_chain(&mut rng, 1), make_chain(&mut rng, 4)];
         let hot = verified(&tokens[1]);
-        let many = (0..ROTATE).map(|_| verified(&make_chain(&mut rng, 4))).collect();
+        let many = (0..ROTATE)
+            .map(|_| verified(&make_chain(&mut rng, 4)))
+            .collect();
         let revoked = verified(&make_chain(&mut rng, 4));
         Fixtures {
             tokens,
@@ -206,7 +213,10 @@ fn bench_chain(c: &mut Criterion) {
     let state = state_of(&RevocationSet::default());
     let mut g = c.benchmark_group("chain");
     for (token, depth) in f.tokens.iter().zip([1, 4]) {
-        assert!(w.checker.check_token(&state, token, ACTION, NOW).is_allowed());
+        assert!(w
+            .checker
+            .check_token(&state, token, ACTION, NOW)
+            .is_allowed());
         g.bench_with_input(BenchmarkId::new("parse+check", depth), token, |b, token| {
             b.iter(|| {
                 let chain = ParsedChain::parse(black_box(token)).unwrap();
@@ -217,9 +227,16 @@ fn bench_chain(c: &mut Criterion) {
             b.iter(|| ParsedChain::parse(black_box(token)).unwrap())
         });
         let chain = verified(token);
-        g.bench_with_input(BenchmarkId::new("check_verified", depth), &chain, |b, chain| {
-            b.iter(|| w.checker.check_verified(&state, black_box(chain), ACTION, NOW))
-        });
+        g.bench_with_input(
+            BenchmarkId::new("check_verified", depth),
+            &chain,
+            |b, chain| {
+                b.iter(|| {
+                    w.checker
+                        .check_verified(&state, black_box(chain), ACTION, NOW)
+                })
+            },
+        );
     }
     g.finish();
 }
@@ -229,10 +246,31 @@ fn bench_chain(c: &mut Criterion) {
 fn probe_digests(chain: &VerifiedChain) -> Vec<(EntryKind, Digest)> {
     let links = chain.chain().links();
     let mut v: Vec<(EntryKind, Digest)> = Vec::new();
-    v.extend(links.iter().map(|l| (EntryKind::Warrant, Digest::of(EntryKind::Warrant, &l.claims().jti))));
-    v.extend(links.iter().map(|l| (EntryKind::Agent, Digest::of(EntryKind::Agent, &l.claims().sub))));
-    v.extend(chain.chain().root().kid().map(|k| (EntryKind::Key, Digest::of(EntryKind::Key, k))));
-    v.extend(links.iter().filter_map(|l| l.holder()).map(|h| (EntryKind::Key, Digest::of(EntryKind::Key, h.kid()))));
+    v.extend(links.iter().map(|l| {
+        (
+            EntryKind::Warrant,
+            Digest::of(EntryKind::Warrant, &l.claims().jti),
+        )
+    }));
+    v.extend(links.iter().map(|l| {
+        (
+            EntryKind::Agent,
+            Digest::of(EntryKind::Agent, &l.claims().sub),
+        )
+    }));
+    v.extend(
+        chain
+            .chain()
+            .root()
+            .kid()
+            .map(|k| (EntryKind::Key, Digest::of(EntryKind::Key, k))),
+    );
+    v.extend(
+        links
+            .iter()
+            .filter_map(|l| l.holder())
+            .map(|h| (EntryKind::Key, Digest::of(EntryKind::Key, h.kid()))),
+    );
     assert_eq!(v.len(), 13);
     v
 }
@@ -250,37 +288,77 @@ fn bench_revocation(c: &mut Criterion) {
             revocation_set(n, None)
         };
         let state = state_of(&set);
-        assert!(w.checker.check_verified(&state, &f.hot, ACTION, NOW).is_allowed());
-        assert!(f.many.iter().all(|c| w.checker.check_verified(&state, c, ACTION, NOW).is_allowed()));
-        g.bench_with_input(BenchmarkId::new("check_verified/hot", label), &state, |b, state| {
-            b.iter(|| w.checker.check_verified(black_box(state), black_box(&f.hot), ACTION, NOW))
-        });
-        g.bench_with_input(BenchmarkId::new("check_verified/rotate4096", label), &state, |b, state| {
-            let mut i = 0usize;
-            b.iter(|| {
-                let chain = &f.many[i];
-                i = (i + 1) % ROTATE;
-                w.checker.check_verified(black_box(state), black_box(chain), ACTION, NOW)
-            })
-        });
+        assert!(w
+            .checker
+            .check_verified(&state, &f.hot, ACTION, NOW)
+            .is_allowed());
+        assert!(f.many.iter().all(|c| w
+            .checker
+            .check_verified(&state, c, ACTION, NOW)
+            .is_allowed()));
+        g.bench_with_input(
+            BenchmarkId::new("check_verified/hot", label),
+            &state,
+            |b, state| {
+                b.iter(|| {
+                    w.checker
+                        .check_verified(black_box(state), black_box(&f.hot), ACTION, NOW)
+                })
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("check_verified/rotate4096", label),
+            &state,
+            |b, state| {
+                let mut i = 0usize;
+                b.iter(|| {
+                    let chain = &f.many[i];
+                    i = (i + 1) % ROTATE;
+                    w.checker
+                        .check_verified(black_box(state), black_box(chain), ACTION, NOW)
+                })
+            },
+        );
         // The set lookups alone (Bloom filter; no chain memory, no time or action check).
         let s = state.set();
         g.bench_function(BenchmarkId::new("set_get_x13/hot", label), |b| {
-            b.iter(|| black_box(&hot_probes).iter().filter(|(k, d)| s.get(*k, d).is_some()).count())
+            b.iter(|| {
+                black_box(&hot_probes)
+                    .iter()
+                    .filter(|(k, d)| s.get(*k, d).is_some())
+                    .count()
+            })
         });
         g.bench_function(BenchmarkId::new("set_get_x13/rotate4096", label), |b| {
             let mut i = 0usize;
             b.iter(|| {
                 let probes = &many_probes[i];
                 i = (i + 1) % ROTATE;
-                black_box(probes).iter().filter(|(k, d)| s.get(*k, d).is_some()).count()
+                black_box(probes)
+                    .iter()
+                    .filter(|(k, d)| s.get(*k, d).is_some())
+                    .count()
             })
         });
         if n == 1_000_000 {
-            assert!(!w.checker.check_verified(&state, &f.revoked, ACTION, NOW).is_allowed());
-            g.bench_with_input(BenchmarkId::new("check_verified/revoked", label), &state, |b, state| {
-                b.iter(|| w.checker.check_verified(black_box(state), black_box(&f.revoked), ACTION, NOW))
-            });
+            assert!(!w
+                .checker
+                .check_verified(&state, &f.revoked, ACTION, NOW)
+                .is_allowed());
+            g.bench_with_input(
+                BenchmarkId::new("check_verified/revoked", label),
+                &state,
+                |b, state| {
+                    b.iter(|| {
+                        w.checker.check_verified(
+                            black_box(state),
+                            black_box(&f.revoked),
+                            ACTION,
+                            NOW,
+                        )
+                    })
+                },
+            );
         }
     }
     g.finish();
@@ -308,9 +386,19 @@ fn bench_snapshot(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Bytes(token.len() as u64));
     g.bench_function("encode", |b| {
-        b.iter(|| signer.snapshot(1, Head::of_payload(b"bench"), NOW - 1, NOW + 3600, black_box(set)))
+        b.iter(|| {
+            signer.snapshot(
+                1,
+                Head::of_payload(b"bench"),
+                NOW - 1,
+                NOW + 3600,
+                black_box(set),
+            )
+        })
     });
-    g.bench_function("verify", |b| b.iter_with_large_drop(|| w.verifier.snapshot(black_box(&token), NOW).unwrap()));
+    g.bench_function("verify", |b| {
+        b.iter_with_large_drop(|| w.verifier.snapshot(black_box(&token), NOW).unwrap())
+    });
     g.bench_function("verify+load", |b| {
         b.iter_batched(
             SrlState::new,

@@ -83,7 +83,10 @@ impl Pattern {
                 (b, _) => Tok::Lit(b),
             });
         }
-        Ok(Self { text: text.into(), toks })
+        Ok(Self {
+            text: text.into(),
+            toks,
+        })
     }
 
     /// The pattern text.
@@ -150,7 +153,10 @@ impl ActionSet {
         if patterns.len() > MAX_PATTERNS {
             return Err(PatternError::TooLong(patterns.len()));
         }
-        let patterns = patterns.iter().map(|p| Pattern::parse(p.as_ref())).collect::<Result<_, _>>()?;
+        let patterns = patterns
+            .iter()
+            .map(|p| Pattern::parse(p.as_ref()))
+            .collect::<Result<_, _>>()?;
         Ok(Self { patterns })
     }
 
@@ -166,12 +172,16 @@ impl ActionSet {
 
     /// Whether every pattern of `self` is covered by some pattern of `parent`.
     pub fn is_subset_of(&self, parent: &ActionSet) -> bool {
-        self.patterns.iter().all(|c| parent.patterns.iter().any(|p| p.covers(c)))
+        self.patterns
+            .iter()
+            .all(|c| parent.patterns.iter().any(|p| p.covers(c)))
     }
 
     /// The first pattern of `self` that `parent` does not cover.
     pub fn first_uncovered<'a>(&'a self, parent: &ActionSet) -> Option<&'a Pattern> {
-        self.patterns.iter().find(|c| !parent.patterns.iter().any(|p| p.covers(c)))
+        self.patterns
+            .iter()
+            .find(|c| !parent.patterns.iter().any(|p| p.covers(c)))
     }
 }
 
@@ -210,18 +220,25 @@ mod tests {
 
     #[test]
     fn misplaced_star() {
-        assert!(matches!(Pattern::parse("a*b"), Err(PatternError::MisplacedStar(_))));
+        assert!(matches!(
+            Pattern::parse("a*b"),
+            Err(PatternError::MisplacedStar(_))
+        ));
         assert!(matches!(Pattern::parse(""), Err(PatternError::Empty)));
     }
 
     fn action_text(min: usize) -> impl Strategy<Value = String> {
-        proptest::collection::vec(proptest::sample::select(vec!["a", "b", ":", "/"]), min..8).prop_map(|v| v.concat())
+        proptest::collection::vec(proptest::sample::select(vec!["a", "b", ":", "/"]), min..8)
+            .prop_map(|v| v.concat())
     }
 
     fn pattern_text() -> impl Strategy<Value = String> {
-        proptest::collection::vec(proptest::sample::select(vec!["a", "b", ":", "/", "*"]), 1..8)
-            .prop_map(|v| v.concat())
-            .prop_filter("valid", |s| Pattern::parse(s).is_ok())
+        proptest::collection::vec(
+            proptest::sample::select(vec!["a", "b", ":", "/", "*"]),
+            1..8,
+        )
+        .prop_map(|v| v.concat())
+        .prop_filter("valid", |s| Pattern::parse(s).is_ok())
     }
 
     proptest! {

@@ -192,8 +192,8 @@ impl Checker {
     /// Checks a parsed chain, signatures included.
     pub fn check(&self, state: &SrlState, chain: &ParsedChain, action: &str, now: u64) -> Decision {
         self.decide(state, chain, action, now, || {
-            chain.check_signatures(&self.issuers, self.config.max_depth)?;
-            self.check_issuer(chain)
+            self.check_issuer(chain)?;
+            chain.check_signatures(&self.issuers, self.config.max_depth)
         })
     }
 
@@ -206,7 +206,13 @@ impl Checker {
 
     /// Checks a chain verified earlier by [`Checker::verify`]: revocation,
     /// time, action and freshness are still checked on every call.
-    pub fn check_verified(&self, state: &SrlState, chain: &VerifiedChain, action: &str, now: u64) -> Decision {
+    pub fn check_verified(
+        &self,
+        state: &SrlState,
+        chain: &VerifiedChain,
+        action: &str,
+        now: u64,
+    ) -> Decision {
         self.decide(state, chain.chain(), action, now, || Ok(()))
     }
 
@@ -215,7 +221,10 @@ impl Checker {
             (Some(want), Some(got)) if want == got => Ok(()),
             (Some(want), got) => Err(Denial::new(
                 DenyReason::UntrustedIssuer,
-                format!("root issued by `{}`, expected `{want}`", got.as_deref().unwrap_or_default()),
+                format!(
+                    "root issued by `{}`, expected `{want}`",
+                    got.as_deref().unwrap_or_default()
+                ),
             )),
             (None, _) => Ok(()),
         }
@@ -224,17 +233,33 @@ impl Checker {
     /// Checks a parsed chain in DESIGN order and, when its signatures
     /// verified, also returns it verified (for a cache). Signature work is
     /// done at most once, and not at all for a revoked or expired chain.
-    pub fn check_and_verify(&self, state: &SrlState, chain: ParsedChain, action: &str, now: u64) -> (Decision, Option<VerifiedChain>) {
+    pub fn check_and_verify(
+        &self,
+        state: &SrlState,
+        chain: ParsedChain,
+        action: &str,
+        now: u64,
+    ) -> (Decision, Option<VerifiedChain>) {
         if let Err(denial) = revocation(state, &chain).and_then(|()| self.time(&chain, now)) {
             return (Decision::Deny(denial), None);
         }
         match self.verify(chain) {
-            Ok(verified) => (self.finish(state, verified.chain(), action, now), Some(verified)),
+            Ok(verified) => (
+                self.finish(state, verified.chain(), action, now),
+                Some(verified),
+            ),
             Err(denial) => (Decision::Deny(denial), None),
         }
     }
 
-    fn decide(&self, state: &SrlState, chain: &ParsedChain, action: &str, now: u64, signatures: impl FnOnce() -> Step) -> Decision {
+    fn decide(
+        &self,
+        state: &SrlState,
+        chain: &ParsedChain,
+        action: &str,
+        now: u64,
+        signatures: impl FnOnce() -> Step,
+    ) -> Decision {
         let steps = || -> Step {
             revocation(state, chain)?;
             self.time(chain, now)?;
@@ -249,7 +274,10 @@ impl Checker {
     /// The last steps: action, then the freshness policy.
     fn finish(&self, state: &SrlState, chain: &ParsedChain, action: &str, now: u64) -> Decision {
         if !chain.leaf().actions().allows(action) {
-            return Decision::Deny(Denial::new(DenyReason::ActionDenied, format!("the warrant does not permit `{action}`")));
+            return Decision::Deny(Denial::new(
+                DenyReason::ActionDenied,
+                format!("the warrant does not permit `{action}`"),
+            ));
         }
         if state.is_fresh(now, self.config.max_staleness) {
             return Decision::Allow { stale: false };
@@ -273,11 +301,17 @@ impl Checker {
         for (i, link) in chain.links().iter().enumerate() {
             let c = link.claims();
             if c.exp <= now {
-                return Err(Denial::new(DenyReason::Expired, format!("link {i} expired at {}", c.exp)));
+                return Err(Denial::new(
+                    DenyReason::Expired,
+                    format!("link {i} expired at {}", c.exp),
+                ));
             }
             let start = c.nbf.unwrap_or(0).max(c.iat.unwrap_or(0));
             if start > now.saturating_add(self.config.skew) {
-                return Err(Denial::new(DenyReason::NotYetValid, format!("link {i} is not valid before {start}")));
+                return Err(Denial::new(
+                    DenyReason::NotYetValid,
+                    format!("link {i} is not valid before {start}"),
+                ));
             }
         }
         Ok(())
@@ -298,7 +332,10 @@ fn revocation(state: &SrlState, chain: &ParsedChain) -> Step {
         }
         EntryKind::Agent => {
             let i = named(&|i| Digest::of(kind, &links[i].claims().sub) == digest);
-            format!("agent `{}` is revoked for credentials issued before the cutoff", links[i].claims().sub)
+            format!(
+                "agent `{}` is revoked for credentials issued before the cutoff",
+                links[i].claims().sub
+            )
         }
         EntryKind::Key => {
             let kid = std::iter::once(chain.root().kid())

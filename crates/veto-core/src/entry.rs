@@ -171,7 +171,10 @@ impl Removed {
 
 fn validate_id(kind: EntryKind, id: &str) -> Result<(), EntryError> {
     if id.is_empty() || id.len() > MAX_ENTRY_ID_BYTES {
-        return Err(EntryError::Id { kind, len: id.len() });
+        return Err(EntryError::Id {
+            kind,
+            len: id.len(),
+        });
     }
     Ok(())
 }

@@ -126,7 +126,8 @@ impl<'a> UnverifiedJws<'a> {
             });
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(JwsError::Malformed("expected three dot-separated parts"));
         };
@@ -134,14 +135,19 @@ impl<'a> UnverifiedJws<'a> {
             return Err(JwsError::Header("over 1024 bytes".into()));
         }
         let header_bytes = b64::decode(h).ok_or(JwsError::Malformed("header is not base64url"))?;
-        let header: Header = serde_json::from_slice(&header_bytes).map_err(|e| JwsError::Header(e.to_string()))?;
+        let header: Header =
+            serde_json::from_slice(&header_bytes).map_err(|e| JwsError::Header(e.to_string()))?;
         if header.alg != "EdDSA" {
             return Err(JwsError::Alg(header.alg));
         }
         if header.crit.is_some() {
-            return Err(JwsError::Header("`crit` extensions are not supported".into()));
+            return Err(JwsError::Header(
+                "`crit` extensions are not supported".into(),
+            ));
         }
-        let signature = b64::decode_array::<64>(s).ok_or(JwsError::Malformed("signature is not 64 bytes of base64url"))?;
+        let signature = b64::decode_array::<64>(s).ok_or(JwsError::Malformed(
+            "signature is not 64 bytes of base64url",
+        ))?;
         Ok(Self {
             header,
             signing_input: &token[..h.len() + 1 + p.len()],
@@ -192,7 +198,9 @@ impl<'a> UnverifiedJws<'a> {
     /// Verifies with the key named by `kid` and returns the payload bytes.
     pub fn verify(&self, keys: &dyn KeyResolver) -> Result<Verified, JwsError> {
         let kid = self.header.kid.as_deref().ok_or(JwsError::MissingKid)?;
-        let key = keys.resolve(kid).ok_or_else(|| JwsError::UnknownKey(kid.to_owned()))?;
+        let key = keys
+            .resolve(kid)
+            .ok_or_else(|| JwsError::UnknownKey(kid.to_owned()))?;
         self.verify_with(key)?;
         Ok(Verified {
             payload: self.payload_unverified()?,
@@ -211,7 +219,12 @@ pub struct Verified {
 }
 
 /// Parses, checks `typ`, and verifies in one step.
-pub fn verify(token: &str, typ: Typ, keys: &dyn KeyResolver, max_len: usize) -> Result<Verified, JwsError> {
+pub fn verify(
+    token: &str,
+    typ: Typ,
+    keys: &dyn KeyResolver,
+    max_len: usize,
+) -> Result<Verified, JwsError> {
     let jws = UnverifiedJws::parse(token, max_len)?;
     jws.expect_typ(typ)?;
     jws.verify(keys)
@@ -240,9 +253,18 @@ mod tests {
         let token = sign(Typ::Delta, &key, b"{}");
         let (_, rest) = token.split_once('.').unwrap();
         for alg in ["none", "HS256", "eddsa"] {
-            let h = b64::encode(format!(r#"{{"alg":"{alg}","typ":"veto-srl-delta+jwt","kid":"{}"}}"#, key.kid()).as_bytes());
+            let h = b64::encode(
+                format!(
+                    r#"{{"alg":"{alg}","typ":"veto-srl-delta+jwt","kid":"{}"}}"#,
+                    key.kid()
+                )
+                .as_bytes(),
+            );
             let forged = format!("{h}.{rest}");
-            assert_eq!(verify(&forged, Typ::Delta, key.public(), 1 << 20).unwrap_err(), JwsError::Alg(alg.into()));
+            assert_eq!(
+                verify(&forged, Typ::Delta, key.public(), 1 << 20).unwrap_err(),
+                JwsError::Alg(alg.into())
+            );
         }
     }
 
@@ -251,7 +273,10 @@ mod tests {
         let junk = "a".repeat(100);
         assert_eq!(
             UnverifiedJws::parse(&junk, 99).unwrap_err(),
-            JwsError::TooLarge { len: 100, limit: 99 }
+            JwsError::TooLarge {
+                len: 100,
+                limit: 99
+            }
         );
     }
 

@@ -77,7 +77,10 @@ pub fn write_new(path: &Path, bytes: &[u8], private: bool) -> Result<(), KeyFile
         path: path.into(),
         source,
     };
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -121,11 +124,17 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         assert_eq!(read_signing_key(&path).unwrap().kid(), key.kid());
         assert_eq!(read_public_key(&path).unwrap(), *key.public());
-        assert!(matches!(write_signing_key(&path, &key), Err(KeyFileError::Exists(_))));
+        assert!(matches!(
+            write_signing_key(&path, &key),
+            Err(KeyFileError::Exists(_))
+        ));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

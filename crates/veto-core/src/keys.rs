@@ -15,7 +15,9 @@ pub enum KeyError {
     #[error("invalid JWK: {0}")]
     Json(String),
     /// The JWK is not an Ed25519 key (`kty` must be `OKP`, `crv` must be `Ed25519`).
-    #[error("unsupported key: `kty` must be `OKP` and `crv` must be `Ed25519`, found `{kty}`/`{crv}`")]
+    #[error(
+        "unsupported key: `kty` must be `OKP` and `crv` must be `Ed25519`, found `{kty}`/`{crv}`"
+    )]
     Unsupported {
         /// The `kty` found.
         kty: String,
@@ -36,9 +38,9 @@ pub enum KeyError {
     Random(String),
 }
 
-/// A JSON Web Key for Ed25519 (RFC 8037), public or private.
+/// A JSON Web Key for Ed25519 (RFC 8037), public or private. Members other
+/// than these (such as `key_ops` or `ext` from WebCrypto) are ignored.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct Jwk {
     /// Key type, always `OKP`.
     pub kty: String,
@@ -217,7 +219,10 @@ impl SigningKey {
 
 fn parse_jwk(text: &str) -> Result<Jwk, KeyError> {
     if text.len() > 4096 {
-        return Err(KeyError::Json(format!("{} bytes, over the 4096-byte limit", text.len())));
+        return Err(KeyError::Json(format!(
+            "{} bytes, over the 4096-byte limit",
+            text.len()
+        )));
     }
     serde_json::from_str(text).map_err(|e| KeyError::Json(e.to_string()))
 }
@@ -324,7 +329,10 @@ mod tests {
     #[test]
     fn public_jwk_is_not_private() {
         let a = SigningKey::generate().unwrap();
-        assert_eq!(SigningKey::from_jwk(&a.public().to_jwk()).unwrap_err(), KeyError::NotPrivate);
+        assert_eq!(
+            SigningKey::from_jwk(&a.public().to_jwk()).unwrap_err(),
+            KeyError::NotPrivate
+        );
     }
 
     #[test]

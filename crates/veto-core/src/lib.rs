@@ -31,7 +31,10 @@ pub use decision::{CheckConfig, Checker, Decision, Denial, DenyReason, Staleness
 pub use entry::{Digest, Entry, EntryError, EntryKind, Reason, Removed, MAX_ENTRY_ID_BYTES};
 pub use keys::{thumbprint, Jwk, KeyError, KeyResolver, KeySet, PublicKey, SigningKey};
 pub use set::RevocationSet;
-pub use srl::{Head, SrlError, SrlLimits, SrlSigner, SrlVerifier, VerifiedCheckpoint, VerifiedDelta, VerifiedSnapshot};
+pub use srl::{
+    Head, SrlError, SrlLimits, SrlSigner, SrlVerifier, VerifiedCheckpoint, VerifiedDelta,
+    VerifiedSnapshot,
+};
 pub use sse::{SseError, SseEvent, SseParser};
 pub use state::{Applied, ApplyError, Attestation, SrlState};
 pub use warrant::{LinkSpec, ParsedChain, VerifiedChain, WarrantError};

@@ -151,11 +151,22 @@ pub type Tables = (Vec<Digest>, Vec<(Digest, u64)>, Vec<Digest>);
 impl RevocationSet {
     /// Builds a set from tables sorted in strictly ascending digest order
     /// (as a snapshot carries them; the caller has checked the order).
-    pub fn from_sorted(warrants: Vec<Digest>, agents: Vec<(Digest, u64)>, keys: Vec<Digest>) -> Self {
-        let base = Base { warrants, keys, agents };
+    pub fn from_sorted(
+        warrants: Vec<Digest>,
+        agents: Vec<(Digest, u64)>,
+        keys: Vec<Digest>,
+    ) -> Self {
+        let base = Base {
+            warrants,
+            keys,
+            agents,
+        };
         let len = base.len();
         let mut bloom = Bloom::with_capacity(base.len());
-        base.warrants.iter().chain(&base.keys).for_each(|d| bloom.insert(d));
+        base.warrants
+            .iter()
+            .chain(&base.keys)
+            .for_each(|d| bloom.insert(d));
         base.agents.iter().for_each(|(d, _)| bloom.insert(d));
         Self {
             base: Arc::new(base),
@@ -246,14 +257,17 @@ impl RevocationSet {
         if !any {
             return None;
         }
-        if let Some(d) = probes.warrants.iter().find(|d| self.get(EntryKind::Warrant, d).is_some()) {
+        if let Some(d) = probes
+            .warrants
+            .iter()
+            .find(|d| self.get(EntryKind::Warrant, d).is_some())
+        {
             return Some((EntryKind::Warrant, *d));
         }
-        if let Some((d, _)) = probes
-            .agents
-            .iter()
-            .find(|(d, iat)| self.get(EntryKind::Agent, d).is_some_and(|before| *iat <= before))
-        {
+        if let Some((d, _)) = probes.agents.iter().find(|(d, iat)| {
+            self.get(EntryKind::Agent, d)
+                .is_some_and(|before| *iat <= before)
+        }) {
             return Some((EntryKind::Agent, *d));
         }
         probes
@@ -268,7 +282,13 @@ impl RevocationSet {
         let live = |d: &Digest| !self.removed.contains(d) && !self.added.contains_key(d);
         let mut warrants: Vec<Digest> = self.base.warrants.iter().copied().filter(live).collect();
         let mut keys: Vec<Digest> = self.base.keys.iter().copied().filter(live).collect();
-        let mut agents: Vec<(Digest, u64)> = self.base.agents.iter().copied().filter(|(d, _)| live(d)).collect();
+        let mut agents: Vec<(Digest, u64)> = self
+            .base
+            .agents
+            .iter()
+            .copied()
+            .filter(|(d, _)| live(d))
+            .collect();
         for (d, &(kind, v)) in self.added.iter() {
             match kind {
                 EntryKind::Warrant => warrants.push(*d),

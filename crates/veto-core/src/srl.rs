@@ -67,7 +67,8 @@ impl Serialize for Head {
 impl<'de> Deserialize<'de> for Head {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Head::parse(&s).ok_or_else(|| serde::de::Error::custom("head must be 64 lowercase hex digits"))
+        Head::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom("head must be 64 lowercase hex digits"))
     }
 }
 
@@ -170,7 +171,10 @@ pub struct SrlSigner {
 impl SrlSigner {
     /// A signer for authority `iss`.
     pub fn new(key: SigningKey, iss: impl Into<String>) -> Self {
-        Self { key, iss: iss.into() }
+        Self {
+            key,
+            iss: iss.into(),
+        }
     }
 
     /// The authority name.
@@ -184,7 +188,14 @@ impl SrlSigner {
     }
 
     /// Signs delta `ver` on top of `prev`; returns it with its head.
-    pub fn delta(&self, ver: u64, prev: Head, iat: u64, add: Vec<Entry>, rm: Vec<Removed>) -> (String, Head) {
+    pub fn delta(
+        &self,
+        ver: u64,
+        prev: Head,
+        iat: u64,
+        add: Vec<Entry>,
+        rm: Vec<Removed>,
+    ) -> (String, Head) {
         let payload = DeltaPayload {
             iss: self.iss.clone(),
             ver,
@@ -194,7 +205,10 @@ impl SrlSigner {
             rm,
         };
         let bytes = serde_json::to_vec(&payload).unwrap_or_default();
-        (jws::sign(Typ::Delta, &self.key, &bytes), Head::of_payload(&bytes))
+        (
+            jws::sign(Typ::Delta, &self.key, &bytes),
+            Head::of_payload(&bytes),
+        )
     }
 
     /// Signs a checkpoint.
@@ -206,11 +220,22 @@ impl SrlSigner {
             iat,
             exp,
         };
-        jws::sign(Typ::Checkpoint, &self.key, &serde_json::to_vec(&payload).unwrap_or_default())
+        jws::sign(
+            Typ::Checkpoint,
+            &self.key,
+            &serde_json::to_vec(&payload).unwrap_or_default(),
+        )
     }
 
     /// Signs a snapshot of `set` at `ver`/`head`.
-    pub fn snapshot(&self, ver: u64, head: Head, iat: u64, exp: u64, set: &RevocationSet) -> String {
+    pub fn snapshot(
+        &self,
+        ver: u64,
+        head: Head,
+        iat: u64,
+        exp: u64,
+        set: &RevocationSet,
+    ) -> String {
         let (warrants, agents, keys) = set.tables();
         let flat = |v: &[Digest]| b64::encode(&v.iter().flat_map(|d| d.0).collect::<Vec<u8>>());
         let mut agent_bytes = Vec::with_capacity(agents.len() * 20);
@@ -229,7 +254,11 @@ impl SrlSigner {
             agents: b64::encode(&agent_bytes).into(),
             keys: flat(&keys).into(),
         };
-        jws::sign(Typ::Snapshot, &self.key, &serde_json::to_vec(&payload).unwrap_or_default())
+        jws::sign(
+            Typ::Snapshot,
+            &self.key,
+            &serde_json::to_vec(&payload).unwrap_or_default(),
+        )
     }
 }
 
@@ -347,7 +376,13 @@ impl SrlVerifier {
         &self.iss
     }
 
-    fn open(&self, what: &'static str, token: &str, typ: Typ, max: usize) -> Result<Vec<u8>, SrlError> {
+    fn open(
+        &self,
+        what: &'static str,
+        token: &str,
+        typ: Typ,
+        max: usize,
+    ) -> Result<Vec<u8>, SrlError> {
         jws::verify(token, typ, &self.keys, max)
             .map(|v| v.payload)
             .map_err(|source| SrlError::Jws { what, source })
@@ -382,8 +417,14 @@ impl SrlVerifier {
             return Err(payload_error(WHAT, "version 0 has no delta"));
         }
         let bad = |e: EntryError| payload_error(WHAT, e.to_string());
-        payload.add.iter().try_for_each(|e| e.validate().map_err(bad))?;
-        payload.rm.iter().try_for_each(|e| e.validate().map_err(bad))?;
+        payload
+            .add
+            .iter()
+            .try_for_each(|e| e.validate().map_err(bad))?;
+        payload
+            .rm
+            .iter()
+            .try_for_each(|e| e.validate().map_err(bad))?;
         Ok(VerifiedDelta {
             head: Head::of_payload(&bytes),
             payload,
@@ -393,7 +434,12 @@ impl SrlVerifier {
     /// Verifies a checkpoint.
     pub fn checkpoint(&self, token: &str, now: u64) -> Result<VerifiedCheckpoint, SrlError> {
         const WHAT: &str = "checkpoint";
-        let bytes = self.open(WHAT, token, Typ::Checkpoint, self.limits.max_checkpoint_bytes)?;
+        let bytes = self.open(
+            WHAT,
+            token,
+            Typ::Checkpoint,
+            self.limits.max_checkpoint_bytes,
+        )?;
         let payload: CheckpointPayload = parse(WHAT, &bytes)?;
         self.check(WHAT, &payload.iss, payload.iat, now)?;
         Ok(VerifiedCheckpoint { payload })
@@ -406,13 +452,20 @@ impl SrlVerifier {
         let payload: SnapshotPayload<'_> = parse(WHAT, &bytes)?;
         self.check(WHAT, &payload.iss, payload.iat, now)?;
         if payload.digest != DIGEST_SCHEME {
-            return Err(payload_error(WHAT, format!("unknown digest scheme `{}`", payload.digest)));
+            return Err(payload_error(
+                WHAT,
+                format!("unknown digest scheme `{}`", payload.digest),
+            ));
         }
         let warrants = digests(WHAT, "warrants", &payload.warrants)?;
         let keys = digests(WHAT, "keys", &payload.keys)?;
-        let raw = b64::decode(&payload.agents).ok_or_else(|| payload_error(WHAT, "`agents` is not base64url"))?;
+        let raw = b64::decode(&payload.agents)
+            .ok_or_else(|| payload_error(WHAT, "`agents` is not base64url"))?;
         if raw.len() % (DIGEST_BYTES + 8) != 0 {
-            return Err(payload_error(WHAT, "`agents` is not a whole number of records"));
+            return Err(payload_error(
+                WHAT,
+                "`agents` is not a whole number of records",
+            ));
         }
         let mut agents = Vec::with_capacity(raw.len() / (DIGEST_BYTES + 8));
         for rec in raw.chunks_exact(DIGEST_BYTES + 8) {
@@ -424,7 +477,10 @@ impl SrlVerifier {
             agents.push((Digest(dd), u64::from_be_bytes(bb)));
         }
         if !agents.windows(2).all(|w| w[0].0 < w[1].0) {
-            return Err(payload_error(WHAT, "`agents` is not in strictly ascending order"));
+            return Err(payload_error(
+                WHAT,
+                "`agents` is not in strictly ascending order",
+            ));
         }
         Ok(VerifiedSnapshot {
             ver: payload.ver,
@@ -448,9 +504,13 @@ fn parse<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Result<
 }
 
 fn digests(what: &'static str, field: &str, text: &str) -> Result<Vec<Digest>, SrlError> {
-    let raw = b64::decode(text).ok_or_else(|| payload_error(what, format!("`{field}` is not base64url")))?;
+    let raw = b64::decode(text)
+        .ok_or_else(|| payload_error(what, format!("`{field}` is not base64url")))?;
     if raw.len() % DIGEST_BYTES != 0 {
-        return Err(payload_error(what, format!("`{field}` is not a whole number of digests")));
+        return Err(payload_error(
+            what,
+            format!("`{field}` is not a whole number of digests"),
+        ));
     }
     let list: Vec<Digest> = raw
         .chunks_exact(DIGEST_BYTES)
@@ -461,7 +521,10 @@ fn digests(what: &'static str, field: &str, text: &str) -> Result<Vec<Digest>, S
         })
         .collect();
     if !list.windows(2).all(|w| w[0] < w[1]) {
-        return Err(payload_error(what, format!("`{field}` is not in strictly ascending order")));
+        return Err(payload_error(
+            what,
+            format!("`{field}` is not in strictly ascending order"),
+        ));
     }
     Ok(list)
 }

@@ -72,7 +72,10 @@ impl SseParser {
         let mut start = 0;
         loop {
             let from = self.scanned.max(start);
-            let Some(pos) = self.buf[from..].iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(pos) = self.buf[from..]
+                .iter()
+                .position(|&b| b == b'\n' || b == b'\r')
+            else {
                 self.scanned = self.buf.len();
                 break;
             };
@@ -103,7 +106,11 @@ impl SseParser {
         if line.is_empty() {
             if self.has_data {
                 out.push(SseEvent {
-                    event: if self.event.is_empty() { "message".into() } else { std::mem::take(&mut self.event) },
+                    event: if self.event.is_empty() {
+                        "message".into()
+                    } else {
+                        std::mem::take(&mut self.event)
+                    },
                     data: std::mem::take(&mut self.data),
                     id: self.last_id.clone(),
                 });
@@ -145,16 +152,31 @@ mod tests {
 
     fn all(input: &[u8], step: usize) -> Vec<SseEvent> {
         let mut p = SseParser::new(1 << 20);
-        input.chunks(step.max(1)).flat_map(|c| p.feed(c).unwrap()).collect()
+        input
+            .chunks(step.max(1))
+            .flat_map(|c| p.feed(c).unwrap())
+            .collect()
     }
 
     #[test]
     fn parses_events_whatever_the_chunking() {
         let input = b": hi\r\nevent: delta\r\nid: 7\r\ndata: a\r\ndata: b\r\n\r\nevent: checkpoint\nid: 8\ndata: c\n\ndata\n\n";
         let want = vec![
-            SseEvent { event: "delta".into(), data: "a\nb".into(), id: Some("7".into()) },
-            SseEvent { event: "checkpoint".into(), data: "c".into(), id: Some("8".into()) },
-            SseEvent { event: "message".into(), data: "".into(), id: Some("8".into()) },
+            SseEvent {
+                event: "delta".into(),
+                data: "a\nb".into(),
+                id: Some("7".into()),
+            },
+            SseEvent {
+                event: "checkpoint".into(),
+                data: "c".into(),
+                id: Some("8".into()),
+            },
+            SseEvent {
+                event: "message".into(),
+                data: "".into(),
+                id: Some("8".into()),
+            },
         ];
         for step in 1..input.len() {
             assert_eq!(all(input, step), want, "chunk size {step}");
@@ -164,7 +186,10 @@ mod tests {
     #[test]
     fn oversize_is_an_error() {
         let mut p = SseParser::new(16);
-        assert_eq!(p.feed(b"data: 0123456789abcdefgh\n"), Err(SseError::TooLarge(16)));
+        assert_eq!(
+            p.feed(b"data: 0123456789abcdefgh\n"),
+            Err(SseError::TooLarge(16))
+        );
         let mut p = SseParser::new(16);
         assert_eq!(p.feed(&[b'x'; 40]), Err(SseError::TooLarge(16)));
     }

@@ -107,12 +107,14 @@ impl SrlState {
     /// version keeps that attestation: the state knows at least as much as
     /// it did at `iat`.
     pub fn fresh_until(&self, max_staleness: u64) -> Option<u64> {
-        self.attested.map(|a| a.exp.min(a.iat.saturating_add(max_staleness)))
+        self.attested
+            .map(|a| a.exp.min(a.iat.saturating_add(max_staleness)))
     }
 
     /// Whether the state is fresh at `now`.
     pub fn is_fresh(&self, now: u64, max_staleness: u64) -> bool {
-        self.fresh_until(max_staleness).is_some_and(|until| now < until)
+        self.fresh_until(max_staleness)
+            .is_some_and(|until| now < until)
     }
 
     /// Seconds since the newest attestation was signed, if any.
@@ -130,7 +132,13 @@ impl SrlState {
     /// Applies a snapshot: never rolls back; equal version with another
     /// head is an equivocation.
     pub fn apply_snapshot(&mut self, snapshot: VerifiedSnapshot) -> Result<Applied, ApplyError> {
-        let VerifiedSnapshot { ver, head, iat, exp, set } = snapshot;
+        let VerifiedSnapshot {
+            ver,
+            head,
+            iat,
+            exp,
+            set,
+        } = snapshot;
         if ver < self.ver {
             return Err(ApplyError::Rollback {
                 applied: self.ver,
@@ -170,10 +178,15 @@ impl SrlState {
             return Err(ApplyError::BrokenChain { ver: p.ver });
         }
         for e in &p.rm {
-            self.set.remove(e.kind, &crate::entry::Digest::of(e.kind, &e.id));
+            self.set
+                .remove(e.kind, &crate::entry::Digest::of(e.kind, &e.id));
         }
         for e in &p.add {
-            let value = if e.kind == EntryKind::Agent { e.before.unwrap_or(0) } else { 0 };
+            let value = if e.kind == EntryKind::Agent {
+                e.before.unwrap_or(0)
+            } else {
+                0
+            };
             self.set.insert(e.kind, e.digest(), value);
         }
         let from = self.ver;
@@ -183,7 +196,10 @@ impl SrlState {
     }
 
     /// Applies a checkpoint: renews freshness when it attests our head.
-    pub fn apply_checkpoint(&mut self, checkpoint: &VerifiedCheckpoint) -> Result<Applied, ApplyError> {
+    pub fn apply_checkpoint(
+        &mut self,
+        checkpoint: &VerifiedCheckpoint,
+    ) -> Result<Applied, ApplyError> {
         let p = &checkpoint.payload;
         if p.ver < self.ver {
             return Ok(Applied::Ignored);

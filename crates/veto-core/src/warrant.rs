@@ -160,7 +160,10 @@ impl ParsedChain {
         }
         let depth = token.split('~').count();
         if depth > limits::MAX_DEPTH {
-            return Err(malformed(format!("chain of {depth} links, over the limit of {}", limits::MAX_DEPTH)));
+            return Err(malformed(format!(
+                "chain of {depth} links, over the limit of {}",
+                limits::MAX_DEPTH
+            )));
         }
         let mut links = Vec::with_capacity(depth);
         for (i, part) in token.split('~').enumerate() {
@@ -194,12 +197,20 @@ impl ParsedChain {
     /// root signed by a trusted issuer; each child signed by its parent's
     /// holder key, `par` = parent `jti`, `exp` not after the parent's, `act`
     /// a subset of the parent's; at most `max_depth` links.
-    pub fn verify(self, issuers: &dyn KeyResolver, max_depth: usize) -> Result<VerifiedChain, Denial> {
+    pub fn verify(
+        self,
+        issuers: &dyn KeyResolver,
+        max_depth: usize,
+    ) -> Result<VerifiedChain, Denial> {
         self.check_signatures(issuers, max_depth)?;
         Ok(VerifiedChain(self))
     }
 
-    pub(crate) fn check_signatures(&self, issuers: &dyn KeyResolver, max_depth: usize) -> Result<(), Denial> {
+    pub(crate) fn check_signatures(
+        &self,
+        issuers: &dyn KeyResolver,
+        max_depth: usize,
+    ) -> Result<(), Denial> {
         if self.links.len() > max_depth {
             return Err(malformed(format!(
                 "chain of {} links, over the configured depth limit of {max_depth}",
@@ -207,34 +218,53 @@ impl ParsedChain {
             )));
         }
         let root = self.root();
-        let kid = root
-            .kid()
-            .ok_or_else(|| Denial::new(DenyReason::UntrustedIssuer, "the root link names no `kid`"))?;
-        let issuer = issuers
-            .resolve(kid)
-            .ok_or_else(|| Denial::new(DenyReason::UntrustedIssuer, format!("root signed by unknown issuer key `{kid}`")))?;
+        let kid = root.kid().ok_or_else(|| {
+            Denial::new(DenyReason::UntrustedIssuer, "the root link names no `kid`")
+        })?;
+        let issuer = issuers.resolve(kid).ok_or_else(|| {
+            Denial::new(
+                DenyReason::UntrustedIssuer,
+                format!("root signed by unknown issuer key `{kid}`"),
+            )
+        })?;
         if root.claims.par.is_some() {
-            return Err(Denial::new(DenyReason::ChainInvalid, "the root link has a `par` claim"));
+            return Err(Denial::new(
+                DenyReason::ChainInvalid,
+                "the root link has a `par` claim",
+            ));
         }
         verify_link(root, issuer, 0)?;
         for (i, pair) in self.links.windows(2).enumerate() {
             let (parent, child) = (&pair[0], &pair[1]);
             let n = i + 1;
             let holder = parent.holder.as_ref().ok_or_else(|| {
-                Denial::new(DenyReason::ChainInvalid, format!("link {i} binds no holder key, so it cannot be delegated"))
+                Denial::new(
+                    DenyReason::ChainInvalid,
+                    format!("link {i} binds no holder key, so it cannot be delegated"),
+                )
             })?;
             if child.kid().is_some_and(|k| k != holder.kid()) {
                 return Err(Denial::new(
                     DenyReason::ChainInvalid,
-                    format!("link {n} names key `{}` but its parent's holder key is `{}`", child.kid().unwrap_or_default(), holder.kid()),
+                    format!(
+                        "link {n} names key `{}` but its parent's holder key is `{}`",
+                        child.kid().unwrap_or_default(),
+                        holder.kid()
+                    ),
                 ));
             }
             verify_link(child, holder, n)?;
             if child.claims.par.as_deref() != Some(parent.claims.jti.as_str()) {
-                return Err(Denial::new(DenyReason::ChainInvalid, format!("link {n}: `par` is not the parent's `jti`")));
+                return Err(Denial::new(
+                    DenyReason::ChainInvalid,
+                    format!("link {n}: `par` is not the parent's `jti`"),
+                ));
             }
             if child.claims.exp > parent.claims.exp {
-                return Err(Denial::new(DenyReason::ChainInvalid, format!("link {n} outlives its parent")));
+                return Err(Denial::new(
+                    DenyReason::ChainInvalid,
+                    format!("link {n} outlives its parent"),
+                ));
             }
             if let Some(p) = child.actions.first_uncovered(&parent.actions) {
                 return Err(Denial::new(
@@ -251,12 +281,16 @@ fn verify_link(link: &Link, key: &PublicKey, n: usize) -> Result<(), Denial> {
     if key.verify(link.signing_input.as_bytes(), &link.signature) {
         Ok(())
     } else {
-        Err(Denial::new(DenyReason::BadSignature, format!("link {n}: signature does not verify")))
+        Err(Denial::new(
+            DenyReason::BadSignature,
+            format!("link {n}: signature does not verify"),
+        ))
     }
 }
 
 fn parse_link(part: &str, i: usize) -> Result<Link, Denial> {
-    let jws = UnverifiedJws::parse(part, limits::MAX_LINK_BYTES).map_err(|e| malformed(format!("link {i}: {e}")))?;
+    let jws = UnverifiedJws::parse(part, limits::MAX_LINK_BYTES)
+        .map_err(|e| malformed(format!("link {i}: {e}")))?;
     match (i, jws.header().typ.as_deref()) {
         (_, Some(t)) if t == Typ::Warrant.as_str() => {}
         // A plain JWT from a trusted issuer is a valid root (DESIGN 3.1).
@@ -270,8 +304,11 @@ fn parse_link(part: &str, i: usize) -> Result<Link, Denial> {
             )))
         }
     }
-    let payload = jws.payload_unverified().map_err(|e| malformed(format!("link {i}: {e}")))?;
-    let claims: Claims = serde_json::from_slice(&payload).map_err(|e| malformed(format!("link {i}: invalid claims: {e}")))?;
+    let payload = jws
+        .payload_unverified()
+        .map_err(|e| malformed(format!("link {i}: {e}")))?;
+    let claims: Claims = serde_json::from_slice(&payload)
+        .map_err(|e| malformed(format!("link {i}: invalid claims: {e}")))?;
     check_id("jti", &claims.jti, i)?;
     check_id("sub", &claims.sub, i)?;
     for (what, v) in [("iss", &claims.iss), ("par", &claims.par)] {
@@ -279,7 +316,8 @@ fn parse_link(part: &str, i: usize) -> Result<Link, Denial> {
             check_id(what, v, i)?;
         }
     }
-    let actions = ActionSet::parse(&claims.act).map_err(|e: PatternError| malformed(format!("link {i}: {e}")))?;
+    let actions = ActionSet::parse(&claims.act)
+        .map_err(|e: PatternError| malformed(format!("link {i}: {e}")))?;
     let holder = claims
         .cnf
         .as_ref()
@@ -302,7 +340,8 @@ fn probes(links: &[Link]) -> Probes {
         p.keys.push(Digest::of(EntryKind::Key, kid));
     }
     for link in links {
-        p.warrants.push(Digest::of(EntryKind::Warrant, &link.claims.jti));
+        p.warrants
+            .push(Digest::of(EntryKind::Warrant, &link.claims.jti));
         let agent = Digest::of(EntryKind::Agent, &link.claims.sub);
         let iat = link.claims.iat.unwrap_or(0);
         // The cutoff test is `iat <= before`, so the oldest iat per agent decides.
@@ -381,7 +420,13 @@ pub fn new_jti() -> Result<String, WarrantError> {
     Ok(b64::encode(&bytes))
 }
 
-fn sign_link(key: &SigningKey, iss: &str, spec: LinkSpec, jti: String, par: Option<String>) -> Result<String, WarrantError> {
+fn sign_link(
+    key: &SigningKey,
+    iss: &str,
+    spec: LinkSpec,
+    jti: String,
+    par: Option<String>,
+) -> Result<String, WarrantError> {
     ActionSet::parse(&spec.act)?;
     if spec.sub.is_empty() || spec.sub.len() > limits::MAX_ID_BYTES {
         return Err(WarrantError::Id("sub"));
@@ -412,15 +457,21 @@ pub fn mint_root(issuer: &SigningKey, iss: &str, spec: LinkSpec) -> Result<Strin
 /// Delegates a child under `parent` (a whole chain), signed with the parent
 /// leaf's holder private key. Refuses a child that would widen `act` or
 /// outlive the parent. Returns the extended chain.
-pub fn delegate(parent: &str, holder_key: &SigningKey, spec: LinkSpec) -> Result<String, WarrantError> {
+pub fn delegate(
+    parent: &str,
+    holder_key: &SigningKey,
+    spec: LinkSpec,
+) -> Result<String, WarrantError> {
     let chain = ParsedChain::parse(parent).map_err(|d| WarrantError::Parent(d.message))?;
     if chain.links.len() + 1 > limits::DEFAULT_DEPTH {
         return Err(WarrantError::TooDeep(chain.links.len() + 1));
     }
     let leaf = chain.leaf();
-    let expected = leaf
-        .holder()
-        .ok_or_else(|| WarrantError::Parent("its leaf binds no holder key (`cnf`), so it cannot be delegated".into()))?;
+    let expected = leaf.holder().ok_or_else(|| {
+        WarrantError::Parent(
+            "its leaf binds no holder key (`cnf`), so it cannot be delegated".into(),
+        )
+    })?;
     if expected != holder_key.public() {
         return Err(WarrantError::WrongHolder {
             given: holder_key.kid().into(),
@@ -438,6 +489,12 @@ pub fn delegate(parent: &str, holder_key: &SigningKey, spec: LinkSpec) -> Result
         });
     }
     let iss = leaf.claims.sub.clone();
-    let child = sign_link(holder_key, &iss, spec, new_jti()?, Some(leaf.claims.jti.clone()))?;
+    let child = sign_link(
+        holder_key,
+        &iss,
+        spec,
+        new_jti()?,
+        Some(leaf.claims.jti.clone()),
+    )?;
     Ok(format!("{parent}~{child}"))
 }

@@ -87,9 +87,14 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|e: Infallible| match e {}),
+            ProxyBody::Local(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e: Infallible| match e {}),
             ProxyBody::Upstream(g) => Pin::new(g).poll_frame(cx),
         }
     }
@@ -133,7 +138,9 @@ impl StreamGuard {
     /// `Some(denial)` once a newly applied version denies the chain.
     fn poll_revoked(&mut self, cx: &mut Context<'_>) -> Option<Denial> {
         while let Poll::Ready(Some(_)) = Pin::new(&mut self.versions).poll_next(cx) {
-            if let veto_core::Decision::Deny(d) = self.state.authz.recheck(&self.chain, &self.action) {
+            if let veto_core::Decision::Deny(d) =
+                self.state.authz.recheck(&self.chain, &self.action)
+            {
                 if d.reason != DenyReason::Stale {
                     self.state.metrics.streams_cut.inc();
                     tracing::info!(reason = %d.reason, message = %d.message, "cutting off an open stream");
@@ -149,7 +156,10 @@ impl Body for Guarded {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(d) = self.guard.poll_revoked(cx) {
             return Poll::Ready(Some(Err(Box::new(Cut(d.to_string())))));
         }
@@ -192,15 +202,28 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 fn local(status: StatusCode, body: serde_json::Value) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::from(body.to_string()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
-async fn handle(state: Arc<State>, peer: SocketAddr, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+async fn handle(
+    state: Arc<State>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let action = state.config.routes.action(req.method(), req.uri().path());
     let token = veto_authorizer::bearer(req.headers()).map(str::to_owned);
     let Some(token) = token else {
-        state.metrics.requests.get_or_create(&Outcome { outcome: "malformed".into() }).inc();
+        state
+            .metrics
+            .requests
+            .get_or_create(&Outcome {
+                outcome: "malformed".into(),
+            })
+            .inc();
         return Ok(veto_authorizer::deny_response(&Denial::new(
             DenyReason::Malformed,
             "missing `Authorization: Bearer <chain>`",
@@ -218,29 +241,54 @@ async fn handle(state: Arc<State>, peer: SocketAddr, mut req: Request<Incoming>)
             (v, chain)
         }
         (veto_core::Decision::Deny(d), _) => {
-            state.metrics.requests.get_or_create(&Outcome { outcome: d.reason.as_str().into() }).inc();
+            state
+                .metrics
+                .requests
+                .get_or_create(&Outcome {
+                    outcome: d.reason.as_str().into(),
+                })
+                .inc();
             return Ok(veto_authorizer::deny_response(d));
         }
         (veto_core::Decision::Allow { .. }, None) => {
-            return Ok(local(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"error": "internal", "message": "allowed without a verified chain"})));
+            return Ok(local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"error": "internal", "message": "allowed without a verified chain"}),
+            ));
         }
     };
     state
         .metrics
         .requests
         .get_or_create(&Outcome {
-            outcome: if verified.stale { "allow_stale" } else { "allow" }.into(),
+            outcome: if verified.stale {
+                "allow_stale"
+            } else {
+                "allow"
+            }
+            .into(),
         })
         .inc();
 
     let upgrade = req.headers().contains_key(header::UPGRADE);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
     let mut parts = state.config.upstream.clone().into_parts();
-    let base = parts.path_and_query.as_ref().map(|p| p.path().trim_end_matches('/').to_owned()).unwrap_or_default();
+    let base = parts
+        .path_and_query
+        .as_ref()
+        .map(|p| p.path().trim_end_matches('/').to_owned())
+        .unwrap_or_default();
     parts.path_and_query = format!("{base}{path_and_query}").parse().ok();
     let Ok(uri) = Uri::from_parts(parts) else {
-        return Ok(local(StatusCode::BAD_REQUEST, serde_json::json!({"error": "bad_request", "message": "cannot form the upstream URI"})));
+        return Ok(local(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "bad_request", "message": "cannot form the upstream URI"}),
+        ));
     };
     *req.uri_mut() = uri;
     let headers = req.headers_mut();
@@ -251,7 +299,11 @@ async fn handle(state: Arc<State>, peer: SocketAddr, mut req: Request<Incoming>)
         Some(prev) => format!("{prev}, {}", peer.ip()),
         None => peer.ip().to_string(),
     };
-    for (name, value) in [("x-forwarded-for", xff), ("veto-agent", verified.agent.clone()), ("veto-warrant", verified.warrant.clone())] {
+    for (name, value) in [
+        ("x-forwarded-for", xff),
+        ("veto-agent", verified.agent.clone()),
+        ("veto-warrant", verified.warrant.clone()),
+    ] {
         headers.remove(name);
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(name, v);
@@ -266,7 +318,10 @@ async fn handle(state: Arc<State>, peer: SocketAddr, mut req: Request<Incoming>)
         Err(e) => {
             state.metrics.upstream_errors.inc();
             tracing::warn!(error = %e, "upstream request failed");
-            return Ok(local(StatusCode::BAD_GATEWAY, serde_json::json!({"error": "bad_gateway", "message": format!("the upstream could not be reached: {e}")})));
+            return Ok(local(
+                StatusCode::BAD_GATEWAY,
+                serde_json::json!({"error": "bad_gateway", "message": format!("the upstream could not be reached: {e}")}),
+            ));
         }
     };
     let guard = StreamGuard {
@@ -285,12 +340,19 @@ async fn handle(state: Arc<State>, peer: SocketAddr, mut req: Request<Incoming>)
     }
     strip_hop_by_hop(resp.headers_mut(), false);
     let (parts, body) = resp.into_parts();
-    Ok(Response::from_parts(parts, ProxyBody::Upstream(Guarded { inner: body, guard })))
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody::Upstream(Guarded { inner: body, guard }),
+    ))
 }
 
 /// Copies bytes both ways after an upgrade, until either side closes or
 /// the chain is revoked.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, mut guard: StreamGuard) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    mut guard: StreamGuard,
+) {
     let (Ok(c), Ok(u)) = (client.await, upstream.await) else {
         return;
     };
@@ -321,16 +383,31 @@ pub async fn serve(
         streams_cut: Counter::default(),
         registry: Registry::default(),
     };
-    registry.register("requests", "Requests, by outcome (allow, allow_stale, or the denial reason)", metrics.requests.clone());
-    registry.register("upstream_errors", "Requests the upstream could not answer", metrics.upstream_errors.clone());
-    registry.register("streams_cut", "Open streams cut off because their chain was revoked", metrics.streams_cut.clone());
+    registry.register(
+        "requests",
+        "Requests, by outcome (allow, allow_stale, or the denial reason)",
+        metrics.requests.clone(),
+    );
+    registry.register(
+        "upstream_errors",
+        "Requests the upstream could not answer",
+        metrics.upstream_errors.clone(),
+    );
+    registry.register(
+        "streams_cut",
+        "Open streams cut off because their chain was revoked",
+        metrics.streams_cut.clone(),
+    );
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let state = Arc::new(State {
         client: Client::builder(TokioExecutor::new()).build(connector),
         authz,
         config,
-        metrics: Metrics { registry, ..metrics },
+        metrics: Metrics {
+            registry,
+            ..metrics
+        },
     });
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -353,7 +430,9 @@ pub async fn serve(
         let state = state.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(state.clone(), peer, req));
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades();
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
@@ -361,7 +440,11 @@ pub async fn serve(
     }
 }
 
-async fn serve_admin(state: Arc<State>, listener: tokio::net::TcpListener, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn serve_admin(
+    state: Arc<State>,
+    listener: tokio::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
@@ -373,7 +456,9 @@ async fn serve_admin(state: Arc<State>, listener: tokio::net::TcpListener, mut s
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(admin(&state, req.uri().path())) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -384,15 +469,28 @@ fn admin(state: &State, path: &str) -> Response<ProxyBody> {
             let mut text = state.authz.metrics_text();
             let _ = prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry);
             let mut r = Response::new(ProxyBody::from(text));
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             r
         }
-        "/healthz" => local(StatusCode::OK, serde_json::json!({"status": "ok", "sync": state.authz.status()})),
+        "/healthz" => local(
+            StatusCode::OK,
+            serde_json::json!({"status": "ok", "sync": state.authz.status()}),
+        ),
         "/readyz" => {
             let s = state.authz.status();
-            let code = if s.fresh { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let code = if s.fresh {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             local(code, serde_json::json!({"ready": s.fresh, "sync": s}))
         }
-        _ => local(StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found", "message": "admin endpoints: /metrics, /healthz, /readyz"})),
+        _ => local(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not_found", "message": "admin endpoints: /metrics, /healthz, /readyz"}),
+        ),
     }
 }

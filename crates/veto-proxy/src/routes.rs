@@ -44,14 +44,22 @@ impl Routes {
             if line.is_empty() {
                 continue;
             }
-            let err = |message: String| RouteError { line: i + 1, message };
+            let err = |message: String| RouteError {
+                line: i + 1,
+                message,
+            };
             let parts: Vec<&str> = line.split_whitespace().collect();
             let [method, path, action] = parts[..] else {
-                return Err(err(format!("expected `METHOD PATH ACTION`, found `{line}`")));
+                return Err(err(format!(
+                    "expected `METHOD PATH ACTION`, found `{line}`"
+                )));
             };
             let method = match method {
                 "*" => None,
-                m => Some(Method::from_bytes(m.as_bytes()).map_err(|_| err(format!("invalid method `{m}`")))?),
+                m => Some(
+                    Method::from_bytes(m.as_bytes())
+                        .map_err(|_| err(format!("invalid method `{m}`")))?,
+                ),
             };
             if !path.starts_with('/') {
                 return Err(err(format!("path `{path}` must start with `/`")));
@@ -75,7 +83,11 @@ impl Routes {
     pub fn action(&self, method: &Method, path: &str) -> String {
         for r in &self.rules {
             let method_ok = r.method.as_ref().is_none_or(|m| m == method);
-            let path_ok = if r.prefix { path.starts_with(&r.path) } else { path == r.path };
+            let path_ok = if r.prefix {
+                path.starts_with(&r.path)
+            } else {
+                path == r.path
+            };
             if method_ok && path_ok {
                 return r.action.clone();
             }
@@ -90,7 +102,9 @@ mod tests {
 
     #[test]
     fn first_match_wins_and_default_applies() {
-        let r = Routes::parse("GET /v1/orders/* orders:read\n* /v1/orders/* orders:write # all else\n").unwrap();
+        let r =
+            Routes::parse("GET /v1/orders/* orders:read\n* /v1/orders/* orders:write # all else\n")
+                .unwrap();
         assert_eq!(r.action(&Method::GET, "/v1/orders/7"), "orders:read");
         assert_eq!(r.action(&Method::POST, "/v1/orders/7"), "orders:write");
         assert_eq!(r.action(&Method::GET, "/health"), "http:GET:/health");

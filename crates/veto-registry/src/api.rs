@@ -54,7 +54,11 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": self.code, "message": self.message}))).into_response()
+        (
+            self.status,
+            Json(json!({"error": self.code, "message": self.message})),
+        )
+            .into_response()
     }
 }
 
@@ -82,7 +86,10 @@ pub(crate) fn router(inner: Shared, stop: watch::Receiver<bool>) -> Router {
     let admin = Router::new()
         .route("/v1/revocations", post(revoke).get(audit))
         .route("/v1/warrants", post(mint))
-        .route("/v1/issuer-keys", post(add_issuer_key).get(list_issuer_keys))
+        .route(
+            "/v1/issuer-keys",
+            post(add_issuer_key).get(list_issuer_keys),
+        )
         .route("/v1/issuer-keys/{kid}", delete(retire_issuer_key))
         .route_layer(middleware::from_fn_with_state(inner.clone(), require_admin));
     Router::new()
@@ -112,15 +119,40 @@ async fn require_admin(State(inner): State<Shared>, req: Request, next: Next) ->
         None => " (the token is the registry's VETO_ADMIN_TOKEN)".into(),
     };
     let Some(given) = given else {
-        inner.metrics.errors.get_or_create(&Code { code: "unauthorized".into() }).inc();
-        return err(StatusCode::UNAUTHORIZED, "unauthorized", format!("missing admin token: send `Authorization: Bearer <token>`{hint}")).into_response();
+        inner
+            .metrics
+            .errors
+            .get_or_create(&Code {
+                code: "unauthorized".into(),
+            })
+            .inc();
+        return err(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!("missing admin token: send `Authorization: Bearer <token>`{hint}"),
+        )
+        .into_response();
     };
     // Compare digests in constant time: no early exit on the first differing byte.
     let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-    let diff = digest.iter().zip(inner.admin_token_hash.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    let diff = digest
+        .iter()
+        .zip(inner.admin_token_hash.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
     if diff != 0 {
-        inner.metrics.errors.get_or_create(&Code { code: "unauthorized".into() }).inc();
-        return err(StatusCode::UNAUTHORIZED, "unauthorized", format!("wrong admin token{hint}")).into_response();
+        inner
+            .metrics
+            .errors
+            .get_or_create(&Code {
+                code: "unauthorized".into(),
+            })
+            .inc();
+        return err(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!("wrong admin token{hint}"),
+        )
+        .into_response();
     }
     next.run(req).await
 }
@@ -150,10 +182,19 @@ struct RevokeEntry {
 
 fn validate(req: RevokeRequest, now: u64) -> Result<(Vec<NewEntry>, String), ApiError> {
     if req.entries.is_empty() {
-        return Err(bad("no_entries", "`entries` is empty: give at least one entry to revoke"));
+        return Err(bad(
+            "no_entries",
+            "`entries` is empty: give at least one entry to revoke",
+        ));
     }
     if req.entries.len() > MAX_BATCH {
-        return Err(bad("batch_too_large", format!("{} entries, over the limit of {MAX_BATCH} per request: split the batch", req.entries.len())));
+        return Err(bad(
+            "batch_too_large",
+            format!(
+                "{} entries, over the limit of {MAX_BATCH} per request: split the batch",
+                req.entries.len()
+            ),
+        ));
     }
     let actor = req.actor.unwrap_or_else(|| "admin".into());
     if actor.is_empty() || actor.len() > 128 {
@@ -161,20 +202,39 @@ fn validate(req: RevokeRequest, now: u64) -> Result<(Vec<NewEntry>, String), Api
     }
     let mut out = Vec::with_capacity(req.entries.len());
     for (i, e) in req.entries.into_iter().enumerate() {
-        let kind = EntryKind::parse(&e.kind)
-            .ok_or_else(|| bad("unknown_kind", format!("entry {i}: unknown kind `{}`: expected `warrant`, `agent` or `key`", e.kind)))?;
+        let kind = EntryKind::parse(&e.kind).ok_or_else(|| {
+            bad(
+                "unknown_kind",
+                format!(
+                    "entry {i}: unknown kind `{}`: expected `warrant`, `agent` or `key`",
+                    e.kind
+                ),
+            )
+        })?;
         let reason = match e.reason.as_deref() {
             None => Reason::Unspecified,
             Some(r) => Reason::parse(r).ok_or_else(|| {
                 let all: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
-                bad("unknown_reason", format!("entry {i}: unknown reason `{r}`: expected one of {}", all.join(", ")))
+                bad(
+                    "unknown_reason",
+                    format!(
+                        "entry {i}: unknown reason `{r}`: expected one of {}",
+                        all.join(", ")
+                    ),
+                )
             })?,
         };
         if e.id.is_empty() {
             return Err(bad("invalid_id", format!("entry {i}: `id` is empty")));
         }
         if e.id.len() > veto_core::MAX_ENTRY_ID_BYTES {
-            return Err(bad("invalid_id", format!("entry {i}: `id` is {} bytes, over the 256-byte limit", e.id.len())));
+            return Err(bad(
+                "invalid_id",
+                format!(
+                    "entry {i}: `id` is {} bytes, over the 256-byte limit",
+                    e.id.len()
+                ),
+            ));
         }
         match (kind, e.before) {
             (EntryKind::Agent, None) => {
@@ -187,11 +247,17 @@ fn validate(req: RevokeRequest, now: u64) -> Result<(Vec<NewEntry>, String), Api
         }
         if let Some(exp) = e.expires_at {
             if exp <= now {
-                return Err(bad("invalid_expires_at", format!("entry {i}: `expires_at` {exp} is not in the future")));
+                return Err(bad(
+                    "invalid_expires_at",
+                    format!("entry {i}: `expires_at` {exp} is not in the future"),
+                ));
             }
         }
         if e.note.as_ref().is_some_and(|n| n.len() > 1024) {
-            return Err(bad("invalid_note", format!("entry {i}: `note` is over 1024 bytes")));
+            return Err(bad(
+                "invalid_note",
+                format!("entry {i}: `note` is over 1024 bytes"),
+            ));
         }
         out.push(NewEntry {
             entry: Entry {
@@ -208,28 +274,68 @@ fn validate(req: RevokeRequest, now: u64) -> Result<(Vec<NewEntry>, String), Api
     Ok((out, actor))
 }
 
-async fn revoke(State(inner): State<Shared>, JsonBody(req): JsonBody<RevokeRequest>) -> Result<Response, ApiError> {
+async fn revoke(
+    State(inner): State<Shared>,
+    JsonBody(req): JsonBody<RevokeRequest>,
+) -> Result<Response, ApiError> {
     let (entries, actor) = validate(req, inner.now()).inspect_err(|e| {
-        inner.metrics.errors.get_or_create(&Code { code: e.code.into() }).inc();
+        inner
+            .metrics
+            .errors
+            .get_or_create(&Code {
+                code: e.code.into(),
+            })
+            .inc();
     })?;
     let (reply, rx) = oneshot::channel();
     inner
         .writes
-        .send(WriteJob::Revoke { entries, actor, reply })
+        .send(WriteJob::Revoke {
+            entries,
+            actor,
+            reply,
+        })
         .await
-        .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the registry is shutting down; retry against another replica"))?;
+        .map_err(|_| {
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the registry is shutting down; retry against another replica",
+            )
+        })?;
     let committed = rx
         .await
-        .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the registry is shutting down; retry"))?
+        .map_err(|_| {
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the registry is shutting down; retry",
+            )
+        })?
         .map_err(|e| {
-            inner.metrics.errors.get_or_create(&Code { code: "store_unavailable".into() }).inc();
-            err(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("the revocation was NOT recorded: {e}; retry once the store is writable"))
+            inner
+                .metrics
+                .errors
+                .get_or_create(&Code {
+                    code: "store_unavailable".into(),
+                })
+                .inc();
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!("the revocation was NOT recorded: {e}; retry once the store is writable"),
+            )
         })?;
     let body = |version| Json(json!({"version": version, "entries": committed.entries}));
     Ok(match &committed.new_version {
         Some((ver, _, _)) => (StatusCode::CREATED, body(*ver)).into_response(),
         None => {
-            let ver = committed.entries.iter().map(|e| e.version).max().unwrap_or(0);
+            let ver = committed
+                .entries
+                .iter()
+                .map(|e| e.version)
+                .max()
+                .unwrap_or(0);
             (StatusCode::OK, body(ver)).into_response()
         }
     })
@@ -246,10 +352,18 @@ struct AuditQuery {
     limit: Option<u32>,
 }
 
-async fn audit(State(inner): State<Shared>, query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>) -> Result<Response, ApiError> {
+async fn audit(
+    State(inner): State<Shared>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| bad("invalid_query", format!("{}", e.body_text())))?;
     if let Some(k) = &q.kind {
-        EntryKind::parse(k).ok_or_else(|| bad("unknown_kind", format!("unknown kind `{k}`: expected `warrant`, `agent` or `key`")))?;
+        EntryKind::parse(k).ok_or_else(|| {
+            bad(
+                "unknown_kind",
+                format!("unknown kind `{k}`: expected `warrant`, `agent` or `key`"),
+            )
+        })?;
     }
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -266,9 +380,23 @@ async fn audit(State(inner): State<Shared>, query: Result<Query<AuditQuery>, axu
     let store = inner.store.clone();
     let items = tokio::task::spawn_blocking(move || store.audit_log(&filter))
         .await
-        .map_err(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", "audit query failed"))?
-        .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()))?;
-    let next = (items.len() == limit as usize).then(|| items.last().map(|r| r.seq)).flatten();
+        .map_err(|_| {
+            err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "audit query failed",
+            )
+        })?
+        .map_err(|e| {
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                e.to_string(),
+            )
+        })?;
+    let next = (items.len() == limit as usize)
+        .then(|| items.last().map(|r| r.seq))
+        .flatten();
     Ok(Json(json!({"items": items, "next": next})).into_response())
 }
 
@@ -282,16 +410,25 @@ struct MintRequest {
     holder_key: Option<Jwk>,
 }
 
-async fn mint(State(inner): State<Shared>, JsonBody(req): JsonBody<MintRequest>) -> Result<Response, ApiError> {
+async fn mint(
+    State(inner): State<Shared>,
+    JsonBody(req): JsonBody<MintRequest>,
+) -> Result<Response, ApiError> {
     if req.agent.is_empty() || req.agent.len() > 256 {
         return Err(bad("invalid_agent", "`agent` must be 1 to 256 bytes"));
     }
     if req.act.is_empty() {
-        return Err(bad("invalid_act", "`act` is empty: give at least one action pattern"));
+        return Err(bad(
+            "invalid_act",
+            "`act` is empty: give at least one action pattern",
+        ));
     }
     veto_core::ActionSet::parse(&req.act).map_err(|e| bad("invalid_act", e.to_string()))?;
     if req.ttl == 0 || req.ttl > MAX_TTL {
-        return Err(bad("invalid_ttl", format!("`ttl` must be 1 to {MAX_TTL} seconds")));
+        return Err(bad(
+            "invalid_ttl",
+            format!("`ttl` must be 1 to {MAX_TTL} seconds"),
+        ));
     }
     let holder = req
         .holder_key
@@ -307,7 +444,13 @@ async fn mint(State(inner): State<Shared>, JsonBody(req): JsonBody<MintRequest>)
             .iter()
             .rev()
             .find(|k| trusted.iter().any(|t| t.kid() == k.key.kid()))
-            .ok_or_else(|| err(StatusCode::CONFLICT, "no_issuer_key", "no trusted issuer key: add one with `veto keys rotate`"))?;
+            .ok_or_else(|| {
+                err(
+                    StatusCode::CONFLICT,
+                    "no_issuer_key",
+                    "no trusted issuer key: add one with `veto keys rotate`",
+                )
+            })?;
         warrant::mint_root(
             &key.key,
             inner.signer.iss(),
@@ -321,31 +464,60 @@ async fn mint(State(inner): State<Shared>, JsonBody(req): JsonBody<MintRequest>)
         )
         .map_err(|e| bad("invalid_warrant", e.to_string()))?
     };
-    let parsed = veto_core::ParsedChain::parse(&chain).map_err(|d| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", d.message))?;
+    let parsed = veto_core::ParsedChain::parse(&chain)
+        .map_err(|d| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", d.message))?;
     let jti = parsed.root().claims().jti.clone();
     let store = inner.store.clone();
     let (j, agent) = (jti.clone(), req.agent);
-    let _ = tokio::task::spawn_blocking(move || store.audit(now, "admin", "mint", Some(&j), Some(&agent))).await;
-    Ok((StatusCode::CREATED, Json(json!({"warrant": chain, "jti": jti, "exp": now + req.ttl}))).into_response())
+    let _ = tokio::task::spawn_blocking(move || {
+        store.audit(now, "admin", "mint", Some(&j), Some(&agent))
+    })
+    .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"warrant": chain, "jti": jti, "exp": now + req.ttl})),
+    )
+        .into_response())
 }
 
 async fn add_issuer_key(State(inner): State<Shared>) -> Result<Response, ApiError> {
-    let key = SigningKey::generate().map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let key = SigningKey::generate()
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let jwk = serde_json::to_string(&key.to_private_jwk()).unwrap_or_default();
     let now = inner.now();
     let store = inner.store.clone();
     let kid = key.kid().to_owned();
     tokio::task::spawn_blocking(move || store.add_issuer_key(&kid, &jwk, now, "admin"))
         .await
-        .map_err(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not add the key"))?
-        .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()))?;
+        .map_err(|_| {
+            err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "could not add the key",
+            )
+        })?
+        .map_err(|e| {
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                e.to_string(),
+            )
+        })?;
     let public = key.public().to_jwk();
-    inner.issuers.write().unwrap_or_else(|p| p.into_inner()).push(IssuerKey {
-        key,
-        added_at: now,
-        retired_at: None,
-    });
-    Ok((StatusCode::CREATED, Json(json!({"kid": public.kid, "jwk": public}))).into_response())
+    inner
+        .issuers
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(IssuerKey {
+            key,
+            added_at: now,
+            retired_at: None,
+        });
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"kid": public.kid, "jwk": public})),
+    )
+        .into_response())
 }
 
 async fn list_issuer_keys(State(inner): State<Shared>) -> Response {
@@ -367,18 +539,42 @@ async fn list_issuer_keys(State(inner): State<Shared>) -> Response {
     Json(json!({"keys": keys})).into_response()
 }
 
-async fn retire_issuer_key(State(inner): State<Shared>, axum::extract::Path(kid): axum::extract::Path<String>) -> Result<Response, ApiError> {
+async fn retire_issuer_key(
+    State(inner): State<Shared>,
+    axum::extract::Path(kid): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
     let now = inner.now();
     let store = inner.store.clone();
     let k = kid.clone();
     let retired = tokio::task::spawn_blocking(move || store.retire_issuer_key(&k, now, "admin"))
         .await
-        .map_err(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not retire the key"))?
-        .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()))?;
+        .map_err(|_| {
+            err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "could not retire the key",
+            )
+        })?
+        .map_err(|e| {
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                e.to_string(),
+            )
+        })?;
     if !retired {
-        return Err(err(StatusCode::NOT_FOUND, "unknown_key", format!("no active issuer key `{kid}`")));
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            "unknown_key",
+            format!("no active issuer key `{kid}`"),
+        ));
     }
-    for k in inner.issuers.write().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+    for k in inner
+        .issuers
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter_mut()
+    {
         if k.key.kid() == kid {
             k.retired_at = Some(now);
         }
@@ -401,15 +597,20 @@ async fn snapshot(State(inner): State<Shared>, headers: HeaderMap) -> Response {
         let gzip = headers
             .get(header::ACCEPT_ENCODING)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|e| e.trim().split(';').next() == Some("gzip")));
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|e| e.trim().split(';').next() == Some("gzip"))
+            });
         let mut r = if gzip {
             let mut r = Response::new(Body::from(snap.gzip.clone()));
-            r.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            r.headers_mut()
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
             r
         } else {
             Response::new(Body::from(snap.jws.clone()))
         };
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(JOSE));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(JOSE));
         r
     };
     let h = resp.headers_mut();
@@ -426,19 +627,44 @@ struct DeltasQuery {
     since: Option<String>,
 }
 
-async fn deltas(State(inner): State<Shared>, Query(q): Query<DeltasQuery>) -> Result<Response, ApiError> {
+async fn deltas(
+    State(inner): State<Shared>,
+    Query(q): Query<DeltasQuery>,
+) -> Result<Response, ApiError> {
     let since: u64 = q
         .since
         .as_deref()
-        .ok_or_else(|| bad("missing_since", "give `since=N`, the version you have applied"))?
+        .ok_or_else(|| {
+            bad(
+                "missing_since",
+                "give `since=N`, the version you have applied",
+            )
+        })?
         .parse()
-        .map_err(|_| bad("invalid_since", "`since` must be a non-negative integer version"))?;
+        .map_err(|_| {
+            bad(
+                "invalid_since",
+                "`since` must be a non-negative integer version",
+            )
+        })?;
     let upto = inner.read_current().ver;
     let store = inner.store.clone();
     let list = tokio::task::spawn_blocking(move || store.deltas(since, upto, MAX_DELTAS))
         .await
-        .map_err(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", "delta query failed"))?
-        .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()))?;
+        .map_err(|_| {
+            err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "delta query failed",
+            )
+        })?
+        .map_err(|e| {
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                e.to_string(),
+            )
+        })?;
     match list {
         Some(list) => Ok(Json(json!({"deltas": list.into_iter().map(|(_, j)| j).collect::<Vec<_>>()})).into_response()),
         None => Err(err(StatusCode::GONE, "gone", format!("deltas after version {since} are no longer retained: fetch the snapshot at /v1/srl"))),
@@ -447,16 +673,28 @@ async fn deltas(State(inner): State<Shared>, Query(q): Query<DeltasQuery>) -> Re
 
 async fn checkpoint(State(inner): State<Shared>) -> Response {
     let (_, jws) = inner.checkpoint();
-    ([(header::CONTENT_TYPE, JOSE), (header::CACHE_CONTROL, "no-cache")], jws.to_string()).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, JOSE),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        jws.to_string(),
+    )
+        .into_response()
 }
 
 async fn jwks(State(inner): State<Shared>) -> Response {
-    let keys: Vec<Jwk> = inner.trusted_issuers().iter().map(PublicKey::to_jwk).collect();
+    let keys: Vec<Jwk> = inner
+        .trusted_issuers()
+        .iter()
+        .map(PublicKey::to_jwk)
+        .collect();
     Json(json!({"keys": keys})).into_response()
 }
 
 async fn authority(State(inner): State<Shared>) -> Response {
-    Json(json!({"iss": inner.signer.iss(), "keys": [inner.signer.key().public().to_jwk()]})).into_response()
+    Json(json!({"iss": inner.signer.iss(), "keys": [inner.signer.key().public().to_jwk()]}))
+        .into_response()
 }
 
 async fn healthz(State(inner): State<Shared>) -> Response {
@@ -464,7 +702,11 @@ async fn healthz(State(inner): State<Shared>) -> Response {
 }
 
 async fn metrics(State(inner): State<Shared>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], inner.metrics.encode()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        inner.metrics.encode(),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -481,7 +723,10 @@ impl Drop for SubscriberGuard {
 }
 
 fn sse(kind: &str, ver: u64, data: &str) -> SseEvent {
-    SseEvent::default().event(kind).id(ver.to_string()).data(data)
+    SseEvent::default()
+        .event(kind)
+        .id(ver.to_string())
+        .data(data)
 }
 
 /// SSE: resume from `Last-Event-ID` (or `?since=N`) by replaying missed
@@ -494,19 +739,39 @@ async fn events(
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let Query(q) = query.map_err(|_| bad("invalid_since", "`since` must be a non-negative integer version"))?;
+    let Query(q) = query.map_err(|_| {
+        bad(
+            "invalid_since",
+            "`since` must be a non-negative integer version",
+        )
+    })?;
     let since = match headers.get("last-event-id") {
         Some(v) => Some(
             v.to_str()
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| bad("invalid_last_event_id", "`Last-Event-ID` must be a version number"))?,
+                .ok_or_else(|| {
+                    bad(
+                        "invalid_last_event_id",
+                        "`Last-Event-ID` must be a version number",
+                    )
+                })?,
         ),
         None => q.since,
     };
     if inner.metrics.subscribers.get() as usize >= inner.config.max_subscribers {
-        inner.metrics.errors.get_or_create(&Code { code: "too_many_subscribers".into() }).inc();
-        return Err(err(StatusCode::SERVICE_UNAVAILABLE, "too_many_subscribers", "the registry is at its subscriber limit: retry later or poll /v1/srl/deltas"));
+        inner
+            .metrics
+            .errors
+            .get_or_create(&Code {
+                code: "too_many_subscribers".into(),
+            })
+            .inc();
+        return Err(err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_subscribers",
+            "the registry is at its subscriber limit: retry later or poll /v1/srl/deltas",
+        ));
     }
     inner.metrics.subscribers.inc();
     let guard = SubscriberGuard(inner.clone());
@@ -514,7 +779,11 @@ async fn events(
     let live = inner.events.subscribe();
     let (tx, rx) = mpsc::channel::<SseEvent>(64);
     tokio::spawn(feed(inner, guard, live, tx, since, stop));
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) });
+    let stream =
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+        );
     Ok(Sse::new(stream))
 }
 
@@ -525,12 +794,20 @@ async fn send_snapshot(inner: &Shared, tx: &mpsc::Sender<SseEvent>) -> Option<u6
     Some(snap.ver)
 }
 
-async fn feed(inner: Shared, _guard: SubscriberGuard, mut live: broadcast::Receiver<Event>, tx: mpsc::Sender<SseEvent>, since: Option<u64>, mut stop: watch::Receiver<bool>) {
+async fn feed(
+    inner: Shared,
+    _guard: SubscriberGuard,
+    mut live: broadcast::Receiver<Event>,
+    tx: mpsc::Sender<SseEvent>,
+    since: Option<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
     let current = inner.read_current().ver;
     let mut sent = current;
     if let Some(since) = since.filter(|s| *s < current) {
         let store = inner.store.clone();
-        let replay = tokio::task::spawn_blocking(move || store.deltas(since, current, usize::MAX)).await;
+        let replay =
+            tokio::task::spawn_blocking(move || store.deltas(since, current, usize::MAX)).await;
         match replay {
             Ok(Ok(Some(list))) if list.len() as u64 == current - since => {
                 for (ver, jws) in list {
@@ -560,7 +837,9 @@ async fn feed(inner: Shared, _guard: SubscriberGuard, mut live: broadcast::Recei
                 sent = ver;
                 tx.send(sse("delta", ver, &jws)).await.is_ok()
             }
-            Ok(Event::Checkpoint { ver, jws }) if ver >= sent => tx.send(sse("checkpoint", ver, &jws)).await.is_ok(),
+            Ok(Event::Checkpoint { ver, jws }) if ver >= sent => {
+                tx.send(sse("checkpoint", ver, &jws)).await.is_ok()
+            }
             Ok(_) => true,
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 inner.metrics.lagged_subscribers.inc();

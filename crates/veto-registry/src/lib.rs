@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use veto_core::{keyfile, Clock, Digest, EntryKind, Head, PublicKey, RevocationSet, SigningKey, SrlSigner, SystemClock};
+use veto_core::{
+    keyfile, Clock, Digest, EntryKind, Head, PublicKey, RevocationSet, SigningKey, SrlSigner,
+    SystemClock,
+};
 
 use crate::metrics::{KindReason, Metrics};
 use crate::store::{Committed, NewEntry, SqliteStore, StoreError};
@@ -155,12 +158,16 @@ pub struct Registry {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
-    move |source| RegistryError::DataDir { path: path.into(), source }
+    move |source| RegistryError::DataDir {
+        path: path.into(),
+        source,
+    }
 }
 
 pub(crate) fn random_token() -> Result<String, RegistryError> {
     let mut bytes = [0u8; 32];
-    getrandom::getrandom(&mut bytes).map_err(|e| RegistryError::Mismatch(format!("no randomness: {e}")))?;
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| RegistryError::Mismatch(format!("no randomness: {e}")))?;
     use base64::Engine as _;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
@@ -179,15 +186,25 @@ impl Registry {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io_err(dir))?;
         }
-        let key_path = config.authority_key.clone().unwrap_or_else(|| dir.join("authority.jwk"));
+        let key_path = config
+            .authority_key
+            .clone()
+            .unwrap_or_else(|| dir.join("authority.jwk"));
         if config.authority_key.is_none() && !key_path.exists() {
-            keyfile::write_signing_key(&key_path, &SigningKey::generate().map_err(|e| RegistryError::Mismatch(e.to_string()))?)?;
+            keyfile::write_signing_key(
+                &key_path,
+                &SigningKey::generate().map_err(|e| RegistryError::Mismatch(e.to_string()))?,
+            )?;
         }
         let authority = keyfile::read_signing_key(&key_path)?;
         let store = SqliteStore::open(&dir.join("veto.db"))?;
-        for (k, v) in [("authority_kid", authority.kid()), ("iss", config.iss.as_str())] {
+        for (k, v) in [
+            ("authority_kid", authority.kid()),
+            ("iss", config.iss.as_str()),
+        ] {
             match store.meta(k)? {
                 Some(old) if old != v => {
                     return Err(RegistryError::Mismatch(format!(
@@ -283,7 +300,11 @@ impl Registry {
 
     /// Serves HTTP on `listener` until `shutdown` completes, with the
     /// writer, heartbeat and pruner running alongside.
-    pub async fn serve(self, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RegistryError> {
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), RegistryError> {
         let rx = self
             .inner
             .write_rx
@@ -296,12 +317,15 @@ impl Registry {
         let heartbeat = tokio::spawn(heartbeat(self.inner.clone(), stop_rx.clone()));
         let pruner = tokio::spawn(pruner(self.inner.clone(), stop_rx.clone()));
         let app = api::router(self.inner.clone(), stop_rx);
-        let result = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                let _ = stop_tx.send(true);
-            })
-            .await;
+        let result = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
         heartbeat.abort();
         pruner.abort();
         drop(self);
@@ -326,7 +350,10 @@ impl Inner {
             (c.ver, c.head)
         };
         let now = self.now();
-        let jws: Arc<str> = self.signer.checkpoint(ver, head, now, now + self.config.attestation_ttl).into();
+        let jws: Arc<str> = self
+            .signer
+            .checkpoint(ver, head, now, now + self.config.attestation_ttl)
+            .into();
         self.metrics.checkpoints_signed.inc();
         *self.checkpoint.write().unwrap_or_else(|p| p.into_inner()) = Some((ver, jws.clone()));
         (ver, jws)
@@ -335,7 +362,12 @@ impl Inner {
     /// The newest checkpoint, signed anew when the version moved.
     pub(crate) fn checkpoint(&self) -> (u64, Arc<str>) {
         let ver = self.read_current().ver;
-        if let Some((v, jws)) = self.checkpoint.read().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some((v, jws)) = self
+            .checkpoint
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             if v == ver {
                 return (v, jws);
             }
@@ -359,7 +391,10 @@ impl Inner {
         }
         let inner = self.clone();
         let built = tokio::task::spawn_blocking(move || {
-            let jws = inner.signer.snapshot(ver, head, now, now + inner.config.attestation_ttl, &set);
+            let jws =
+                inner
+                    .signer
+                    .snapshot(ver, head, now, now + inner.config.attestation_ttl, &set);
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             let _ = std::io::Write::write_all(&mut gz, jws.as_bytes());
             let gzip = gz.finish().unwrap_or_default();
@@ -399,13 +434,27 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|k| k.retired_at.is_none())
-            .filter(|k| cur.set.get(EntryKind::Key, &Digest::of(EntryKind::Key, k.key.kid())).is_none())
+            .filter(|k| {
+                cur.set
+                    .get(EntryKind::Key, &Digest::of(EntryKind::Key, k.key.kid()))
+                    .is_none()
+            })
             .map(|k| k.key.public().clone())
             .collect()
     }
 
     /// Applies committed versions to memory, in order, then pushes them.
-    fn publish(&self, versions: Vec<(u64, Head, String, Vec<(EntryKind, String, u64)>, Vec<(EntryKind, String)>)>, committed_at: Instant) {
+    fn publish(
+        &self,
+        versions: Vec<(
+            u64,
+            Head,
+            String,
+            Vec<(EntryKind, String, u64)>,
+            Vec<(EntryKind, String)>,
+        )>,
+        committed_at: Instant,
+    ) {
         if versions.is_empty() {
             return;
         }
@@ -425,9 +474,14 @@ impl Inner {
             self.metrics.entries.set(cur.set.len() as i64);
         }
         for (ver, _, jws, _, _) in versions {
-            let _ = self.events.send(Event::Delta { ver, jws: jws.into() });
+            let _ = self.events.send(Event::Delta {
+                ver,
+                jws: jws.into(),
+            });
         }
-        self.metrics.commit_to_broadcast.observe(committed_at.elapsed().as_secs_f64());
+        self.metrics
+            .commit_to_broadcast
+            .observe(committed_at.elapsed().as_secs_f64());
     }
 }
 
@@ -439,7 +493,11 @@ async fn writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<WriteJob>) {
         let mut job = Some(first);
         while let Some(j) = job.take() {
             match j {
-                WriteJob::Revoke { entries, actor, reply } => revokes.push((entries, actor, reply)),
+                WriteJob::Revoke {
+                    entries,
+                    actor,
+                    reply,
+                } => revokes.push((entries, actor, reply)),
                 WriteJob::Prune { reply } => prunes.push(reply),
             }
             if revokes.len() < 1024 {
@@ -458,7 +516,8 @@ async fn writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<WriteJob>) {
 type Reply = oneshot::Sender<Result<Committed, String>>;
 
 async fn commit_group(inner: &Arc<Inner>, jobs: Vec<(Vec<NewEntry>, String, Reply)>) {
-    let (requests, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|(e, a, r)| ((e, a), r)).unzip();
+    let (requests, replies): (Vec<_>, Vec<_>) =
+        jobs.into_iter().map(|(e, a, r)| ((e, a), r)).unzip();
     let started = Instant::now();
     let now = inner.now();
     let store = inner.store.clone();
@@ -466,7 +525,10 @@ async fn commit_group(inner: &Arc<Inner>, jobs: Vec<(Vec<NewEntry>, String, Repl
     inner.metrics.group_size.observe(requests.len() as f64);
     let result = tokio::task::spawn_blocking(move || store.commit(&requests, &signer, now)).await;
     let committed_at = Instant::now();
-    inner.metrics.commit_seconds.observe(committed_at.duration_since(started).as_secs_f64());
+    inner
+        .metrics
+        .commit_seconds
+        .observe(committed_at.duration_since(started).as_secs_f64());
     match result {
         Ok(Ok(results)) => {
             let mut versions = Vec::new();
@@ -524,9 +586,16 @@ async fn prune_all(inner: &Arc<Inner>) -> Result<usize, String> {
             .map_err(|e| e.to_string())?;
         let Some(p) = pruned else { break };
         total += p.removed.len();
-        tracing::info!(version = p.ver, removed = p.removed.len(), "pruned expired entries");
+        tracing::info!(
+            version = p.ver,
+            removed = p.removed.len(),
+            "pruned expired entries"
+        );
         let removed = p.removed.iter().map(|r| (r.kind, r.id.clone())).collect();
-        inner.publish(vec![(p.ver, p.head, p.jws, Vec::new(), removed)], Instant::now());
+        inner.publish(
+            vec![(p.ver, p.head, p.jws, Vec::new(), removed)],
+            Instant::now(),
+        );
     }
     let store = inner.store.clone();
     let keep = inner.config.retention;

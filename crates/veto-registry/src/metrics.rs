@@ -51,19 +51,51 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("version", "Newest committed version", m.version.clone());
-        registry.register("entries", "Live (unpruned) revocation entries", m.entries.clone());
-        registry.register("revocations", "Revocations committed, by kind and reason", m.revocations.clone());
-        registry.register("sse_subscribers", "Connected SSE subscribers", m.subscribers.clone());
+        registry.register(
+            "entries",
+            "Live (unpruned) revocation entries",
+            m.entries.clone(),
+        );
+        registry.register(
+            "revocations",
+            "Revocations committed, by kind and reason",
+            m.revocations.clone(),
+        );
+        registry.register(
+            "sse_subscribers",
+            "Connected SSE subscribers",
+            m.subscribers.clone(),
+        );
         registry.register(
             "commit_to_broadcast_seconds",
             "Time from a durable commit to its delta being handed to every push channel",
             m.commit_to_broadcast.clone(),
         );
-        registry.register("commit_seconds", "Time to commit one group of writes durably", m.commit_seconds.clone());
-        registry.register("commit_group_size", "Requests committed per transaction", m.group_size.clone());
-        registry.register("errors", "Requests refused, by error code", m.errors.clone());
-        registry.register("snapshots_signed", "Snapshots signed", m.snapshots_signed.clone());
-        registry.register("checkpoints_signed", "Checkpoints signed", m.checkpoints_signed.clone());
+        registry.register(
+            "commit_seconds",
+            "Time to commit one group of writes durably",
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "commit_group_size",
+            "Requests committed per transaction",
+            m.group_size.clone(),
+        );
+        registry.register(
+            "errors",
+            "Requests refused, by error code",
+            m.errors.clone(),
+        );
+        registry.register(
+            "snapshots_signed",
+            "Snapshots signed",
+            m.snapshots_signed.clone(),
+        );
+        registry.register(
+            "checkpoints_signed",
+            "Checkpoints signed",
+            m.checkpoints_signed.clone(),
+        );
         registry.register(
             "sse_lagged",
             "Times a slow SSE subscriber was sent a snapshot instead of missed deltas",

@@ -206,7 +206,9 @@ fn kind_of(s: &str) -> Result<EntryKind, StoreError> {
 }
 
 fn head_of(bytes: Vec<u8>) -> Result<Head, StoreError> {
-    let arr: [u8; 32] = bytes.try_into().map_err(|_| StoreError::Corrupt("head is not 32 bytes".into()))?;
+    let arr: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("head is not 32 bytes".into()))?;
     Ok(Head(arr))
 }
 
@@ -244,8 +246,10 @@ impl SqliteStore {
 
     /// Sets a meta value.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.w()
-            .execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", [key, value])?;
+        self.w().execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+            [key, value],
+        )?;
         Ok(())
     }
 
@@ -253,16 +257,25 @@ impl SqliteStore {
     pub fn load(&self) -> Result<Loaded, StoreError> {
         let conn = self.r();
         let top: Option<(i64, Vec<u8>)> = conn
-            .query_row("SELECT ver, head FROM versions ORDER BY ver DESC LIMIT 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT ver, head FROM versions ORDER BY ver DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         let (ver, head) = match top {
             Some((v, h)) => (v as u64, head_of(h)?),
             None => (0, Head::ZERO),
         };
-        let mut stmt = conn.prepare("SELECT kind, id, before FROM entries WHERE pruned_ver IS NULL")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<i64>>(2)?)))?;
+        let mut stmt =
+            conn.prepare("SELECT kind, id, before FROM entries WHERE pruned_ver IS NULL")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })?;
         let mut entries = Vec::new();
         for row in rows {
             let (k, id, before) = row?;
@@ -283,9 +296,11 @@ impl SqliteStore {
         let mut conn = self.w();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (mut ver, mut head) = tx
-            .query_row("SELECT ver, head FROM versions ORDER BY ver DESC LIMIT 1", [], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })
+            .query_row(
+                "SELECT ver, head FROM versions ORDER BY ver DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            )
             .optional()?
             .map(|(v, h)| Ok::<_, StoreError>((v as u64, head_of(h)?)))
             .transpose()?
@@ -305,7 +320,9 @@ impl SqliteStore {
                     .optional()?;
                 let covered = match existing {
                     None => false,
-                    Some((_, old_before)) => e.kind != EntryKind::Agent || opt_u64(old_before) >= e.before,
+                    Some((_, old_before)) => {
+                        e.kind != EntryKind::Agent || opt_u64(old_before) >= e.before
+                    }
                 };
                 if let (true, Some((v, _))) = (covered, existing) {
                     outcomes.push(EntryOutcome {
@@ -390,7 +407,12 @@ impl SqliteStore {
 
     /// Prunes up to `limit` entries whose `expires_at` has passed, as one
     /// new version.
-    pub fn prune(&self, signer: &SrlSigner, now: u64, limit: usize) -> Result<Option<Pruned>, StoreError> {
+    pub fn prune(
+        &self,
+        signer: &SrlSigner,
+        now: u64,
+        limit: usize,
+    ) -> Result<Option<Pruned>, StoreError> {
         let mut conn = self.w();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let removed: Vec<Removed> = {
@@ -398,11 +420,16 @@ impl SqliteStore {
                 "SELECT kind, id FROM entries WHERE pruned_ver IS NULL AND expires_at IS NOT NULL AND expires_at <= ?1
                  ORDER BY expires_at LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![now as i64, limit as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let rows = stmt.query_map(params![now as i64, limit as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
             let mut out = Vec::new();
             for row in rows {
                 let (k, id) = row?;
-                out.push(Removed { kind: kind_of(&k)?, id });
+                out.push(Removed {
+                    kind: kind_of(&k)?,
+                    id,
+                });
             }
             out
         };
@@ -410,9 +437,11 @@ impl SqliteStore {
             return Ok(None);
         }
         let (ver, head) = tx
-            .query_row("SELECT ver, head FROM versions ORDER BY ver DESC LIMIT 1", [], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })
+            .query_row(
+                "SELECT ver, head FROM versions ORDER BY ver DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            )
             .optional()?
             .map(|(v, h)| Ok::<_, StoreError>((v as u64, head_of(h)?)))
             .transpose()?
@@ -444,13 +473,22 @@ impl SqliteStore {
 
     /// The signed deltas `since+1 ..= upto`, at most `limit`; `None` when
     /// some of them are no longer retained.
-    pub fn deltas(&self, since: u64, upto: u64, limit: usize) -> Result<Option<Vec<(u64, String)>>, StoreError> {
+    pub fn deltas(
+        &self,
+        since: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<(u64, String)>>, StoreError> {
         if since >= upto {
             return Ok(Some(Vec::new()));
         }
         let conn = self.r();
-        let mut stmt = conn.prepare("SELECT ver, jws FROM versions WHERE ver > ?1 AND ver <= ?2 ORDER BY ver LIMIT ?3")?;
-        let rows = stmt.query_map(params![since as i64, upto as i64, limit as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)))?;
+        let mut stmt = conn.prepare(
+            "SELECT ver, jws FROM versions WHERE ver > ?1 AND ver <= ?2 ORDER BY ver LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![since as i64, upto as i64, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+        })?;
         let out: Vec<(u64, String)> = rows.collect::<Result<_, _>>()?;
         // Gap-free by construction; a missing first delta means it was
         // dropped by retention.
@@ -464,7 +502,9 @@ impl SqliteStore {
     /// stay; clients that far behind get a snapshot).
     pub fn drop_old_deltas(&self, keep: u64) -> Result<usize, StoreError> {
         let conn = self.w();
-        let top: i64 = conn.query_row("SELECT COALESCE(MAX(ver), 0) FROM versions", [], |r| r.get(0))?;
+        let top: i64 = conn.query_row("SELECT COALESCE(MAX(ver), 0) FROM versions", [], |r| {
+            r.get(0)
+        })?;
         // The newest version's row is where `commit`, `prune` and `load` find
         // the current version and head: dropping it would restart the chain
         // at version 1 (a rollback and an equivocation). Keep it always.
@@ -476,7 +516,14 @@ impl SqliteStore {
     }
 
     /// Writes an audit record that is not a revocation.
-    pub fn audit(&self, now: u64, actor: &str, action: &str, id: Option<&str>, note: Option<&str>) -> Result<(), StoreError> {
+    pub fn audit(
+        &self,
+        now: u64,
+        actor: &str,
+        action: &str,
+        id: Option<&str>,
+        note: Option<&str>,
+    ) -> Result<(), StoreError> {
         self.w().execute(
             "INSERT INTO audit (at, actor, action, id, note) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![now as i64, actor, action, id, note],
@@ -494,7 +541,14 @@ impl SqliteStore {
              ORDER BY seq LIMIT ?6",
         )?;
         let rows = stmt.query_map(
-            params![f.kind, f.id, f.since.map(|x| x as i64), f.until.map(|x| x as i64), f.after, f.limit as i64],
+            params![
+                f.kind,
+                f.id,
+                f.since.map(|x| x as i64),
+                f.until.map(|x| x as i64),
+                f.after,
+                f.limit as i64
+            ],
             |r| {
                 Ok(AuditRecord {
                     seq: r.get(0)?,
@@ -517,7 +571,9 @@ impl SqliteStore {
     /// Every issuer key, oldest first.
     pub fn issuer_keys(&self) -> Result<Vec<IssuerKeyRow>, StoreError> {
         let conn = self.r();
-        let mut stmt = conn.prepare("SELECT kid, private_jwk, added_at, retired_at FROM issuer_keys ORDER BY added_at, kid")?;
+        let mut stmt = conn.prepare(
+            "SELECT kid, private_jwk, added_at, retired_at FROM issuer_keys ORDER BY added_at, kid",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok(IssuerKeyRow {
                 kid: r.get(0)?,
@@ -530,7 +586,13 @@ impl SqliteStore {
     }
 
     /// Adds an issuer key.
-    pub fn add_issuer_key(&self, kid: &str, private_jwk: &str, now: u64, actor: &str) -> Result<(), StoreError> {
+    pub fn add_issuer_key(
+        &self,
+        kid: &str,
+        private_jwk: &str,
+        now: u64,
+        actor: &str,
+    ) -> Result<(), StoreError> {
         let mut conn = self.w();
         let tx = conn.transaction()?;
         tx.execute(

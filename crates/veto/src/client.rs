@@ -36,7 +36,8 @@ fn config_path(explicit: &Option<PathBuf>) -> Option<PathBuf> {
 }
 
 fn read_config(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config `{}`", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config `{}`", path.display()))?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -44,7 +45,11 @@ fn read_config(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> 
             continue;
         }
         let Some((k, v)) = line.split_once('=') else {
-            bail!("config `{}` line {}: expected `key = value`", path.display(), n + 1);
+            bail!(
+                "config `{}` line {}: expected `key = value`",
+                path.display(),
+                n + 1
+            );
         };
         out.push((k.trim().to_owned(), v.trim().trim_matches('"').to_owned()));
     }
@@ -72,7 +77,10 @@ impl Client {
                     "registry" => registry = registry.or(Some(v)),
                     "token" => token = token.or(Some(v)),
                     "token_file" => token_file = token_file.or(Some(v.into())),
-                    other => bail!("config `{}`: unknown key `{other}` (expected registry, token, token_file)", path.display()),
+                    other => bail!(
+                        "config `{}`: unknown key `{other}` (expected registry, token, token_file)",
+                        path.display()
+                    ),
                 }
             }
         }
@@ -86,10 +94,22 @@ impl Client {
                 );
             }
         }
-        let base = registry.unwrap_or_else(|| "http://127.0.0.1:8080".into()).trim_end_matches('/').to_owned();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
-        Ok(Self { base, token, rt, http })
+        let base = registry
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into())
+            .trim_end_matches('/')
+            .to_owned();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
+        Ok(Self {
+            base,
+            token,
+            rt,
+            http,
+        })
     }
 
     fn send(&self, req: reqwest::RequestBuilder, admin: bool) -> anyhow::Result<(u16, String)> {
@@ -116,7 +136,10 @@ impl Client {
     fn check(status: u16, text: String) -> anyhow::Result<Value> {
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status >= 400 {
-            let code = value.get("error").and_then(Value::as_str).unwrap_or("error");
+            let code = value
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("error");
             let msg = value.get("message").and_then(Value::as_str).unwrap_or("");
             bail!("registry refused ({status} {code}): {msg}");
         }

@@ -13,7 +13,9 @@ pub fn now() -> u64 {
 /// Parses a duration such as `90`, `90s`, `15m`, `12h`, `30d`.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
     let n: u64 = num
         .parse()
@@ -23,16 +25,24 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => return Err(format!("invalid duration unit in `{text}`: use s, m, h or d")),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in `{text}`: use s, m, h or d"
+            ))
+        }
     };
-    n.checked_mul(mult).filter(|&s| s > 0).ok_or_else(|| format!("duration `{text}` must be positive and not overflow"))
+    n.checked_mul(mult)
+        .filter(|&s| s > 0)
+        .ok_or_else(|| format!("duration `{text}` must be positive and not overflow"))
 }
 
 /// Reads a chain given on the command line, as `@FILE`, or as `-` for stdin.
 pub fn read_chain(arg: &str) -> anyhow::Result<String> {
     let text = if arg == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading the chain from standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the chain from standard input")?;
         s
     } else if let Some(path) = arg.strip_prefix('@') {
         std::fs::read_to_string(path).with_context(|| format!("reading the chain from `{path}`"))?
@@ -62,7 +72,12 @@ pub fn rfc3339(t: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

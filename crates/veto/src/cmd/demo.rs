@@ -42,14 +42,17 @@ async fn bind() -> anyhow::Result<tokio::net::TcpListener> {
 }
 
 async fn demo(a: DemoArgs) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("veto-demo-{}-{}", std::process::id(), util::now()));
+    let dir =
+        std::env::temp_dir().join(format!("veto-demo-{}-{}", std::process::id(), util::now()));
     let tmp = TempDir(dir.clone(), a.keep);
 
     // 1. The registry, on the embedded default (SQLite + SSE).
     let mut rc = RegistryConfig::new(&dir);
     rc.heartbeat = Duration::from_secs(1);
     let registry = Registry::open(rc).context("starting the registry")?;
-    let token = std::fs::read_to_string(registry.admin_token_path().context("admin token")?)?.trim().to_owned();
+    let token = std::fs::read_to_string(registry.admin_token_path().context("admin token")?)?
+        .trim()
+        .to_owned();
     let authority = registry.authority_key().clone();
     let iss = registry.iss().to_owned();
     let reg_listener = bind().await?;
@@ -60,7 +63,11 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let up_listener = bind().await?;
     let up_url = format!("http://{}", up_listener.local_addr()?);
     let upstream = axum::Router::new().fallback(|headers: http::HeaderMap| async move {
-        let agent = headers.get("veto-agent").and_then(|v| v.to_str().ok()).unwrap_or("?").to_owned();
+        let agent = headers
+            .get("veto-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?")
+            .to_owned();
         format!("hello {agent}\n")
     });
     tokio::spawn(async move { axum::serve(up_listener, upstream).await });
@@ -82,10 +89,15 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         admin_listener,
         std::future::pending(),
     ));
-    println!("veto demo (everything on loopback, data in {})", tmp.0.display());
+    println!(
+        "veto demo (everything on loopback, data in {})",
+        tmp.0.display()
+    );
     println!("  registry  {reg_url}\n  upstream  {up_url}\n  proxy     {px_url}");
 
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
     let started = Instant::now();
     loop {
         let s = authz.status();
@@ -174,12 +186,24 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         }
     }
     let (status, body) = call(reqwest::Method::GET, child.clone()).await?;
-    println!("  revocation acknowledged (durable) in {:.2} ms", acked.as_secs_f64() * 1e3);
-    println!("  worker  denied {:.2} ms after the acknowledgement", child_denied.unwrap_or_default().as_secs_f64() * 1e3);
-    println!("  planner denied {:.2} ms after the acknowledgement", parent_denied.unwrap_or_default().as_secs_f64() * 1e3);
+    println!(
+        "  revocation acknowledged (durable) in {:.2} ms",
+        acked.as_secs_f64() * 1e3
+    );
+    println!(
+        "  worker  denied {:.2} ms after the acknowledgement",
+        child_denied.unwrap_or_default().as_secs_f64() * 1e3
+    );
+    println!(
+        "  planner denied {:.2} ms after the acknowledgement",
+        parent_denied.unwrap_or_default().as_secs_f64() * 1e3
+    );
     println!("  worker  GET  /orders/42 -> {status} {}", body.trim());
     let s = authz.status();
-    println!("\nproxy state: version {}, fresh {}, push connected {}", s.version, s.fresh, s.push_connected);
+    println!(
+        "\nproxy state: version {}, fresh {}, push connected {}",
+        s.version, s.fresh, s.push_connected
+    );
     println!("For comparison: Clawdentity polls its CRL every 5 minutes; Tenuo polls its SRL every 30 s.");
     Ok(())
 }

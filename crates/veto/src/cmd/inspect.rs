@@ -31,7 +31,10 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&links)?);
     } else {
-        println!("chain of {} link(s), root first (claims decoded, NOT trusted):", chain.links().len());
+        println!(
+            "chain of {} link(s), root first (claims decoded, NOT trusted):",
+            chain.links().len()
+        );
         for (i, link) in chain.links().iter().enumerate() {
             let c = link.claims();
             println!("link {i}:");
@@ -42,10 +45,25 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
             if let Some(t) = c.iat {
                 println!("  iat  {} ({t})", util::rfc3339(t));
             }
-            let left = if c.exp > now { format!("{} s left", c.exp - now) } else { "EXPIRED".into() };
+            let left = if c.exp > now {
+                format!("{} s left", c.exp - now)
+            } else {
+                "EXPIRED".into()
+            };
             println!("  exp  {} ({}, {left})", util::rfc3339(c.exp), c.exp);
-            println!("  act  {}", if c.act.is_empty() { "(none)".into() } else { c.act.join(" ") });
-            println!("  cnf  {}", link.holder().map_or("(none: cannot be delegated)", |h| h.kid()));
+            println!(
+                "  act  {}",
+                if c.act.is_empty() {
+                    "(none)".into()
+                } else {
+                    c.act.join(" ")
+                }
+            );
+            println!(
+                "  cnf  {}",
+                link.holder()
+                    .map_or("(none: cannot be delegated)", |h| h.kid())
+            );
             if let Some(p) = &c.par {
                 println!("  par  {p}");
             }
@@ -56,7 +74,9 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
             let issuer = keyfile::read_public_key(&path)?;
             let checker = Checker::new(KeySet::new([issuer]), CheckConfig::default());
             match checker.verify(chain) {
-                Ok(_) => println!("signatures and chain rules: OK (revocation and expiry not checked here)"),
+                Ok(_) => println!(
+                    "signatures and chain rules: OK (revocation and expiry not checked here)"
+                ),
                 Err(d) => {
                     println!("signatures and chain rules: FAILED: {d}");
                     std::process::exit(2);

@@ -50,9 +50,15 @@ pub fn run(a: IssueArgs) -> anyhow::Result<()> {
         println!("{chain}");
         return Ok(());
     }
-    let issuer_path = a.issuer_key.context("`--offline` needs `--issuer-key FILE`")?;
+    let issuer_path = a
+        .issuer_key
+        .context("`--offline` needs `--issuer-key FILE`")?;
     let issuer = keyfile::read_signing_key(&issuer_path)?;
-    let holder = a.holder_key.as_deref().map(keyfile::read_public_key).transpose()?;
+    let holder = a
+        .holder_key
+        .as_deref()
+        .map(keyfile::read_public_key)
+        .transpose()?;
     let now = util::now();
     let chain = warrant::mint_root(
         &issuer,

@@ -26,7 +26,11 @@ pub struct ProxyArgs {
     #[arg(long, env = "VETO_PROXY_LISTEN", default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
     /// Address for /metrics, /healthz and /readyz.
-    #[arg(long, env = "VETO_PROXY_ADMIN_LISTEN", default_value = "127.0.0.1:9091")]
+    #[arg(
+        long,
+        env = "VETO_PROXY_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9091"
+    )]
     admin_listen: SocketAddr,
     /// The upstream service, such as `http://127.0.0.1:9000`.
     #[arg(long, env = "VETO_UPSTREAM")]
@@ -71,10 +75,18 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
     if a.authority_key.is_empty() {
         anyhow::bail!("--authority-key FILE is required: pin the registry's authority public key (`<data-dir>/authority.pub.jwk`)");
     }
-    let keys = a.authority_key.iter().map(|p| keyfile::read_public_key(p)).collect::<Result<Vec<_>, _>>()?;
+    let keys = a
+        .authority_key
+        .iter()
+        .map(|p| keyfile::read_public_key(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut config = Config::new(&a.registry, &a.iss, KeySet::new(keys));
     if !a.issuer_key.is_empty() {
-        let issuers = a.issuer_key.iter().map(|p| keyfile::read_public_key(p)).collect::<Result<Vec<_>, _>>()?;
+        let issuers = a
+            .issuer_key
+            .iter()
+            .map(|p| keyfile::read_public_key(p))
+            .collect::<Result<Vec<_>, _>>()?;
         config.issuers = Issuers::Pinned(KeySet::new(issuers));
     }
     config.push = if a.no_push { Push::Off } else { Push::Sse };
@@ -88,25 +100,55 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
     config.check.issuer = Some(a.iss.clone());
     config.cache_dir = a.cache_dir;
     let routes = match &a.routes {
-        Some(p) => Routes::parse(&std::fs::read_to_string(p).with_context(|| format!("reading routes `{}`", p.display()))?)?,
+        Some(p) => Routes::parse(
+            &std::fs::read_to_string(p)
+                .with_context(|| format!("reading routes `{}`", p.display()))?,
+        )?,
         None => Routes::default(),
     };
-    let upstream = a.upstream.parse().with_context(|| format!("invalid --upstream `{}`", a.upstream))?;
+    let upstream = a
+        .upstream
+        .parse()
+        .with_context(|| format!("invalid --upstream `{}`", a.upstream))?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
-            .with_context(|| format!("cannot listen on {}: choose another with --listen", a.listen))?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on {}: choose another with --listen",
+                    a.listen
+                )
+            })?;
         let admin = tokio::net::TcpListener::bind(a.admin_listen)
             .await
-            .with_context(|| format!("cannot listen on {}: choose another with --admin-listen", a.admin_listen))?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on {}: choose another with --admin-listen",
+                    a.admin_listen
+                )
+            })?;
         let authz = Authorizer::start(config).await?;
         println!("veto proxy listening on http://{}", listener.local_addr()?);
         println!("  admin (metrics, health): http://{}", admin.local_addr()?);
         println!("  upstream : {}", a.upstream);
-        println!("  registry : {} (push: {})", a.registry, if a.no_push { "off" } else { "SSE" });
-        println!("  policy   : {:?}, max staleness {} s", a.policy, a.max_staleness);
-        veto_proxy::serve(authz, ProxyConfig { upstream, routes }, listener, admin, crate::logging::shutdown_signal()).await?;
+        println!(
+            "  registry : {} (push: {})",
+            a.registry,
+            if a.no_push { "off" } else { "SSE" }
+        );
+        println!(
+            "  policy   : {:?}, max staleness {} s",
+            a.policy, a.max_staleness
+        );
+        veto_proxy::serve(
+            authz,
+            ProxyConfig { upstream, routes },
+            listener,
+            admin,
+            crate::logging::shutdown_signal(),
+        )
+        .await?;
         Ok(())
     })
 }

@@ -69,9 +69,15 @@ pub fn run(a: RevokeArgs) -> anyhow::Result<()> {
     let created = resp["entries"][0]["created"].as_bool().unwrap_or(false);
     let version = resp["entries"][0]["version"].as_u64().unwrap_or(0);
     if created {
-        println!("revoked {kind} `{}` in version {version}", resp["entries"][0]["id"].as_str().unwrap_or_default());
+        println!(
+            "revoked {kind} `{}` in version {version}",
+            resp["entries"][0]["id"].as_str().unwrap_or_default()
+        );
     } else {
-        println!("{kind} `{}` was already revoked in version {version}", resp["entries"][0]["id"].as_str().unwrap_or_default());
+        println!(
+            "{kind} `{}` was already revoked in version {version}",
+            resp["entries"][0]["id"].as_str().unwrap_or_default()
+        );
     }
     Ok(())
 }
@@ -131,8 +137,16 @@ pub fn run_list(cmd: RevocationsCommand) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&resp)?);
         return Ok(());
     }
-    let s = |v: &Value| v.as_str().map(str::to_owned).or_else(|| v.as_u64().map(|n| n.to_string())).unwrap_or_else(|| "-".into());
-    println!("{:>6}  {:<20}  {:<8}  {:<16}  {:<8}  {:<40}  {:<20}  {}", "seq", "at", "actor", "action", "kind", "id", "reason", "version");
+    let s = |v: &Value| {
+        v.as_str()
+            .map(str::to_owned)
+            .or_else(|| v.as_u64().map(|n| n.to_string()))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "{:>6}  {:<20}  {:<8}  {:<16}  {:<8}  {:<40}  {:<20}  {}",
+        "seq", "at", "actor", "action", "kind", "id", "reason", "version"
+    );
     for r in resp["items"].as_array().into_iter().flatten() {
         let at = r["at"].as_u64().map(util::rfc3339).unwrap_or_default();
         println!(
@@ -156,7 +170,9 @@ pub fn run_list(cmd: RevocationsCommand) -> anyhow::Result<()> {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -48,8 +48,11 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     config.attestation_ttl = a.attestation_ttl;
     config.prune_interval = Duration::from_secs(a.prune_interval);
     config.retention = a.retention;
-    config.admin_token = std::env::var("VETO_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
-    let registry = Registry::open(config).with_context(|| format!("opening the registry in `{}`", a.data_dir.display()))?;
+    config.admin_token = std::env::var("VETO_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let registry = Registry::open(config)
+        .with_context(|| format!("opening the registry in `{}`", a.data_dir.display()))?;
     let pub_path = a.data_dir.join("authority.pub.jwk");
     if !pub_path.exists() {
         keyfile::write_public_key(&pub_path, registry.authority_key())?;

@@ -49,10 +49,28 @@ pub fn run(cmd: SrlCommand) -> anyhow::Result<()> {
         Ok(_) => "consistent with the snapshot".to_owned(),
         Err(e) => format!("NOT consistent with the snapshot: {e}"),
     };
-    println!("snapshot (verified): version {ver}, {} bytes", token.trim().len());
+    println!(
+        "snapshot (verified): version {ver}, {} bytes",
+        token.trim().len()
+    );
     println!("  head     {head}");
-    println!("  signed   {} ({} s ago), valid until {}", util::rfc3339(iat), now.saturating_sub(iat), util::rfc3339(exp));
-    println!("  entries  {} warrants, {} agents, {} keys (listed by SHA-256/96 digest)", w.len(), ag.len(), k.len());
-    println!("checkpoint (verified): version {}, signed {} ({} s ago): {cp_note}", cp.payload.ver, util::rfc3339(cp.payload.iat), now.saturating_sub(cp.payload.iat));
+    println!(
+        "  signed   {} ({} s ago), valid until {}",
+        util::rfc3339(iat),
+        now.saturating_sub(iat),
+        util::rfc3339(exp)
+    );
+    println!(
+        "  entries  {} warrants, {} agents, {} keys (listed by SHA-256/96 digest)",
+        w.len(),
+        ag.len(),
+        k.len()
+    );
+    println!(
+        "checkpoint (verified): version {}, signed {} ({} s ago): {cp_note}",
+        cp.payload.ver,
+        util::rfc3339(cp.payload.iat),
+        now.saturating_sub(cp.payload.iat)
+    );
     Ok(())
 }

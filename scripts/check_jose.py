@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Independent check of veto's signed objects, with Python's `cryptography`.
+
+Loads every conformance vector in tests/vectors/*.json and, for every JWS in
+its `signatures` table:
+
+- parses the compact form strictly (three unpadded base64url parts);
+- checks the protected header: `alg` is `EdDSA`, `typ` is the one listed,
+  `kid` is present;
+- when the vector says the object is validly signed: verifies the Ed25519
+  signature over the ASCII bytes `header.payload` with the key from the
+  signer's JWK `x`, and checks that `kid` is the RFC 7638 thumbprint of that
+  key (SHA-256 over {"crv":"Ed25519","kty":"OKP","x":"..."}, base64url);
+- when it says the object is tampered or forged: checks that it does NOT
+  verify with the key its `kid` names.
+
+It shares no code with veto. Run from the repository root:
+
+    python3 scripts/check_jose.py
+
+The last line is `N passed, M failed`; the exit status is non-zero if any
+check failed.
+"""
+
+import base64
+import binascii
+import glob
+import hashlib
+import json
+import os
+import re
+import sys
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+
+
+def b64url_decode(text):
+    """Strict unpadded base64url: alphabet only, canonical encoding."""
+    if not B64URL.match(text) or len(text) % 4 == 1:
+        raise ValueError(f"not unpadded base64url: {text[:40]!r}")
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if b64url_encode(raw) != text:
+        raise ValueError(f"non-canonical base64url: {text[:40]!r}")
+    return raw
+
+
+def b64url_encode(raw):
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def thumbprint(x):
+    """RFC 7638 thumbprint of an Ed25519 JWK with public member `x`."""
+    canonical = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"), sort_keys=True)
+    return b64url_encode(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
+def public_key(jwk):
+    if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+        raise ValueError(f"not an Ed25519 JWK: {jwk}")
+    x = b64url_decode(jwk["x"])
+    if len(x) != 32:
+        raise ValueError("`x` is not 32 bytes")
+    if "kid" in jwk and jwk["kid"] != thumbprint(jwk["x"]):
+        raise ValueError(f"JWK kid {jwk['kid']} is not its thumbprint {thumbprint(jwk['x'])}")
+    return Ed25519PublicKey.from_public_bytes(x)
+
+
+def verifies(key, jws):
+    """Whether `jws` verifies as EdDSA with `key`; the header must say EdDSA."""
+    parts = jws.split(".")
+    if len(parts) != 3:
+        raise ValueError("not three dot-separated parts")
+    h, p, s = parts
+    header = json.loads(b64url_decode(h))
+    if header.get("alg") != "EdDSA":
+        return False
+    b64url_decode(p)
+    sig = b64url_decode(s)
+    if len(sig) != 64:
+        return False
+    try:
+        key.verify(sig, f"{h}.{p}".encode("ascii"))
+        return True
+    except InvalidSignature:
+        return False
+
+
+class Tally:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, ok, what):
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+            print(f"FAIL {what}")
+
+
+def check_signature(tally, where, entry, keys):
+    jws, signer, valid = entry["jws"], entry["signer"], entry["valid"]
+    what = f"{where}: {signer} {'valid' if valid else 'tampered/forged'} {entry['typ'] or 'JWT'}"
+    try:
+        h, p, s = jws.split(".")
+        header = json.loads(b64url_decode(h))
+        jwk = keys[signer]
+        key = public_key(jwk)
+        problems = []
+        if header.get("alg") != "EdDSA":
+            problems.append(f"alg is {header.get('alg')!r}")
+        if header.get("typ", "") != entry["typ"]:
+            problems.append(f"typ is {header.get('typ')!r}, listed {entry['typ']!r}")
+        if header.get("kid") != thumbprint(jwk["x"]):
+            problems.append("kid is not the RFC 7638 thumbprint of the signer's key")
+        ok = verifies(key, jws)
+        if valid and not ok:
+            problems.append("signature does not verify")
+        if not valid and ok:
+            problems.append("a tampered or forged object verifies")
+        tally.check(not problems, f"{what}: {'; '.join(problems)}")
+    except Exception as e:  # a malformed vector is a failure, not a crash
+        tally.check(False, f"{what}: {type(e).__name__}: {e}")
+
+
+def self_test(tally):
+    # RFC 8037 appendix A: the thumbprint, and a signature over "Example of Ed25519 signing".
+    x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+    tally.check(thumbprint(x) == "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k", "RFC 8037 A.3 thumbprint")
+    jws = (
+        "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc."
+        "hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg"
+    )
+    key = public_key({"kty": "OKP", "crv": "Ed25519", "x": x})
+    tally.check(verifies(key, jws), "RFC 8037 A.4 signature verifies")
+    tampered = jws.replace("RXhhbXBsZSBvZiBF", "RXhhbXBsZSBvZiBG")
+    tally.check(not verifies(key, tampered), "RFC 8037 A.4 tampered signature does not verify")
+
+
+def main():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = sorted(glob.glob(os.path.join(root, "tests", "vectors", "*.json")))
+    tally = Tally()
+    self_test(tally)
+    tally.check(len(files) > 0, "tests/vectors/*.json exists")
+    valid = invalid = 0
+    for path in files:
+        name = os.path.basename(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                vector = json.load(f)
+            keys = dict(vector.get("other_jwks", {}))
+            keys["issuer"] = vector["issuer_jwk"]
+            keys["authority"] = vector["authority_jwk"]
+            signatures = vector["signatures"]
+        except Exception as e:
+            tally.check(False, f"{name}: cannot read: {type(e).__name__}: {e}")
+            continue
+        tally.check(len(signatures) > 0, f"{name}: has signatures")
+        for i, entry in enumerate(signatures):
+            check_signature(tally, f"{name}[{i}]", entry, keys)
+            valid += entry["valid"] is True
+            invalid += entry["valid"] is False
+    print(f"{len(files)} vector files, {valid} validly signed objects, {invalid} tampered or forged")
+    print(f"{tally.passed} passed, {tally.failed} failed")
+    return 1 if tally.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
