@@ -82,6 +82,17 @@ impl SrlState {
         Self::default()
     }
 
+    /// A state at a known version, head and set, not attested: the
+    /// authority's own view of what it has committed.
+    pub fn at(ver: u64, head: Head, set: RevocationSet) -> Self {
+        Self {
+            ver,
+            head,
+            set,
+            attested: None,
+        }
+    }
+
     /// The applied version.
     pub fn ver(&self) -> u64 {
         self.ver

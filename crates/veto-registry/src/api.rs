@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use veto_core::{warrant, Entry, EntryKind, Jwk, LinkSpec, PublicKey, Reason, SigningKey};
 
 use crate::metrics::Code;
-use crate::store::{AuditFilter, NewEntry};
+use crate::store::{AuditFilter, NewEntry, StoreError};
 use crate::{Event, Inner, IssuerKey, WriteJob};
 
 /// Largest request body.
@@ -50,6 +50,14 @@ fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> Ap
 
 fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     err(StatusCode::BAD_REQUEST, code, message)
+}
+
+fn unavailable(e: StoreError) -> ApiError {
+    err(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        format!("the store did not answer: {e}; retry shortly"),
+    )
 }
 
 impl IntoResponse for ApiError {
@@ -377,23 +385,7 @@ async fn audit(
         after: q.after,
         limit,
     };
-    let store = inner.store.clone();
-    let items = tokio::task::spawn_blocking(move || store.audit_log(&filter))
-        .await
-        .map_err(|_| {
-            err(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "audit query failed",
-            )
-        })?
-        .map_err(|e| {
-            err(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                e.to_string(),
-            )
-        })?;
+    let items = inner.store.audit_log(filter).await.map_err(unavailable)?;
     let next = (items.len() == limit as usize)
         .then(|| items.last().map(|r| r.seq))
         .flatten();
@@ -467,12 +459,13 @@ async fn mint(
     let parsed = veto_core::ParsedChain::parse(&chain)
         .map_err(|d| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", d.message))?;
     let jti = parsed.root().claims().jti.clone();
-    let store = inner.store.clone();
-    let (j, agent) = (jti.clone(), req.agent);
-    let _ = tokio::task::spawn_blocking(move || {
-        store.audit(now, "admin", "mint", Some(&j), Some(&agent))
-    })
-    .await;
+    if let Err(e) = inner
+        .store
+        .audit(now, "admin", "mint", Some(&jti), Some(&req.agent))
+        .await
+    {
+        tracing::warn!(error = %e, jti, "minted a warrant but could not write its audit record");
+    }
     Ok((
         StatusCode::CREATED,
         Json(json!({"warrant": chain, "jti": jti, "exp": now + req.ttl})),
@@ -485,24 +478,11 @@ async fn add_issuer_key(State(inner): State<Shared>) -> Result<Response, ApiErro
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let jwk = serde_json::to_string(&key.to_private_jwk()).unwrap_or_default();
     let now = inner.now();
-    let store = inner.store.clone();
-    let kid = key.kid().to_owned();
-    tokio::task::spawn_blocking(move || store.add_issuer_key(&kid, &jwk, now, "admin"))
+    inner
+        .store
+        .add_issuer_key(key.kid(), &jwk, now, "admin")
         .await
-        .map_err(|_| {
-            err(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "could not add the key",
-            )
-        })?
-        .map_err(|e| {
-            err(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                e.to_string(),
-            )
-        })?;
+        .map_err(unavailable)?;
     let public = key.public().to_jwk();
     inner
         .issuers
@@ -544,24 +524,11 @@ async fn retire_issuer_key(
     axum::extract::Path(kid): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
     let now = inner.now();
-    let store = inner.store.clone();
-    let k = kid.clone();
-    let retired = tokio::task::spawn_blocking(move || store.retire_issuer_key(&k, now, "admin"))
+    let retired = inner
+        .store
+        .retire_issuer_key(&kid, now, "admin")
         .await
-        .map_err(|_| {
-            err(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "could not retire the key",
-            )
-        })?
-        .map_err(|e| {
-            err(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                e.to_string(),
-            )
-        })?;
+        .map_err(unavailable)?;
     if !retired {
         return Err(err(
             StatusCode::NOT_FOUND,
@@ -647,24 +614,12 @@ async fn deltas(
                 "`since` must be a non-negative integer version",
             )
         })?;
-    let upto = inner.read_current().ver;
-    let store = inner.store.clone();
-    let list = tokio::task::spawn_blocking(move || store.deltas(since, upto, MAX_DELTAS))
+    let upto = inner.read_current().ver();
+    let list = inner
+        .store
+        .deltas(since, upto, MAX_DELTAS)
         .await
-        .map_err(|_| {
-            err(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "delta query failed",
-            )
-        })?
-        .map_err(|e| {
-            err(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                e.to_string(),
-            )
-        })?;
+        .map_err(unavailable)?;
     match list {
         Some(list) => Ok(Json(json!({"deltas": list.into_iter().map(|(_, j)| j).collect::<Vec<_>>()})).into_response()),
         None => Err(err(StatusCode::GONE, "gone", format!("deltas after version {since} are no longer retained: fetch the snapshot at /v1/srl"))),
@@ -698,7 +653,7 @@ async fn authority(State(inner): State<Shared>) -> Response {
 }
 
 async fn healthz(State(inner): State<Shared>) -> Response {
-    Json(json!({"status": "ok", "version": inner.read_current().ver})).into_response()
+    Json(json!({"status": "ok", "version": inner.read_current().ver()})).into_response()
 }
 
 async fn metrics(State(inner): State<Shared>) -> Response {
@@ -802,14 +757,12 @@ async fn feed(
     since: Option<u64>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let current = inner.read_current().ver;
+    let current = inner.read_current().ver();
     let mut sent = current;
     if let Some(since) = since.filter(|s| *s < current) {
-        let store = inner.store.clone();
-        let replay =
-            tokio::task::spawn_blocking(move || store.deltas(since, current, usize::MAX)).await;
+        let replay = inner.store.deltas(since, current, usize::MAX).await;
         match replay {
-            Ok(Ok(Some(list))) if list.len() as u64 == current - since => {
+            Ok(Some(list)) if list.len() as u64 == current - since => {
                 for (ver, jws) in list {
                     if tx.send(sse("delta", ver, &jws)).await.is_err() {
                         return;

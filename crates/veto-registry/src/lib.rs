@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use veto_core::{
-    keyfile, Clock, Digest, EntryKind, Head, PublicKey, RevocationSet, SigningKey, SrlSigner,
-    SystemClock,
+    keyfile, Clock, Digest, EntryKind, KeySet, PublicKey, RevocationSet, SigningKey, SrlSigner,
+    SrlState, SrlVerifier, SystemClock,
 };
 
 use crate::metrics::{KindReason, Metrics};
-use crate::store::{Committed, NewEntry, SqliteStore, StoreError};
+use crate::store::{Committed, NewEntry, PgStore, SqliteStore, Store, StoreError};
 
 /// Registry settings.
 #[derive(Clone, Debug)]
@@ -53,6 +53,9 @@ pub struct Config {
     pub authority_key: Option<PathBuf>,
     /// Most concurrent SSE subscribers (default 10,000).
     pub max_subscribers: usize,
+    /// A PostgreSQL URL to share the state with other replicas; `None`
+    /// keeps it in `<data_dir>/veto.db` (SQLite).
+    pub store: Option<String>,
 }
 
 impl Config {
@@ -68,6 +71,7 @@ impl Config {
             admin_token: None,
             authority_key: None,
             max_subscribers: 10_000,
+            store: None,
         }
     }
 }
@@ -104,12 +108,6 @@ pub(crate) enum Event {
     Checkpoint { ver: u64, jws: Arc<str> },
 }
 
-pub(crate) struct Current {
-    pub ver: u64,
-    pub head: Head,
-    pub set: RevocationSet,
-}
-
 pub(crate) struct IssuerKey {
     pub key: SigningKey,
     pub added_at: u64,
@@ -136,12 +134,16 @@ pub(crate) enum WriteJob {
 
 pub(crate) struct Inner {
     pub config: Config,
-    pub store: Arc<SqliteStore>,
+    pub store: Store,
     pub signer: SrlSigner,
+    /// Verifies this authority's own deltas before they reach memory.
+    pub verifier: SrlVerifier,
+    /// Serializes moving memory forward, so versions apply and push in order.
+    pub follow: tokio::sync::Mutex<()>,
     pub clock: Arc<dyn Clock>,
     pub admin_token_hash: [u8; 32],
     pub admin_token_path: Option<PathBuf>,
-    pub current: RwLock<Current>,
+    pub current: RwLock<SrlState>,
     pub events: broadcast::Sender<Event>,
     pub writes: mpsc::Sender<WriteJob>,
     pub write_rx: Mutex<Option<mpsc::Receiver<WriteJob>>>,
@@ -173,14 +175,18 @@ pub(crate) fn random_token() -> Result<String, RegistryError> {
 }
 
 impl Registry {
-    /// Opens the data directory: creates it, the database, the authority
-    /// key, a first issuer key and the admin token on first start.
-    pub fn open(config: Config) -> Result<Self, RegistryError> {
-        Self::open_with_clock(config, Arc::new(SystemClock))
+    /// Opens the data directory (and the PostgreSQL store, when one is
+    /// configured): creates the database, the authority key, a first
+    /// issuer key and the admin token on first start.
+    pub async fn open(config: Config) -> Result<Self, RegistryError> {
+        Self::open_with_clock(config, Arc::new(SystemClock)).await
     }
 
     /// As [`Registry::open`], with an injected clock.
-    pub fn open_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, RegistryError> {
+    pub async fn open_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, RegistryError> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         #[cfg(unix)]
@@ -200,38 +206,42 @@ impl Registry {
             )?;
         }
         let authority = keyfile::read_signing_key(&key_path)?;
-        let store = SqliteStore::open(&dir.join("veto.db"))?;
+        let store = match &config.store {
+            None => {
+                let path = dir.join("veto.db");
+                Store::Sqlite(Arc::new(
+                    tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+                        .await
+                        .map_err(|e| StoreError::Task(e.to_string()))??,
+                ))
+            }
+            Some(url) => Store::Postgres(Arc::new(PgStore::connect(url).await?)),
+        };
         for (k, v) in [
             ("authority_kid", authority.kid()),
             ("iss", config.iss.as_str()),
         ] {
-            match store.meta(k)? {
-                Some(old) if old != v => {
-                    return Err(RegistryError::Mismatch(format!(
-                        "the database in `{}` was written with {k} `{old}`, not `{v}`: use the original {k}, or a new data directory",
-                        dir.display()
-                    )))
-                }
-                Some(_) => {}
-                None => store.set_meta(k, v)?,
+            let stored = store.meta_or_set(k, v).await?;
+            if stored != v {
+                return Err(RegistryError::Mismatch(format!(
+                    "the store was written with {k} `{stored}`, not `{v}`: every replica must use the same authority key and iss; use the original {k}, or a new store"
+                )));
             }
         }
         let now = clock.now();
-        if store.issuer_keys()?.iter().all(|k| k.retired_at.is_some()) {
+        if store
+            .issuer_keys()
+            .await?
+            .iter()
+            .all(|k| k.retired_at.is_some())
+        {
             let key = SigningKey::generate().map_err(|e| RegistryError::Mismatch(e.to_string()))?;
             let jwk = serde_json::to_string(&key.to_private_jwk()).unwrap_or_default();
-            store.add_issuer_key(key.kid(), &jwk, now, "registry")?;
+            store
+                .add_issuer_key(key.kid(), &jwk, now, "registry")
+                .await?;
         }
-        let mut issuers = Vec::new();
-        for row in store.issuer_keys()? {
-            let key = SigningKey::from_jwk_json(&row.private_jwk)
-                .map_err(|e| StoreError::Corrupt(format!("issuer key `{}`: {e}", row.kid)))?;
-            issuers.push(IssuerKey {
-                key,
-                added_at: row.added_at,
-                retired_at: row.retired_at,
-            });
-        }
+        let issuers = load_issuers(&store).await?;
         let (token, token_path) = match &config.admin_token {
             Some(t) => (t.clone(), None),
             None => {
@@ -243,7 +253,7 @@ impl Registry {
                 (t.trim().to_owned(), Some(path))
             }
         };
-        let loaded = store.load()?;
+        let loaded = store.load().await?;
         let mut set = RevocationSet::default();
         for (kind, id, before) in &loaded.entries {
             set.insert(*kind, Digest::of(*kind, id), before.unwrap_or(0));
@@ -253,19 +263,22 @@ impl Registry {
         metrics.entries.set(set.len() as i64);
         let (events, _) = broadcast::channel(1024);
         let (writes, write_rx) = mpsc::channel(65_536);
+        let verifier = SrlVerifier::new(
+            KeySet::new([authority.public().clone()]),
+            config.iss.clone(),
+        )
+        .with_skew(u64::MAX / 4);
         let signer = SrlSigner::new(authority, config.iss.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 admin_token_hash: Sha256::digest(token.as_bytes()).into(),
                 admin_token_path: token_path,
-                store: Arc::new(store),
+                store,
                 signer,
+                verifier,
+                follow: tokio::sync::Mutex::new(()),
                 clock,
-                current: RwLock::new(Current {
-                    ver: loaded.ver,
-                    head: loaded.head,
-                    set,
-                }),
+                current: RwLock::new(SrlState::at(loaded.ver, loaded.head, set)),
                 events,
                 writes,
                 write_rx: Mutex::new(Some(write_rx)),
@@ -295,7 +308,7 @@ impl Registry {
 
     /// The newest committed version.
     pub fn version(&self) -> u64 {
-        self.inner.read_current().ver
+        self.inner.read_current().ver()
     }
 
     /// Serves HTTP on `listener` until `shutdown` completes, with the
@@ -316,6 +329,7 @@ impl Registry {
         let writer = tokio::spawn(writer(self.inner.clone(), rx));
         let heartbeat = tokio::spawn(heartbeat(self.inner.clone(), stop_rx.clone()));
         let pruner = tokio::spawn(pruner(self.inner.clone(), stop_rx.clone()));
+        let follower = tokio::spawn(follower(self.inner.clone(), stop_rx.clone()));
         let app = api::router(self.inner.clone(), stop_rx);
         let result = axum::serve(
             listener,
@@ -328,6 +342,7 @@ impl Registry {
         .await;
         heartbeat.abort();
         pruner.abort();
+        follower.abort();
         drop(self);
         writer.abort();
         result.map_err(RegistryError::Serve)
@@ -335,7 +350,7 @@ impl Registry {
 }
 
 impl Inner {
-    pub(crate) fn read_current(&self) -> std::sync::RwLockReadGuard<'_, Current> {
+    pub(crate) fn read_current(&self) -> std::sync::RwLockReadGuard<'_, SrlState> {
         self.current.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -347,7 +362,7 @@ impl Inner {
     pub(crate) fn sign_checkpoint(&self) -> (u64, Arc<str>) {
         let (ver, head) = {
             let c = self.read_current();
-            (c.ver, c.head)
+            (c.ver(), c.head())
         };
         let now = self.now();
         let jws: Arc<str> = self
@@ -361,7 +376,7 @@ impl Inner {
 
     /// The newest checkpoint, signed anew when the version moved.
     pub(crate) fn checkpoint(&self) -> (u64, Arc<str>) {
-        let ver = self.read_current().ver;
+        let ver = self.read_current().ver();
         if let Some((v, jws)) = self
             .checkpoint
             .read()
@@ -381,7 +396,7 @@ impl Inner {
         let mut cache = self.snapshot.lock().await;
         let (ver, head, set) = {
             let c = self.read_current();
-            (c.ver, c.head, c.set.clone())
+            (c.ver(), c.head(), c.set().clone())
         };
         let now = self.now();
         if let Some(s) = cache.as_ref() {
@@ -435,7 +450,7 @@ impl Inner {
             .iter()
             .filter(|k| k.retired_at.is_none())
             .filter(|k| {
-                cur.set
+                cur.set()
                     .get(EntryKind::Key, &Digest::of(EntryKind::Key, k.key.kid()))
                     .is_none()
             })
@@ -443,46 +458,103 @@ impl Inner {
             .collect()
     }
 
-    /// Applies committed versions to memory, in order, then pushes them.
-    fn publish(
+    /// Moves memory forward to at least `upto`, in version order, and
+    /// pushes every version applied. `known` are versions this replica has
+    /// just committed; anything before them that memory lacks (another
+    /// replica's commits) is read from the store first. Every delta is
+    /// verified and must extend the applied head.
+    pub(crate) async fn advance(
         &self,
-        versions: Vec<(
-            u64,
-            Head,
-            String,
-            Vec<(EntryKind, String, u64)>,
-            Vec<(EntryKind, String)>,
-        )>,
-        committed_at: Instant,
+        known: Vec<(u64, String)>,
+        upto: u64,
+        committed_at: Option<Instant>,
     ) {
-        if versions.is_empty() {
+        let _order = self.follow.lock().await;
+        let cur = self.read_current().ver();
+        let first_known = known.first().map_or(u64::MAX, |(v, _)| *v);
+        let mut list = Vec::new();
+        if first_known != cur + 1 && upto > cur {
+            let until = first_known.saturating_sub(1).min(upto);
+            match self.store.deltas(cur, until, usize::MAX).await {
+                Ok(Some(l)) => list = l,
+                Ok(None) => {
+                    // Too far behind to replay: reload the whole state.
+                    match self.store.load().await {
+                        Ok(loaded) => {
+                            let mut set = RevocationSet::default();
+                            for (kind, id, before) in &loaded.entries {
+                                set.insert(*kind, Digest::of(*kind, id), before.unwrap_or(0));
+                            }
+                            *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+                                SrlState::at(loaded.ver, loaded.head, set);
+                            tracing::warn!(
+                                version = loaded.ver,
+                                "reloaded the state from the store"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot reload the state from the store")
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read new versions from the store; will retry");
+                    return;
+                }
+            }
+        }
+        let last = list.last().map_or(cur, |(v, _)| *v);
+        list.extend(known.into_iter().filter(|(v, _)| *v > last));
+        if list.is_empty() {
             return;
         }
-        {
-            let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
-            for (ver, head, _, added, removed) in &versions {
-                for (kind, id) in removed {
-                    cur.set.remove(*kind, &Digest::of(*kind, id));
+        let mut state = self.read_current().clone();
+        let mut applied = Vec::with_capacity(list.len());
+        for (ver, jws) in list {
+            let result = self
+                .verifier
+                .delta(&jws, self.now())
+                .map_err(|e| e.to_string())
+                .and_then(|d| state.apply_delta(&d).map_err(|e| e.to_string()));
+            match result {
+                Ok(veto_core::Applied::Advanced { .. }) => applied.push((ver, jws)),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(version = ver, error = %e, "a stored delta does not extend the applied head; stopping here");
+                    break;
                 }
-                for (kind, id, value) in added {
-                    cur.set.insert(*kind, Digest::of(*kind, id), *value);
-                }
-                cur.ver = *ver;
-                cur.head = *head;
             }
-            self.metrics.version.set(cur.ver as i64);
-            self.metrics.entries.set(cur.set.len() as i64);
         }
-        for (ver, _, jws, _, _) in versions {
+        self.metrics.version.set(state.ver() as i64);
+        self.metrics.entries.set(state.set().len() as i64);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = state;
+        for (ver, jws) in applied {
             let _ = self.events.send(Event::Delta {
                 ver,
                 jws: jws.into(),
             });
         }
-        self.metrics
-            .commit_to_broadcast
-            .observe(committed_at.elapsed().as_secs_f64());
+        if let Some(t) = committed_at {
+            self.metrics
+                .commit_to_broadcast
+                .observe(t.elapsed().as_secs_f64());
+        }
     }
+}
+
+async fn load_issuers(store: &Store) -> Result<Vec<IssuerKey>, RegistryError> {
+    let mut issuers = Vec::new();
+    for row in store.issuer_keys().await? {
+        let key = SigningKey::from_jwk_json(&row.private_jwk)
+            .map_err(|e| StoreError::Corrupt(format!("issuer key `{}`: {e}", row.kid)))?;
+        issuers.push(IssuerKey {
+            key,
+            added_at: row.added_at,
+            retired_at: row.retired_at,
+        });
+    }
+    Ok(issuers)
 }
 
 /// The one writer: drains the queue, commits a group, acknowledges, pushes.
@@ -519,21 +591,21 @@ async fn commit_group(inner: &Arc<Inner>, jobs: Vec<(Vec<NewEntry>, String, Repl
     let (requests, replies): (Vec<_>, Vec<_>) =
         jobs.into_iter().map(|(e, a, r)| ((e, a), r)).unzip();
     let started = Instant::now();
-    let now = inner.now();
-    let store = inner.store.clone();
-    let signer = inner.signer.clone();
     inner.metrics.group_size.observe(requests.len() as f64);
-    let result = tokio::task::spawn_blocking(move || store.commit(&requests, &signer, now)).await;
+    let result = inner
+        .store
+        .commit(requests, inner.signer.clone(), inner.now())
+        .await;
     let committed_at = Instant::now();
     inner
         .metrics
         .commit_seconds
         .observe(committed_at.duration_since(started).as_secs_f64());
     match result {
-        Ok(Ok(results)) => {
-            let mut versions = Vec::new();
+        Ok(results) => {
+            let mut known = Vec::new();
             for c in &results {
-                if let Some((ver, head, jws)) = &c.new_version {
+                if let Some((ver, _, jws)) = &c.new_version {
                     for e in &c.added {
                         inner
                             .metrics
@@ -544,31 +616,20 @@ async fn commit_group(inner: &Arc<Inner>, jobs: Vec<(Vec<NewEntry>, String, Repl
                             })
                             .inc();
                     }
-                    let added = c
-                        .added
-                        .iter()
-                        .map(|e| (e.kind, e.id.clone(), e.before.unwrap_or(0)))
-                        .collect();
-                    versions.push((*ver, *head, jws.clone(), added, Vec::new()));
+                    known.push((*ver, jws.clone()));
                 }
             }
-            // Acknowledge after the commit, push right after: memory first so
-            // a subscriber that reads the version sees the new state.
-            inner.publish(versions, committed_at);
+            // Durable now: move memory forward and push, then acknowledge.
+            let upto = known.last().map_or(0, |(v, _)| *v);
+            inner.advance(known, upto, Some(committed_at)).await;
             for (reply, c) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok(c));
             }
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::error!(error = %e, "commit failed; no revocation in this group was acknowledged");
             for reply in replies {
                 let _ = reply.send(Err(e.to_string()));
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "commit task failed");
-            for reply in replies {
-                let _ = reply.send(Err("internal error while committing".into()));
             }
         }
     }
@@ -576,37 +637,74 @@ async fn commit_group(inner: &Arc<Inner>, jobs: Vec<(Vec<NewEntry>, String, Repl
 
 async fn prune_all(inner: &Arc<Inner>) -> Result<usize, String> {
     let mut total = 0;
-    loop {
-        let store = inner.store.clone();
-        let signer = inner.signer.clone();
-        let now = inner.now();
-        let pruned = tokio::task::spawn_blocking(move || store.prune(&signer, now, 10_000))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let Some(p) = pruned else { break };
+    while let Some(p) = inner
+        .store
+        .prune(inner.signer.clone(), inner.now(), 10_000)
+        .await
+        .map_err(|e| e.to_string())?
+    {
         total += p.removed.len();
         tracing::info!(
             version = p.ver,
             removed = p.removed.len(),
             "pruned expired entries"
         );
-        let removed = p.removed.iter().map(|r| (r.kind, r.id.clone())).collect();
-        inner.publish(
-            vec![(p.ver, p.head, p.jws, Vec::new(), removed)],
-            Instant::now(),
-        );
+        inner
+            .advance(vec![(p.ver, p.jws)], p.ver, Some(Instant::now()))
+            .await;
     }
-    let store = inner.store.clone();
-    let keep = inner.config.retention;
-    let dropped = tokio::task::spawn_blocking(move || store.drop_old_deltas(keep))
+    let dropped = inner
+        .store
+        .drop_old_deltas(inner.config.retention, false)
         .await
-        .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     if dropped > 0 {
         tracing::info!(dropped, "dropped deltas past the retention window");
     }
     Ok(total)
+}
+
+/// Keeps memory in step with commits made by other replicas (PostgreSQL):
+/// woken by `NOTIFY`, and every second in case a notification was lost.
+/// Issuer keys added or retired elsewhere are reloaded every few seconds.
+async fn follower(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Store::Postgres(pg) = &inner.store else {
+        return;
+    };
+    let url = pg.url().to_owned();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
+    loop {
+        let mut notes = match store::listen(&url).await {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for other replicas' commits; following by polling");
+                None
+            }
+        };
+        loop {
+            let upto = tokio::select! {
+                v = async { match notes.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match v {
+                    Some(v) => v,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    ticks += 1;
+                    if ticks % 5 == 0 {
+                        if let Ok(keys) = load_issuers(&inner.store).await {
+                            *inner.issuers.write().unwrap_or_else(|p| p.into_inner()) = keys;
+                        }
+                    }
+                    i64::MAX as u64
+                },
+                _ = stop.changed() => return,
+            };
+            inner.advance(Vec::new(), upto, None).await;
+        }
+        tracing::warn!("lost the PostgreSQL notification connection; reconnecting");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 async fn heartbeat(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>) {

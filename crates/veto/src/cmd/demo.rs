@@ -49,7 +49,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     // 1. The registry, on the embedded default (SQLite + SSE).
     let mut rc = RegistryConfig::new(&dir);
     rc.heartbeat = Duration::from_secs(1);
-    let registry = Registry::open(rc).context("starting the registry")?;
+    let registry = Registry::open(rc).await.context("starting the registry")?;
     let token = std::fs::read_to_string(registry.admin_token_path().context("admin token")?)?
         .trim()
         .to_owned();

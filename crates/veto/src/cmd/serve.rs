@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Versions of deltas to retain for catching up.
     #[arg(long, default_value_t = 100_000)]
     retention: u64,
+    /// Share the state with other replicas in PostgreSQL
+    /// (`postgres://user@host/db`); default: SQLite in the data directory.
+    #[arg(long, env = "VETO_STORE")]
+    store: Option<String>,
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
@@ -51,20 +55,28 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     config.admin_token = std::env::var("VETO_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
-    let registry = Registry::open(config)
-        .with_context(|| format!("opening the registry in `{}`", a.data_dir.display()))?;
-    let pub_path = a.data_dir.join("authority.pub.jwk");
-    if !pub_path.exists() {
-        keyfile::write_public_key(&pub_path, registry.authority_key())?;
+    if let Some(url) = &a.store {
+        if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            anyhow::bail!("--store must be a postgres:// URL (the default store is SQLite in --data-dir)");
+        }
     }
+    config.store = a.store.clone();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
+        let registry = Registry::open(config)
+            .await
+            .with_context(|| format!("opening the registry in `{}`", a.data_dir.display()))?;
+        let pub_path = a.data_dir.join("authority.pub.jwk");
+        if !pub_path.exists() {
+            keyfile::write_public_key(&pub_path, registry.authority_key())?;
+        }
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("cannot listen on {}: is another process using it? choose another with --listen", a.listen))?;
         let addr = listener.local_addr()?;
         println!("veto registry listening on http://{addr}");
         println!("  data directory : {}", a.data_dir.display());
+        println!("  store          : {}", if a.store.is_some() { "PostgreSQL (shared with replicas)" } else { "SQLite (data directory)" });
         match registry.admin_token_path() {
             Some(p) => println!("  admin token    : {}", p.display()),
             None => println!("  admin token    : from VETO_ADMIN_TOKEN"),

@@ -6,143 +6,16 @@
 //! its entries, so there is never a version without its delta or an entry
 //! without its version.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
-use veto_core::{Entry, EntryKind, Head, Reason, Removed, SrlSigner};
+use rusqlite::{params, Connection, OptionalExtension as _, Transaction, TransactionBehavior};
+use veto_core::{EntryKind, Head, Removed, SrlSigner};
 
-/// Why the store failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite reported an error.
-    #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// The data in the database is not what veto wrote.
-    #[error("database holds unexpected data: {0}")]
-    Corrupt(String),
-}
-
-/// One revocation as requested, with audit details.
-#[derive(Clone, Debug)]
-pub struct NewEntry {
-    /// The entry as it will be published.
-    pub entry: Entry,
-    /// Free text for the audit log (never published).
-    pub note: Option<String>,
-}
-
-/// The outcome for one entry of a request.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct EntryOutcome {
-    /// Kind.
-    pub kind: EntryKind,
-    /// Id.
-    pub id: String,
-    /// The version it was revoked in.
-    pub version: u64,
-    /// Whether this request created the revocation (false: already revoked).
-    pub created: bool,
-}
-
-/// The outcome of one revocation request.
-#[derive(Clone, Debug)]
-pub struct Committed {
-    /// The new version, if the request created one.
-    pub new_version: Option<(u64, Head, String)>,
-    /// Per-entry outcomes, in request order (duplicates folded).
-    pub entries: Vec<EntryOutcome>,
-    /// Entries newly published.
-    pub added: Vec<Entry>,
-}
-
-/// A version that pruned entries.
-#[derive(Clone, Debug)]
-pub struct Pruned {
-    /// The version.
-    pub ver: u64,
-    /// Its head.
-    pub head: Head,
-    /// The delta.
-    pub jws: String,
-    /// The entries removed.
-    pub removed: Vec<Removed>,
-}
-
-/// One audit record.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct AuditRecord {
-    /// Sequence number (for pagination).
-    pub seq: i64,
-    /// When.
-    pub at: u64,
-    /// Who.
-    pub actor: String,
-    /// What: `revoke`, `prune`, `mint`, `issuer_key_add`, `issuer_key_retire`.
-    pub action: String,
-    /// Entry kind, for revocations.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    /// Entry id or subject.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// Reason.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Agent cutoff.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub before: Option<u64>,
-    /// Expiry of the entry.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<u64>,
-    /// Free text.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-    /// The version, when one was created or matched.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<u64>,
-}
-
-/// Filters for the audit log.
-#[derive(Clone, Debug, Default)]
-pub struct AuditFilter {
-    /// Only this kind.
-    pub kind: Option<String>,
-    /// Only this id.
-    pub id: Option<String>,
-    /// Only at or after this time.
-    pub since: Option<u64>,
-    /// Only before this time.
-    pub until: Option<u64>,
-    /// Only records after this sequence number (pagination cursor).
-    pub after: Option<i64>,
-    /// At most this many (1..=1000).
-    pub limit: u32,
-}
-
-/// An issuer key as stored.
-#[derive(Clone, Debug)]
-pub struct IssuerKeyRow {
-    /// Its thumbprint.
-    pub kid: String,
-    /// The private JWK.
-    pub private_jwk: String,
-    /// When added.
-    pub added_at: u64,
-    /// When retired (no longer trusted), if it was.
-    pub retired_at: Option<u64>,
-}
-
-/// The state found at start.
-pub struct Loaded {
-    /// Newest version.
-    pub ver: u64,
-    /// Its head.
-    pub head: Head,
-    /// Live entries: kind, id, cutoff.
-    pub entries: Vec<(EntryKind, String, Option<u64>)>,
-}
+use super::{
+    keys_of, plan, AuditFilter, AuditRecord, AuditRow, Committed, Existing, IssuerKeyRow, Loaded,
+    NewEntry, Pruned, StoreError,
+};
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -244,11 +117,33 @@ impl SqliteStore {
             .optional()?)
     }
 
-    /// Sets a meta value.
-    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.w().execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+    /// Sets a meta value if absent; returns the value stored.
+    pub fn meta_or_set(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        let conn = self.w();
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
             [key, value],
+        )?;
+        Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))?)
+    }
+
+    /// The oldest unpublished deltas, in version order.
+    pub fn unpublished(&self, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(
+            "SELECT ver, jws FROM versions WHERE published = 0 ORDER BY ver LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Marks a delta as accepted by the bus.
+    pub fn mark_published(&self, ver: u64) -> Result<(), StoreError> {
+        self.w().execute(
+            "UPDATE versions SET published = 1 WHERE ver = ?1",
+            [ver as i64],
         )?;
         Ok(())
     }
@@ -284,9 +179,7 @@ impl SqliteStore {
         Ok(Loaded { ver, head, entries })
     }
 
-    /// Commits a group of revocation requests in one transaction: one
-    /// version per request that revokes anything new, none for a request
-    /// whose entries were all revoked already.
+    /// Commits a group of revocation requests in one transaction (see [`plan`]).
     pub fn commit(
         &self,
         requests: &[(Vec<NewEntry>, String)],
@@ -295,114 +188,53 @@ impl SqliteStore {
     ) -> Result<Vec<Committed>, StoreError> {
         let mut conn = self.w();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (mut ver, mut head) = tx
-            .query_row(
-                "SELECT ver, head FROM versions ORDER BY ver DESC LIMIT 1",
-                [],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
-            )
-            .optional()?
-            .map(|(v, h)| Ok::<_, StoreError>((v as u64, head_of(h)?)))
-            .transpose()?
-            .unwrap_or((0, Head::ZERO));
-        let mut results = Vec::with_capacity(requests.len());
-        for (entries, actor) in requests {
-            let mut outcomes: Vec<EntryOutcome> = Vec::new();
-            let mut added: Vec<(Entry, Option<String>)> = Vec::new();
-            for new in &fold_duplicates(entries) {
-                let e = &new.entry;
-                let existing: Option<(i64, Option<i64>)> = tx
-                    .query_row(
-                        "SELECT ver, before FROM entries WHERE kind = ?1 AND id = ?2 AND pruned_ver IS NULL",
-                        params![e.kind.as_str(), e.id],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
+        let (ver, head) = top(&tx)?;
+        let mut existing = Existing::new();
+        {
+            let mut stmt = tx.prepare_cached("SELECT ver, before FROM entries WHERE kind = ?1 AND id = ?2 AND pruned_ver IS NULL")?;
+            for (kind, id) in keys_of(requests) {
+                let row: Option<(i64, Option<i64>)> = stmt
+                    .query_row(params![kind.as_str(), id], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
-                let covered = match existing {
-                    None => false,
-                    Some((_, old_before)) => {
-                        e.kind != EntryKind::Agent || opt_u64(old_before) >= e.before
-                    }
-                };
-                if let (true, Some((v, _))) = (covered, existing) {
-                    outcomes.push(EntryOutcome {
-                        kind: e.kind,
-                        id: e.id.clone(),
-                        version: v as u64,
-                        created: false,
-                    });
-                } else {
-                    outcomes.push(EntryOutcome {
-                        kind: e.kind,
-                        id: e.id.clone(),
-                        version: ver + 1,
-                        created: true,
-                    });
-                    added.push((e.clone(), new.note.clone()));
+                if let Some((v, before)) = row {
+                    existing.insert((kind, id), (v as u64, opt_u64(before)));
                 }
             }
-            if added.is_empty() {
-                for o in &outcomes {
-                    tx.execute(
-                        "INSERT INTO audit (at, actor, action, kind, id, ver) VALUES (?1, ?2, 'revoke_existing', ?3, ?4, ?5)",
-                        params![now as i64, actor, o.kind.as_str(), o.id, o.version as i64],
-                    )?;
-                }
-                results.push(Committed {
-                    new_version: None,
-                    entries: outcomes,
-                    added: Vec::new(),
-                });
-                continue;
-            }
-            ver += 1;
-            let published: Vec<Entry> = added.iter().map(|(e, _)| e.clone()).collect();
-            let (jws, new_head) = signer.delta(ver, head, now, published.clone(), Vec::new());
-            tx.execute(
+        }
+        let plan = plan(requests, &existing, ver, head, signer, now);
+        {
+            let mut stmt = tx.prepare_cached(
                 "INSERT INTO versions (ver, head, iat, jws) VALUES (?1, ?2, ?3, ?4)",
-                params![ver as i64, new_head.0.to_vec(), now as i64, jws],
             )?;
-            for (e, note) in &added {
-                tx.execute(
-                    "INSERT INTO entries (kind, id, reason, revoked_at, before, expires_at, ver, pruned_ver)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)
-                     ON CONFLICT (kind, id) DO UPDATE SET reason = excluded.reason, revoked_at = excluded.revoked_at,
-                       before = excluded.before, expires_at = excluded.expires_at, ver = excluded.ver, pruned_ver = NULL",
-                    params![
-                        e.kind.as_str(),
-                        e.id,
-                        e.reason.as_str(),
-                        e.revoked_at as i64,
-                        e.before.map(|b| b as i64),
-                        e.expires_at.map(|x| x as i64),
-                        ver as i64
-                    ],
-                )?;
-                tx.execute(
-                    "INSERT INTO audit (at, actor, action, kind, id, reason, before, expires_at, note, ver)
-                     VALUES (?1, ?2, 'revoke', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    params![
-                        now as i64,
-                        actor,
-                        e.kind.as_str(),
-                        e.id,
-                        e.reason.as_str(),
-                        e.before.map(|b| b as i64),
-                        e.expires_at.map(|x| x as i64),
-                        note,
-                        ver as i64
-                    ],
-                )?;
+            for v in &plan.versions {
+                stmt.execute(params![
+                    v.ver as i64,
+                    v.head.0.to_vec(),
+                    v.iat as i64,
+                    v.jws
+                ])?;
             }
-            head = new_head;
-            results.push(Committed {
-                new_version: Some((ver, new_head, jws)),
-                entries: outcomes,
-                added: published,
-            });
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO entries (kind, id, reason, revoked_at, before, expires_at, ver, pruned_ver)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)
+                 ON CONFLICT (kind, id) DO UPDATE SET reason = excluded.reason, revoked_at = excluded.revoked_at,
+                   before = excluded.before, expires_at = excluded.expires_at, ver = excluded.ver, pruned_ver = NULL",
+            )?;
+            for (e, ver) in &plan.entries {
+                stmt.execute(params![
+                    e.kind.as_str(),
+                    e.id,
+                    e.reason.as_str(),
+                    e.revoked_at as i64,
+                    e.before.map(|b| b as i64),
+                    e.expires_at.map(|x| x as i64),
+                    *ver as i64
+                ])?;
+            }
+            insert_audit(&tx, &plan.audit)?;
         }
         tx.commit()?;
-        Ok(results)
+        Ok(plan.results)
     }
 
     /// Prunes up to `limit` entries whose `expires_at` has passed, as one
@@ -457,11 +289,23 @@ impl SqliteStore {
                 "UPDATE entries SET pruned_ver = ?1 WHERE kind = ?2 AND id = ?3",
                 params![ver as i64, r.kind.as_str(), r.id],
             )?;
-            tx.execute(
-                "INSERT INTO audit (at, actor, action, kind, id, ver) VALUES (?1, 'registry', 'prune', ?2, ?3, ?4)",
-                params![now as i64, r.kind.as_str(), r.id, ver as i64],
-            )?;
         }
+        let audit: Vec<AuditRow> = removed
+            .iter()
+            .map(|r| AuditRow {
+                at: now,
+                actor: "registry".into(),
+                action: "prune",
+                kind: Some(r.kind),
+                id: Some(r.id.clone()),
+                reason: None,
+                before: None,
+                expires_at: None,
+                note: None,
+                ver: Some(ver),
+            })
+            .collect();
+        insert_audit(&tx, &audit)?;
         tx.commit()?;
         Ok(Some(Pruned {
             ver,
@@ -492,7 +336,7 @@ impl SqliteStore {
         let out: Vec<(u64, String)> = rows.collect::<Result<_, _>>()?;
         // Gap-free by construction; a missing first delta means it was
         // dropped by retention.
-        if out.first().map(|(v, _)| *v) != Some(since + 1) {
+        if !out.is_empty() && out.first().map(|(v, _)| *v) != Some(since + 1) {
             return Ok(None);
         }
         Ok(Some(out))
@@ -500,7 +344,7 @@ impl SqliteStore {
 
     /// Drops deltas older than the newest `keep` versions (their entries
     /// stay; clients that far behind get a snapshot).
-    pub fn drop_old_deltas(&self, keep: u64) -> Result<usize, StoreError> {
+    pub fn drop_old_deltas(&self, keep: u64, only_published: bool) -> Result<usize, StoreError> {
         let conn = self.w();
         let top: i64 = conn.query_row("SELECT COALESCE(MAX(ver), 0) FROM versions", [], |r| {
             r.get(0)
@@ -512,7 +356,10 @@ impl SqliteStore {
         if cutoff <= 0 {
             return Ok(0);
         }
-        Ok(conn.execute("DELETE FROM versions WHERE ver <= ?1", [cutoff])?)
+        Ok(conn.execute(
+            "DELETE FROM versions WHERE ver <= ?1 AND (published = 1 OR ?2 = 0)",
+            params![cutoff, only_published],
+        )?)
     }
 
     /// Writes an audit record that is not a revocation.
@@ -624,47 +471,38 @@ impl SqliteStore {
         tx.commit()?;
         Ok(n == 1)
     }
-
-    /// Whether a live entry exists for a kind and id.
-    pub fn is_revoked(&self, kind: EntryKind, id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .r()
-            .query_row(
-                "SELECT 1 FROM entries WHERE kind = ?1 AND id = ?2 AND pruned_ver IS NULL",
-                params![kind.as_str(), id],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
-    }
 }
 
-/// Folds repeats of a (kind, id) in one request into the first, keeping the
-/// latest agent cutoff and the longest life: a repeat must never narrow what
-/// an acknowledged request revoked.
-fn fold_duplicates(entries: &[NewEntry]) -> Vec<NewEntry> {
-    let mut index: HashMap<(EntryKind, &str), usize> = HashMap::with_capacity(entries.len());
-    let mut out: Vec<NewEntry> = Vec::with_capacity(entries.len());
-    for new in entries {
-        match index.get(&(new.entry.kind, new.entry.id.as_str())) {
-            Some(&i) => {
-                let kept = &mut out[i].entry;
-                kept.before = kept.before.max(new.entry.before);
-                kept.expires_at = match (kept.expires_at, new.entry.expires_at) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    _ => None,
-                };
-            }
-            None => {
-                index.insert((new.entry.kind, new.entry.id.as_str()), out.len());
-                out.push(new.clone());
-            }
-        }
-    }
-    out
+fn top(tx: &Transaction<'_>) -> Result<(u64, Head), StoreError> {
+    tx.query_row(
+        "SELECT ver, head FROM versions ORDER BY ver DESC LIMIT 1",
+        [],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+    )
+    .optional()?
+    .map(|(v, h)| Ok((v as u64, head_of(h)?)))
+    .transpose()
+    .map(|t| t.unwrap_or((0, Head::ZERO)))
 }
 
-/// Parses a stored reason (for tests and tools).
-pub fn reason_of(s: &str) -> Option<Reason> {
-    Reason::parse(s)
+fn insert_audit(tx: &Transaction<'_>, rows: &[AuditRow]) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO audit (at, actor, action, kind, id, reason, before, expires_at, note, ver)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for a in rows {
+        stmt.execute(params![
+            a.at as i64,
+            a.actor,
+            a.action,
+            a.kind.map(|k| k.as_str()),
+            a.id,
+            a.reason.map(|r| r.as_str()),
+            a.before.map(|b| b as i64),
+            a.expires_at.map(|x| x as i64),
+            a.note,
+            a.ver.map(|v| v as i64)
+        ])?;
+    }
+    Ok(())
 }

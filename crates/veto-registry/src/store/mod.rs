@@ -1,0 +1,523 @@
+//! The durable store behind the registry: SQLite (the embedded default) or
+//! PostgreSQL (shared by replicas). Both commit a version in the same
+//! transaction as its signed delta and its entries, and both decide what a
+//! group of requests writes with the same pure [`plan`].
+
+mod postgres;
+mod sqlite;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use veto_core::{Entry, EntryKind, Head, Reason, Removed, SrlSigner};
+
+pub use postgres::{listen, PgStore};
+pub use sqlite::SqliteStore;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL reported an error.
+    #[error("database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// A blocking store task failed.
+    #[error("store task failed: {0}")]
+    Task(String),
+    /// The data in the database is not what veto wrote.
+    #[error("database holds unexpected data: {0}")]
+    Corrupt(String),
+}
+
+/// One revocation as requested, with audit details.
+#[derive(Clone, Debug)]
+pub struct NewEntry {
+    /// The entry as it will be published.
+    pub entry: Entry,
+    /// Free text for the audit log (never published).
+    pub note: Option<String>,
+}
+
+/// The outcome for one entry of a request.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EntryOutcome {
+    /// Kind.
+    pub kind: EntryKind,
+    /// Id.
+    pub id: String,
+    /// The version it was revoked in.
+    pub version: u64,
+    /// Whether this request created the revocation (false: already revoked).
+    pub created: bool,
+}
+
+/// The outcome of one revocation request.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    /// The new version, if the request created one.
+    pub new_version: Option<(u64, Head, String)>,
+    /// Per-entry outcomes, in request order (duplicates folded).
+    pub entries: Vec<EntryOutcome>,
+    /// Entries newly published.
+    pub added: Vec<Entry>,
+}
+
+/// A version that pruned entries.
+#[derive(Clone, Debug)]
+pub struct Pruned {
+    /// The version.
+    pub ver: u64,
+    /// Its head.
+    pub head: Head,
+    /// The delta.
+    pub jws: String,
+    /// The entries removed.
+    pub removed: Vec<Removed>,
+}
+
+/// One audit record.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AuditRecord {
+    /// Sequence number (for pagination).
+    pub seq: i64,
+    /// When.
+    pub at: u64,
+    /// Who.
+    pub actor: String,
+    /// What: `revoke`, `prune`, `mint`, `issuer_key_add`, `issuer_key_retire`.
+    pub action: String,
+    /// Entry kind, for revocations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Entry id or subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Agent cutoff.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
+    /// Expiry of the entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// Free text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// The version, when one was created or matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+}
+
+/// Filters for the audit log.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this id.
+    pub id: Option<String>,
+    /// Only at or after this time.
+    pub since: Option<u64>,
+    /// Only before this time.
+    pub until: Option<u64>,
+    /// Only records after this sequence number (pagination cursor).
+    pub after: Option<i64>,
+    /// At most this many (1..=1000).
+    pub limit: u32,
+}
+
+/// An issuer key as stored.
+#[derive(Clone, Debug)]
+pub struct IssuerKeyRow {
+    /// Its thumbprint.
+    pub kid: String,
+    /// The private JWK.
+    pub private_jwk: String,
+    /// When added.
+    pub added_at: u64,
+    /// When retired (no longer trusted), if it was.
+    pub retired_at: Option<u64>,
+}
+
+/// The state found at start.
+pub struct Loaded {
+    /// Newest version.
+    pub ver: u64,
+    /// Its head.
+    pub head: Head,
+    /// Live entries: kind, id, cutoff.
+    pub entries: Vec<(EntryKind, String, Option<u64>)>,
+}
+
+/// A version to insert.
+pub(crate) struct VersionRow {
+    pub ver: u64,
+    pub head: Head,
+    pub iat: u64,
+    pub jws: String,
+}
+
+/// An audit record to insert.
+pub(crate) struct AuditRow {
+    pub at: u64,
+    pub actor: String,
+    pub action: &'static str,
+    pub kind: Option<EntryKind>,
+    pub id: Option<String>,
+    pub reason: Option<Reason>,
+    pub before: Option<u64>,
+    pub expires_at: Option<u64>,
+    pub note: Option<String>,
+    pub ver: Option<u64>,
+}
+
+/// What one group of revocation requests writes.
+pub(crate) struct Plan {
+    pub results: Vec<Committed>,
+    pub versions: Vec<VersionRow>,
+    /// Entries to upsert, with the version that revoked them.
+    pub entries: Vec<(Entry, u64)>,
+    pub audit: Vec<AuditRow>,
+}
+
+/// Live entries already stored: (kind, id) → (version, agent cutoff).
+pub(crate) type Existing = HashMap<(EntryKind, String), (u64, Option<u64>)>;
+
+/// Decides, without I/O, what a group of requests writes on top of version
+/// `ver`/`head`: one version per request that revokes anything new, none
+/// for a request whose entries were all revoked already.
+pub(crate) fn plan(
+    requests: &[(Vec<NewEntry>, String)],
+    existing: &Existing,
+    mut ver: u64,
+    mut head: Head,
+    signer: &SrlSigner,
+    now: u64,
+) -> Plan {
+    let mut live = existing.clone();
+    let mut plan = Plan {
+        results: Vec::with_capacity(requests.len()),
+        versions: Vec::new(),
+        entries: Vec::new(),
+        audit: Vec::new(),
+    };
+    for (entries, actor) in requests {
+        let mut outcomes = Vec::new();
+        let mut added: Vec<(Entry, Option<String>)> = Vec::new();
+        for new in fold_duplicates(entries) {
+            let e = new.entry;
+            let key = (e.kind, e.id.clone());
+            let covered = match live.get(&key) {
+                None => None,
+                Some(&(v, old_before)) => {
+                    (e.kind != EntryKind::Agent || old_before >= e.before).then_some(v)
+                }
+            };
+            match covered {
+                Some(v) => outcomes.push(EntryOutcome {
+                    kind: e.kind,
+                    id: e.id,
+                    version: v,
+                    created: false,
+                }),
+                None => {
+                    live.insert(key, (ver + 1, e.before));
+                    outcomes.push(EntryOutcome {
+                        kind: e.kind,
+                        id: e.id.clone(),
+                        version: ver + 1,
+                        created: true,
+                    });
+                    added.push((e, new.note));
+                }
+            }
+        }
+        if added.is_empty() {
+            for o in &outcomes {
+                plan.audit.push(AuditRow {
+                    at: now,
+                    actor: actor.clone(),
+                    action: "revoke_existing",
+                    kind: Some(o.kind),
+                    id: Some(o.id.clone()),
+                    reason: None,
+                    before: None,
+                    expires_at: None,
+                    note: None,
+                    ver: Some(o.version),
+                });
+            }
+            plan.results.push(Committed {
+                new_version: None,
+                entries: outcomes,
+                added: Vec::new(),
+            });
+            continue;
+        }
+        ver += 1;
+        let published: Vec<Entry> = added.iter().map(|(e, _)| e.clone()).collect();
+        let (jws, new_head) = signer.delta(ver, head, now, published.clone(), Vec::new());
+        plan.versions.push(VersionRow {
+            ver,
+            head: new_head,
+            iat: now,
+            jws: jws.clone(),
+        });
+        for (e, note) in added {
+            plan.audit.push(AuditRow {
+                at: now,
+                actor: actor.clone(),
+                action: "revoke",
+                kind: Some(e.kind),
+                id: Some(e.id.clone()),
+                reason: Some(e.reason),
+                before: e.before,
+                expires_at: e.expires_at,
+                note,
+                ver: Some(ver),
+            });
+            plan.entries.push((e, ver));
+        }
+        head = new_head;
+        plan.results.push(Committed {
+            new_version: Some((ver, new_head, jws)),
+            entries: outcomes,
+            added: published,
+        });
+    }
+    plan
+}
+
+/// The (kind, id) pairs a group of requests touches.
+pub(crate) fn keys_of(requests: &[(Vec<NewEntry>, String)]) -> Vec<(EntryKind, String)> {
+    let mut keys: Vec<(EntryKind, String)> = requests
+        .iter()
+        .flat_map(|(es, _)| es.iter().map(|e| (e.entry.kind, e.entry.id.clone())))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Folds repeats of a (kind, id) in one request into the first, keeping the
+/// latest agent cutoff and the longest life: a repeat must never narrow what
+/// an acknowledged request revoked.
+fn fold_duplicates(entries: &[NewEntry]) -> Vec<NewEntry> {
+    let mut index: HashMap<(EntryKind, &str), usize> = HashMap::with_capacity(entries.len());
+    let mut out: Vec<NewEntry> = Vec::with_capacity(entries.len());
+    for new in entries {
+        match index.get(&(new.entry.kind, new.entry.id.as_str())) {
+            Some(&i) => {
+                let kept = &mut out[i].entry;
+                kept.before = kept.before.max(new.entry.before);
+                kept.expires_at = match (kept.expires_at, new.entry.expires_at) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+            }
+            None => {
+                index.insert((new.entry.kind, new.entry.id.as_str()), out.len());
+                out.push(new.clone());
+            }
+        }
+    }
+    out
+}
+
+/// A store: the embedded SQLite file, or a shared PostgreSQL database.
+#[derive(Clone)]
+pub enum Store {
+    /// SQLite (blocking; run on the blocking pool).
+    Sqlite(Arc<SqliteStore>),
+    /// PostgreSQL.
+    Postgres(Arc<PgStore>),
+}
+
+macro_rules! blocking {
+    ($s:expr, |$st:ident| $body:expr) => {{
+        let $st = $s.clone();
+        tokio::task::spawn_blocking(move || $body)
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }};
+}
+
+impl Store {
+    /// Reads a meta value.
+    pub async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                let key = key.to_owned();
+                blocking!(s, |s| s.meta(&key))
+            }
+            Store::Postgres(p) => p.meta(key).await,
+        }
+    }
+
+    /// Sets a meta value if absent; returns the value now stored.
+    pub async fn meta_or_set(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                let (key, value) = (key.to_owned(), value.to_owned());
+                blocking!(s, |s| s.meta_or_set(&key, &value))
+            }
+            Store::Postgres(p) => p.meta_or_set(key, value).await,
+        }
+    }
+
+    /// The newest version and the live entries.
+    pub async fn load(&self) -> Result<Loaded, StoreError> {
+        match self {
+            Store::Sqlite(s) => blocking!(s, |s| s.load()),
+            Store::Postgres(p) => p.load().await,
+        }
+    }
+
+    /// Commits a group of revocation requests in one transaction.
+    pub async fn commit(
+        &self,
+        requests: Vec<(Vec<NewEntry>, String)>,
+        signer: SrlSigner,
+        now: u64,
+    ) -> Result<Vec<Committed>, StoreError> {
+        match self {
+            Store::Sqlite(s) => blocking!(s, |s| s.commit(&requests, &signer, now)),
+            Store::Postgres(p) => p.commit(&requests, &signer, now).await,
+        }
+    }
+
+    /// Prunes up to `limit` expired entries as one new version.
+    pub async fn prune(
+        &self,
+        signer: SrlSigner,
+        now: u64,
+        limit: usize,
+    ) -> Result<Option<Pruned>, StoreError> {
+        match self {
+            Store::Sqlite(s) => blocking!(s, |s| s.prune(&signer, now, limit)),
+            Store::Postgres(p) => p.prune(&signer, now, limit).await,
+        }
+    }
+
+    /// Deltas `since+1 ..= upto`, at most `limit`; `None` when not retained.
+    pub async fn deltas(
+        &self,
+        since: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<(u64, String)>>, StoreError> {
+        match self {
+            Store::Sqlite(s) => blocking!(s, |s| s.deltas(since, upto, limit)),
+            Store::Postgres(p) => p.deltas(since, upto, limit).await,
+        }
+    }
+
+    /// Drops deltas older than the newest `keep` versions; with an outbox,
+    /// only those already published.
+    pub async fn drop_old_deltas(
+        &self,
+        keep: u64,
+        only_published: bool,
+    ) -> Result<usize, StoreError> {
+        match self {
+            Store::Sqlite(s) => blocking!(s, |s| s.drop_old_deltas(keep, only_published)),
+            Store::Postgres(p) => p.drop_old_deltas(keep, only_published).await,
+        }
+    }
+
+    /// Writes an audit record that is not a revocation.
+    pub async fn audit(
+        &self,
+        now: u64,
+        actor: &str,
+        action: &str,
+        id: Option<&str>,
+        note: Option<&str>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                let (actor, action, id, note) = (
+                    actor.to_owned(),
+                    action.to_owned(),
+                    id.map(str::to_owned),
+                    note.map(str::to_owned),
+                );
+                blocking!(s, |s| s.audit(
+                    now,
+                    &actor,
+                    &action,
+                    id.as_deref(),
+                    note.as_deref()
+                ))
+            }
+            Store::Postgres(p) => p.audit(now, actor, action, id, note).await,
+        }
+    }
+
+    /// Queries the audit log.
+    pub async fn audit_log(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => blocking!(s, |s| s.audit_log(&filter)),
+            Store::Postgres(p) => p.audit_log(&filter).await,
+        }
+    }
+
+    /// Every issuer key, oldest first.
+    pub async fn issuer_keys(&self) -> Result<Vec<IssuerKeyRow>, StoreError> {
+        match self {
+            Store::Sqlite(s) => blocking!(s, |s| s.issuer_keys()),
+            Store::Postgres(p) => p.issuer_keys().await,
+        }
+    }
+
+    /// Adds an issuer key.
+    pub async fn add_issuer_key(
+        &self,
+        kid: &str,
+        private_jwk: &str,
+        now: u64,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                let (kid, jwk, actor) = (kid.to_owned(), private_jwk.to_owned(), actor.to_owned());
+                blocking!(s, |s| s.add_issuer_key(&kid, &jwk, now, &actor))
+            }
+            Store::Postgres(p) => p.add_issuer_key(kid, private_jwk, now, actor).await,
+        }
+    }
+
+    /// Retires an issuer key; false when no such active key exists.
+    pub async fn retire_issuer_key(
+        &self,
+        kid: &str,
+        now: u64,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                let (kid, actor) = (kid.to_owned(), actor.to_owned());
+                blocking!(s, |s| s.retire_issuer_key(&kid, now, &actor))
+            }
+            Store::Postgres(p) => p.retire_issuer_key(kid, now, actor).await,
+        }
+    }
+
+    /// The oldest deltas not yet accepted by the bus (the outbox).
+    pub async fn unpublished(&self, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => blocking!(s, |s| s.unpublished(limit)),
+            Store::Postgres(p) => p.unpublished(limit).await,
+        }
+    }
+
+    /// Marks a delta as accepted by the bus.
+    pub async fn mark_published(&self, ver: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => blocking!(s, |s| s.mark_published(ver)),
+            Store::Postgres(p) => p.mark_published(ver).await,
+        }
+    }
+}
