@@ -29,6 +29,9 @@ pub const MAX_BODY: usize = 1 << 20;
 pub const MAX_BATCH: usize = 10_000;
 /// Most deltas in one response.
 pub const MAX_DELTAS: usize = 1000;
+/// Most deltas replayed to a resuming SSE subscriber before it is sent a
+/// snapshot instead.
+pub const MAX_REPLAY: u64 = 10_000;
 /// Longest warrant lifetime the registry mints.
 pub const MAX_TTL: u64 = 366 * 86_400;
 
@@ -364,7 +367,7 @@ async fn audit(
     State(inner): State<Shared>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| bad("invalid_query", format!("{}", e.body_text())))?;
+    let Query(q) = query.map_err(|e| bad("invalid_query", e.body_text()))?;
     if let Some(k) = &q.kind {
         EntryKind::parse(k).ok_or_else(|| {
             bad(
@@ -760,7 +763,15 @@ async fn feed(
     let current = inner.read_current().ver();
     let mut sent = current;
     if let Some(since) = since.filter(|s| *s < current) {
-        let replay = inner.store.deltas(since, current, usize::MAX).await;
+        // Replay a bounded number of deltas; further behind, a snapshot is cheaper.
+        let replay = if current - since <= MAX_REPLAY {
+            inner
+                .store
+                .deltas(since, current, MAX_REPLAY as usize)
+                .await
+        } else {
+            Ok(None)
+        };
         match replay {
             Ok(Some(list)) if list.len() as u64 == current - since => {
                 for (ver, jws) in list {

@@ -713,6 +713,9 @@ async fn heartbeat(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<boo
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                // Under the ordering lock: a checkpoint for version N is never
+                // pushed before delta N itself.
+                let _order = inner.follow.lock().await;
                 let (ver, jws) = inner.sign_checkpoint();
                 let _ = inner.events.send(Event::Checkpoint { ver, jws });
             }

@@ -28,7 +28,10 @@ impl Schema {
             .await
             .unwrap_or_else(|e| panic!("connecting to VETO_TEST_POSTGRES_URL `{base}`: {e}"));
         tokio::spawn(conn);
-        client.batch_execute(&format!("CREATE SCHEMA {name}")).await.unwrap();
+        client
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
+            .await
+            .unwrap();
         Self {
             base: base.to_owned(),
             name,
@@ -46,11 +49,18 @@ impl Drop for Schema {
     fn drop(&mut self) {
         let (base, name) = (self.base.clone(), self.name.clone());
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
-                if let Ok((client, conn)) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&base, tokio_postgres::NoTls).await
+                {
                     tokio::spawn(conn);
-                    let _ = client.batch_execute(&format!("DROP SCHEMA {name} CASCADE")).await;
+                    let _ = client
+                        .batch_execute(&format!("DROP SCHEMA {name} CASCADE"))
+                        .await;
                 }
             });
         })
@@ -97,7 +107,9 @@ async fn three_replicas_revoking_concurrently_stay_gap_free() {
             for i in (worker..N).step_by(24) {
                 let reg = &regs[i % regs.len()];
                 let id = format!("w-{i}");
-                let (status, body) = reg.revoke(json!([{"kind": "warrant", "id": id, "reason": "superseded"}])).await;
+                let (status, body) = reg
+                    .revoke(json!([{"kind": "warrant", "id": id, "reason": "superseded"}]))
+                    .await;
                 assert_eq!(status, 201, "revocation {i}: {body}");
                 acked.push((id, body["version"].as_u64().unwrap()));
             }
@@ -114,13 +126,21 @@ async fn three_replicas_revoking_concurrently_stay_gap_free() {
     let mut versions: Vec<u64> = acked.values().copied().collect();
     versions.sort_unstable();
     versions.dedup();
-    assert_eq!(versions, (1..=N as u64).collect::<Vec<_>>(), "versions must be 1..=N, no gap, no duplicate");
+    assert_eq!(
+        versions,
+        (1..=N as u64).collect::<Vec<_>>(),
+        "versions must be 1..=N, no gap, no duplicate"
+    );
 
     // Every replica reaches the top, serves the same chain, and lists every acknowledged id.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     for reg in regs.iter() {
         while reg.version().await < N as u64 {
-            assert!(std::time::Instant::now() < deadline, "replica {} did not catch up", reg.url);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica {} did not catch up",
+                reg.url
+            );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
@@ -131,17 +151,33 @@ async fn three_replicas_revoking_concurrently_stay_gap_free() {
         for (i, jws) in reg.all_deltas(0).await.iter().enumerate() {
             let d = verifier.delta(jws, now()).unwrap();
             assert_eq!(d.payload.ver, i as u64 + 1);
-            state.apply_delta(&d).unwrap_or_else(|e| panic!("delta {} from {}: {e}", i + 1, reg.url));
+            state
+                .apply_delta(&d)
+                .unwrap_or_else(|e| panic!("delta {} from {}: {e}", i + 1, reg.url));
         }
         assert_eq!(state.ver(), N as u64);
         let snap = reg.snapshot().await;
-        assert_eq!((snap.ver, snap.head), (state.ver(), state.head()), "snapshot of {} disagrees with its deltas", reg.url);
+        assert_eq!(
+            (snap.ver, snap.head),
+            (state.ver(), state.head()),
+            "snapshot of {} disagrees with its deltas",
+            reg.url
+        );
         for id in acked.keys() {
-            assert!(snap.set.get(EntryKind::Warrant, &Digest::of(EntryKind::Warrant, id)).is_some(), "{id} missing at {}", reg.url);
+            assert!(
+                snap.set
+                    .get(EntryKind::Warrant, &Digest::of(EntryKind::Warrant, id))
+                    .is_some(),
+                "{id} missing at {}",
+                reg.url
+            );
         }
         heads.push(state.head());
     }
-    assert!(heads.windows(2).all(|w| w[0] == w[1]), "replicas disagree on the head");
+    assert!(
+        heads.windows(2).all(|w| w[0] == w[1]),
+        "replicas disagree on the head"
+    );
 
     // Re-revoking through another replica is idempotent across replicas.
     let (id, ver) = acked.iter().next().unwrap();

@@ -234,21 +234,22 @@ pub(crate) fn plan(
                 }
             }
         }
+        // Entries that were revoked already are audited in every case.
+        for o in outcomes.iter().filter(|o| !o.created) {
+            plan.audit.push(AuditRow {
+                at: now,
+                actor: actor.clone(),
+                action: "revoke_existing",
+                kind: Some(o.kind),
+                id: Some(o.id.clone()),
+                reason: None,
+                before: None,
+                expires_at: None,
+                note: None,
+                ver: Some(o.version),
+            });
+        }
         if added.is_empty() {
-            for o in &outcomes {
-                plan.audit.push(AuditRow {
-                    at: now,
-                    actor: actor.clone(),
-                    action: "revoke_existing",
-                    kind: Some(o.kind),
-                    id: Some(o.id.clone()),
-                    reason: None,
-                    before: None,
-                    expires_at: None,
-                    note: None,
-                    ver: Some(o.version),
-                });
-            }
             plan.results.push(Committed {
                 new_version: None,
                 entries: outcomes,

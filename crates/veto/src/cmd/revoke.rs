@@ -144,8 +144,8 @@ pub fn run_list(cmd: RevocationsCommand) -> anyhow::Result<()> {
             .unwrap_or_else(|| "-".into())
     };
     println!(
-        "{:>6}  {:<20}  {:<8}  {:<16}  {:<8}  {:<40}  {:<20}  {}",
-        "seq", "at", "actor", "action", "kind", "id", "reason", "version"
+        "{:>6}  {:<20}  {:<8}  {:<16}  {:<8}  {:<40}  {:<20}  version",
+        "seq", "at", "actor", "action", "kind", "id", "reason"
     );
     for r in resp["items"].as_array().into_iter().flatten() {
         let at = r["at"].as_u64().map(util::rfc3339).unwrap_or_default();

@@ -57,7 +57,9 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         .filter(|t| !t.is_empty());
     if let Some(url) = &a.store {
         if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
-            anyhow::bail!("--store must be a postgres:// URL (the default store is SQLite in --data-dir)");
+            anyhow::bail!(
+                "--store must be a postgres:// URL (the default store is SQLite in --data-dir)"
+            );
         }
     }
     config.store = a.store.clone();

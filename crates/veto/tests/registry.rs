@@ -1,0 +1,1186 @@
+//! End-to-end tests of the registry: the real `veto serve` binary on
+//! loopback, driven over HTTP, its output checked with veto-core's
+//! verifiers (DESIGN 3, 5, 6).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{now, veto_command, EventStream, Registry};
+use serde_json::{json, Value};
+use veto_core::{
+    Applied, CheckConfig, Checker, Decision, DenyReason, Digest, EntryKind, KeySet, ParsedChain,
+    PublicKey, SrlState, SrlVerifier, VerifiedDelta,
+};
+
+const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn warrant(id: &str) -> Value {
+    json!({"kind": "warrant", "id": id})
+}
+
+/// Asserts an error answer: the status, `{"error": code, "message": text}`
+/// with nothing else, and a message naming `mentions`.
+fn assert_api_error(
+    what: &str,
+    status: u16,
+    body: &Value,
+    want_status: u16,
+    code: &str,
+    mentions: &str,
+) {
+    assert_eq!(status, want_status, "{what}: status (body {body})");
+    let obj = body
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: error body is not a JSON object: {body}"));
+    assert_eq!(obj.len(), 2, "{what}: error body has other members: {body}");
+    assert_eq!(body["error"], code, "{what}: error code (body {body})");
+    let message = body["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no message: {body}"));
+    assert!(
+        message.to_lowercase().contains(&mentions.to_lowercase()),
+        "{what}: message `{message}` does not mention `{mentions}`"
+    );
+}
+
+/// Verifies deltas and applies them in order on top of `state`; each must
+/// advance it by exactly one version.
+fn apply_all(
+    verifier: &SrlVerifier,
+    state: &mut SrlState,
+    deltas: &[String],
+) -> Vec<VerifiedDelta> {
+    deltas
+        .iter()
+        .map(|jws| {
+            let d = verifier
+                .delta(jws, now())
+                .unwrap_or_else(|e| panic!("delta does not verify: {e}"));
+            let from = state.ver();
+            let applied = state.apply_delta(&d).unwrap_or_else(|e| {
+                panic!("delta {} does not apply on {from}: {e}", d.payload.ver)
+            });
+            assert_eq!(
+                applied,
+                Applied::Advanced { from, to: from + 1 },
+                "delta {}",
+                d.payload.ver
+            );
+            d
+        })
+        .collect()
+}
+
+fn added_ids(d: &VerifiedDelta) -> Vec<(EntryKind, String)> {
+    d.payload
+        .add
+        .iter()
+        .map(|e| (e.kind, e.id.clone()))
+        .collect()
+}
+
+fn listed(state_set: &veto_core::RevocationSet, kind: EntryKind, id: &str) -> Option<u64> {
+    state_set.get(kind, &Digest::of(kind, id))
+}
+
+// 1. Revoking: single, batch, idempotent, agent cutoffs, audit log.
+#[tokio::test]
+async fn revocations_are_versioned_idempotent_and_audited() {
+    let reg = Registry::start(&[]);
+    let verifier = reg.verifier();
+    assert_eq!(reg.version().await, 0);
+
+    // One entry: version 1.
+    let (s, body) = reg
+        .revoke(
+            json!([{"kind": "warrant", "id": "w-1", "reason": "superseded", "note": "rotated"}]),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(body["version"], 1);
+    assert_eq!(
+        body["entries"],
+        json!([{"kind": "warrant", "id": "w-1", "version": 1, "created": true}])
+    );
+
+    // A batch is one version, with every entry in its delta.
+    let batch = json!([
+        warrant("w-2"),
+        {"kind": "key", "id": "k-1", "reason": "key_compromise"},
+        {"kind": "agent", "id": "a-1", "before": 1000, "reason": "privilege_withdrawn"},
+    ]);
+    let (s, body) = reg.revoke(batch).await;
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(body["version"], 2);
+    assert!(
+        body["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["version"] == 2 && e["created"] == true),
+        "{body}"
+    );
+    assert_eq!(reg.version().await, 2);
+    let deltas = reg.all_deltas(1).await;
+    assert_eq!(deltas.len(), 1, "a batch must be one version");
+    let d2 = verifier.delta(&deltas[0], now()).unwrap();
+    assert_eq!(d2.payload.ver, 2);
+    assert_eq!(
+        added_ids(&d2),
+        vec![
+            (EntryKind::Warrant, "w-2".into()),
+            (EntryKind::Key, "k-1".into()),
+            (EntryKind::Agent, "a-1".into())
+        ]
+    );
+    assert_eq!(d2.payload.add[2].before, Some(1000));
+
+    // Re-revoking: 200 with the original version, no new version.
+    let (s, body) = reg.revoke(json!([warrant("w-1")])).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["version"], 1);
+    assert_eq!(
+        body["entries"],
+        json!([{"kind": "warrant", "id": "w-1", "version": 1, "created": false}])
+    );
+    let (s, body) = reg
+        .revoke(
+            json!([warrant("w-2"), warrant("w-1"), {"kind": "agent", "id": "a-1", "before": 1000}]),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["version"], 2, "the newest of the original versions");
+    let versions: Vec<u64> = body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![2, 1, 2]);
+    // An earlier cutoff is covered by the later one already revoked.
+    let (s, body) = reg
+        .revoke(json!([{"kind": "agent", "id": "a-1", "before": 500}]))
+        .await;
+    assert_eq!((s, &body["version"]), (200, &json!(2)), "{body}");
+    assert_eq!(reg.version().await, 2);
+    assert!(
+        reg.all_deltas(2).await.is_empty(),
+        "idempotent re-revokes must not create deltas"
+    );
+
+    // A later cutoff for an agent is a new revocation.
+    let (s, body) = reg
+        .revoke(json!([{"kind": "agent", "id": "a-1", "before": 2000}]))
+        .await;
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(body["version"], 3);
+    let d3 = verifier.delta(&reg.all_deltas(2).await[0], now()).unwrap();
+    assert_eq!(d3.payload.add.len(), 1);
+    assert_eq!(d3.payload.add[0].before, Some(2000));
+    let snap = reg.snapshot().await;
+    assert_eq!(snap.ver, 3);
+    assert_eq!(listed(&snap.set, EntryKind::Agent, "a-1"), Some(2000));
+    assert_eq!(listed(&snap.set, EntryKind::Key, "k-1"), Some(0));
+    assert_eq!(listed(&snap.set, EntryKind::Warrant, "w-1"), Some(0));
+    assert_eq!(
+        listed(&snap.set, EntryKind::Warrant, "k-1"),
+        None,
+        "kinds are separate"
+    );
+
+    // Mixed: the new entry gets a new version, the old keeps its own.
+    let (s, body) = reg.revoke(json!([warrant("w-1"), warrant("w-3")])).await;
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(body["version"], 4);
+    assert_eq!(
+        body["entries"],
+        json!([{"kind": "warrant", "id": "w-1", "version": 1, "created": false}, {"kind": "warrant", "id": "w-3", "version": 4, "created": true}])
+    );
+    let d4 = verifier.delta(&reg.all_deltas(3).await[0], now()).unwrap();
+    assert_eq!(
+        added_ids(&d4),
+        vec![(EntryKind::Warrant, "w-3".into())],
+        "an old entry is not republished"
+    );
+
+    // Audit log: filters.
+    let (s, body) = reg.admin_get("/v1/revocations?kind=warrant&id=w-1").await;
+    assert_eq!(s, 200, "{body}");
+    let items = body["items"].as_array().unwrap();
+    assert!(items.len() >= 3, "{body}");
+    assert!(
+        items
+            .iter()
+            .all(|i| i["kind"] == "warrant" && i["id"] == "w-1"),
+        "{body}"
+    );
+    assert_eq!(items[0]["action"], "revoke");
+    assert_eq!(items[0]["version"], 1);
+    assert_eq!(items[0]["reason"], "superseded");
+    assert_eq!(items[0]["note"], "rotated");
+    assert!(
+        items[1..]
+            .iter()
+            .all(|i| i["action"] != "revoke" && i["version"] == 1),
+        "re-revokes name the original version: {body}"
+    );
+    let (_, body) = reg.admin_get("/v1/revocations?kind=agent").await;
+    let agents = body["items"].as_array().unwrap();
+    assert!(
+        agents
+            .iter()
+            .all(|i| i["kind"] == "agent" && i["id"] == "a-1"),
+        "{body}"
+    );
+    let revokes: Vec<(u64, u64)> = agents
+        .iter()
+        .filter(|i| i["action"] == "revoke")
+        .map(|i| {
+            (
+                i["version"].as_u64().unwrap(),
+                i["before"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(revokes, vec![(2, 1000), (3, 2000)]);
+    let (_, body) = reg.admin_get("/v1/revocations?kind=key&id=k-1").await;
+    assert_eq!(body["items"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["items"][0]["reason"], "key_compromise");
+    let (_, body) = reg.admin_get("/v1/revocations?id=nobody").await;
+    assert_eq!(body, json!({"items": [], "next": null}));
+
+    // Audit log: pagination with `limit`, `after` and `next` walks every record once, in order.
+    let all = reg.audit_all("").await;
+    assert!(all.len() >= 10, "{all:?}");
+    let mut paged = Vec::new();
+    let mut after = None;
+    for _ in 0..all.len() + 1 {
+        let cursor = after
+            .map(|a: i64| format!("&after={a}"))
+            .unwrap_or_default();
+        let (s, body) = reg
+            .admin_get(&format!("/v1/revocations?limit=3{cursor}"))
+            .await;
+        assert_eq!(s, 200, "{body}");
+        let page = body["items"].as_array().unwrap().clone();
+        assert!(page.len() <= 3);
+        paged.extend(page.iter().cloned());
+        match body["next"].as_i64() {
+            Some(n) => {
+                assert_eq!(page.len(), 3, "a short page is the last: {body}");
+                assert_eq!(
+                    Some(n),
+                    page.last().unwrap()["seq"].as_i64(),
+                    "`next` is the last `seq`"
+                );
+                after = Some(n);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(paged, all);
+    let seqs: Vec<i64> = all.iter().map(|i| i["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
+    // The audit log is admin-only, and its parameters are checked.
+    let (s, body) = reg.get("/v1/revocations").await;
+    assert_api_error(
+        "audit without token",
+        s,
+        &body,
+        401,
+        "unauthorized",
+        "token",
+    );
+    let (s, body) = reg.admin_get("/v1/revocations?limit=0").await;
+    assert_api_error("limit 0", s, &body, 400, "invalid_limit", "limit");
+    let (s, body) = reg.admin_get("/v1/revocations?limit=1001").await;
+    assert_api_error("limit 1001", s, &body, 400, "invalid_limit", "limit");
+    let (s, body) = reg.admin_get("/v1/revocations?kind=user").await;
+    assert_api_error("audit kind", s, &body, 400, "unknown_kind", "`user`");
+
+    // Repeats in one batch fold into one entry, and never narrow it: the
+    // latest agent cutoff asked for is the one published.
+    let (s, body) = reg
+        .revoke(json!([
+            {"kind": "agent", "id": "a-2", "before": 100},
+            warrant("w-5"),
+            {"kind": "agent", "id": "a-2", "before": 300},
+            warrant("w-5"),
+            {"kind": "agent", "id": "a-2", "before": 200},
+        ]))
+        .await;
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(
+        body["entries"],
+        json!([{"kind": "agent", "id": "a-2", "version": 5, "created": true}, {"kind": "warrant", "id": "w-5", "version": 5, "created": true}])
+    );
+    let d5 = verifier.delta(&reg.all_deltas(4).await[0], now()).unwrap();
+    assert_eq!(
+        added_ids(&d5),
+        vec![
+            (EntryKind::Agent, "a-2".into()),
+            (EntryKind::Warrant, "w-5".into())
+        ]
+    );
+    assert_eq!(d5.payload.add[0].before, Some(300));
+    assert_eq!(
+        listed(&reg.snapshot().await.set, EntryKind::Agent, "a-2"),
+        Some(300)
+    );
+    let (s, body) = reg
+        .revoke(json!([{"kind": "agent", "id": "a-2", "before": 300}]))
+        .await;
+    assert_eq!((s, body["version"].as_u64()), (200, Some(5)), "{body}");
+}
+
+// 2. Bad input: a 4xx naming the problem, and nothing written.
+#[tokio::test]
+async fn bad_input_is_refused_by_name_and_writes_nothing() {
+    let reg = Registry::start(&[]);
+    let (s, body) = reg.revoke(json!([warrant("before-the-storm")])).await;
+    assert_eq!(s, 201, "{body}");
+    let version = reg.version().await;
+    let audit = reg.audit_all("").await.len();
+    let token = reg.token();
+
+    let entries = |list: Value| json!({"entries": list}).to_string();
+    let many: Vec<Value> = (0..10_001).map(|i| warrant(&format!("b{i}"))).collect();
+    let huge = entries(json!([{"kind": "warrant", "id": "big", "note": "x".repeat(1 << 20)}]));
+    assert!(huge.len() > 1 << 20);
+    let long_id = "i".repeat(257);
+    // (what, body, token, status, code, the message must mention)
+    type Case<'a> = (&'a str, String, Option<&'a str>, u16, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        ("malformed JSON", r#"{"entries": [{"kind": "warrant", "id": "m"#.into(), Some(&token), 400, "invalid_json", "json"),
+        ("not JSON at all", "revoke everything".into(), Some(&token), 400, "invalid_json", "json"),
+        ("unknown kind", entries(json!([{"kind": "user", "id": "u"}])), Some(&token), 400, "unknown_kind", "`user`"),
+        ("unknown reason", entries(json!([{"kind": "warrant", "id": "r", "reason": "bored"}])), Some(&token), 400, "unknown_reason", "`bored`"),
+        ("empty id", entries(json!([{"kind": "warrant", "id": ""}])), Some(&token), 400, "invalid_id", "empty"),
+        ("id of 257 bytes", entries(json!([{"kind": "warrant", "id": long_id}])), Some(&token), 400, "invalid_id", "257"),
+        ("10,001 entries", entries(Value::Array(many)), Some(&token), 400, "batch_too_large", "10001"),
+        ("body over 1 MiB", huge, Some(&token), 413, "body_too_large", "limit"),
+        ("missing token", entries(json!([warrant("t")])), None, 401, "unauthorized", "missing"),
+        ("wrong token", entries(json!([warrant("t")])), Some("not-the-token"), 401, "unauthorized", "wrong"),
+        ("agent without before", entries(json!([{"kind": "agent", "id": "a"}])), Some(&token), 400, "missing_before", "`before`"),
+        ("before on a warrant", entries(json!([{"kind": "warrant", "id": "w", "before": 5}])), Some(&token), 400, "unexpected_before", "`before`"),
+        ("before on a key", entries(json!([{"kind": "key", "id": "k", "before": 5}])), Some(&token), 400, "unexpected_before", "`before`"),
+        (
+            "duplicate key in an entry",
+            r#"{"entries": [{"kind": "warrant", "id": "d1", "id": "d2"}]}"#.into(),
+            Some(&token),
+            400,
+            "invalid_json",
+            "duplicate field `id`",
+        ),
+        (
+            "duplicate top-level key",
+            r#"{"entries": [{"kind": "warrant", "id": "d3"}], "entries": [{"kind": "warrant", "id": "d4"}]}"#.into(),
+            Some(&token),
+            400,
+            "invalid_json",
+            "duplicate field `entries`",
+        ),
+        (
+            "unknown entry field",
+            entries(json!([{"kind": "warrant", "id": "f", "colour": "red"}])),
+            Some(&token),
+            400,
+            "invalid_json",
+            "unknown field `colour`",
+        ),
+        (
+            "unknown top-level field",
+            json!({"entries": [warrant("g")], "dry_run": true}).to_string(),
+            Some(&token),
+            400,
+            "invalid_json",
+            "unknown field `dry_run`",
+        ),
+        ("no entries", entries(json!([])), Some(&token), 400, "no_entries", "empty"),
+        ("entries missing", "{}".into(), Some(&token), 400, "invalid_json", "missing field `entries`"),
+        ("id of the wrong type", entries(json!([{"kind": "warrant", "id": 7}])), Some(&token), 400, "invalid_json", "invalid type"),
+        (
+            "expires_at in the past",
+            entries(json!([{"kind": "warrant", "id": "p", "expires_at": 1000}])),
+            Some(&token),
+            400,
+            "invalid_expires_at",
+            "1000",
+        ),
+        (
+            "one bad entry after good ones",
+            entries(json!([warrant("ok-1"), warrant("ok-2"), {"kind": "warrant", "id": "bad", "reason": "whim"}])),
+            Some(&token),
+            400,
+            "unknown_reason",
+            "entry 2",
+        ),
+    ];
+    for (what, body, tok, status, code, mentions) in cases {
+        let mut req = reg
+            .http()
+            .post(reg.at("/v1/revocations"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = tok {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(ctype.as_deref(), Some("application/json"), "{what}");
+        let got_status = resp.status().as_u16();
+        let got: Value = serde_json::from_str(&resp.text().await.unwrap())
+            .unwrap_or_else(|e| panic!("{what}: body is not JSON: {e}"));
+        assert_api_error(what, got_status, &got, status, code, mentions);
+        assert_eq!(reg.version().await, version, "{what}: the version moved");
+    }
+
+    // Nothing was written: no version, no delta, no audit record, no entry.
+    assert_eq!(reg.version().await, version);
+    assert!(reg.all_deltas(version).await.is_empty());
+    assert_eq!(
+        reg.audit_all("").await.len(),
+        audit,
+        "a refused request left an audit record"
+    );
+    let snap = reg.snapshot().await;
+    assert_eq!(snap.set.len(), 1);
+    for id in [
+        "ok-1", "ok-2", "d1", "d2", "d3", "d4", "f", "g", "t", "w", "big",
+    ] {
+        assert_eq!(
+            listed(&snap.set, EntryKind::Warrant, id),
+            None,
+            "`{id}` was written"
+        );
+    }
+}
+
+// 3. Public API: snapshot, ETag, gzip, deltas, checkpoint, JWKS, keys, warrants.
+#[tokio::test]
+async fn public_api_serves_verifiable_state_and_keys() {
+    let reg = Registry::start(&[]);
+    let verifier = reg.verifier();
+    reg.revoke(json!([warrant("p-1")])).await;
+    reg.revoke(json!([warrant("p-2"), {"kind": "agent", "id": "p-agent", "before": 42}]))
+        .await;
+    reg.revoke(json!([{"kind": "key", "id": "p-key"}])).await;
+    assert_eq!(reg.version().await, 3);
+
+    // Snapshot: verifies, ETag is the version, conditional GET.
+    let plain = reqwest::Client::builder().no_gzip().build().unwrap();
+    let resp = plain.get(reg.at("/v1/srl")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["etag"], "\"3\"");
+    assert_eq!(resp.headers()["content-type"], "application/jose");
+    assert!(resp.headers().get("content-encoding").is_none());
+    let snapshot_jws = resp.text().await.unwrap();
+    let snap = verifier.snapshot(&snapshot_jws, now()).unwrap();
+    assert_eq!(snap.ver, 3);
+    assert_eq!(snap.set.len(), 4);
+    let resp = plain
+        .get(reg.at("/v1/srl"))
+        .header("if-none-match", "\"3\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 304);
+    assert_eq!(resp.headers()["etag"], "\"3\"");
+    assert!(resp.bytes().await.unwrap().is_empty());
+    let resp = plain
+        .get(reg.at("/v1/srl"))
+        .header("if-none-match", "\"2\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "a stale ETag gets the body");
+
+    // gzip on request, and the same document inside.
+    let resp = plain
+        .get(reg.at("/v1/srl"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    let raw = resp.bytes().await.unwrap();
+    assert_eq!(raw[..2], [0x1f, 0x8b], "gzip magic");
+    let mut unzipped = String::new();
+    flate2::read::GzDecoder::new(&raw[..])
+        .read_to_string(&mut unzipped)
+        .unwrap();
+    let again = verifier.snapshot(&unzipped, now()).unwrap();
+    assert_eq!(
+        (again.ver, again.head, &again.set),
+        (snap.ver, snap.head, &snap.set)
+    );
+
+    // Deltas: signed, in order, chained; applied from nothing they give the snapshot.
+    let (s, body) = reg.get("/v1/srl/deltas?since=0").await;
+    assert_eq!(s, 200, "{body}");
+    let deltas: Vec<String> = serde_json::from_value(body["deltas"].clone()).unwrap();
+    assert_eq!(deltas.len(), 3);
+    let mut state = SrlState::new();
+    let verified = apply_all(&verifier, &mut state, &deltas);
+    assert_eq!(
+        verified.iter().map(|d| d.payload.ver).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!((state.ver(), state.head()), (snap.ver, snap.head));
+    assert_eq!(state.set(), &snap.set);
+    let (_, body) = reg.get("/v1/srl/deltas?since=1").await;
+    let tail: Vec<String> = serde_json::from_value(body["deltas"].clone()).unwrap();
+    assert_eq!(tail, deltas[1..]);
+    let (_, body) = reg.get("/v1/srl/deltas?since=3").await;
+    assert_eq!(body, json!({"deltas": []}));
+    let (s, body) = reg.get("/v1/srl/deltas?since=abc").await;
+    assert_api_error("since=abc", s, &body, 400, "invalid_since", "since");
+    let (s, body) = reg.get("/v1/srl/deltas").await;
+    assert_api_error("no since", s, &body, 400, "missing_since", "since");
+    // A delta must not verify as anything else.
+    assert!(verifier.checkpoint(&deltas[0], now()).is_err());
+    assert!(verifier.snapshot(&deltas[0], now()).is_err());
+
+    // Checkpoint: verifies and attests the head.
+    let resp = reg
+        .http()
+        .get(reg.at("/v1/srl/checkpoint"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/jose");
+    let cp = verifier
+        .checkpoint(&resp.text().await.unwrap(), now())
+        .unwrap();
+    assert_eq!((cp.payload.ver, cp.payload.head), (snap.ver, snap.head));
+    assert!(cp.payload.exp > now());
+    assert_eq!(state.apply_checkpoint(&cp), Ok(Applied::Refreshed));
+
+    // The authority document names the pinned key.
+    let (_, body) = reg.get("/v1/authority").await;
+    assert_eq!(body["iss"], "veto");
+    assert_eq!(body["keys"][0]["kid"], reg.authority_key().kid());
+
+    // JWKS and a minted warrant that verifies against it.
+    let jwks = fetch_jwks(&reg).await;
+    assert_eq!(jwks.keys().len(), 1);
+    let first_kid = jwks.keys()[0].kid().to_owned();
+    assert_ne!(
+        first_kid,
+        reg.authority_key().kid(),
+        "issuer and list-signing keys are separate"
+    );
+    let (s, body) = reg
+        .admin_post(
+            "/v1/warrants",
+            &json!({"agent": "bot-1", "act": ["files:read", "mail:*"], "ttl": 600}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let w1 = body["warrant"].as_str().unwrap().to_owned();
+    let jti1 = body["jti"].as_str().unwrap().to_owned();
+    let chain = ParsedChain::parse(&w1).unwrap();
+    assert_eq!(chain.root().claims().jti, jti1);
+    assert_eq!(chain.root().claims().sub, "bot-1");
+    assert_eq!(body["exp"].as_u64(), Some(chain.root().claims().exp));
+    assert_eq!(chain.root().kid(), Some(first_kid.as_str()));
+    let mut state = SrlState::new();
+    state.apply_snapshot(reg.snapshot().await).unwrap();
+    let check = |keys: &KeySet, state: &SrlState, token: &str, action: &str| {
+        let config = CheckConfig {
+            issuer: Some("veto".into()),
+            ..CheckConfig::default()
+        };
+        Checker::new(keys.clone(), config).check_token(state, token, action, now())
+    };
+    assert_eq!(
+        check(&jwks, &state, &w1, "files:read"),
+        Decision::Allow { stale: false }
+    );
+    assert_eq!(
+        check(&jwks, &state, &w1, "mail:send"),
+        Decision::Allow { stale: false }
+    );
+    assert_eq!(
+        check(&jwks, &state, &w1, "files:write").reason(),
+        Some(DenyReason::ActionDenied)
+    );
+    assert_eq!(
+        check(&KeySet::default(), &state, &w1, "files:read").reason(),
+        Some(DenyReason::UntrustedIssuer)
+    );
+    let (s, body) = reg
+        .admin_post(
+            "/v1/warrants",
+            &json!({"agent": "bot-1", "act": [], "ttl": 600}),
+        )
+        .await;
+    assert_api_error("mint without act", s, &body, 400, "invalid_act", "act");
+    let (s, body) = reg
+        .send(
+            reg.http()
+                .post(reg.at("/v1/warrants"))
+                .json(&json!({"agent": "x", "act": ["a"], "ttl": 1})),
+        )
+        .await;
+    assert_api_error("mint without token", s, &body, 401, "unauthorized", "token");
+
+    // Revoking the warrant's jti denies it.
+    let (s, _) = reg.revoke(json!([warrant(&jti1)])).await;
+    assert_eq!(s, 201);
+    state.apply_snapshot(reg.snapshot().await).unwrap();
+    assert_eq!(
+        check(&jwks, &state, &w1, "files:read").reason(),
+        Some(DenyReason::Revoked)
+    );
+
+    // `veto keys rotate` adds a key; new warrants use it; old ones stay valid.
+    let out = veto_command(reg.dir().path())
+        .args(["keys", "rotate", "--registry", &reg.url, "--token-file"])
+        .arg(reg.token_file())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "keys rotate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second_kid = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let jwks = fetch_jwks(&reg).await;
+    let kids: Vec<&str> = jwks.keys().iter().map(PublicKey::kid).collect();
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    assert!(
+        kids.contains(&first_kid.as_str()) && kids.contains(&second_kid.as_str()),
+        "{kids:?}"
+    );
+    let (_, body) = reg
+        .admin_post(
+            "/v1/warrants",
+            &json!({"agent": "bot-2", "act": ["*"], "ttl": 60}),
+        )
+        .await;
+    let w2 = body["warrant"].as_str().unwrap().to_owned();
+    assert_eq!(
+        ParsedChain::parse(&w2).unwrap().root().kid(),
+        Some(second_kid.as_str()),
+        "new warrants use the new key"
+    );
+    let (_, body) = reg
+        .admin_post(
+            "/v1/warrants",
+            &json!({"agent": "bot-3", "act": ["*"], "ttl": 60}),
+        )
+        .await;
+    let w3 = body["warrant"].as_str().unwrap().to_owned();
+    assert_eq!(
+        check(&jwks, &state, &w2, "anything"),
+        Decision::Allow { stale: false }
+    );
+
+    // Retiring the first key takes it out of the JWKS.
+    let out = veto_command(reg.dir().path())
+        .args([
+            "keys",
+            "retire",
+            &first_kid,
+            "--registry",
+            &reg.url,
+            "--token-file",
+        ])
+        .arg(reg.token_file())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "keys retire: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jwks = fetch_jwks(&reg).await;
+    assert_eq!(
+        jwks.keys().iter().map(PublicKey::kid).collect::<Vec<_>>(),
+        vec![second_kid.as_str()]
+    );
+    let (s, body) = reg
+        .send(
+            reg.http()
+                .delete(reg.at(&format!("/v1/issuer-keys/{first_kid}")))
+                .bearer_auth(reg.token()),
+        )
+        .await;
+    assert_api_error("retire twice", s, &body, 404, "unknown_key", &first_kid);
+
+    // Revoking the remaining issuer key (kind `key`, id = kid) takes it out too,
+    // revokes what it signed, and leaves nothing to mint with.
+    let (s, body) = reg
+        .revoke(json!([{"kind": "key", "id": second_kid, "reason": "key_compromise"}]))
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (_, body) = reg.get("/.well-known/jwks.json").await;
+    assert_eq!(body, json!({"keys": []}));
+    state.apply_snapshot(reg.snapshot().await).unwrap();
+    // `jwks` still holds the second key, as an authorizer that fetched it earlier would.
+    assert_eq!(
+        check(&jwks, &state, &w3, "anything").reason(),
+        Some(DenyReason::Revoked)
+    );
+    let (s, body) = reg
+        .admin_post(
+            "/v1/warrants",
+            &json!({"agent": "bot-4", "act": ["*"], "ttl": 60}),
+        )
+        .await;
+    assert_api_error(
+        "mint with no trusted key",
+        s,
+        &body,
+        409,
+        "no_issuer_key",
+        "rotate",
+    );
+}
+
+async fn fetch_jwks(reg: &Registry) -> KeySet {
+    let (s, body) = reg.get("/.well-known/jwks.json").await;
+    assert_eq!(s, 200, "{body}");
+    let keys = body["keys"].as_array().unwrap();
+    KeySet::new(keys.iter().map(|k| {
+        let key = PublicKey::from_jwk(&serde_json::from_value(k.clone()).unwrap()).unwrap();
+        assert_eq!(k["kid"], key.kid(), "the JWKS `kid` is the thumbprint");
+        key
+    }))
+}
+
+// 4. SSE: live deltas, resuming from Last-Event-ID, replay from 0.
+#[tokio::test]
+async fn events_push_deltas_and_resume_from_last_event_id() {
+    let reg = Registry::start(&[]);
+    let verifier = reg.verifier();
+    let events = reg.at("/v1/srl/events");
+    let mut state = SrlState::new();
+
+    // A new subscriber first gets a checkpoint of the current version.
+    let mut stream = EventStream::open(&events, None).await;
+    let first = stream.next(EVENT_TIMEOUT).await;
+    assert_eq!(
+        (first.event.as_str(), first.id.as_deref()),
+        ("checkpoint", Some("0"))
+    );
+    let cp = verifier.checkpoint(&first.data, now()).unwrap();
+    assert_eq!(
+        (cp.payload.ver, cp.payload.head),
+        (0, veto_core::Head::ZERO)
+    );
+    assert_eq!(state.apply_checkpoint(&cp), Ok(Applied::Refreshed));
+
+    // A revocation is pushed as a signed delta whose event id is its version.
+    let (s, _) = reg.revoke(json!([warrant("s-1")])).await;
+    assert_eq!(s, 201);
+    let e = stream.next_except("checkpoint", EVENT_TIMEOUT).await;
+    assert_eq!((e.event.as_str(), e.id.as_deref()), ("delta", Some("1")));
+    let d = apply_all(&verifier, &mut state, std::slice::from_ref(&e.data));
+    assert_eq!(added_ids(&d[0]), vec![(EntryKind::Warrant, "s-1".into())]);
+    let last = stream_last_id(&stream);
+    assert_eq!(last, "1");
+    drop(stream);
+
+    // Missed while disconnected: exactly those deltas, in order, then a checkpoint.
+    reg.revoke(json!([warrant("s-2")])).await;
+    reg.revoke(json!([warrant("s-3"), warrant("s-4")])).await;
+    let mut stream = EventStream::open(&events, Some(&last)).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(stream.next(EVENT_TIMEOUT).await);
+    }
+    let kinds: Vec<(&str, Option<&str>)> = got
+        .iter()
+        .map(|e| (e.event.as_str(), e.id.as_deref()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("delta", Some("2")),
+            ("delta", Some("3")),
+            ("checkpoint", Some("3"))
+        ]
+    );
+    apply_all(
+        &verifier,
+        &mut state,
+        &[got[0].data.clone(), got[1].data.clone()],
+    );
+    let cp = verifier.checkpoint(&got[2].data, now()).unwrap();
+    assert_eq!(
+        state.apply_checkpoint(&cp),
+        Ok(Applied::Refreshed),
+        "the checkpoint attests the replayed head"
+    );
+
+    // The resumed stream goes on live.
+    reg.revoke(json!([warrant("s-5")])).await;
+    let e = stream.next_except("checkpoint", EVENT_TIMEOUT).await;
+    assert_eq!((e.event.as_str(), e.id.as_deref()), ("delta", Some("4")));
+    apply_all(&verifier, &mut state, std::slice::from_ref(&e.data));
+    let snap = reg.snapshot().await;
+    assert_eq!((state.ver(), state.head()), (snap.ver, snap.head));
+    assert_eq!(state.set(), &snap.set);
+    drop(stream);
+
+    // `?since=0` replays everything.
+    let mut stream = EventStream::open(&format!("{events}?since=0"), None).await;
+    let mut replayed = SrlState::new();
+    for ver in 1..=4 {
+        let e = stream.next(EVENT_TIMEOUT).await;
+        assert_eq!(
+            (e.event.as_str(), e.id.clone()),
+            ("delta", Some(ver.to_string()))
+        );
+        apply_all(&verifier, &mut replayed, &[e.data]);
+    }
+    let e = stream.next(EVENT_TIMEOUT).await;
+    assert_eq!(
+        (e.event.as_str(), e.id.as_deref()),
+        ("checkpoint", Some("4"))
+    );
+    assert_eq!(replayed.set(), &snap.set);
+    drop(stream);
+
+    // Up to date: only a checkpoint. A bad Last-Event-ID is refused by name.
+    let mut stream = EventStream::open(&events, Some("4")).await;
+    let e = stream.next(EVENT_TIMEOUT).await;
+    assert_eq!(
+        (e.event.as_str(), e.id.as_deref()),
+        ("checkpoint", Some("4"))
+    );
+    drop(stream);
+    let (s, body) = reg
+        .send(reg.http().get(&events).header("last-event-id", "four"))
+        .await;
+    assert_api_error(
+        "bad Last-Event-ID",
+        s,
+        &body,
+        400,
+        "invalid_last_event_id",
+        "Last-Event-ID",
+    );
+}
+
+fn stream_last_id(stream: &EventStream) -> String {
+    stream.last_id().expect("an event id was seen").to_owned()
+}
+
+// 5. Retention: deltas past the window are gone; subscribers get a snapshot.
+#[tokio::test]
+async fn deltas_past_retention_are_gone_and_sse_sends_a_snapshot() {
+    let reg = Registry::start(&["--retention", "2", "--prune-interval", "1s"]);
+    let verifier = reg.verifier();
+    for i in 1..=5 {
+        let (s, body) = reg.revoke(json!([warrant(&format!("r-{i}"))])).await;
+        assert_eq!((s, body["version"].as_u64()), (201, Some(i)), "{body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (s, body) = loop {
+        let (s, body) = reg.get("/v1/srl/deltas?since=0").await;
+        if s != 200 || Instant::now() > deadline {
+            break (s, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_api_error("deltas since 0", s, &body, 410, "gone", "/v1/srl");
+    let (s, body) = reg.get("/v1/srl/deltas?since=2").await;
+    assert_api_error("deltas since 2", s, &body, 410, "gone", "/v1/srl");
+
+    // The last two are kept, and chain up to the snapshot's head.
+    let snap = reg.snapshot().await;
+    assert_eq!(snap.ver, 5);
+    let kept = reg.all_deltas(3).await;
+    let kept: Vec<VerifiedDelta> = kept
+        .iter()
+        .map(|j| verifier.delta(j, now()).unwrap())
+        .collect();
+    assert_eq!(
+        kept.iter().map(|d| d.payload.ver).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+    assert_eq!(kept[1].payload.prev, kept[0].head);
+    assert_eq!(kept[1].head, snap.head);
+
+    // SSE from version 0: a snapshot, then a checkpoint.
+    let mut stream = EventStream::open(&reg.at("/v1/srl/events"), Some("0")).await;
+    let e = stream.next(EVENT_TIMEOUT).await;
+    assert_eq!((e.event.as_str(), e.id.as_deref()), ("snapshot", Some("5")));
+    let mut state = SrlState::new();
+    state
+        .apply_snapshot(verifier.snapshot(&e.data, now()).unwrap())
+        .unwrap();
+    assert_eq!(state.set(), &snap.set);
+    assert!((1..=5).all(|i| listed(state.set(), EntryKind::Warrant, &format!("r-{i}")).is_some()));
+    let e = stream.next(EVENT_TIMEOUT).await;
+    assert_eq!(
+        (e.event.as_str(), e.id.as_deref()),
+        ("checkpoint", Some("5"))
+    );
+    assert_eq!(
+        state.apply_checkpoint(&verifier.checkpoint(&e.data, now()).unwrap()),
+        Ok(Applied::Refreshed)
+    );
+    drop(stream);
+
+    // From a retained version: the deltas, not a snapshot.
+    let mut stream = EventStream::open(&reg.at("/v1/srl/events"), Some("3")).await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let e = stream.next(EVENT_TIMEOUT).await;
+        seen.push((e.event, e.id.unwrap_or_default()));
+    }
+    let seen: Vec<(&str, &str)> = seen.iter().map(|(k, i)| (k.as_str(), i.as_str())).collect();
+    assert_eq!(
+        seen,
+        vec![("delta", "4"), ("delta", "5"), ("checkpoint", "5")]
+    );
+}
+
+// 5b. Even `--retention 0` keeps the newest version: it is where the chain
+// goes on from, before and after a restart.
+#[tokio::test]
+async fn retention_zero_keeps_the_chain_going() {
+    let mut reg = Registry::start(&["--retention", "0", "--prune-interval", "1s"]);
+    let verifier = reg.verifier();
+    reg.revoke(json!([warrant("z-1")])).await;
+    reg.revoke(json!([warrant("z-2")])).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reg.get("/v1/srl/deltas?since=0").await.0 != 410 {
+        assert!(Instant::now() < deadline, "old deltas were never dropped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut state = SrlState::new();
+    state.apply_snapshot(reg.snapshot().await).unwrap();
+    assert_eq!(state.ver(), 2);
+    let (s, body) = reg.revoke(json!([warrant("z-3")])).await;
+    assert_eq!(
+        (s, body["version"].as_u64()),
+        (201, Some(3)),
+        "the version went backwards: {body}"
+    );
+    apply_all(&verifier, &mut state, &reg.all_deltas(2).await);
+
+    let dir = reg.dir();
+    reg.kill();
+    drop(reg);
+    let reg = Registry::start_in(dir, &["--retention", "0", "--prune-interval", "1s"]);
+    assert_eq!(reg.version().await, 3);
+    let (s, body) = reg.revoke(json!([warrant("z-4")])).await;
+    assert_eq!((s, body["version"].as_u64()), (201, Some(4)), "{body}");
+    apply_all(&verifier, &mut state, &reg.all_deltas(3).await);
+    assert_eq!(state.set(), &reg.snapshot().await.set);
+}
+
+// 6. Expiry: entries past `expires_at` leave the state in a new version.
+#[tokio::test]
+async fn expired_entries_are_pruned_in_a_new_version() {
+    let reg = Registry::start(&["--prune-interval", "1s"]);
+    let verifier = reg.verifier();
+    let expires_at = now() + 2;
+    let (s, body) = reg
+        .revoke(json!([{"kind": "warrant", "id": "e-1", "expires_at": expires_at}]))
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, _) = reg.revoke(json!([warrant("e-keep")])).await;
+    assert_eq!(s, 201);
+    let snap = reg.snapshot().await;
+    assert_eq!(snap.ver, 2);
+    assert!(listed(&snap.set, EntryKind::Warrant, "e-1").is_some());
+
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while reg.version().await < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no pruning version within 8 s of expiry"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reg.version().await, 3, "one pruning version");
+    let deltas = reg.all_deltas(0).await;
+    let mut state = SrlState::new();
+    let verified = apply_all(&verifier, &mut state, &deltas);
+    let d3 = &verified[2].payload;
+    assert!(d3.add.is_empty());
+    assert_eq!(
+        d3.rm,
+        vec![veto_core::Removed {
+            kind: EntryKind::Warrant,
+            id: "e-1".into()
+        }]
+    );
+    assert!(
+        d3.iat >= expires_at,
+        "pruned at {} before expiry {expires_at}",
+        d3.iat
+    );
+    let snap = reg.snapshot().await;
+    assert_eq!((snap.ver, snap.head), (3, state.head()));
+    assert_eq!(listed(&snap.set, EntryKind::Warrant, "e-1"), None);
+    assert!(listed(&snap.set, EntryKind::Warrant, "e-keep").is_some());
+    assert_eq!(state.set(), &snap.set);
+    let audit = reg.audit_all("kind=warrant&id=e-1").await;
+    let actions: Vec<(&str, u64)> = audit
+        .iter()
+        .map(|i| {
+            (
+                i["action"].as_str().unwrap(),
+                i["version"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(actions, vec![("revoke", 1), ("prune", 3)]);
+
+    // Pruned is not revoked: revoking it again is a new version.
+    let (s, body) = reg.revoke(json!([warrant("e-1")])).await;
+    assert_eq!((s, body["version"].as_u64()), (201, Some(4)), "{body}");
+}
+
+// 7. kill -9 in a storm of revocations: nothing acknowledged is lost and
+// the versions stay gap-free and chained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_revocations_survive_kill_9() {
+    const TOTAL: usize = 2000;
+    const WORKERS: usize = 16;
+    const KILL_AFTER: usize = 500;
+    let mut reg = Registry::start(&[]);
+    let url = reg.at("/v1/revocations");
+    let token = reg.token();
+    let next = Arc::new(AtomicUsize::new(0));
+    let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut workers = Vec::new();
+    for _ in 0..WORKERS {
+        let (next, acked, client, url, token) = (
+            next.clone(),
+            acked.clone(),
+            client.clone(),
+            url.clone(),
+            token.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= TOTAL {
+                    return;
+                }
+                let id = format!("kill9-{i:04}");
+                let sent = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"entries": [warrant(&id)]}))
+                    .send()
+                    .await;
+                // Any failure is the registry dying: that request was not acknowledged.
+                let Ok(resp) = sent else { return };
+                let status = resp.status().as_u16();
+                let Ok(body) = resp.json::<Value>().await else {
+                    return;
+                };
+                assert_eq!(status, 201, "{id}: {body}");
+                let ver = body["version"].as_u64().unwrap();
+                acked.lock().unwrap().push((id, ver));
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < KILL_AFTER {
+        assert!(Instant::now() < deadline, "the storm is too slow");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    reg.kill();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= KILL_AFTER && acked.len() < TOTAL,
+        "{} acknowledged",
+        acked.len()
+    );
+
+    let dir = reg.dir();
+    drop(reg);
+    let reg = Registry::start_in(dir, &[]);
+    let verifier = reg.verifier();
+    let v = reg.version().await;
+    let max_acked = acked.iter().map(|(_, v)| *v).max().unwrap();
+    assert!(
+        v >= max_acked,
+        "restarted at version {v}, below acknowledged version {max_acked}"
+    );
+
+    // Versions 1..=V, every delta signed and chained, 1000 per page at most.
+    let (_, first_page) = reg.get("/v1/srl/deltas?since=0").await;
+    assert_eq!(
+        first_page["deltas"].as_array().unwrap().len(),
+        (v as usize).min(1000)
+    );
+    let deltas = reg.all_deltas(0).await;
+    assert_eq!(deltas.len() as u64, v, "versions 1..={v} must all be there");
+    let mut state = SrlState::new();
+    let verified = apply_all(&verifier, &mut state, &deltas);
+    let by_version: HashMap<u64, Vec<(EntryKind, String)>> = verified
+        .iter()
+        .map(|d| (d.payload.ver, added_ids(d)))
+        .collect();
+    let snap = reg.snapshot().await;
+    assert_eq!((snap.ver, snap.head), (v, state.head()));
+    assert_eq!(state.set(), &snap.set);
+    assert_eq!(snap.set.len() as u64, v, "one entry per version");
+
+    // Every acknowledged revocation: in its version's delta, in the snapshot, in the audit log.
+    let audit: HashMap<String, u64> = reg
+        .audit_all("kind=warrant")
+        .await
+        .iter()
+        .filter(|i| i["action"] == "revoke")
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap().to_owned(),
+                i["version"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(audit.len() as u64, v);
+    let mut versions = HashSet::new();
+    for (id, ver) in &acked {
+        assert!(versions.insert(*ver), "version {ver} acknowledged twice");
+        assert_eq!(
+            by_version.get(ver),
+            Some(&vec![(EntryKind::Warrant, id.clone())]),
+            "delta {ver} should add `{id}`"
+        );
+        assert!(
+            listed(&snap.set, EntryKind::Warrant, id).is_some(),
+            "`{id}` (version {ver}) is missing from the snapshot"
+        );
+        assert_eq!(
+            audit.get(id),
+            Some(ver),
+            "`{id}` is missing from the audit log"
+        );
+    }
+
+    // The chain goes on from where it was.
+    let (s, body) = reg.revoke(json!([warrant("after-restart")])).await;
+    assert_eq!((s, body["version"].as_u64()), (201, Some(v + 1)), "{body}");
+    apply_all(&verifier, &mut state, &reg.all_deltas(v).await);
+}
