@@ -11,8 +11,11 @@ use veto_core::VerifiedChain;
 
 const SHARDS: usize = 16;
 
+/// Keyed hash of the token → the whole token and its verified chain.
+type Shard = Mutex<HashMap<u64, (Box<str>, Arc<VerifiedChain>)>>;
+
 pub(crate) struct ChainCache {
-    shards: Vec<Mutex<HashMap<u64, (Box<str>, Arc<VerifiedChain>)>>>,
+    shards: Vec<Shard>,
     per_shard: usize,
     hasher: RandomState,
 }

@@ -92,28 +92,41 @@ pub(crate) fn load(inner: &Arc<Inner>, dir: &Path) {
 pub(crate) async fn persist_loop(inner: Arc<Inner>, dir: PathBuf) {
     let mut stop = inner.shutdown.subscribe();
     loop {
-        tokio::select! {
-            _ = inner.persist_now.notified() => {}
-            _ = stop.changed() => return,
-        }
-        // Coalesce bursts: at most one write a second.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let json = {
-            let Ok(mut o) = inner.apply_lock.lock() else {
-                continue;
-            };
-            if !o.dirty {
-                continue;
-            }
-            o.dirty = false;
-            serde_json::to_vec(&*o)
+        let stopping = tokio::select! {
+            _ = inner.persist_now.notified() => false,
+            _ = stop.changed() => true,
         };
-        let Ok(json) = json else { continue };
-        let path = dir.join(FILE);
-        let result = tokio::task::spawn_blocking(move || write_atomic(&path, &json)).await;
-        if let Ok(Err(e)) = result {
-            tracing::warn!(error = %e, "cannot write the state cache");
+        if !stopping {
+            // Coalesce bursts: at most one write a second (but flush at once
+            // when shutting down meanwhile).
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => {}
+            }
         }
+        write_if_dirty(&inner, &dir).await;
+        if stopping || *stop.borrow() {
+            return;
+        }
+    }
+}
+
+async fn write_if_dirty(inner: &Inner, dir: &Path) {
+    let json = {
+        let Ok(mut o) = inner.apply_lock.lock() else {
+            return;
+        };
+        if !o.dirty {
+            return;
+        }
+        o.dirty = false;
+        serde_json::to_vec(&*o)
+    };
+    let Ok(json) = json else { return };
+    let path = dir.join(FILE);
+    let result = tokio::task::spawn_blocking(move || write_atomic(&path, &json)).await;
+    if let Ok(Err(e)) = result {
+        tracing::warn!(error = %e, "cannot write the state cache");
     }
 }
 

@@ -6,7 +6,8 @@
 //! - Denials answer 401/403/503 with `{"error": reason, "message": text}`.
 //! - Allowed requests reach the upstream without hop-by-hop headers and
 //!   without the client's `Authorization`, with `X-Forwarded-For`,
-//!   `Veto-Agent` and `Veto-Warrant` (any client-sent copies removed).
+//!   `Veto-Agent`, `Veto-Warrant` and, when allowed only by fail-open,
+//!   `Veto-Stale: 1` (any client-sent copies removed).
 //! - A response that is still streaming (chunked body, SSE, a WebSocket
 //!   after upgrade) is cut off as soon as a revocation of its chain is
 //!   applied: every new version re-checks the chains of open streams.
@@ -309,6 +310,8 @@ async fn handle(
             headers.insert(name, v);
         }
     }
+    // Only the proxy says whether the decision was stale.
+    headers.remove("veto-stale");
     if verified.stale {
         headers.insert("veto-stale", HeaderValue::from_static("1"));
     }
