@@ -63,6 +63,9 @@ pub enum Issuers {
 pub enum Push {
     /// Server-Sent Events from `GET /v1/srl/events` (default).
     Sse,
+    /// NATS JetStream (stream `VETO_SRL`) at this URL, such as
+    /// `nats://127.0.0.1:4222`; HTTP polling covers while it is unreachable.
+    Nats(String),
     /// No push: poll only.
     Off,
 }
@@ -272,8 +275,14 @@ impl Authorizer {
             tokio::spawn(sync::jwks_loop(inner.clone(), refresh));
         }
         tokio::spawn(sync::poll_loop(inner.clone()));
-        if inner.config.push == Push::Sse {
-            tokio::spawn(sync::sse_loop(inner.clone()));
+        match &inner.config.push {
+            Push::Sse => {
+                tokio::spawn(sync::sse_loop(inner.clone()));
+            }
+            Push::Nats(url) => {
+                tokio::spawn(sync::nats_loop(inner.clone(), url.clone()));
+            }
+            Push::Off => {}
         }
         if let Some(dir) = inner.config.cache_dir.clone() {
             tokio::spawn(persist::persist_loop(inner.clone(), dir));

@@ -14,6 +14,7 @@
 
 mod api;
 mod metrics;
+pub mod relay;
 pub mod store;
 
 use std::future::Future;
@@ -56,6 +57,9 @@ pub struct Config {
     /// A PostgreSQL URL to share the state with other replicas; `None`
     /// keeps it in `<data_dir>/veto.db` (SQLite).
     pub store: Option<String>,
+    /// A NATS URL: publish deltas and checkpoints to JetStream through the
+    /// transactional outbox; `None` pushes over SSE only.
+    pub bus: Option<String>,
 }
 
 impl Config {
@@ -72,6 +76,7 @@ impl Config {
             authority_key: None,
             max_subscribers: 10_000,
             store: None,
+            bus: None,
         }
     }
 }
@@ -330,6 +335,12 @@ impl Registry {
         let heartbeat = tokio::spawn(heartbeat(self.inner.clone(), stop_rx.clone()));
         let pruner = tokio::spawn(pruner(self.inner.clone(), stop_rx.clone()));
         let follower = tokio::spawn(follower(self.inner.clone(), stop_rx.clone()));
+        let relay = self
+            .inner
+            .config
+            .bus
+            .clone()
+            .map(|url| tokio::spawn(relay::relay(self.inner.clone(), url, stop_rx.clone())));
         let app = api::router(self.inner.clone(), stop_rx);
         let result = axum::serve(
             listener,
@@ -343,6 +354,9 @@ impl Registry {
         heartbeat.abort();
         pruner.abort();
         follower.abort();
+        if let Some(r) = relay {
+            r.abort();
+        }
         drop(self);
         writer.abort();
         result.map_err(RegistryError::Serve)
@@ -655,7 +669,7 @@ async fn prune_all(inner: &Arc<Inner>) -> Result<usize, String> {
     }
     let dropped = inner
         .store
-        .drop_old_deltas(inner.config.retention, false)
+        .drop_old_deltas(inner.config.retention, inner.config.bus.is_some())
         .await
         .map_err(|e| e.to_string())?;
     if dropped > 0 {

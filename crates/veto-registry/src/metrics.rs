@@ -31,6 +31,10 @@ pub(crate) struct Metrics {
     pub snapshots_signed: Counter,
     pub checkpoints_signed: Counter,
     pub lagged_subscribers: Counter,
+    pub bus_connected: Gauge,
+    pub bus_published: Counter,
+    pub bus_errors: Counter,
+    pub outbox: Gauge,
 }
 
 impl Metrics {
@@ -48,6 +52,10 @@ impl Metrics {
             snapshots_signed: Counter::default(),
             checkpoints_signed: Counter::default(),
             lagged_subscribers: Counter::default(),
+            bus_connected: Gauge::default(),
+            bus_published: Counter::default(),
+            bus_errors: Counter::default(),
+            outbox: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("version", "Newest committed version", m.version.clone());
@@ -101,6 +109,10 @@ impl Metrics {
             "Times a slow SSE subscriber was sent a snapshot instead of missed deltas",
             m.lagged_subscribers.clone(),
         );
+        registry.register("bus_connected", "1 while the NATS relay is connected", m.bus_connected.clone());
+        registry.register("bus_published", "Deltas stored by JetStream (not counting duplicates)", m.bus_published.clone());
+        registry.register("bus_errors", "NATS relay failures", m.bus_errors.clone());
+        registry.register("outbox", "Committed deltas not yet accepted by the bus", m.outbox.clone());
         Self { registry, ..m }
     }
 

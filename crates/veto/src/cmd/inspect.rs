@@ -74,16 +74,26 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
             let issuer = keyfile::read_public_key(&path)?;
             let checker = Checker::new(KeySet::new([issuer]), CheckConfig::default());
             match checker.verify(chain) {
-                Ok(_) => println!(
-                    "signatures and chain rules: OK (revocation and expiry not checked here)"
+                Ok(_) => note(
+                    a.json,
+                    "signatures and chain rules: OK (revocation and expiry not checked here)",
                 ),
                 Err(d) => {
-                    println!("signatures and chain rules: FAILED: {d}");
+                    note(a.json, &format!("signatures and chain rules: FAILED: {d}"));
                     std::process::exit(2);
                 }
             }
         }
-        None => println!("signatures: not checked (pass --issuer-key FILE to verify)"),
+        None => note(a.json, "signatures: not checked (pass --issuer-key FILE to verify)"),
     }
     Ok(())
+}
+
+/// Status lines: on stdout for people, on stderr when stdout is JSON.
+fn note(json: bool, line: &str) {
+    if json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
 }

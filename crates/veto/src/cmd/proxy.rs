@@ -68,6 +68,9 @@ pub struct ProxyArgs {
     /// Do not subscribe to pushes: poll only.
     #[arg(long)]
     no_push: bool,
+    /// Take pushes from NATS JetStream (`nats://host:4222`) instead of SSE.
+    #[arg(long, env = "VETO_BUS", conflicts_with = "no_push")]
+    bus: Option<String>,
 }
 
 pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
@@ -89,7 +92,21 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
             .collect::<Result<Vec<_>, _>>()?;
         config.issuers = Issuers::Pinned(KeySet::new(issuers));
     }
-    config.push = if a.no_push { Push::Off } else { Push::Sse };
+    config.push = match (&a.bus, a.no_push) {
+        (_, true) => Push::Off,
+        (Some(url), false) => {
+            if !url.starts_with("nats://") {
+                anyhow::bail!("--bus must be a nats:// URL");
+            }
+            Push::Nats(url.clone())
+        }
+        (None, false) => Push::Sse,
+    };
+    let push_name = match &config.push {
+        Push::Sse => "SSE".to_owned(),
+        Push::Nats(u) => format!("NATS {u}"),
+        Push::Off => "off (polling only)".to_owned(),
+    };
     config.poll_interval = Duration::from_secs(a.poll_interval);
     config.check.max_staleness = a.max_staleness;
     config.check.skew = a.skew;
@@ -134,8 +151,7 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
         println!("  upstream : {}", a.upstream);
         println!(
             "  registry : {} (push: {})",
-            a.registry,
-            if a.no_push { "off" } else { "SSE" }
+            a.registry, push_name
         );
         println!(
             "  policy   : {:?}, max staleness {} s",

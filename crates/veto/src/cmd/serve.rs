@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// (`postgres://user@host/db`); default: SQLite in the data directory.
     #[arg(long, env = "VETO_STORE")]
     store: Option<String>,
+    /// Also publish deltas and checkpoints to NATS JetStream
+    /// (`nats://host:4222`, stream `VETO_SRL`), through a transactional outbox.
+    #[arg(long, env = "VETO_BUS")]
+    bus: Option<String>,
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
@@ -63,6 +67,12 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         }
     }
     config.store = a.store.clone();
+    if let Some(url) = &a.bus {
+        if !url.starts_with("nats://") {
+            anyhow::bail!("--bus must be a nats:// URL (SSE push is always on)");
+        }
+    }
+    config.bus = a.bus.clone();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         let registry = Registry::open(config)
