@@ -437,7 +437,11 @@ async fn nats_session(inner: &Arc<Inner>, url: &str) -> Result<(), SyncError> {
     inner.push_connected.store(true, Ordering::Relaxed);
     tracing::info!(url, "NATS push connected");
     loop {
-        let Some(msg) = sub.next().await.map_err(|e| SyncError::Stream(e.to_string()))? else {
+        let Some(msg) = sub
+            .next()
+            .await
+            .map_err(|e| SyncError::Stream(e.to_string()))?
+        else {
             return Ok(());
         };
         let kind = match msg.subject.as_str() {
@@ -446,7 +450,10 @@ async fn nats_session(inner: &Arc<Inner>, url: &str) -> Result<(), SyncError> {
             _ => continue,
         };
         let Ok(data) = String::from_utf8(msg.payload.to_vec()) else {
-            count(inner, &SyncError::Stream("a pushed object is not UTF-8".into()));
+            count(
+                inner,
+                &SyncError::Stream("a pushed object is not UTF-8".into()),
+            );
             continue;
         };
         if let Err(e) = handle_event(inner, kind, data).await {

@@ -109,10 +109,22 @@ impl Metrics {
             "Times a slow SSE subscriber was sent a snapshot instead of missed deltas",
             m.lagged_subscribers.clone(),
         );
-        registry.register("bus_connected", "1 while the NATS relay is connected", m.bus_connected.clone());
-        registry.register("bus_published", "Deltas stored by JetStream (not counting duplicates)", m.bus_published.clone());
+        registry.register(
+            "bus_connected",
+            "1 while the NATS relay is connected",
+            m.bus_connected.clone(),
+        );
+        registry.register(
+            "bus_published",
+            "Deltas stored by JetStream (not counting duplicates)",
+            m.bus_published.clone(),
+        );
         registry.register("bus_errors", "NATS relay failures", m.bus_errors.clone());
-        registry.register("outbox", "Committed deltas not yet accepted by the bus", m.outbox.clone());
+        registry.register(
+            "outbox",
+            "Committed deltas not yet accepted by the bus",
+            m.outbox.clone(),
+        );
         Self { registry, ..m }
     }
 

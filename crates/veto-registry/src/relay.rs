@@ -49,10 +49,21 @@ pub(crate) async fn relay(inner: Arc<Inner>, url: String, mut stop: watch::Recei
     }
 }
 
-async fn session(inner: &Arc<Inner>, url: &str, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
-    let client = Client::connect(url, "veto-registry").await.map_err(|e| e.to_string())?;
+async fn session(
+    inner: &Arc<Inner>,
+    url: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), String> {
+    let client = Client::connect(url, "veto-registry")
+        .await
+        .map_err(|e| e.to_string())?;
     client
-        .js_ensure_stream(STREAM, &[DELTA_SUBJECT, CHECKPOINT_SUBJECT], DUPLICATE_WINDOW, MAX_AGE)
+        .js_ensure_stream(
+            STREAM,
+            &[DELTA_SUBJECT, CHECKPOINT_SUBJECT],
+            DUPLICATE_WINDOW,
+            MAX_AGE,
+        )
         .await
         .map_err(|e| e.to_string())?;
     inner.metrics.bus_connected.set(1);
@@ -82,7 +93,11 @@ async fn session(inner: &Arc<Inner>, url: &str, stop: &mut watch::Receiver<bool>
 /// Publishes every unpublished delta, oldest first.
 async fn drain(inner: &Arc<Inner>, client: &Client) -> Result<(), String> {
     loop {
-        let batch = inner.store.unpublished(256).await.map_err(|e| e.to_string())?;
+        let batch = inner
+            .store
+            .unpublished(256)
+            .await
+            .map_err(|e| e.to_string())?;
         if batch.is_empty() {
             inner.metrics.outbox.set(0);
             return Ok(());
@@ -93,7 +108,11 @@ async fn drain(inner: &Arc<Inner>, client: &Client) -> Result<(), String> {
                 .js_publish(DELTA_SUBJECT, &ver.to_string(), jws.as_bytes(), ACK_TIMEOUT)
                 .await
                 .map_err(|e| format!("publishing delta {ver}: {e}"))?;
-            inner.store.mark_published(ver).await.map_err(|e| e.to_string())?;
+            inner
+                .store
+                .mark_published(ver)
+                .await
+                .map_err(|e| e.to_string())?;
             if !ack.duplicate {
                 inner.metrics.bus_published.inc();
             }

@@ -84,7 +84,10 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        None => note(a.json, "signatures: not checked (pass --issuer-key FILE to verify)"),
+        None => note(
+            a.json,
+            "signatures: not checked (pass --issuer-key FILE to verify)",
+        ),
     }
     Ok(())
 }

@@ -149,10 +149,7 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
         println!("veto proxy listening on http://{}", listener.local_addr()?);
         println!("  admin (metrics, health): http://{}", admin.local_addr()?);
         println!("  upstream : {}", a.upstream);
-        println!(
-            "  registry : {} (push: {})",
-            a.registry, push_name
-        );
+        println!("  registry : {} (push: {})", a.registry, push_name);
         println!(
             "  policy   : {:?}, max staleness {} s",
             a.policy, a.max_staleness
