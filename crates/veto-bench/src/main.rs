@@ -1,0 +1,90 @@
+//! `veto-bench`: load benchmarks for the veto registry.
+//!
+//! Each subcommand starts its own registry as a real process (`veto serve`
+//! on a loopback port, in a fresh temporary data directory), measures,
+//! prints a result block ending in one machine-readable `bench=…` line, and
+//! stops the registry.
+//!
+//! - `revoke`: durable revocations per second, one entry per request
+//!   (`--mode single`) or in batches (`--mode batch`).
+//! - `fanout`: commit→receive latency of SSE deltas across many concurrent
+//!   subscribers, and the registry's memory per idle subscriber.
+
+mod fanout;
+mod metrics;
+mod registry;
+mod revoke;
+mod stats;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+/// Registry load benchmarks.
+#[derive(Parser, Debug)]
+#[command(name = "veto-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Durable revocations per second (single entries or batches).
+    Revoke(revoke::RevokeArgs),
+    /// SSE fan-out: commit→receive latency across N subscribers, and memory per subscriber.
+    Fanout(fanout::FanoutArgs),
+}
+
+/// Options every subcommand takes.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Common {
+    /// The `veto` binary to run the registry with (default: `veto` next to this executable).
+    #[arg(long)]
+    veto: Option<PathBuf>,
+    /// Keep the registry's temporary data directory (database, log) after the run.
+    #[arg(long)]
+    keep_data: bool,
+}
+
+impl Common {
+    fn veto_path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(p) = &self.veto {
+            return Ok(p.clone());
+        }
+        let exe = std::env::current_exe()
+            .context("cannot locate the current executable; pass --veto PATH")?;
+        let dir = exe
+            .parent()
+            .context("the current executable has no parent directory; pass --veto PATH")?;
+        Ok(dir.join("veto"))
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Revoke(a) => revoke::run(a).await,
+            Cmd::Fanout(a) => fanout::run(a).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! A registry run as a child process: `veto serve --listen 127.0.0.1:0
+//! --data-dir <fresh temp dir>`, stdout parsed for the address, stderr
+//! (its logs) kept in `<data-dir>/registry.log`.
+
+use std::fs;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+
+const BANNER: &str = "veto registry listening on ";
+
+/// A running registry.
+pub(crate) struct Registry {
+    child: Option<Child>,
+    /// `http://ADDR`.
+    pub base: String,
+    /// The admin bearer token.
+    pub token: String,
+    /// The data directory.
+    pub dir: PathBuf,
+    keep: bool,
+}
+
+impl Registry {
+    /// Starts `veto serve` and waits until `/healthz` answers.
+    pub(crate) async fn start(veto: &Path, keep: bool) -> anyhow::Result<Self> {
+        if !veto.is_file() {
+            bail!(
+                "the `veto` binary was not found at `{}`: build it (`cargo build --release -p veto`) or pass --veto PATH",
+                veto.display()
+            );
+        }
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("veto-bench-{}-{nanos}", std::process::id()));
+        fs::create_dir(&dir)
+            .with_context(|| format!("creating the data directory `{}`", dir.display()))?;
+        let log =
+            fs::File::create(dir.join("registry.log")).context("creating the registry log file")?;
+        let mut child = Command::new(veto)
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting `{} serve`", veto.display()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("no stdout pipe from the registry")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Read the banner, then keep draining stdout so the child never blocks on it.
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(first)) = lines.next() {
+                let _ = tx.send(first);
+            }
+            for _ in lines {}
+        });
+        let mut reg = Self {
+            child: Some(child),
+            base: String::new(),
+            token: String::new(),
+            dir,
+            keep,
+        };
+        let first =
+            tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60))).await?;
+        let first = match first {
+            Ok(l) => l,
+            Err(_) => bail!("the registry did not start; its log:\n{}", reg.log_tail()),
+        };
+        let Some(addr) = first.strip_prefix(BANNER) else {
+            bail!(
+                "unexpected first line from the registry: {first:?}; its log:\n{}",
+                reg.log_tail()
+            );
+        };
+        reg.base = addr.trim().to_owned();
+        reg.token = fs::read_to_string(reg.dir.join("admin.token"))
+            .context("reading the admin token")?
+            .trim()
+            .to_owned();
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(format!("{}/healthz", reg.base)).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the registry at {} is not healthy after 30 s; its log:\n{}",
+                    reg.base,
+                    reg.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(reg)
+    }
+
+    /// The child's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The registry process's resident set size (`VmRSS`), in KiB.
+    pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no VmRSS in {path}"))
+    }
+
+    /// CPU time (user + system) the registry process has used, in seconds.
+    pub(crate) fn cpu_secs(&self) -> anyhow::Result<f64> {
+        cpu_secs_of(&format!("/proc/{}/stat", self.pid()))
+    }
+
+    /// The last lines of the registry's log.
+    pub(crate) fn log_tail(&self) -> String {
+        let text = fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Stops the registry (SIGTERM, then SIGKILL after 10 s) and removes
+    /// its data directory unless asked to keep it.
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let dir = self.dir.clone();
+        let keep = self.keep;
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            // SIGTERM through kill(1): the registry shuts down gracefully.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    eprintln!(
+                        "warning: the registry did not stop within 10 s of SIGTERM; killing it"
+                    );
+                    child.kill()?;
+                    child.wait()?;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if keep {
+                println!("data directory kept: {}", dir.display());
+            } else {
+                fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing `{}`", dir.display()))?;
+            }
+            Ok(())
+        })
+        .await?
+    }
+}
+
+/// CPU time (user + system) of this process, in seconds.
+pub(crate) fn own_cpu_secs() -> anyhow::Result<f64> {
+    cpu_secs_of("/proc/self/stat")
+}
+
+/// `utime + stime` from a `/proc/<pid>/stat` file. Linux reports them in
+/// USER_HZ ticks, which is 100 per second on every supported architecture.
+fn cpu_secs_of(path: &str) -> anyhow::Result<f64> {
+    let stat = fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    // Fields after the `(comm)`, which may itself contain spaces: state is
+    // field 3, utime 14, stime 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("malformed {path}"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| -> anyhow::Result<f64> {
+        let v: u64 = f
+            .get(i)
+            .with_context(|| format!("malformed {path}"))?
+            .parse()?;
+        Ok(v as f64 / 100.0)
+    };
+    Ok(tick(11)? + tick(12)?)
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        // On an early error: never leave the registry running.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
