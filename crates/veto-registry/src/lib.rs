@@ -335,6 +335,7 @@ impl Registry {
         let heartbeat = tokio::spawn(heartbeat(self.inner.clone(), stop_rx.clone()));
         let pruner = tokio::spawn(pruner(self.inner.clone(), stop_rx.clone()));
         let follower = tokio::spawn(follower(self.inner.clone(), stop_rx.clone()));
+        let checkpoints = tokio::spawn(checkpointer(self.inner.clone(), stop_rx.clone()));
         let relay = self
             .inner
             .config
@@ -354,6 +355,7 @@ impl Registry {
         heartbeat.abort();
         pruner.abort();
         follower.abort();
+        checkpoints.abort();
         if let Some(r) = relay {
             r.abort();
         }
@@ -732,6 +734,25 @@ async fn heartbeat(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<boo
                 let _order = inner.follow.lock().await;
                 let (ver, jws) = inner.sign_checkpoint();
                 let _ = inner.events.send(Event::Checkpoint { ver, jws });
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// SQLite only: WAL checkpoints every second, off the commit path.
+async fn checkpointer(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    if !matches!(inner.store, Store::Sqlite(_)) {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = inner.store.checkpoint().await {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                }
             }
             _ = stop.changed() => return,
         }

@@ -514,6 +514,15 @@ impl Store {
         }
     }
 
+    /// Moves committed WAL frames into the database file (SQLite; a no-op
+    /// for PostgreSQL).
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => blocking!(s, |s| s.checkpoint()),
+            Store::Postgres(_) => Ok(()),
+        }
+    }
+
     /// Marks a delta as accepted by the bus.
     pub async fn mark_published(&self, ver: u64) -> Result<(), StoreError> {
         match self {

@@ -21,6 +21,7 @@ use super::{
 pub struct SqliteStore {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    checkpointer: Mutex<Connection>,
 }
 
 const SCHEMA: &str = r#"
@@ -94,11 +95,25 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let writer = open_conn(path)?;
         writer.execute_batch(SCHEMA)?;
+        // The writer keeps the random-key indexes in memory (64 MiB), and
+        // leaves WAL checkpoints to `checkpoint`, run off the commit path.
+        writer.pragma_update(None, "cache_size", -65_536)?;
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         let reader = open_conn(path)?;
+        let checkpointer = open_conn(path)?;
         Ok(Self {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
+            checkpointer: Mutex::new(checkpointer),
         })
+    }
+
+    /// Copies committed WAL frames into the database file without blocking
+    /// the writer (a passive checkpoint); the registry runs it every second.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let conn = self.checkpointer.lock().unwrap_or_else(|p| p.into_inner());
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     fn w(&self) -> std::sync::MutexGuard<'_, Connection> {
