@@ -229,31 +229,27 @@ pub(crate) async fn poll_loop(inner: Arc<Inner>) {
     }
 }
 
-pub(crate) async fn sse_loop(inner: Arc<Inner>) {
+/// Keeps one push session up: reconnects with exponential backoff and
+/// jitter (reset after a session that lasted), while the poller covers.
+async fn push_loop<F, Fut>(inner: Arc<Inner>, transport: &'static str, mut session: F)
+where
+    F: FnMut(Arc<Inner>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), SyncError>>,
+{
     let mut stop = inner.shutdown.subscribe();
-    let client = match reqwest::Client::builder()
-        .connect_timeout(inner.config.request_timeout)
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the push client; polling only");
-            return;
-        }
-    };
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
         let result = tokio::select! {
-            r = sse_session(&inner, &client) => r,
+            r = session(inner.clone()) => r,
             _ = stop.changed() => return,
         };
         inner.push_connected.store(false, Ordering::Relaxed);
         match &result {
-            Ok(()) => tracing::info!("push stream closed by the registry; reconnecting"),
+            Ok(()) => tracing::info!(transport, "push closed by the server; reconnecting"),
             Err(e) => {
                 count(&inner, e);
-                tracing::warn!(error = %e, retry_in = ?backoff, "push stream down; polling continues meanwhile");
+                tracing::warn!(transport, error = %e, retry_in = ?backoff, "push down; polling continues meanwhile");
             }
         }
         if started.elapsed() > Duration::from_secs(30) {
@@ -265,6 +261,24 @@ pub(crate) async fn sse_loop(inner: Arc<Inner>) {
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
+}
+
+pub(crate) async fn sse_loop(inner: Arc<Inner>) {
+    let client = match reqwest::Client::builder()
+        .connect_timeout(inner.config.request_timeout)
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the push client; polling only");
+            return;
+        }
+    };
+    push_loop(inner, "SSE", move |i| {
+        let client = client.clone();
+        async move { sse_session(&i, &client).await }
+    })
+    .await;
 }
 
 async fn sse_session(inner: &Arc<Inner>, client: &reqwest::Client) -> Result<(), SyncError> {
@@ -394,28 +408,11 @@ pub(crate) async fn jwks_loop(inner: Arc<Inner>, refresh: Duration) {
 /// fetched over HTTP). Idle heartbeats every 5 s: a silent connection is
 /// noticed within 10 s and reopened.
 pub(crate) async fn nats_loop(inner: Arc<Inner>, url: String) {
-    let mut stop = inner.shutdown.subscribe();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let started = Instant::now();
-        let result = tokio::select! {
-            r = nats_session(&inner, &url) => r,
-            _ = stop.changed() => return,
-        };
-        inner.push_connected.store(false, Ordering::Relaxed);
-        if let Err(e) = &result {
-            count(&inner, e);
-            tracing::warn!(error = %e, retry_in = ?backoff, "NATS push down; polling continues meanwhile");
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_millis(100);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(jitter(backoff)) => {}
-            _ = stop.changed() => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
-    }
+    push_loop(inner, "NATS", move |i| {
+        let url = url.clone();
+        async move { nats_session(&i, &url).await }
+    })
+    .await;
 }
 
 async fn nats_session(inner: &Arc<Inner>, url: &str) -> Result<(), SyncError> {

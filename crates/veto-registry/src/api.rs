@@ -129,7 +129,7 @@ async fn require_admin(State(inner): State<Shared>, req: Request, next: Next) ->
         Some(p) => format!(" (the token is in `{}`)", p.display()),
         None => " (the token is the registry's VETO_ADMIN_TOKEN)".into(),
     };
-    let Some(given) = given else {
+    let refuse = |message: String| {
         inner
             .metrics
             .errors
@@ -137,12 +137,15 @@ async fn require_admin(State(inner): State<Shared>, req: Request, next: Next) ->
                 code: "unauthorized".into(),
             })
             .inc();
-        return err(
+        err(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            format!("missing admin token: send `Authorization: Bearer <token>`{hint}"),
+            format!("{message}{hint}"),
         )
-        .into_response();
+        .into_response()
+    };
+    let Some(given) = given else {
+        return refuse("missing admin token: send `Authorization: Bearer <token>`".into());
     };
     // Compare digests in constant time: no early exit on the first differing byte.
     let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
@@ -151,19 +154,7 @@ async fn require_admin(State(inner): State<Shared>, req: Request, next: Next) ->
         .zip(inner.admin_token_hash.iter())
         .fold(0u8, |acc, (a, b)| acc | (a ^ b));
     if diff != 0 {
-        inner
-            .metrics
-            .errors
-            .get_or_create(&Code {
-                code: "unauthorized".into(),
-            })
-            .inc();
-        return err(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            format!("wrong admin token{hint}"),
-        )
-        .into_response();
+        return refuse("wrong admin token".into());
     }
     next.run(req).await
 }

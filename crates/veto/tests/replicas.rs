@@ -11,62 +11,9 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::{now, Registry, TempDir};
+use common::{now, Registry, Schema, TempDir};
 use serde_json::json;
 use veto_core::{keyfile, Digest, EntryKind, SigningKey, SrlState};
-
-/// A fresh schema in the test database, dropped on drop.
-struct Schema {
-    base: String,
-    name: String,
-}
-
-impl Schema {
-    async fn create(base: &str) -> Self {
-        let name = format!("veto_t_{}_{}", std::process::id(), now());
-        let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("connecting to VETO_TEST_POSTGRES_URL `{base}`: {e}"));
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE SCHEMA {name}"))
-            .await
-            .unwrap();
-        Self {
-            base: base.to_owned(),
-            name,
-        }
-    }
-
-    /// The URL with this schema as the search path.
-    fn url(&self) -> String {
-        let sep = if self.base.contains('?') { '&' } else { '?' };
-        format!("{}{sep}options=-csearch_path%3D{}", self.base, self.name)
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let (base, name) = (self.base.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&base, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP SCHEMA {name} CASCADE"))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 fn postgres_url() -> Option<String> {
     match std::env::var("VETO_TEST_POSTGRES_URL") {

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{now, Registry, TempDir};
+use common::{now, Registry, Schema, TempDir};
 use serde_json::json;
 use veto_authorizer::{Authorizer, Config as AuthzConfig, Push};
 use veto_core::{keyfile, Digest, EntryKind, KeySet, SigningKey, SrlState};
@@ -28,58 +28,6 @@ fn env(name: &str, example: &str) -> Option<String> {
             eprintln!("skipped: set {name} (e.g. {example}) to run the scale-out tests");
             None
         }
-    }
-}
-
-/// A fresh PostgreSQL schema, dropped on drop.
-struct Schema {
-    base: String,
-    name: String,
-}
-
-impl Schema {
-    async fn create(base: &str) -> Self {
-        let name = format!("veto_s_{}_{}", std::process::id(), now());
-        let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE SCHEMA {name}"))
-            .await
-            .unwrap();
-        Self {
-            base: base.to_owned(),
-            name,
-        }
-    }
-
-    fn url(&self) -> String {
-        let sep = if self.base.contains('?') { '&' } else { '?' };
-        format!("{}{sep}options=-csearch_path%3D{}", self.base, self.name)
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let (base, name) = (self.base.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&base, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP SCHEMA {name} CASCADE"))
-                        .await;
-                }
-            });
-        })
-        .join();
     }
 }
 

@@ -291,6 +291,25 @@ pub(crate) fn plan(
     plan
 }
 
+/// The audit records of a pruning version.
+pub(crate) fn prune_audit(removed: &[Removed], now: u64, ver: u64) -> Vec<AuditRow> {
+    removed
+        .iter()
+        .map(|r| AuditRow {
+            at: now,
+            actor: "registry".into(),
+            action: "prune",
+            kind: Some(r.kind),
+            id: Some(r.id.clone()),
+            reason: None,
+            before: None,
+            expires_at: None,
+            note: None,
+            ver: Some(ver),
+        })
+        .collect()
+}
+
 /// The (kind, id) pairs a group of requests touches.
 pub(crate) fn keys_of(requests: &[(Vec<NewEntry>, String)]) -> Vec<(EntryKind, String)> {
     let mut keys: Vec<(EntryKind, String)> = requests

@@ -13,8 +13,8 @@ use tokio_postgres::{Client, NoTls, Transaction};
 use veto_core::{EntryKind, Head, Removed, SrlSigner};
 
 use super::{
-    keys_of, plan, AuditFilter, AuditRecord, AuditRow, Committed, Existing, IssuerKeyRow, Loaded,
-    NewEntry, Pruned, StoreError,
+    keys_of, plan, prune_audit, AuditFilter, AuditRecord, AuditRow, Committed, Existing,
+    IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError,
 };
 
 const SCHEMA: &str = r#"
@@ -294,21 +294,7 @@ impl PgStore {
         )
         .await?;
         set_head(&tx, ver, new_head).await?;
-        let audit: Vec<AuditRow> = removed
-            .iter()
-            .map(|r| AuditRow {
-                at: now,
-                actor: "registry".into(),
-                action: "prune",
-                kind: Some(r.kind),
-                id: Some(r.id.clone()),
-                reason: None,
-                before: None,
-                expires_at: None,
-                note: None,
-                ver: Some(ver),
-            })
-            .collect();
+        let audit = prune_audit(&removed, now, ver);
         insert_audit(&tx, &audit).await?;
         tx.commit().await?;
         Ok(Some(Pruned {

@@ -13,8 +13,8 @@ use rusqlite::{params, Connection, OptionalExtension as _, Transaction, Transact
 use veto_core::{EntryKind, Head, Removed, SrlSigner};
 
 use super::{
-    keys_of, plan, AuditFilter, AuditRecord, AuditRow, Committed, Existing, IssuerKeyRow, Loaded,
-    NewEntry, Pruned, StoreError,
+    keys_of, plan, prune_audit, AuditFilter, AuditRecord, AuditRow, Committed, Existing,
+    IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError,
 };
 
 /// The SQLite store.
@@ -305,21 +305,7 @@ impl SqliteStore {
                 params![ver as i64, r.kind.as_str(), r.id],
             )?;
         }
-        let audit: Vec<AuditRow> = removed
-            .iter()
-            .map(|r| AuditRow {
-                at: now,
-                actor: "registry".into(),
-                action: "prune",
-                kind: Some(r.kind),
-                id: Some(r.id.clone()),
-                reason: None,
-                before: None,
-                expires_at: None,
-                note: None,
-                ver: Some(ver),
-            })
-            .collect();
+        let audit = prune_audit(&removed, now, ver);
         insert_audit(&tx, &audit)?;
         tx.commit()?;
         Ok(Some(Pruned {
