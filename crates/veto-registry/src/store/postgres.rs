@@ -17,7 +17,10 @@ use super::{
     IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError,
 };
 
-const SCHEMA: &str = r#"
+/// Migrations, in order; `veto_meta.schema_version` counts those applied.
+const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+
+const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS veto_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS veto_head (id INT PRIMARY KEY CHECK (id = 1), ver BIGINT NOT NULL, head BYTEA NOT NULL);
 INSERT INTO veto_head (id, ver, head) VALUES (1, 0, decode(repeat('00', 32), 'hex')) ON CONFLICT (id) DO NOTHING;
@@ -107,7 +110,28 @@ impl PgStore {
         let tx = writer.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock(7436975)", &[])
             .await?;
-        tx.batch_execute(SCHEMA).await?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS veto_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            .await?;
+        let applied: i64 = tx
+            .query_opt("SELECT value FROM veto_meta WHERE key = 'schema_version'", &[])
+            .await?
+            .and_then(|r| r.get::<_, String>(0).parse().ok())
+            .unwrap_or(0);
+        let known = MIGRATIONS.len() as i64;
+        if applied > known {
+            return Err(StoreError::Corrupt(format!(
+                "the database has schema version {applied}, newer than this veto knows ({known}): upgrade veto"
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+            tx.batch_execute(sql).await?;
+            tx.execute(
+                "INSERT INTO veto_meta (key, value) VALUES ('schema_version', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&(i + 1).to_string()],
+            )
+            .await?;
+        }
         tx.commit().await?;
         let reader = connect(url).await?;
         Ok(Self {

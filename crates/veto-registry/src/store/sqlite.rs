@@ -24,7 +24,10 @@ pub struct SqliteStore {
     checkpointer: Mutex<Connection>,
 }
 
-const SCHEMA: &str = r#"
+/// Migrations, in order; `PRAGMA user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+
+const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS versions (
     ver INTEGER PRIMARY KEY,
@@ -94,7 +97,7 @@ impl SqliteStore {
     /// Opens (creating and migrating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let writer = open_conn(path)?;
-        writer.execute_batch(SCHEMA)?;
+        migrate(&writer)?;
         // The writer keeps the random-key indexes in memory (64 MiB), and
         // leaves WAL checkpoints to `checkpoint`, run off the commit path.
         writer.pragma_update(None, "cache_size", -65_536)?;
@@ -504,6 +507,22 @@ fn insert_audit(tx: &Transaction<'_>, rows: &[AuditRow]) -> Result<(), StoreErro
             a.note,
             a.ver.map(|v| v as i64)
         ])?;
+    }
+    Ok(())
+}
+
+/// Applies the migrations not yet applied, each in its own transaction;
+/// refuses a database written by a newer veto.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let applied: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if applied > known {
+        return Err(StoreError::Corrupt(format!(
+            "the database has schema version {applied}, newer than this veto knows ({known}): upgrade veto"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
     }
     Ok(())
 }
