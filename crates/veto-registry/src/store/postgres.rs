@@ -110,10 +110,15 @@ impl PgStore {
         let tx = writer.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock(7436975)", &[])
             .await?;
-        tx.batch_execute("CREATE TABLE IF NOT EXISTS veto_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS veto_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        )
+        .await?;
         let applied: i64 = tx
-            .query_opt("SELECT value FROM veto_meta WHERE key = 'schema_version'", &[])
+            .query_opt(
+                "SELECT value FROM veto_meta WHERE key = 'schema_version'",
+                &[],
+            )
             .await?
             .and_then(|r| r.get::<_, String>(0).parse().ok())
             .unwrap_or(0);
