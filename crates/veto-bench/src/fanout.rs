@@ -169,14 +169,18 @@ async fn subscriber(
 }
 
 /// One timed revocation.
-struct Sent {
-    ver: u64,
-    sent: Instant,
-    acked: Instant,
+pub(crate) struct Sent {
+    /// The version the revocation committed.
+    pub ver: u64,
+    /// When the POST was sent.
+    pub sent: Instant,
+    /// When its `201` arrived (the commit acknowledgement).
+    pub acked: Instant,
 }
 
-/// Revokes one warrant at a time on a dedicated thread and runtime.
-fn revoke_sequentially(
+/// Revokes one (random) warrant at a time, `interval` apart; runs its own
+/// current-thread runtime, so call it on a dedicated thread.
+pub(crate) fn revoke_sequentially(
     base: String,
     token: String,
     n: usize,

@@ -1,4 +1,4 @@
-//! `veto-bench`: load benchmarks for the veto registry.
+//! `veto-bench`: load benchmarks for veto.
 //!
 //! Each subcommand starts its own registry as a real process (`veto serve`
 //! on a loopback port, in a fresh temporary data directory), measures,
@@ -6,12 +6,22 @@
 //! stops the registry.
 //!
 //! - `revoke`: durable revocations per second, one entry per request
-//!   (`--mode single`) or in batches (`--mode batch`).
+//!   (`--mode single`) or in batches (`--mode batch`); on SQLite, or on
+//!   PostgreSQL with one or more replicas (`--store`, `--replicas`).
 //! - `fanout`: commit→receive latency of SSE deltas across many concurrent
 //!   subscribers, and the registry's memory per idle subscriber.
+//! - `propagation`: acknowledgement→enforcement latency of revocations in
+//!   N in-process authorizers (SSE or NATS push), or in a real `veto proxy`.
+//! - `proxy-overhead`: wrk through a real `veto proxy` against wrk straight
+//!   to the upstream.
 
 mod fanout;
+mod forward;
 mod metrics;
+mod overhead;
+mod pg;
+mod propagation;
+mod proxy;
 mod registry;
 mod revoke;
 mod stats;
@@ -21,7 +31,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-/// Registry load benchmarks.
+/// veto load benchmarks.
 #[derive(Parser, Debug)]
 #[command(name = "veto-bench", version, about)]
 struct Cli {
@@ -35,6 +45,13 @@ enum Cmd {
     Revoke(revoke::RevokeArgs),
     /// SSE fan-out: commit→receive latency across N subscribers, and memory per subscriber.
     Fanout(fanout::FanoutArgs),
+    /// Revocation acknowledgement -> enforcement in N authorizers (SSE/NATS) or a real proxy.
+    Propagation(propagation::PropagationArgs),
+    /// Throughput and p99 through a real `veto proxy` vs straight to the upstream (wrk).
+    ProxyOverhead(overhead::OverheadArgs),
+    /// A plain reverse proxy without authorization (the proxy-overhead baseline).
+    #[command(hide = true)]
+    Forward(forward::ForwardArgs),
 }
 
 /// Options every subcommand takes.
@@ -78,6 +95,9 @@ fn main() -> std::process::ExitCode {
         match cli.cmd {
             Cmd::Revoke(a) => revoke::run(a).await,
             Cmd::Fanout(a) => fanout::run(a).await,
+            Cmd::Propagation(a) => propagation::run(a).await,
+            Cmd::ProxyOverhead(a) => overhead::run(a).await,
+            Cmd::Forward(a) => forward::run(a).await,
         }
     });
     match result {

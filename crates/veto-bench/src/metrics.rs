@@ -18,6 +18,16 @@ impl Histogram {
         self.sum / self.count
     }
 
+    /// Adds another histogram of the same metric (same buckets), such as
+    /// another replica's.
+    pub(crate) fn add(&mut self, other: &Histogram) {
+        self.sum += other.sum;
+        self.count += other.count;
+        for (b, (_, c)) in self.buckets.iter_mut().zip(&other.buckets) {
+            b.1 += c;
+        }
+    }
+
     /// The upper bound of the bucket holding quantile `q` (bucket resolution).
     pub(crate) fn quantile_le(&self, q: f64) -> f64 {
         let want = q * self.count;

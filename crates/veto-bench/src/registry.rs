@@ -1,6 +1,6 @@
 //! A registry run as a child process: `veto serve --listen 127.0.0.1:0
-//! --data-dir <fresh temp dir>`, stdout parsed for the address, stderr
-//! (its logs) kept in `<data-dir>/registry.log`.
+//! --data-dir <fresh temp dir> [options]`, stdout parsed for the address,
+//! stderr (its logs) kept in `<data-dir>/registry.log`.
 
 use std::fs;
 use std::io::{BufRead as _, BufReader};
@@ -11,6 +11,37 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 
 const BANNER: &str = "veto registry listening on ";
+
+/// Options for `veto serve` beyond the defaults (SQLite, SSE only).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ServeOpts {
+    /// `--store postgres://...`: share the state with other replicas.
+    pub store: Option<String>,
+    /// `--bus nats://...`: also publish to NATS JetStream.
+    pub bus: Option<String>,
+    /// `--authority-key FILE`: one authority key for every replica.
+    pub authority_key: Option<PathBuf>,
+    /// `VETO_ADMIN_TOKEN`: one admin token for every replica.
+    pub admin_token: Option<String>,
+    /// `--heartbeat` (such as `1s`).
+    pub heartbeat: Option<String>,
+}
+
+/// A fresh, empty directory under the system temporary directory.
+pub(crate) fn fresh_dir(label: &str) -> anyhow::Result<PathBuf> {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "veto-bench-{label}-{}-{nanos}-{n}",
+        std::process::id()
+    ));
+    fs::create_dir(&dir).with_context(|| format!("creating the directory `{}`", dir.display()))?;
+    Ok(dir)
+}
 
 /// A running registry.
 pub(crate) struct Registry {
@@ -25,29 +56,54 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    /// Starts `veto serve` and waits until `/healthz` answers.
+    /// Starts `veto serve` with the defaults and waits until `/healthz` answers.
     pub(crate) async fn start(veto: &Path, keep: bool) -> anyhow::Result<Self> {
+        Self::start_with(veto, keep, &ServeOpts::default()).await
+    }
+
+    /// Starts `veto serve` with `opts` and waits until `/healthz` answers.
+    pub(crate) async fn start_with(
+        veto: &Path,
+        keep: bool,
+        opts: &ServeOpts,
+    ) -> anyhow::Result<Self> {
         if !veto.is_file() {
             bail!(
                 "the `veto` binary was not found at `{}`: build it (`cargo build --release -p veto`) or pass --veto PATH",
                 veto.display()
             );
         }
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("veto-bench-{}-{nanos}", std::process::id()));
-        fs::create_dir(&dir)
-            .with_context(|| format!("creating the data directory `{}`", dir.display()))?;
+        let dir = fresh_dir("registry")?;
         let log =
             fs::File::create(dir.join("registry.log")).context("creating the registry log file")?;
-        let mut child = Command::new(veto)
-            .arg("serve")
+        let mut cmd = Command::new(veto);
+        cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
-            .arg(&dir)
+            .arg(&dir);
+        // Only what this run asks for: no VETO_* settings from the caller.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("VETO_") {
+                cmd.env_remove(k);
+            }
+        }
+        if let Some(s) = &opts.store {
+            cmd.arg("--store").arg(s);
+        }
+        if let Some(b) = &opts.bus {
+            cmd.arg("--bus").arg(b);
+        }
+        if let Some(k) = &opts.authority_key {
+            cmd.arg("--authority-key").arg(k);
+        }
+        if let Some(h) = &opts.heartbeat {
+            cmd.arg("--heartbeat").arg(h);
+        }
+        if let Some(t) = &opts.admin_token {
+            cmd.env("VETO_ADMIN_TOKEN", t);
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -86,10 +142,13 @@ impl Registry {
             );
         };
         reg.base = addr.trim().to_owned();
-        reg.token = fs::read_to_string(reg.dir.join("admin.token"))
-            .context("reading the admin token")?
-            .trim()
-            .to_owned();
+        reg.token = match &opts.admin_token {
+            Some(t) => t.clone(),
+            None => fs::read_to_string(reg.dir.join("admin.token"))
+                .context("reading the admin token")?
+                .trim()
+                .to_owned(),
+        };
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -108,6 +167,42 @@ impl Registry {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(reg)
+    }
+
+    /// The authority public key file `veto serve` wrote (for authorizers to pin).
+    pub(crate) fn authority_pub(&self) -> PathBuf {
+        self.dir.join("authority.pub.jwk")
+    }
+
+    /// Mints a root warrant for `agent` with actions `act`, valid `ttl` seconds;
+    /// returns `(chain, jti)`.
+    pub(crate) async fn mint(
+        &self,
+        client: &reqwest::Client,
+        agent: &str,
+        act: &[&str],
+        ttl: u64,
+    ) -> anyhow::Result<(String, String)> {
+        let resp = client
+            .post(format!("{}/v1/warrants", self.base))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({"agent": agent, "act": act, "ttl": ttl}))
+            .send()
+            .await
+            .context("POST /v1/warrants")?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if status != reqwest::StatusCode::CREATED {
+            bail!("POST /v1/warrants: expected 201 Created, got {status}: {text}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        let warrant = v["warrant"]
+            .as_str()
+            .context("no `warrant` in the answer to POST /v1/warrants")?;
+        let jti = v["jti"]
+            .as_str()
+            .context("no `jti` in the answer to POST /v1/warrants")?;
+        Ok((warrant.to_owned(), jti.to_owned()))
     }
 
     /// The child's process id.
@@ -182,6 +277,38 @@ impl Registry {
 /// CPU time (user + system) of this process, in seconds.
 pub(crate) fn own_cpu_secs() -> anyhow::Result<f64> {
     cpu_secs_of("/proc/self/stat")
+}
+
+/// CPU time (user + system) of process `pid`, in seconds.
+pub(crate) fn cpu_secs_of_pid(pid: u32) -> anyhow::Result<f64> {
+    cpu_secs_of(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU time (user + system) of every process on this machine named
+/// `postgres` (a local PostgreSQL server's postmaster and backends), in
+/// seconds; `None` when there is none.
+pub(crate) fn local_postgres_cpu_secs() -> Option<f64> {
+    let mut total = None;
+    for e in fs::read_dir("/proc").ok()?.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let path = format!("/proc/{pid}/stat");
+        let Ok(stat) = fs::read_to_string(&path) else {
+            continue;
+        };
+        if !stat.contains(" (postgres) ") {
+            continue;
+        }
+        if let Ok(cpu) = cpu_secs_of(&path) {
+            *total.get_or_insert(0.0) += cpu;
+        }
+    }
+    total
 }
 
 /// `utime + stime` from a `/proc/<pid>/stat` file. Linux reports them in

@@ -7,6 +7,11 @@
 //! after the entries and their delta are committed (SQLite WAL,
 //! `synchronous = FULL`). Wall time runs from the first request to the
 //! last acknowledgement.
+//!
+//! With `--store postgres://...` the registry keeps its state in
+//! PostgreSQL (a fresh schema, dropped afterwards), and `--replicas K`
+//! starts K registries on that schema, sharing one authority key and admin
+//! token; request `i` goes to replica `i mod K`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,8 +21,9 @@ use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use crate::metrics::Metrics;
-use crate::registry::{own_cpu_secs, Registry};
+use crate::metrics::{Histogram, Metrics};
+use crate::pg::Schema;
+use crate::registry::{fresh_dir, local_postgres_cpu_secs, own_cpu_secs, Registry, ServeOpts};
 use crate::stats::{percentile, random_jti, sorted};
 use crate::Common;
 
@@ -58,6 +64,13 @@ pub(crate) struct RevokeArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Keep the state in PostgreSQL (`postgres://user@host:5432/db`), in a
+    /// fresh schema dropped after the run; default: SQLite.
+    #[arg(long)]
+    store: Option<String>,
+    /// Registry replicas sharing the --store, requests spread round-robin.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
     #[command(flatten)]
     common: Common,
 }
@@ -76,6 +89,12 @@ pub(crate) async fn run(a: RevokeArgs) -> anyhow::Result<()> {
     if a.count == 0 || a.concurrency == 0 || batch == 0 {
         bail!("--count, --batch and --concurrency must be at least 1");
     }
+    if a.replicas == 0 {
+        bail!("--replicas must be at least 1");
+    }
+    if a.replicas > 1 && a.store.is_none() {
+        bail!("--replicas {} needs --store postgres://...: replicas share one PostgreSQL database (SQLite is one process's file)", a.replicas);
+    }
     if batch > MAX_BATCH {
         bail!("--batch {batch} is over the registry's limit of {MAX_BATCH} entries per request");
     }
@@ -90,34 +109,110 @@ pub(crate) async fn run(a: RevokeArgs) -> anyhow::Result<()> {
             .collect::<anyhow::Result<Vec<_>>>()?;
         bodies.push(serde_json::to_vec(&json!({ "entries": entries }))?);
     }
-    let requests = bodies.len();
-    let bodies = Arc::new(bodies);
 
     let veto = a.common.veto_path()?;
-    let reg = Registry::start(&veto, a.common.keep_data).await?;
+    let schema = match &a.store {
+        Some(url) => Some(Schema::create(url).await?),
+        None => None,
+    };
+    let keys = fresh_dir("keys")?;
+    let result = async {
+        let mut opts = ServeOpts {
+            store: schema.as_ref().map(Schema::url),
+            ..ServeOpts::default()
+        };
+        if a.replicas > 1 {
+            // One authority key and one admin token for every replica.
+            let path = keys.join("authority.jwk");
+            let key = veto_core::SigningKey::generate()
+                .map_err(|e| anyhow::anyhow!("generating the authority key: {e}"))?;
+            veto_core::keyfile::write_signing_key(&path, &key)?;
+            opts.authority_key = Some(path);
+            opts.admin_token = Some(random_jti()?);
+        }
+        let mut regs = Vec::with_capacity(a.replicas);
+        for _ in 0..a.replicas {
+            regs.push(Registry::start_with(&veto, a.common.keep_data, &opts).await?);
+        }
+        let r = measure(&a, &veto, &regs, batch, bodies, schema.as_ref()).await;
+        for reg in regs {
+            reg.stop().await?;
+        }
+        r
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&keys);
+    if let Some(s) = schema {
+        s.drop_schema().await?;
+    }
+    result
+}
+
+/// Sums histograms of the same metric from several replicas (same buckets).
+fn merged(hs: Vec<Histogram>) -> Option<Histogram> {
+    let mut it = hs.into_iter();
+    let mut acc = it.next()?;
+    for h in it {
+        acc.add(&h);
+    }
+    Some(acc)
+}
+
+async fn measure(
+    a: &RevokeArgs,
+    veto: &std::path::Path,
+    regs: &[Registry],
+    batch: usize,
+    bodies: Vec<Vec<u8>>,
+    schema: Option<&Schema>,
+) -> anyhow::Result<()> {
+    let requests = bodies.len();
+    let bodies = Arc::new(bodies);
     println!("== veto-bench revoke (mode={}) ==", a.mode.as_str());
-    println!(
-        "registry        : {} (pid {}) at {}, data dir {}",
-        veto.display(),
-        reg.pid(),
-        reg.base,
-        reg.dir.display()
-    );
+    for reg in regs {
+        println!(
+            "registry        : {} (pid {}) at {}, data dir {}",
+            veto.display(),
+            reg.pid(),
+            reg.base,
+            reg.dir.display()
+        );
+    }
+    match schema {
+        Some(s) => println!(
+            "store           : PostgreSQL, schema {} ({} replica{} sharing it, requests round-robin)",
+            s.name,
+            regs.len(),
+            if regs.len() == 1 { "" } else { "s" }
+        ),
+        None => println!("store           : SQLite (WAL, synchronous = FULL) in the data directory"),
+    }
 
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(a.concurrency)
         .tcp_nodelay(true)
         .build()?;
-    let url = format!("{}/v1/revocations", reg.base);
+    let urls: Arc<Vec<String>> = Arc::new(
+        regs.iter()
+            .map(|r| format!("{}/v1/revocations", r.base))
+            .collect(),
+    );
+    let token = regs.first().map(|r| r.token.clone()).unwrap_or_default();
     let next = Arc::new(AtomicUsize::new(0));
-    let (reg_cpu0, own_cpu0) = (reg.cpu_secs()?, own_cpu_secs()?);
+    let reg_cpu_now = || -> anyhow::Result<f64> {
+        regs.iter()
+            .map(Registry::cpu_secs)
+            .sum::<anyhow::Result<f64>>()
+    };
+    let pg_cpu0 = schema.and_then(|_| local_postgres_cpu_secs());
+    let (reg_cpu0, own_cpu0) = (reg_cpu_now()?, own_cpu_secs()?);
     let start = Instant::now();
     let workers: Vec<_> = (0..a.concurrency.min(requests))
         .map(|_| {
-            let (client, url, token, bodies, next) = (
+            let (client, urls, token, bodies, next) = (
                 client.clone(),
-                url.clone(),
-                reg.token.clone(),
+                urls.clone(),
+                token.clone(),
                 bodies.clone(),
                 next.clone(),
             );
@@ -129,9 +224,10 @@ pub(crate) async fn run(a: RevokeArgs) -> anyhow::Result<()> {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(body) = bodies.get(i) else { break };
+                    let url = &urls[i % urls.len()];
                     let t0 = Instant::now();
                     let resp = client
-                        .post(&url)
+                        .post(url)
                         .bearer_auth(&token)
                         .header(reqwest::header::CONTENT_TYPE, "application/json")
                         .body(body.clone())
@@ -167,7 +263,9 @@ pub(crate) async fn run(a: RevokeArgs) -> anyhow::Result<()> {
         }
     }
     let secs = (end - start).as_secs_f64();
-    let (reg_cpu, own_cpu) = (reg.cpu_secs()? - reg_cpu0, own_cpu_secs()? - own_cpu0);
+    let (reg_cpu, own_cpu) = (reg_cpu_now()? - reg_cpu0, own_cpu_secs()? - own_cpu0);
+    // Every local `postgres` process, so other clients of the server count too.
+    let pg_cpu = pg_cpu0.and_then(|c0| Some(local_postgres_cpu_secs()? - c0));
     let lat = sorted(latencies);
     let (p50, p99, max) = (
         percentile(&lat, 0.5),
@@ -177,11 +275,26 @@ pub(crate) async fn run(a: RevokeArgs) -> anyhow::Result<()> {
     let per_sec = a.count as f64 / secs;
     let req_per_sec = requests as f64 / secs;
 
-    let m = Metrics::fetch(&client, &reg.base).await?;
-    let version = m.value("veto_registry_version").unwrap_or(f64::NAN);
-    let commits = m.histogram("veto_registry_commit_seconds");
-    let groups = m.histogram("veto_registry_commit_group_size");
-    let rss = reg.rss_kib().ok();
+    let mut ms = Vec::with_capacity(regs.len());
+    for reg in regs {
+        ms.push(Metrics::fetch(&client, &reg.base).await?);
+    }
+    // Replicas learn of each other's commits shortly after: the highest.
+    let version = ms
+        .iter()
+        .filter_map(|m| m.value("veto_registry_version"))
+        .fold(f64::NAN, f64::max);
+    let commits = merged(
+        ms.iter()
+            .filter_map(|m| m.histogram("veto_registry_commit_seconds"))
+            .collect(),
+    );
+    let groups = merged(
+        ms.iter()
+            .filter_map(|m| m.histogram("veto_registry_commit_group_size"))
+            .collect(),
+    );
+    let rss: Option<u64> = regs.iter().map(|r| r.rss_kib().ok()).sum();
 
     let (unit, target) = match a.mode {
         Mode::Single => ("revocations/s", TARGET_SINGLE_PER_SEC),
@@ -215,12 +328,20 @@ pub(crate) async fn run(a: RevokeArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "CPU             : registry {reg_cpu:.2} s ({:.0}% of one core over the wall time, {:.1} us per entry), this client {own_cpu:.2} s",
+        "CPU             : registr{} {reg_cpu:.2} s ({:.0}% of one core over the wall time, {:.1} us per entry), this client {own_cpu:.2} s",
+        if regs.len() == 1 { "y" } else { "ies (sum)" },
         reg_cpu / secs * 100.0,
         reg_cpu / a.count as f64 * 1e6
     );
+    if let Some(c) = pg_cpu {
+        println!(
+            "PostgreSQL CPU  : {c:.2} s ({:.0}% of one core, {:.1} us per entry), all local `postgres` processes (other clients of the server included)",
+            c / secs * 100.0,
+            c / a.count as f64 * 1e6
+        );
+    }
     if let Some(rss) = rss {
-        println!("registry RSS    : {rss} KiB after the run");
+        println!("registry RSS    : {rss} KiB after the run (sum over replicas)");
     }
     let mut line = format!("bench=revoke mode={} count={} ", a.mode.as_str(), a.count);
     if a.mode == Mode::Batch {
@@ -239,8 +360,17 @@ pub(crate) async fn run(a: RevokeArgs) -> anyhow::Result<()> {
         ));
     }
     line.push_str(&format!(
-        " registry_cpu_s={reg_cpu:.2} client_cpu_s={own_cpu:.2}"
+        " registry_cpu_s={reg_cpu:.2} client_cpu_s={own_cpu:.2} store={} replicas={}",
+        if schema.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        },
+        regs.len()
     ));
+    if let Some(c) = pg_cpu {
+        line.push_str(&format!(" postgres_cpu_s={c:.2}"));
+    }
     println!("{line}");
-    reg.stop().await
+    Ok(())
 }
