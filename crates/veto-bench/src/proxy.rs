@@ -142,23 +142,12 @@ impl Proxy {
         };
         p.base = base.trim().to_owned();
         p.admin = admin.trim().to_owned();
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = client.get(format!("{}/readyz", p.admin)).send().await {
-                if r.status().is_success() {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the proxy at {} is not ready after 30 s; its log:\n{}",
-                    p.base,
-                    p.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::registry::wait_ok(
+            &format!("{}/readyz", p.admin),
+            || format!("the proxy at {} is not ready", p.base),
+            || p.log_tail(),
+        )
+        .await?;
         Ok(p)
     }
 

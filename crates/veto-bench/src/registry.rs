@@ -149,23 +149,12 @@ impl Registry {
                 .trim()
                 .to_owned(),
         };
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = client.get(format!("{}/healthz", reg.base)).send().await {
-                if r.status().is_success() {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the registry at {} is not healthy after 30 s; its log:\n{}",
-                    reg.base,
-                    reg.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_ok(
+            &format!("{}/healthz", reg.base),
+            || format!("the registry at {} is not healthy", reg.base),
+            || reg.log_tail(),
+        )
+        .await?;
         Ok(reg)
     }
 
@@ -339,5 +328,27 @@ impl Drop for Registry {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Polls `url` until it answers 2xx, for at most 30 s; the error names
+/// what was waited for and carries the process's log.
+pub async fn wait_ok(
+    url: &str,
+    what: impl Fn() -> String,
+    log: impl Fn() -> String,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(url).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{} after 30 s; its log:\n{}", what(), log());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

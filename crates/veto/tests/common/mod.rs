@@ -228,6 +228,16 @@ impl Registry {
             .trim_start_matches("http://")
             .parse()
             .unwrap_or_else(|e| panic!("address in `{line}`: {e}"));
+        Self::started(process, url, addr, data_dir, dir)
+    }
+
+    fn started(
+        process: Process,
+        url: String,
+        addr: SocketAddr,
+        data_dir: PathBuf,
+        dir: Arc<TempDir>,
+    ) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -504,18 +514,7 @@ impl Registry {
             format!("http://{addr}"),
             "restarted elsewhere: `{line}`"
         );
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("building an HTTP client");
-        Self {
-            process,
-            url,
-            addr,
-            data_dir,
-            http,
-            dir,
-        }
+        Self::started(process, url, addr, data_dir, dir)
     }
 
     /// The authority public key file authorizers pin (`--authority-key`).
