@@ -631,6 +631,119 @@ async fn objects_of_the_wrong_type_are_refused() {
     h.revoke_victim_honestly().await;
 }
 
+/// base64url without padding, for headers veto would never sign.
+fn b64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// HMAC-SHA256 (RFC 2104) over veto-core's SHA-256.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let sha = |b: &[u8]| Head::of_payload(b).0;
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&sha(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+    inner.extend_from_slice(message);
+    let mut outer: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+    outer.extend_from_slice(&sha(&inner));
+    sha(&outer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn algorithm_confusion_is_refused() {
+    let h = start(|_| {}).await;
+    let before = h.authz.status();
+    let (ver, head) = h.fake.ver_head();
+    let now = h.clock.now();
+    // The honest delta revoking the victim, re-headed with other algorithms.
+    let (honest, _) =
+        h.fake
+            .signer
+            .delta(ver + 1, head, now, vec![entry(&h.victim_jti, now)], vec![]);
+    let payload = payload_segment(&honest);
+    let signature = honest.rsplit('.').next().unwrap();
+    let key = h.fake.signer.key();
+    let header = |alg: &str| {
+        b64url(
+            format!(
+                r#"{{"alg":"{alg}","typ":"veto-srl-delta+jwt","kid":"{}"}}"#,
+                key.kid()
+            )
+            .as_bytes(),
+        )
+    };
+    let public_jwk = serde_json::to_string(&key.public().to_jwk()).unwrap();
+    let hs256 = |secret: &[u8]| {
+        let input = format!("{}.{payload}", header("HS256"));
+        let mac = hmac_sha256(secret, input.as_bytes());
+        format!("{input}.{}", b64url(&mac))
+    };
+    let forged = [
+        // `none`, unsigned and with the authority's signature kept.
+        format!("{}.{payload}.", header("none")),
+        format!("{}.{payload}.{signature}", header("none")),
+        // HS256 keyed with what a confused verifier holds: the public key.
+        hs256(key.public().as_bytes()),
+        hs256(public_jwk.as_bytes()),
+        // Near misses of `EdDSA`.
+        format!("{}.{payload}.{signature}", header("eddsa")),
+        format!("{}.{payload}.{signature}", header("Ed25519")),
+    ];
+    for (i, jws) in forged.iter().enumerate() {
+        h.fake.push("delta", ver + 1, jws);
+        h.assert_refused(&before, &rejected("malformed"), (i + 1) as f64)
+            .await;
+    }
+    // The same confusion on a checkpoint and a snapshot.
+    let checkpoint = h.fake.signer.checkpoint(ver, head, now, now + TTL);
+    let cp_header = b64url(
+        format!(
+            r#"{{"alg":"HS256","typ":"veto-srl-checkpoint+jwt","kid":"{}"}}"#,
+            key.kid()
+        )
+        .as_bytes(),
+    );
+    let cp_input = format!("{cp_header}.{}", payload_segment(&checkpoint));
+    let cp_mac = hmac_sha256(key.public().as_bytes(), cp_input.as_bytes());
+    h.fake.push(
+        "checkpoint",
+        ver,
+        &format!("{cp_input}.{}", b64url(&cp_mac)),
+    );
+    h.assert_refused(&before, &rejected("malformed"), forged.len() as f64 + 1.0)
+        .await;
+    let sn_header = b64url(
+        format!(
+            r#"{{"alg":"none","typ":"veto-srl+jwt","kid":"{}"}}"#,
+            key.kid()
+        )
+        .as_bytes(),
+    );
+    let snapshot = h.fake.with(|p| p.snapshot.clone()).unwrap();
+    h.fake.push(
+        "snapshot",
+        ver,
+        &format!("{sn_header}.{}.", payload_segment(&snapshot)),
+    );
+    h.assert_refused(&before, &rejected("malformed"), forged.len() as f64 + 2.0)
+        .await;
+    h.revoke_victim_honestly().await;
+}
+
 // ---------------------------------------------------------------------------
 // Repair.
 

@@ -21,6 +21,9 @@ pub enum PatternError {
     /// The pattern is too long.
     #[error("action pattern of {0} bytes, over the 256-byte limit")]
     TooLong(usize),
+    /// More patterns than one warrant may carry.
+    #[error("{0} action patterns, over the limit of 64 per warrant")]
+    TooMany(usize),
     /// A `*` is not at the end of a segment.
     #[error("action pattern `{0}`: `*` may only end a segment (followed by `:`, `/` or the end)")]
     MisplacedStar(String),
@@ -151,7 +154,7 @@ impl ActionSet {
     /// Parses every pattern; at most [`MAX_PATTERNS`].
     pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Self, PatternError> {
         if patterns.len() > MAX_PATTERNS {
-            return Err(PatternError::TooLong(patterns.len()));
+            return Err(PatternError::TooMany(patterns.len()));
         }
         let patterns = patterns
             .iter()

@@ -39,7 +39,9 @@ pub struct Cnf {
 /// The claims of one link. A plain EdDSA JWT with `jti`, `sub` and `exp`
 /// is a valid root: a missing `act` grants nothing, a missing `iat` counts
 /// as 0 (so any agent revocation covers it), a missing `cnf` means the link
-/// cannot be delegated.
+/// cannot be delegated. Other members (such as `aud` or `scope`) are
+/// ignored, as JWT allows, and never acted on; a member given twice is
+/// refused as malformed, so no two readers can disagree on a link.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
     /// Link id.

@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use veto_core::{warrant, Entry, EntryKind, Jwk, LinkSpec, PublicKey, Reason, SigningKey};
 
 use crate::metrics::Code;
-use crate::store::{AuditFilter, NewEntry, StoreError};
+use crate::store::{AuditFilter, NewEntry, StoreError, Unwritable};
 use crate::{Event, Inner, IssuerKey, WriteJob};
 
 /// Largest request body.
@@ -73,13 +73,42 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON body: size-limited, strict, errors in the API's shape.
+/// A JSON body: declared `application/json` (or `…+json`), size-limited,
+/// strict, errors in the API's shape.
 pub(crate) struct JsonBody<T>(T);
+
+/// Whether a `Content-Type` value declares JSON.
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    let Some(mime) = content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+    else {
+        return false;
+    };
+    let mime = mime.trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(req.headers().get(header::CONTENT_TYPE)) {
+            let found = req.headers().get(header::CONTENT_TYPE).map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .chars()
+                    .take(100)
+                    .collect::<String>()
+            });
+            return Err(err(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                match found {
+                    Some(t) => format!("the body is declared as `{t}`: send JSON with `Content-Type: application/json`"),
+                    None => "the body has no content type: send JSON with `Content-Type: application/json`".into(),
+                },
+            ));
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 err(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body is over the {MAX_BODY}-byte limit: send fewer entries per request"))
@@ -87,10 +116,36 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
                 bad("bad_body", format!("could not read the request body: {e}"))
             }
         })?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| bad("invalid_json", format!("invalid JSON body: {e}")))
+        parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// Strict JSON as every admin body is read: errors in the API's shape.
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| bad("invalid_json", format!("invalid JSON body: {e}")))
+}
+
+/// Parses and validates a `POST /v1/revocations` body exactly as the
+/// handler does (same JSON reader, same [`validate`] rules), without a
+/// store: the number of entries it would revoke, or `code: message` of the
+/// 400 the handler would answer. For fuzzing and tests.
+pub fn parse_revocation_body(body: &[u8], now: u64) -> Result<usize, String> {
+    parse_json::<RevokeRequest>(body)
+        .and_then(|req| validate(req, now))
+        .map(|(entries, _actor)| entries.len())
+        .map_err(|e| format!("{}: {}", e.code, e.message))
+}
+
+/// Parses and validates a `POST /v1/warrants` body exactly as the handler
+/// does before it signs anything: whether the holder key is present, or
+/// `code: message` of the 400 the handler would answer. For fuzzing and
+/// tests.
+pub fn parse_mint_body(body: &[u8]) -> Result<bool, String> {
+    parse_json::<MintRequest>(body)
+        .and_then(|req| validate_mint(&req))
+        .map(|holder| holder.is_some())
+        .map_err(|e| format!("{}: {}", e.code, e.message))
 }
 
 pub(crate) fn router(inner: Shared, stop: watch::Receiver<bool>) -> Router {
@@ -120,11 +175,23 @@ pub(crate) fn router(inner: Shared, stop: watch::Receiver<bool>) -> Router {
 }
 
 async fn require_admin(State(inner): State<Shared>, req: Request, next: Next) -> Response {
-    let given = req
+    // The scheme is case-insensitive (RFC 9110 11.1); another scheme is named.
+    let value = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .map(|v| v.to_str().ok());
+    let (scheme, given) = match value {
+        None => (None, None),
+        Some(None) => (Some(String::new()), None),
+        Some(Some(v)) => {
+            let (s, t) = v.split_once(' ').unwrap_or((v, ""));
+            if s.eq_ignore_ascii_case("bearer") {
+                (None, Some(t.trim()).filter(|t| !t.is_empty()))
+            } else {
+                (Some(s.chars().take(32).collect()), None)
+            }
+        }
+    };
     let hint = match &inner.admin_token_path {
         Some(p) => format!(" (the token is in `{}`)", p.display()),
         None => " (the token is the registry's VETO_ADMIN_TOKEN)".into(),
@@ -145,7 +212,13 @@ async fn require_admin(State(inner): State<Shared>, req: Request, next: Next) ->
         .into_response()
     };
     let Some(given) = given else {
-        return refuse("missing admin token: send `Authorization: Bearer <token>`".into());
+        return refuse(match scheme {
+            Some(s) if !s.is_empty() => format!(
+                "the admin token must be sent as `Authorization: Bearer <token>`, not with the `{s}` scheme"
+            ),
+            Some(_) => "the `Authorization` header is not visible ASCII: send `Authorization: Bearer <token>`".into(),
+            None => "missing admin token: send `Authorization: Bearer <token>`".into(),
+        });
     };
     // Compare digests in constant time: no early exit on the first differing byte.
     let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
@@ -315,17 +388,35 @@ async fn revoke(
             )
         })?
         .map_err(|e| {
+            let (status, code, advice) = match e.kind {
+                Unwritable::Full => (
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "store_full",
+                    "free space for the registry's database, then retry",
+                ),
+                Unwritable::ReadOnly => (
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "store_read_only",
+                    "make the registry's database writable again, then retry",
+                ),
+                Unwritable::Other => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "retry once the store is writable",
+                ),
+            };
             inner
                 .metrics
                 .errors
-                .get_or_create(&Code {
-                    code: "store_unavailable".into(),
-                })
+                .get_or_create(&Code { code: code.into() })
                 .inc();
             err(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                format!("the revocation was NOT recorded: {e}; retry once the store is writable"),
+                status,
+                code,
+                format!(
+                    "the revocation was NOT recorded: {}; {advice}",
+                    e.message
+                ),
             )
         })?;
     let body = |version| Json(json!({"version": version, "entries": committed.entries}));
@@ -396,10 +487,9 @@ struct MintRequest {
     holder_key: Option<Jwk>,
 }
 
-async fn mint(
-    State(inner): State<Shared>,
-    JsonBody(req): JsonBody<MintRequest>,
-) -> Result<Response, ApiError> {
+/// The checks on a mint request before anything is signed: the holder key
+/// it binds, if any.
+fn validate_mint(req: &MintRequest) -> Result<Option<PublicKey>, ApiError> {
     if req.agent.is_empty() || req.agent.len() > 256 {
         return Err(bad("invalid_agent", "`agent` must be 1 to 256 bytes"));
     }
@@ -416,12 +506,18 @@ async fn mint(
             format!("`ttl` must be 1 to {MAX_TTL} seconds"),
         ));
     }
-    let holder = req
-        .holder_key
+    req.holder_key
         .as_ref()
         .map(PublicKey::from_jwk)
         .transpose()
-        .map_err(|e| bad("invalid_holder_key", format!("`holder_key`: {e}")))?;
+        .map_err(|e| bad("invalid_holder_key", format!("`holder_key`: {e}")))
+}
+
+async fn mint(
+    State(inner): State<Shared>,
+    JsonBody(req): JsonBody<MintRequest>,
+) -> Result<Response, ApiError> {
+    let holder = validate_mint(&req)?;
     let now = inner.now();
     let chain = {
         let issuers = inner.issuers.read().unwrap_or_else(|p| p.into_inner());
@@ -590,8 +686,16 @@ struct DeltasQuery {
 
 async fn deltas(
     State(inner): State<Shared>,
-    Query(q): Query<DeltasQuery>,
+    query: Result<Query<DeltasQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    // A query axum cannot read (a repeated `since`, bad percent-encoding)
+    // gets the same JSON error as a bad value, not a plain-text rejection.
+    let Query(q) = query.map_err(|_| {
+        bad(
+            "invalid_since",
+            "`since` must be one non-negative integer version",
+        )
+    })?;
     let since: u64 = q
         .since
         .as_deref()
@@ -708,7 +812,12 @@ async fn events(
         ),
         None => q.since,
     };
-    if inner.metrics.subscribers.get() as usize >= inner.config.max_subscribers {
+    // Take the slot first and give it back when over: a check-then-increment
+    // would let a burst of concurrent connections past the limit.
+    let taken = inner.metrics.subscribers.inc();
+    let guard = SubscriberGuard(inner.clone());
+    if usize::try_from(taken).unwrap_or(usize::MAX) >= inner.config.max_subscribers {
+        drop(guard);
         inner
             .metrics
             .errors
@@ -722,8 +831,6 @@ async fn events(
             "the registry is at its subscriber limit: retry later or poll /v1/srl/deltas",
         ));
     }
-    inner.metrics.subscribers.inc();
-    let guard = SubscriberGuard(inner.clone());
     // Subscribe before reading the version, so nothing committed in between is missed.
     let live = inner.events.subscribe();
     let (tx, rx) = mpsc::channel::<SseEvent>(64);

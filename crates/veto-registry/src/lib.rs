@@ -15,7 +15,10 @@
 mod api;
 mod metrics;
 pub mod relay;
+mod stall;
 pub mod store;
+
+pub use api::{parse_mint_body, parse_revocation_body};
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -30,7 +33,7 @@ use veto_core::{
 };
 
 use crate::metrics::{KindReason, Metrics};
-use crate::store::{Committed, NewEntry, PgStore, SqliteStore, Store, StoreError};
+use crate::store::{Committed, NewEntry, PgStore, SqliteStore, Store, StoreError, Unwritable};
 
 /// Registry settings.
 #[derive(Clone, Debug)]
@@ -54,6 +57,10 @@ pub struct Config {
     pub authority_key: Option<PathBuf>,
     /// Most concurrent SSE subscribers (default 10,000).
     pub max_subscribers: usize,
+    /// An SSE subscriber that has not taken an event for this long is
+    /// disconnected, freeing its slot; it resumes with `Last-Event-ID`
+    /// (default 30 s).
+    pub subscriber_timeout: Duration,
     /// A PostgreSQL URL to share the state with other replicas; `None`
     /// keeps it in `<data_dir>/veto.db` (SQLite).
     pub store: Option<String>,
@@ -75,6 +82,7 @@ impl Config {
             admin_token: None,
             authority_key: None,
             max_subscribers: 10_000,
+            subscriber_timeout: Duration::from_secs(30),
             store: None,
             bus: None,
         }
@@ -130,7 +138,7 @@ pub(crate) enum WriteJob {
     Revoke {
         entries: Vec<NewEntry>,
         actor: String,
-        reply: oneshot::Sender<Result<Committed, String>>,
+        reply: oneshot::Sender<Result<Committed, WriteFailed>>,
     },
     Prune {
         reply: oneshot::Sender<Result<usize, String>>,
@@ -343,10 +351,12 @@ impl Registry {
             .clone()
             .map(|url| tokio::spawn(relay::relay(self.inner.clone(), url, stop_rx.clone())));
         let app = api::router(self.inner.clone(), stop_rx);
-        let result = axum::serve(
+        let listener = stall::StallListener::new(
             listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
+            self.inner.config.subscriber_timeout,
+            self.inner.metrics.stalled_connections.clone(),
+        );
+        let result = axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
@@ -601,7 +611,14 @@ async fn writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<WriteJob>) {
     }
 }
 
-type Reply = oneshot::Sender<Result<Committed, String>>;
+/// A group commit that failed: nothing in it was written.
+#[derive(Clone, Debug)]
+pub(crate) struct WriteFailed {
+    pub kind: Unwritable,
+    pub message: String,
+}
+
+type Reply = oneshot::Sender<Result<Committed, WriteFailed>>;
 
 async fn commit_group(inner: &Arc<Inner>, jobs: Vec<(Vec<NewEntry>, String, Reply)>) {
     let (requests, replies): (Vec<_>, Vec<_>) =
@@ -643,9 +660,17 @@ async fn commit_group(inner: &Arc<Inner>, jobs: Vec<(Vec<NewEntry>, String, Repl
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, "commit failed; no revocation in this group was acknowledged");
+            let mut kind = e.unwritable();
+            if kind == Unwritable::Other && inner.config.store.is_none() {
+                kind = Unwritable::probe(&inner.config.data_dir);
+            }
+            tracing::error!(error = %e, ?kind, "commit failed; no revocation in this group was acknowledged");
+            let failed = WriteFailed {
+                kind,
+                message: e.to_string(),
+            };
             for reply in replies {
-                let _ = reply.send(Err(e.to_string()));
+                let _ = reply.send(Err(failed.clone()));
             }
         }
     }

@@ -31,6 +31,7 @@ pub(crate) struct Metrics {
     pub snapshots_signed: Counter,
     pub checkpoints_signed: Counter,
     pub lagged_subscribers: Counter,
+    pub stalled_connections: Counter,
     pub bus_connected: Gauge,
     pub bus_published: Counter,
     pub bus_errors: Counter,
@@ -52,6 +53,7 @@ impl Metrics {
             snapshots_signed: Counter::default(),
             checkpoints_signed: Counter::default(),
             lagged_subscribers: Counter::default(),
+            stalled_connections: Counter::default(),
             bus_connected: Gauge::default(),
             bus_published: Counter::default(),
             bus_errors: Counter::default(),
@@ -108,6 +110,11 @@ impl Metrics {
             "sse_lagged",
             "Times a slow SSE subscriber was sent a snapshot instead of missed deltas",
             m.lagged_subscribers.clone(),
+        );
+        registry.register(
+            "stalled_connections",
+            "Connections closed because the client took no bytes for the subscriber timeout",
+            m.stalled_connections.clone(),
         );
         registry.register(
             "bus_connected",

@@ -31,6 +31,57 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Why a write could not be made durable, as the client should hear it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unwritable {
+    /// The disk (or the database's quota) is full.
+    Full,
+    /// The database or its filesystem is read-only.
+    ReadOnly,
+    /// Anything else: the database is down, busy or failing.
+    Other,
+}
+
+impl Unwritable {
+    /// Tells a full or read-only filesystem apart by trying to create a
+    /// file in `dir` (SQLite reports a write refused by a read-only
+    /// filesystem as a plain I/O error).
+    pub fn probe(dir: &std::path::Path) -> Self {
+        let probe = dir.join(".veto-write-probe");
+        let result = std::fs::write(&probe, b"probe");
+        let _ = std::fs::remove_file(&probe);
+        match result.map_err(|e| e.kind()) {
+            Err(std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) => Self::Full,
+            Err(std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied) => {
+                Self::ReadOnly
+            }
+            _ => Self::Other,
+        }
+    }
+}
+
+impl StoreError {
+    /// What this error means for a write that failed with it.
+    pub fn unwritable(&self) -> Unwritable {
+        use rusqlite::ErrorCode;
+        match self {
+            Self::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => match e.code {
+                ErrorCode::DiskFull => Unwritable::Full,
+                ErrorCode::ReadOnly => Unwritable::ReadOnly,
+                _ => Unwritable::Other,
+            },
+            Self::Postgres(e) => match e.code() {
+                Some(c) if *c == tokio_postgres::error::SqlState::DISK_FULL => Unwritable::Full,
+                Some(c) if *c == tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION => {
+                    Unwritable::ReadOnly
+                }
+                _ => Unwritable::Other,
+            },
+            _ => Unwritable::Other,
+        }
+    }
+}
+
 /// One revocation as requested, with audit details.
 #[derive(Clone, Debug)]
 pub struct NewEntry {

@@ -56,6 +56,10 @@ pub struct ProxyArgs {
     /// Poll interval (fallback and gap repair), jittered ±20%.
     #[arg(long, default_value = "60s", value_parser = util::parse_duration)]
     poll_interval: u64,
+    /// A push connection silent this long (no delta, no heartbeat
+    /// checkpoint) is dropped and reopened: about three registry heartbeats.
+    #[arg(long, default_value = "15s", value_parser = util::parse_duration)]
+    push_idle_timeout: u64,
     /// Allowed clock skew for `nbf`/`iat`.
     #[arg(long, default_value = "5s", value_parser = util::parse_duration)]
     skew: u64,
@@ -108,6 +112,7 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
         Push::Off => "off (polling only)".to_owned(),
     };
     config.poll_interval = Duration::from_secs(a.poll_interval);
+    config.push_idle_timeout = Duration::from_secs(a.push_idle_timeout);
     config.check.max_staleness = a.max_staleness;
     config.check.skew = a.skew;
     config.check.policy = match a.policy {

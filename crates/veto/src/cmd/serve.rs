@@ -37,6 +37,13 @@ pub struct ServeArgs {
     /// Versions of deltas to retain for catching up.
     #[arg(long, default_value_t = 100_000)]
     retention: u64,
+    /// Most concurrent SSE subscribers; more are refused with 503.
+    #[arg(long, default_value_t = 10_000)]
+    max_subscribers: usize,
+    /// An SSE subscriber that takes no event for this long is disconnected
+    /// (it reconnects and resumes from its last event id).
+    #[arg(long, default_value = "30s", value_parser = util::parse_duration)]
+    subscriber_timeout: u64,
     /// Share the state with other replicas in PostgreSQL
     /// (`postgres://user@host/db`); default: SQLite in the data directory.
     #[arg(long, env = "VETO_STORE")]
@@ -56,6 +63,8 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     config.attestation_ttl = a.attestation_ttl;
     config.prune_interval = Duration::from_secs(a.prune_interval);
     config.retention = a.retention;
+    config.max_subscribers = a.max_subscribers;
+    config.subscriber_timeout = Duration::from_secs(a.subscriber_timeout);
     config.admin_token = std::env::var("VETO_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());

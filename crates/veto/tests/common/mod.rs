@@ -6,6 +6,8 @@
 //! Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -209,6 +211,11 @@ impl Registry {
     /// example again after [`Registry::kill`].
     pub fn start_in(dir: Arc<TempDir>, args: &[&str]) -> Self {
         let data_dir = dir.path().join("data");
+        Self::start_with_data(dir, data_dir, args)
+    }
+
+    /// Starts a registry with its data in `data_dir` and its logs in `dir`.
+    pub fn start_with_data(dir: Arc<TempDir>, data_dir: PathBuf, args: &[&str]) -> Self {
         let log = dir.path().join(format!(
             "registry-{}.log",
             STARTS.fetch_add(1, Ordering::Relaxed)
@@ -284,6 +291,11 @@ impl Registry {
     /// A verifier for the published state, pinned to the authority key.
     pub fn verifier(&self) -> SrlVerifier {
         SrlVerifier::new(KeySet::new([self.authority_key()]), "veto")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
     }
 
     /// The process.
@@ -573,6 +585,18 @@ impl Proxy {
     /// --upstream UPSTREAM --registry URL --authority-key FILE`, plus `args`,
     /// logging into `dir`.
     pub fn start(dir: &TempDir, registry: &Registry, upstream: &str, args: &[&str]) -> Self {
+        Self::start_via(dir, registry, &registry.url, upstream, args)
+    }
+
+    /// As [`Proxy::start`], reaching the registry at `via` (such as a
+    /// fault-injecting relay in front of it).
+    pub fn start_via(
+        dir: &TempDir,
+        registry: &Registry,
+        via: &str,
+        upstream: &str,
+        args: &[&str],
+    ) -> Self {
         let log = dir.path().join(format!(
             "proxy-{}.log",
             STARTS.fetch_add(1, Ordering::Relaxed)
@@ -580,7 +604,7 @@ impl Proxy {
         let mut cmd = veto_command(dir.path());
         cmd.arg("proxy")
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--upstream", upstream, "--registry", &registry.url])
+            .args(["--upstream", upstream, "--registry", via])
             .arg("--authority-key")
             .arg(registry.authority_key_file())
             .args(args);
