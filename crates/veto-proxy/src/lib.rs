@@ -47,6 +47,9 @@ pub struct ProxyConfig {
     pub upstream: Uri,
     /// Action mapping.
     pub routes: Routes,
+    /// How long a client may take to send a request head before its
+    /// connection is closed, so slow-loris clients hold nothing.
+    pub header_read_timeout: std::time::Duration,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -423,7 +426,10 @@ pub async fn serve(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
+                    // Out of file descriptors and the like: back off
+                    // instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -432,8 +438,9 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         tokio::spawn(async move {
+            let timeout = state.config.header_read_timeout;
             let svc = service_fn(move |req| handle(state.clone(), peer, req));
-            let conn = hyper::server::conn::http1::Builder::new()
+            let conn = http1(timeout)
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades();
             if let Err(e) = conn.await {
@@ -441,6 +448,14 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// The HTTP/1 server settings for both listeners.
+fn http1(header_read_timeout: std::time::Duration) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    b
 }
 
 async fn serve_admin(
@@ -455,11 +470,12 @@ async fn serve_admin(
         };
         let state = state.clone();
         tokio::spawn(async move {
+            let timeout = state.config.header_read_timeout;
             let svc = service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(admin(&state, req.uri().path())) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = http1(timeout)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });

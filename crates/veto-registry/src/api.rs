@@ -170,8 +170,26 @@ pub(crate) fn router(inner: Shared, stop: watch::Receiver<bool>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { err(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(close_after_refused_body))
         .layer(axum::Extension(stop))
         .with_state(inner)
+}
+
+/// A refused request with a body may leave that body unread, and then the
+/// server closes the connection after answering: say so with
+/// `Connection: close`, or a client could send its next request on a
+/// connection about to close and see it fail.
+async fn close_after_refused_body(req: Request, next: Next) -> Response {
+    let has_body = req.headers().contains_key(header::CONTENT_LENGTH)
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let mut resp = next.run(req).await;
+    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 async fn require_admin(State(inner): State<Shared>, req: Request, next: Next) -> Response {

@@ -208,6 +208,14 @@ async fn kill_9_mid_storm_loses_nothing_and_the_proxy_converges() {
         }
     }
 
+    // The proxy notices the push is gone and keeps enforcing from memory.
+    let noticed = until("the proxy notices the outage", WITHIN, || async {
+        proxy.health().await["sync"]["push_connected"] == false
+    })
+    .await;
+    let still_fresh = proxy.health().await["sync"]["fresh"] == true;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
     // Back on the same address: the proxy converges to every acknowledged revocation.
     let reg = Registry::start_on(dir, addr, &["--heartbeat", "1s"]);
     let restarted = Instant::now();
@@ -244,6 +252,8 @@ async fn kill_9_mid_storm_loses_nothing_and_the_proxy_converges() {
             ("acked", acked.len().to_string()),
             ("lost", "0".into()),
             ("proxy_version_during_outage", during.to_string()),
+            ("push_loss_noticed_ms", ms(noticed)),
+            ("fresh_during_outage", still_fresh.to_string()),
             ("registry_version_after_restart", head.to_string()),
             ("outage_ms", ms(restarted - killed)),
             ("converge_after_restart_ms", ms(converge)),

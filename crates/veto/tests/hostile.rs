@@ -1730,3 +1730,57 @@ async fn an_sse_flood_is_refused_while_subscribers_keep_receiving() {
         "registry RSS grew from {rss0} to {rss1} KiB"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The proxy: slow-loris clients.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_loris_clients_are_disconnected_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const CLIENTS: usize = 200;
+    let registry = Registry::start(REGISTRY_ARGS);
+    let upstream = start_upstream().await;
+    let dir = TempDir::new("hostile-loris");
+    let proxy = Proxy::start(&dir, &registry, &upstream, &["--header-timeout", "1s"]);
+    let pid = pid_listening_on(&proxy.url);
+    let (rss0, _) = rss_kib(pid);
+    let addr = proxy.url.trim_start_matches("http://").to_owned();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..CLIENTS {
+        let addr = addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            // Half a request head, then silence.
+            s.write_all(format!("GET /orders/{i} HTTP/1.1\r\nHost: x\r\nX-Slow:").as_bytes())
+                .await
+                .unwrap();
+            let mut buf = Vec::new();
+            // The proxy must end the connection: read to EOF (or reset).
+            let _ = tokio::time::timeout(WITHIN, s.read_to_end(&mut buf))
+                .await
+                .expect("a slow-loris connection was kept open");
+            started.elapsed()
+        }));
+    }
+    let mut slowest = Duration::ZERO;
+    for t in tasks {
+        slowest = slowest.max(t.await.unwrap());
+    }
+    let (rss1, hwm) = rss_kib(pid);
+    // Meanwhile and afterwards, real clients are served.
+    let (root, _) = registry.mint("agent-loris", ACT, None).await;
+    let http = client();
+    let start = Instant::now();
+    while call(&http, &proxy, &root).await.0 != 200 {
+        assert!(start.elapsed() < WITHIN, "the proxy stopped serving");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "RELIABILITY hostile proxy-slow-loris clients={CLIENTS} header_timeout_s=1 all_closed_within_ms={:.0} proxy_rss_mib_before={:.1} after={:.1} peak={:.1}",
+        slowest.as_secs_f64() * 1e3,
+        mib(rss0),
+        mib(rss1),
+        mib(hwm)
+    );
+}

@@ -84,6 +84,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         ProxyConfig {
             upstream: up_url.parse()?,
             routes: Routes::default(),
+            header_read_timeout: std::time::Duration::from_secs(30),
         },
         px_listener,
         admin_listener,

@@ -60,6 +60,10 @@ pub struct ProxyArgs {
     /// checkpoint) is dropped and reopened: about three registry heartbeats.
     #[arg(long, default_value = "15s", value_parser = util::parse_duration)]
     push_idle_timeout: u64,
+    /// A client that has not sent a whole request head within this long is
+    /// disconnected.
+    #[arg(long, default_value = "30s", value_parser = util::parse_duration)]
+    header_timeout: u64,
     /// Allowed clock skew for `nbf`/`iat`.
     #[arg(long, default_value = "5s", value_parser = util::parse_duration)]
     skew: u64,
@@ -161,7 +165,11 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
         );
         veto_proxy::serve(
             authz,
-            ProxyConfig { upstream, routes },
+            ProxyConfig {
+                upstream,
+                routes,
+                header_read_timeout: Duration::from_secs(a.header_timeout),
+            },
             listener,
             admin,
             crate::logging::shutdown_signal(),
