@@ -121,9 +121,37 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
 }
 
 /// Strict JSON as every admin body is read: errors in the API's shape.
+///
+/// Read twice: once as a tree, to insist that objects are objects (serde
+/// would also read a struct from an array of its fields, and name the Rust
+/// type when it can't), and once into `T`, which refuses duplicate and
+/// unknown members.
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let tree: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| bad("invalid_json", format!("invalid JSON body: {e}")))?;
+    check_objects(&tree)?;
     serde_json::from_slice(bytes)
         .map_err(|e| bad("invalid_json", format!("invalid JSON body: {e}")))
+}
+
+/// The body, each of its `entries` and its `holder_key` must be JSON
+/// objects.
+fn check_objects(tree: &serde_json::Value) -> Result<(), ApiError> {
+    let body = tree
+        .as_object()
+        .ok_or_else(|| bad("invalid_json", "the body must be a JSON object"))?;
+    if let Some(entries) = body.get("entries").and_then(|e| e.as_array()) {
+        if let Some(i) = entries.iter().position(|e| !e.is_object()) {
+            return Err(bad(
+                "invalid_json",
+                format!("entry {i} must be a JSON object such as {{\"kind\":\"warrant\",\"id\":\"…\"}}"),
+            ));
+        }
+    }
+    if body.get("holder_key").is_some_and(|k| !k.is_object()) {
+        return Err(bad("invalid_json", "`holder_key` must be a JWK object"));
+    }
+    Ok(())
 }
 
 /// Parses and validates a `POST /v1/revocations` body exactly as the

@@ -1382,7 +1382,9 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
         ("`expires_at` a float", entry(r#","expires_at":1e30"#).into_bytes(), 400, "invalid_json", "invalid type"),
         ("`expires_at` over u64", entry(r#","expires_at":18446744073709551616"#).into_bytes(), 400, "invalid_json", "invalid"),
         ("`entries` null", br#"{"entries":null}"#.to_vec(), 400, "invalid_json", "invalid type"),
-        ("a JSON array", b"[]".to_vec(), 400, "invalid_json", "invalid JSON body"),
+        ("a JSON array", b"[]".to_vec(), 400, "invalid_json", "must be a JSON object"),
+        ("the body as an array of its fields", br#"[[{"kind":"warrant","id":"x"}]]"#.to_vec(), 400, "invalid_json", "must be a JSON object"),
+        ("an entry as an array of its fields", br#"{"entries":[["warrant","x"]]}"#.to_vec(), 400, "invalid_json", "entry 0 must be a JSON object"),
         ("no entries", br#"{"entries":[]}"#.to_vec(), 400, "no_entries", "`entries` is empty"),
         ("an unknown kind", br#"{"entries":[{"kind":"user","id":"x"}]}"#.to_vec(), 400, "unknown_kind", "`user`"),
         ("an unknown reason", entry("").replace("superseded", "because").into_bytes(), 400, "unknown_reason", "`because`"),
@@ -1399,7 +1401,7 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
         }, 400, "batch_too_large", "10001 entries"),
         ("the last of 3 entries bad", br#"{"entries":[{"kind":"warrant","id":"p1"},{"kind":"warrant","id":"p2"},{"kind":"warrant","id":""}]}"#.to_vec(), 400, "invalid_id", "entry 2"),
         ("a body over 1 MiB", huge.into_bytes(), 413, "body_too_large", "1048576-byte limit"),
-        ("100,000 nested `[`", nested.into_bytes(), 400, "invalid_json", "invalid type"),
+        ("100,000 nested `[`", nested.into_bytes(), 400, "invalid_json", "recursion limit exceeded"),
         ("a non-UTF-8 id", non_utf8, 400, "invalid_json", "invalid unicode"),
         ("UTF-16", "{\"entries\":[]}".encode_utf16().flat_map(u16::to_le_bytes).collect(), 400, "invalid_json", "invalid JSON body"),
         ("a form body", b"entries=warrant%3Ax".to_vec(), 400, "invalid_json", "invalid JSON body"),
@@ -1473,6 +1475,7 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
         ("`act` a bad pattern", json!({"agent": "a", "act": ["a*b"], "ttl": 60}).to_string(), "invalid_act", "a*b"),
         ("a 257-byte agent", json!({"agent": "a".repeat(257), "act": ACT, "ttl": 60}).to_string(), "invalid_agent", "`agent`"),
         ("a holder key of the wrong type", json!({"agent": "a", "act": ACT, "ttl": 60, "holder_key": {"kty": "RSA", "n": "x", "e": "AQAB"}}).to_string(), "invalid_json", "invalid JSON body"),
+        ("a holder key as an array", json!({"agent": "a", "act": ACT, "ttl": 60, "holder_key": ["OKP", "Ed25519", "x"]}).to_string(), "invalid_json", "`holder_key` must be a JWK object"),
         ("a holder key that is not a point", json!({"agent": "a", "act": ACT, "ttl": 60, "holder_key": {"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}}).to_string(), "invalid_holder_key", "`holder_key`"),
     ];
     for (what, body, code, names) in mint_cases {
