@@ -10,7 +10,7 @@
 //!
 //! The disk scenarios mount a small tmpfs, which needs root (or
 //! CAP_SYS_ADMIN); elsewhere they print "skipped:" and pass, unless
-//! `VETO_TEST_REQUIRE_MOUNT=1` (set by `.ci/run`) makes that a failure.
+//! `VETO_TEST_REQUIRE_ROOT=1` (set by `.ci/run`) makes that a failure.
 //! Timeouts are generous upper bounds, never speed claims.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -646,10 +646,10 @@ impl Tmpfs {
             .map(|s| s.success())
             .unwrap_or(false);
         if !ok {
-            if std::env::var("VETO_TEST_REQUIRE_MOUNT").is_ok_and(|v| v == "1") {
-                panic!("cannot mount a tmpfs (needs root) and VETO_TEST_REQUIRE_MOUNT=1");
+            if std::env::var("VETO_TEST_REQUIRE_ROOT").is_ok_and(|v| v == "1") {
+                panic!("cannot mount a tmpfs (needs root) and VETO_TEST_REQUIRE_ROOT=1");
             }
-            eprintln!("skipped: mounting a tmpfs needs root; run as root or set VETO_TEST_REQUIRE_MOUNT=1 to require it");
+            eprintln!("skipped: mounting a tmpfs needs root; run as root or set VETO_TEST_REQUIRE_ROOT=1 to require it");
             return None;
         }
         Some(Self { path, _dir: dir })
@@ -871,13 +871,13 @@ fn can_chattr(dir: &Path) -> Option<()> {
     if ok {
         return Some(());
     }
-    if std::env::var("VETO_TEST_REQUIRE_MOUNT").is_ok_and(|v| v == "1") {
+    if std::env::var("VETO_TEST_REQUIRE_ROOT").is_ok_and(|v| v == "1") {
         panic!(
-            "cannot chattr +i under `{}` (needs root on ext2/3/4) and VETO_TEST_REQUIRE_MOUNT=1",
+            "cannot chattr +i under `{}` (needs root on ext2/3/4) and VETO_TEST_REQUIRE_ROOT=1",
             dir.display()
         );
     }
-    eprintln!("skipped: making files immutable needs root on ext2/3/4; set VETO_TEST_REQUIRE_MOUNT=1 to require it");
+    eprintln!("skipped: making files immutable needs root on ext2/3/4; set VETO_TEST_REQUIRE_ROOT=1 to require it");
     None
 }
 
