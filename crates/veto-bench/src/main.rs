@@ -14,6 +14,10 @@
 //!   N in-process authorizers (SSE or NATS push), or in a real `veto proxy`.
 //! - `proxy-overhead`: wrk through a real `veto proxy` against wrk straight
 //!   to the upstream.
+//! - `soak`: sustained load through a real `veto proxy` while revocations
+//!   stream in: no request for a chain is allowed once the proxy has applied
+//!   its revocation, transport errors stay negligible, and the proxy's RSS
+//!   stays flat; exits non-zero otherwise (a CI gate).
 
 mod fanout;
 mod forward;
@@ -24,6 +28,7 @@ mod propagation;
 mod proxy;
 mod registry;
 mod revoke;
+mod soak;
 mod stats;
 
 use std::path::PathBuf;
@@ -49,6 +54,9 @@ enum Cmd {
     Propagation(propagation::PropagationArgs),
     /// Throughput and p99 through a real `veto proxy` vs straight to the upstream (wrk).
     ProxyOverhead(overhead::OverheadArgs),
+    /// Sustained load through a real `veto proxy` while revocations stream in (a pass/fail gate).
+    #[command(after_help = soak::GATE)]
+    Soak(soak::SoakArgs),
     /// A plain reverse proxy without authorization (the proxy-overhead baseline).
     #[command(hide = true)]
     Forward(forward::ForwardArgs),
@@ -97,6 +105,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Fanout(a) => fanout::run(a).await,
             Cmd::Propagation(a) => propagation::run(a).await,
             Cmd::ProxyOverhead(a) => overhead::run(a).await,
+            Cmd::Soak(a) => soak::run(a).await,
             Cmd::Forward(a) => forward::run(a).await,
         }
     });

@@ -1,4 +1,4 @@
-//! Reads the registry's Prometheus text (`GET /metrics`).
+//! Reads Prometheus text (`GET /metrics`) from the registry or the proxy.
 
 /// A parsed exposition.
 pub(crate) struct Metrics {

@@ -76,7 +76,7 @@ struct WrkResult {
 }
 
 /// `1.23us`, `4.56ms`, `1.2s`, `2m` → milliseconds.
-fn parse_duration_ms(s: &str) -> Option<f64> {
+pub(crate) fn parse_duration_ms(s: &str) -> Option<f64> {
     let s = s.trim();
     let (num, mult) = if let Some(n) = s.strip_suffix("us") {
         (n, 1e-3)

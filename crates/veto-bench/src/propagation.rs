@@ -339,7 +339,7 @@ async fn run_authorizers(a: &PropagationArgs, reg: &Registry) -> anyhow::Result<
 }
 
 /// Revokes one warrant id; returns `(version, sent, acked)`.
-async fn revoke_id(
+pub(crate) async fn revoke_id(
     client: &reqwest::Client,
     reg: &Registry,
     id: &str,

@@ -201,13 +201,7 @@ impl Registry {
 
     /// The registry process's resident set size (`VmRSS`), in KiB.
     pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
-        let path = format!("/proc/{}/status", self.pid());
-        let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("no VmRSS in {path}"))
+        rss_kib_of_pid(self.pid())
     }
 
     /// CPU time (user + system) the registry process has used, in seconds.
@@ -261,6 +255,17 @@ impl Registry {
         })
         .await?
     }
+}
+
+/// The resident set size (`VmRSS`) of process `pid`, in KiB.
+pub(crate) fn rss_kib_of_pid(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmRSS in {path}"))
 }
 
 /// CPU time (user + system) of this process, in seconds.

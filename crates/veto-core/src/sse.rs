@@ -102,6 +102,14 @@ impl SseParser {
     }
 
     fn line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+        // The same bound `feed` applies to a partial line, checked before
+        // anything else, so the outcome never depends on how the stream
+        // was split into chunks (found by fuzzing: a long line was refused
+        // when it arrived in pieces but accepted, or refused as not UTF-8,
+        // when it arrived whole).
+        if self.data.len() + line.len() > self.max {
+            return Err(SseError::TooLarge(self.max));
+        }
         let line = std::str::from_utf8(line).map_err(|_| SseError::NotUtf8)?;
         if line.is_empty() {
             if self.has_data {
@@ -180,6 +188,34 @@ mod tests {
         ];
         for step in 1..input.len() {
             assert_eq!(all(input, step), want, "chunk size {step}");
+        }
+    }
+
+    /// Fuzzing regressions: the outcome, error included, is the same
+    /// whatever the chunking, for lines over the limit that are comments,
+    /// other fields, or not UTF-8.
+    #[test]
+    fn oversize_lines_fail_the_same_whatever_the_chunking() {
+        let run = |input: &[u8], step: usize| -> Result<Vec<SseEvent>, SseError> {
+            let mut p = SseParser::new(16);
+            let mut out = Vec::new();
+            for c in input.chunks(step) {
+                out.extend(p.feed(c)?);
+            }
+            Ok(out)
+        };
+        let cases: [&[u8]; 4] = [
+            b"data: 01234\xb56789abcdef\n\n",
+            b": a comment longer than the limit\n",
+            b"event: a-name-longer-than-the-limit\ndata: x\n\n",
+            b"data: 0123456\nevent: 01234\n\n",
+        ];
+        for input in cases {
+            let whole = run(input, input.len());
+            assert_eq!(whole, Err(SseError::TooLarge(16)), "{input:?}");
+            for step in 1..input.len() {
+                assert_eq!(run(input, step), whole, "{input:?} in chunks of {step}");
+            }
         }
     }
 

@@ -144,7 +144,9 @@ fn check_objects(tree: &serde_json::Value) -> Result<(), ApiError> {
         if let Some(i) = entries.iter().position(|e| !e.is_object()) {
             return Err(bad(
                 "invalid_json",
-                format!("entry {i} must be a JSON object such as {{\"kind\":\"warrant\",\"id\":\"…\"}}"),
+                format!(
+                    "entry {i} must be a JSON object such as {{\"kind\":\"warrant\",\"id\":\"…\"}}"
+                ),
             ));
         }
     }
@@ -459,10 +461,7 @@ async fn revoke(
             err(
                 status,
                 code,
-                format!(
-                    "the revocation was NOT recorded: {}; {advice}",
-                    e.message
-                ),
+                format!("the revocation was NOT recorded: {}; {advice}", e.message),
             )
         })?;
     let body = |version| Json(json!({"version": version, "entries": committed.entries}));

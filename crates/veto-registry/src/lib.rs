@@ -357,11 +357,11 @@ impl Registry {
             self.inner.metrics.stalled_connections.clone(),
         );
         let result = axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
-        .await;
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            })
+            .await;
         heartbeat.abort();
         pruner.abort();
         follower.abort();

@@ -15,7 +15,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{metric_value, now, EventStream, Proxy, Registry, TempDir};
+use common::{metric_value, now, ok_upstream, rss_kib, EventStream, Proxy, Registry, TempDir};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use veto_core::jws::{self, Typ};
@@ -158,61 +158,8 @@ fn chain_with(root: &str, holder: &SigningKey, depth: usize, extra: Value) -> St
 // ---------------------------------------------------------------------------
 // Processes and measurements.
 
-/// Resident set size and its peak, in KiB, from `/proc/<pid>/status`.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
-}
-
-/// The pid of the process listening on `url`'s port (the proxy's, whose
-/// `Process` the common helper does not expose), from `/proc/net/tcp`.
-fn pid_listening_on(url: &str) -> u32 {
-    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let inode = tcp
-        .lines()
-        .skip(1)
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let local_port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
-            (local_port == port && f[3] == "0A").then(|| f[9].to_owned())
-        })
-        .unwrap_or_else(|| panic!("nobody listens on {url}"));
-    let needle = format!("socket:[{inode}]");
-    for proc_entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = proc_entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == needle) {
-                return pid;
-            }
-        }
-    }
-    panic!("no process owns the socket of {url}");
-}
-
-async fn start_upstream() -> String {
-    let app = axum::Router::new().fallback(|| async { "ok" });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    url
 }
 
 fn client() -> reqwest::Client {
@@ -270,7 +217,7 @@ struct Stack {
 impl Stack {
     async fn start(registry_args: &[&str]) -> Self {
         let registry = Registry::start(registry_args);
-        let upstream = start_upstream().await;
+        let upstream = ok_upstream().await;
         let dir = TempDir::new("hostile-proxy");
         let proxy = Proxy::start(&dir, &registry, &upstream, &[]);
         let holder = SigningKey::generate().unwrap();
@@ -972,7 +919,7 @@ fn request_with(headers: &[(String, String)]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_heads_get_a_clean_4xx_and_the_proxy_keeps_serving() {
     let s = Stack::start(REGISTRY_ARGS).await;
-    let pid = pid_listening_on(&s.proxy.url);
+    let pid = s.proxy.pid();
     let (rss0, _) = rss_kib(pid);
     let timeout = Duration::from_secs(10);
     let mut statuses: Vec<String> = Vec::new();
@@ -1077,7 +1024,7 @@ async fn oversized_heads_get_a_clean_4xx_and_the_proxy_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_forged_tokens_is_refused_with_bounded_memory() {
     let s = Stack::start(REGISTRY_ARGS).await;
-    let pid = pid_listening_on(&s.proxy.url);
+    let pid = s.proxy.pid();
     let (rss0, _) = rss_kib(pid);
     let holder = s.holder.clone();
     // Small forgeries (flipped issuer signature) and large ones: 8 links
@@ -1742,10 +1689,10 @@ async fn slow_loris_clients_are_disconnected_after_the_header_timeout() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     const CLIENTS: usize = 200;
     let registry = Registry::start(REGISTRY_ARGS);
-    let upstream = start_upstream().await;
+    let upstream = ok_upstream().await;
     let dir = TempDir::new("hostile-loris");
     let proxy = Proxy::start(&dir, &registry, &upstream, &["--header-timeout", "1s"]);
-    let pid = pid_listening_on(&proxy.url);
+    let pid = proxy.pid();
     let (rss0, _) = rss_kib(pid);
     let addr = proxy.url.trim_start_matches("http://").to_owned();
     let started = Instant::now();

@@ -157,6 +157,34 @@ impl Drop for Process {
     }
 }
 
+/// Resident set size and its peak, in KiB, from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// An upstream in this process answering `ok` to everything; its URL.
+pub async fn ok_upstream() -> String {
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding the upstream");
+    let url = format!(
+        "http://{}",
+        listener.local_addr().expect("upstream address")
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
 /// The first `http://…` URL in a line, without a trailing slash.
 pub fn url_in(line: &str) -> String {
     let start = line
@@ -640,6 +668,11 @@ impl Proxy {
     /// What the proxy wrote to stderr so far.
     pub fn log_text(&self) -> String {
         self.process.log_text()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
     }
 
     /// `{url}{path}`.
