@@ -455,11 +455,8 @@ async fn a_subscriber_that_stops_reading_is_cut_and_others_are_unaffected() {
     let storm = Instant::now();
     let mut cut_at = None;
     for b in 0..BATCHES {
-        let entries: Vec<Value> = (0..PER_BATCH)
-            .map(|i| json!({"kind": "warrant", "id": format!("slow-{b:03}-{i:05}-{}", "x".repeat(180)), "reason": "superseded"}))
-            .collect();
         let acked = Instant::now();
-        let (status, body) = reg.revoke(json!(entries)).await;
+        let (status, body) = reg.revoke(big_batch(b, PER_BATCH)).await;
         assert_eq!(status, 201, "{body}");
         let ver = body["version"].as_u64().unwrap();
         if b == 0 {
@@ -492,6 +489,18 @@ async fn a_subscriber_that_stops_reading_is_cut_and_others_are_unaffected() {
     let e = healthy.next(Duration::from_secs(5)).await;
     assert_eq!(e.event, "checkpoint");
     let rss_after = rss_mib(pid);
+
+    // Control: the same storm on a registry with one healthy subscriber
+    // only, to tell the stuck subscriber's cost from the state's.
+    let control = Registry::start(&["--heartbeat", "1s"]);
+    let mut watcher = EventStream::open(&control.at("/v1/srl/events"), Some("0")).await;
+    let mut control_peak = rss_mib(control.pid());
+    for b in 0..BATCHES {
+        let (status, body) = control.revoke(big_batch(b, PER_BATCH)).await;
+        assert_eq!(status, 201, "{body}");
+        watcher.next_except("checkpoint", WITHIN).await;
+        control_peak = control_peak.max(rss_mib(control.pid()));
+    }
     figure(
         "slow-subscriber",
         &[
@@ -505,8 +514,17 @@ async fn a_subscriber_that_stops_reading_is_cut_and_others_are_unaffected() {
             ("registry_rss_mib_before", format!("{rss_before:.1}")),
             ("registry_rss_mib_peak", format!("{rss_peak:.1}")),
             ("registry_rss_mib_after", format!("{rss_after:.1}")),
+            ("control_rss_mib_peak", format!("{control_peak:.1}")),
         ],
     );
+}
+
+/// A batch of `n` warrant revocations with long ids (large deltas).
+fn big_batch(b: usize, n: usize) -> Value {
+    let pad = "x".repeat(180);
+    json!((0..n)
+        .map(|i| json!({"kind": "warrant", "id": format!("slow-{b:03}-{i:05}-{pad}"), "reason": "superseded"}))
+        .collect::<Vec<_>>())
 }
 
 fn reg_pid(reg: &Registry) -> u32 {
