@@ -357,7 +357,7 @@ async fn partition_grows_staleness_applies_policy_and_converges() {
             ("detect_stale_ms", ms(detect)),
             ("victim_allowed_before_stale", window_allowed.to_string()),
             ("revocation_acked_after_cut_ms", ms(acked - cut)),
-            ("fail_open_allowed_while_stale", open_flagged.to_string()),
+            ("fail_open_allowed_samples", open_flagged.to_string()),
             ("fail_open_metric_allow_stale", stale_allowed.to_string()),
             ("converge_after_heal_ms", ms(converge)),
             (
