@@ -121,20 +121,27 @@ fn flows(mode: Mode, born: u64) -> Option<bool> {
     }
 }
 
-async fn connection(client: TcpStream, target: SocketAddr, mut rx: watch::Receiver<Mode>) {
-    let born = rx.borrow().generation;
-    // Under a partition even the connect waits, as a SYN would.
+/// Waits until this connection may flow; false when it must close.
+async fn until_flowing(rx: &mut watch::Receiver<Mode>, born: u64) -> bool {
     loop {
         let mode = *rx.borrow_and_update();
         match flows(mode, born) {
-            None => return,
-            Some(true) => break,
+            None => return false,
+            Some(true) => return true,
             Some(false) => {
                 if rx.changed().await.is_err() {
-                    return;
+                    return false;
                 }
             }
         }
+    }
+}
+
+async fn connection(client: TcpStream, target: SocketAddr, mut rx: watch::Receiver<Mode>) {
+    let born = rx.borrow().generation;
+    // Under a partition even the connect waits, as a SYN would.
+    if !until_flowing(&mut rx, born).await {
+        return;
     }
     let Ok(server) = TcpStream::connect(target).await else {
         return;
@@ -160,16 +167,8 @@ async fn pump(
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let mode = *rx.borrow_and_update();
-        match flows(mode, born) {
-            None => return,
-            Some(false) => {
-                if rx.changed().await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            Some(true) => {}
+        if !until_flowing(&mut rx, born).await {
+            return;
         }
         tokio::select! {
             read = from.read(&mut buf) => {
@@ -178,17 +177,8 @@ async fn pump(
                     Ok(n) => n,
                 };
                 // A fault set while these bytes were in flight holds them.
-                loop {
-                    let mode = *rx.borrow_and_update();
-                    match flows(mode, born) {
-                        None => return,
-                        Some(true) => break,
-                        Some(false) => {
-                            if rx.changed().await.is_err() {
-                                return;
-                            }
-                        }
-                    }
+                if !until_flowing(&mut rx, born).await {
+                    return;
                 }
                 if to.write_all(&buf[..n]).await.is_err() {
                     return;
