@@ -61,6 +61,9 @@ pub struct Config {
     /// disconnected, freeing its slot; it resumes with `Last-Event-ID`
     /// (default 30 s).
     pub subscriber_timeout: Duration,
+    /// A client that has not sent a whole request head this long is
+    /// disconnected (default 30 s).
+    pub header_timeout: Duration,
     /// A PostgreSQL URL to share the state with other replicas; `None`
     /// keeps it in `<data_dir>/veto.db` (SQLite).
     pub store: Option<String>,
@@ -83,6 +86,7 @@ impl Config {
             authority_key: None,
             max_subscribers: 10_000,
             subscriber_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(30),
             store: None,
             bus: None,
         }
@@ -350,18 +354,19 @@ impl Registry {
             .bus
             .clone()
             .map(|url| tokio::spawn(relay::relay(self.inner.clone(), url, stop_rx.clone())));
-        let app = api::router(self.inner.clone(), stop_rx);
-        let listener = stall::StallListener::new(
-            listener,
-            self.inner.config.subscriber_timeout,
-            self.inner.metrics.stalled_connections.clone(),
-        );
-        let result = axum::serve(listener, app.into_make_service())
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                let _ = stop_tx.send(true);
-            })
-            .await;
+        let app = api::router(self.inner.clone(), stop_rx.clone());
+        let limits = stall::ConnLimits {
+            stall: self.inner.config.subscriber_timeout,
+            header: self.inner.config.header_timeout,
+            stalled: self.inner.metrics.stalled_connections.clone(),
+        };
+        // One signal stops accepting, ends the event streams (so the open
+        // connections can finish) and stops the background tasks.
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        stall::serve(listener, app, limits, stop_rx).await;
         heartbeat.abort();
         pruner.abort();
         follower.abort();
@@ -371,7 +376,7 @@ impl Registry {
         }
         drop(self);
         writer.abort();
-        result.map_err(RegistryError::Serve)
+        Ok(())
     }
 }
 

@@ -1,11 +1,13 @@
-//! Connections whose client stops reading are closed.
+//! The HTTP server loop, and connections whose client stalls are closed.
 //!
 //! A client that stops reading (a stuck SSE subscriber, a half-open
 //! connection, a slow-loris download) would otherwise pin its buffers and
 //! its subscriber slot for as long as TCP keeps the connection, which can
 //! be hours. Every accepted connection is wrapped so that a write which
 //! makes no progress for the subscriber timeout fails with `TimedOut`;
-//! hyper then drops the connection and everything it holds.
+//! hyper then drops the connection and everything it holds. A client that
+//! does not finish sending a request head within the header timeout is
+//! disconnected too.
 
 use std::future::Future as _;
 use std::io;
@@ -16,55 +18,82 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::Sleep;
 
-/// A listener whose connections fail writes that stall for `timeout`.
-pub(crate) struct StallListener {
-    inner: TcpListener,
-    timeout: Duration,
-    stalled: Counter,
+/// Limits every connection lives under.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnLimits {
+    /// A write without progress this long closes the connection.
+    pub stall: Duration,
+    /// A request head not complete this long closes the connection.
+    pub header: Duration,
+    /// Counts connections closed for stalling.
+    pub stalled: Counter,
 }
 
-impl StallListener {
-    pub(crate) fn new(inner: TcpListener, timeout: Duration, stalled: Counter) -> Self {
-        Self {
-            inner,
-            timeout,
-            stalled,
-        }
-    }
-}
-
-impl axum::serve::Listener for StallListener {
-    type Io = StallGuard;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.inner.accept().await {
-                Ok((io, addr)) => {
-                    let _ = io.set_nodelay(true);
-                    let guard = StallGuard {
-                        io,
-                        timeout: self.timeout,
-                        timer: None,
-                        stalled: self.stalled.clone(),
-                    };
-                    return (guard, addr);
-                }
+/// Serves `app` on `listener` until `stop` turns true; then open
+/// connections finish their requests (event streams end on the same
+/// signal) and this returns.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ConnLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let io = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((io, _)) => io,
                 Err(e) => {
                     // Out of file descriptors and the like: back off
                     // instead of spinning.
                     tracing::warn!(error = %e, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => break,
+        };
+        let _ = io.set_nodelay(true);
+        let io = StallGuard {
+            io,
+            timeout: limits.stall,
+            timer: None,
+            stalled: limits.stalled.clone(),
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let header = limits.header;
+        let mut stop = stop.clone();
+        conns.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                _ = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
                 }
             }
-        }
+        });
+        // Reap finished connections so the set stays as large as the open ones.
+        while conns.try_join_next().is_some() {}
     }
+    while conns.join_next().await.is_some() {}
+}
 
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// A TCP stream whose writes fail after `timeout` without progress.

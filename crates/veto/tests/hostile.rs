@@ -1684,29 +1684,23 @@ async fn an_sse_flood_is_refused_while_subscribers_keep_receiving() {
 // ---------------------------------------------------------------------------
 // The proxy: slow-loris clients.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_loris_clients_are_disconnected_after_the_header_timeout() {
+/// Opens `clients` connections to `addr` that send half a request head and
+/// wait; returns how long until the last was closed by the server.
+async fn slow_loris(addr: &str, clients: usize) -> Duration {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    const CLIENTS: usize = 200;
-    let registry = Registry::start(REGISTRY_ARGS);
-    let upstream = ok_upstream().await;
-    let dir = TempDir::new("hostile-loris");
-    let proxy = Proxy::start(&dir, &registry, &upstream, &["--header-timeout", "1s"]);
-    let pid = proxy.pid();
-    let (rss0, _) = rss_kib(pid);
-    let addr = proxy.url.trim_start_matches("http://").to_owned();
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for i in 0..CLIENTS {
-        let addr = addr.clone();
+    for i in 0..clients {
+        let addr = addr.to_owned();
         tasks.push(tokio::spawn(async move {
             let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            // Half a request head, then silence.
-            s.write_all(format!("GET /orders/{i} HTTP/1.1\r\nHost: x\r\nX-Slow:").as_bytes())
-                .await
-                .unwrap();
+            s.write_all(
+                format!("GET /v1/srl/checkpoint?{i} HTTP/1.1\r\nHost: x\r\nX-Slow:").as_bytes(),
+            )
+            .await
+            .unwrap();
             let mut buf = Vec::new();
-            // The proxy must end the connection: read to EOF (or reset).
+            // The server must end the connection: read to EOF (or reset).
             let _ = tokio::time::timeout(WITHIN, s.read_to_end(&mut buf))
                 .await
                 .expect("a slow-loris connection was kept open");
@@ -1717,8 +1711,26 @@ async fn slow_loris_clients_are_disconnected_after_the_header_timeout() {
     for t in tasks {
         slowest = slowest.max(t.await.unwrap());
     }
-    let (rss1, hwm) = rss_kib(pid);
-    // Meanwhile and afterwards, real clients are served.
+    slowest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_loris_clients_are_disconnected_after_the_header_timeout() {
+    const CLIENTS: usize = 200;
+    let registry = Registry::start(&["--heartbeat", "1s", "--header-timeout", "1s"]);
+    let upstream = ok_upstream().await;
+    let dir = TempDir::new("hostile-loris");
+    let proxy = Proxy::start(&dir, &registry, &upstream, &["--header-timeout", "1s"]);
+
+    let (proxy_rss0, _) = rss_kib(proxy.pid());
+    let proxy_slowest = slow_loris(proxy.url.trim_start_matches("http://"), CLIENTS).await;
+    let (proxy_rss1, proxy_hwm) = rss_kib(proxy.pid());
+    let (reg_rss0, _) = rss_kib(registry.pid());
+    let reg_slowest = slow_loris(&registry.addr.to_string(), CLIENTS).await;
+    let (reg_rss1, reg_hwm) = rss_kib(registry.pid());
+
+    // Afterwards, real clients are served by both.
+    assert_eq!(registry.get("/healthz").await.0, 200);
     let (root, _) = registry.mint("agent-loris", ACT, None).await;
     let http = client();
     let start = Instant::now();
@@ -1727,10 +1739,14 @@ async fn slow_loris_clients_are_disconnected_after_the_header_timeout() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!(
-        "RELIABILITY hostile proxy-slow-loris clients={CLIENTS} header_timeout_s=1 all_closed_within_ms={:.0} proxy_rss_mib_before={:.1} after={:.1} peak={:.1}",
-        slowest.as_secs_f64() * 1e3,
-        mib(rss0),
-        mib(rss1),
-        mib(hwm)
+        "RELIABILITY hostile slow-loris clients={CLIENTS} header_timeout_s=1 proxy_all_closed_within_ms={:.0} proxy_rss_mib_before={:.1} after={:.1} peak={:.1} registry_all_closed_within_ms={:.0} registry_rss_mib_before={:.1} after={:.1} peak={:.1}",
+        proxy_slowest.as_secs_f64() * 1e3,
+        mib(proxy_rss0),
+        mib(proxy_rss1),
+        mib(proxy_hwm),
+        reg_slowest.as_secs_f64() * 1e3,
+        mib(reg_rss0),
+        mib(reg_rss1),
+        mib(reg_hwm),
     );
 }

@@ -44,6 +44,10 @@ pub struct ServeArgs {
     /// (it reconnects and resumes from its last event id).
     #[arg(long, default_value = "30s", value_parser = util::parse_duration)]
     subscriber_timeout: u64,
+    /// A client that has not sent a whole request head within this long is
+    /// disconnected.
+    #[arg(long, default_value = "30s", value_parser = util::parse_duration)]
+    header_timeout: u64,
     /// Share the state with other replicas in PostgreSQL
     /// (`postgres://user@host/db`); default: SQLite in the data directory.
     #[arg(long, env = "VETO_STORE")]
@@ -65,6 +69,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     config.retention = a.retention;
     config.max_subscribers = a.max_subscribers;
     config.subscriber_timeout = Duration::from_secs(a.subscriber_timeout);
+    config.header_timeout = Duration::from_secs(a.header_timeout);
     config.admin_token = std::env::var("VETO_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
