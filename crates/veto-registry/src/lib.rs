@@ -113,9 +113,6 @@ pub enum RegistryError {
     /// The data directory belongs to another authority.
     #[error("{0}")]
     Mismatch(String),
-    /// Serving failed.
-    #[error("server: {0}")]
-    Serve(std::io::Error),
 }
 
 /// An event on the push channels.
