@@ -406,7 +406,10 @@ impl Inner {
         match result {
             Ok(Applied::Ignored) => {}
             Ok(applied) => {
-                objects.record(incoming);
+                // Signed objects are kept only to be written to the disk cache.
+                if self.config.cache_dir.is_some() {
+                    objects.record(incoming);
+                }
                 let ver = state.ver();
                 self.current.store(Arc::new(Current {
                     state,

@@ -105,9 +105,12 @@ fn apply_logged(inner: &Inner, incoming: Incoming) -> Result<(), ApplyError> {
     inner.apply(incoming).map(|_| ())
 }
 
-pub(crate) async fn fetch_snapshot(inner: &Arc<Inner>) -> Result<(), SyncError> {
+/// Fetches and applies the current snapshot; `conditional` skips it when
+/// the registry has nothing newer than the applied version (a refresh of
+/// the disk cache must not be skipped: it replaces the kept deltas).
+pub(crate) async fn fetch_snapshot(inner: &Arc<Inner>, conditional: bool) -> Result<(), SyncError> {
     let ver = inner.current.load().state.ver();
-    let etag = (ver > 0).then_some(ver);
+    let etag = (conditional && ver > 0).then_some(ver);
     let Some(token) = get(inner, "/v1/srl", etag).await? else {
         return Ok(());
     };
@@ -154,7 +157,7 @@ pub(crate) async fn catch_up(inner: &Arc<Inner>) -> Result<(), SyncError> {
             200 => {}
             410 => {
                 tracing::info!(since, "deltas no longer retained; fetching a snapshot");
-                return fetch_snapshot(inner).await;
+                return fetch_snapshot(inner, true).await;
             }
             s => return Err(SyncError::Status(s)),
         }
@@ -192,8 +195,12 @@ pub(crate) async fn poll_once(inner: &Arc<Inner>) {
             (c.state.ver(), c.state.attested().is_some())
         };
         let kept = inner.apply_lock.lock().map(|o| o.deltas.len()).unwrap_or(0);
-        if (ver == 0 && !attested) || kept > MAX_KEPT_DELTAS {
-            fetch_snapshot(inner).await?;
+        if ver == 0 && !attested {
+            fetch_snapshot(inner, true).await?;
+        } else if kept > MAX_KEPT_DELTAS {
+            // The disk cache holds every delta since its snapshot: start it
+            // over from a current snapshot, even one of the same version.
+            fetch_snapshot(inner, false).await?;
         }
         // Catch up when the checkpoint shows a gap, or when a pushed
         // object did: a signed delta N+2 proves N+1 exists even if the

@@ -127,3 +127,100 @@ async fn one_layer_enforces_on_an_axum_service() {
     authz.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The disk cache keeps a snapshot and the deltas since; past a few
+/// thousand deltas a poll replaces them with a current snapshot (even one
+/// of the same version), so neither the file nor the memory behind it
+/// grows with every revocation, and a restart from it is still current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_cache_is_compacted_and_stays_loadable() {
+    const REVOCATIONS: usize = 4200; // over the 4096 deltas a cache may keep
+    let dir = std::env::temp_dir().join(format!(
+        "veto-layer-cache-{}-{}",
+        std::process::id(),
+        veto_core::Clock::now(&veto_core::SystemClock)
+    ));
+    let mut rc = RegistryConfig::new(dir.join("registry"));
+    rc.admin_token = Some("cache-test-token".into());
+    let registry = Registry::open(rc).await.unwrap();
+    let key = registry.authority_key().clone();
+    let (l, reg_url) = bind().await;
+    tokio::spawn(registry.serve(l, std::future::pending()));
+
+    let cache = dir.join("cache");
+    let mut config = Config::new(&reg_url, "veto", KeySet::new([key.clone()]));
+    config.cache_dir = Some(cache.clone());
+    config.poll_interval = Duration::from_secs(3600); // polls only when asked
+    let authz = Authorizer::start(config).await.unwrap();
+
+    // One delta per revocation.
+    let http = reqwest::Client::new();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..32 {
+        let (http, next, url) = (
+            http.clone(),
+            next.clone(),
+            format!("{reg_url}/v1/revocations"),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= REVOCATIONS {
+                    return;
+                }
+                let resp = http
+                    .post(&url)
+                    .bearer_auth("cache-test-token")
+                    .json(&json!({"entries": [{"kind": "warrant", "id": format!("c{i}")}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status().as_u16(), 201);
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let head = REVOCATIONS as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while authz.status().version < head {
+        assert!(
+            Instant::now() < deadline,
+            "never applied: {:?}",
+            authz.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A poll sees too many kept deltas and starts the cache over.
+    authz.sync_now().await;
+    let file = cache.join("veto-authorizer-state.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let kept = loop {
+        let cached: Value = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        let deltas = cached["deltas"].as_array().map_or(usize::MAX, Vec::len);
+        if cached["snapshot"].is_string() && deltas < 10 {
+            break deltas;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cache was not compacted: {deltas} deltas kept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    authz.shutdown();
+
+    // A restart with the registry unreachable starts from the cache, current.
+    let mut offline = Config::new("http://127.0.0.1:9", "veto", KeySet::new([key]));
+    offline.cache_dir = Some(cache);
+    offline.push = veto_authorizer::Push::Off;
+    let restarted = Authorizer::start(offline).await.unwrap();
+    assert_eq!(restarted.status().version, head, "kept {kept} deltas");
+    restarted.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
