@@ -1353,6 +1353,7 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
         ("UTF-16", "{\"entries\":[]}".encode_utf16().flat_map(u16::to_le_bytes).collect(), 400, "invalid_json", "invalid JSON body"),
         ("a form body", b"entries=warrant%3Ax".to_vec(), 400, "invalid_json", "invalid JSON body"),
     ];
+    let revoke_count = revoke_cases.len();
     for (what, body, want, code, names) in revoke_cases {
         let (status, resp) = r
             .send(
@@ -1425,6 +1426,7 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
         ("a holder key as an array", json!({"agent": "a", "act": ACT, "ttl": 60, "holder_key": ["OKP", "Ed25519", "x"]}).to_string(), "invalid_json", "`holder_key` must be a JWK object"),
         ("a holder key that is not a point", json!({"agent": "a", "act": ACT, "ttl": 60, "holder_key": {"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}}).to_string(), "invalid_holder_key", "`holder_key`"),
     ];
+    let mint_count = mint_cases.len();
     for (what, body, code, names) in mint_cases {
         let (status, resp) = r
             .send(
@@ -1440,7 +1442,7 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
         assert_unchanged(&r, &b, what).await;
     }
     println!(
-        "RELIABILITY hostile registry-bodies requests={refused} refused={refused} (33 revocation bodies: truncated, duplicate keys, unknown fields, wrong types, 10,001 entries, 257-byte id, > 1 MiB, 100k `[`, non-UTF-8; 4 content types (3 wrong, 1 missing); 14 mint bodies) version_unchanged={} audit_rows_unchanged={}",
+        "RELIABILITY hostile registry-bodies requests={refused} refused={refused} ({revoke_count} revocation bodies: truncated, duplicate keys, unknown fields, wrong types, arrays for objects, 10,001 entries, 257-byte id, > 1 MiB, 100k `[`, non-UTF-8; 4 content types (3 wrong, 1 missing); {mint_count} mint bodies) version_unchanged={} audit_rows_unchanged={}",
         b.version, b.audit
     );
 
