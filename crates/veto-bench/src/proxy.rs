@@ -6,7 +6,7 @@ use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use tokio::sync::watch;
@@ -166,34 +166,12 @@ impl Proxy {
     /// Stops the proxy (SIGTERM, then SIGKILL after 10 s) and removes its
     /// directory unless asked to keep it.
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        let (dir, keep) = (self.dir.clone(), self.keep);
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait()?.is_none() {
-                if Instant::now() > deadline {
-                    eprintln!("warning: the proxy did not stop within 10 s of SIGTERM; killing it");
-                    child.kill()?;
-                    child.wait()?;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+        match self.child.take() {
+            Some(child) => {
+                crate::registry::stop_child(child, "proxy", self.dir.clone(), self.keep).await
             }
-            if keep {
-                println!("proxy directory kept: {}", dir.display());
-            } else {
-                fs::remove_dir_all(&dir)
-                    .with_context(|| format!("removing `{}`", dir.display()))?;
-            }
-            Ok(())
-        })
-        .await?
+            None => Ok(()),
+        }
     }
 }
 

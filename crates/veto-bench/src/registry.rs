@@ -219,42 +219,44 @@ impl Registry {
     /// Stops the registry (SIGTERM, then SIGKILL after 10 s) and removes
     /// its data directory unless asked to keep it.
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        let dir = self.dir.clone();
-        let keep = self.keep;
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            // SIGTERM through kill(1): the registry shuts down gracefully.
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if child.try_wait()?.is_some() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    eprintln!(
-                        "warning: the registry did not stop within 10 s of SIGTERM; killing it"
-                    );
-                    child.kill()?;
-                    child.wait()?;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if keep {
-                println!("data directory kept: {}", dir.display());
-            } else {
-                fs::remove_dir_all(&dir)
-                    .with_context(|| format!("removing `{}`", dir.display()))?;
-            }
-            Ok(())
-        })
-        .await?
+        match self.child.take() {
+            Some(child) => stop_child(child, "registry", self.dir.clone(), self.keep).await,
+            None => Ok(()),
+        }
     }
+}
+
+/// Stops `child` gracefully (SIGTERM through kill(1), then SIGKILL after
+/// 10 s) and removes its directory `dir` unless `keep`.
+pub(crate) async fn stop_child(
+    mut child: std::process::Child,
+    what: &'static str,
+    dir: PathBuf,
+    keep: bool,
+) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                eprintln!("warning: the {what} did not stop within 10 s of SIGTERM; killing it");
+                child.kill()?;
+                child.wait()?;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if keep {
+            println!("{what} directory kept: {}", dir.display());
+        } else {
+            fs::remove_dir_all(&dir).with_context(|| format!("removing `{}`", dir.display()))?;
+        }
+        Ok(())
+    })
+    .await?
 }
 
 /// The resident set size (`VmRSS`) of process `pid`, in KiB.
