@@ -680,26 +680,31 @@ impl Proxy {
         format!("{}{path}", self.url)
     }
 
-    /// The admin `/healthz` body.
-    pub async fn health(&self) -> Value {
-        let resp = self
-            .http
-            .get(format!("{}/healthz", self.admin_url))
+    /// `GET {admin_url}{path}`.
+    async fn admin(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.admin_url))
             .send()
             .await
-            .expect("GET /healthz");
-        resp.json().await.expect("healthz is JSON")
+            .unwrap_or_else(|e| panic!("GET {path} on the proxy's admin address: {e}"))
+    }
+
+    /// The admin `/healthz` body.
+    pub async fn health(&self) -> Value {
+        self.admin("/healthz")
+            .await
+            .json()
+            .await
+            .expect("healthz is JSON")
     }
 
     /// The admin `/metrics` text.
     pub async fn metrics(&self) -> String {
-        let resp = self
-            .http
-            .get(format!("{}/metrics", self.admin_url))
-            .send()
+        self.admin("/metrics")
             .await
-            .expect("GET /metrics");
-        resp.text().await.expect("metrics text")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     /// One series (`name` or `name{labels}`) from `/metrics`; 0 when absent.
