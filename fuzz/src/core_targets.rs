@@ -121,6 +121,21 @@ pub fn mode(data: &[u8]) -> Option<(u8, &[u8])> {
     data.split_first().map(|(m, rest)| (*m, rest))
 }
 
+/// The input as a token (even mode byte) or as a payload `key` signs as
+/// `typ` (odd mode byte); `None` for a token that is not UTF-8.
+pub fn token_or_signed(
+    m: u8,
+    rest: &[u8],
+    typ: veto_core::jws::Typ,
+    key: &SigningKey,
+) -> Option<String> {
+    if m % 2 == 0 {
+        std::str::from_utf8(rest).ok().map(str::to_owned)
+    } else {
+        Some(veto_core::jws::sign(typ, key, rest))
+    }
+}
+
 /// Whether two states hold the same published state.
 pub fn same_state(a: &SrlState, b: &SrlState) -> bool {
     a.ver() == b.ver() && a.head() == b.head() && a.set() == b.set() && a.attested() == b.attested()
@@ -329,21 +344,16 @@ pub mod snapshot {
     //! head: equivocation; same: refreshed; newer: the state becomes exactly
     //! the snapshot's) and a refusal leaves the state unchanged.
 
-    use super::{fixtures, mode, same_state, NOW};
-    use veto_core::jws::{self, Typ};
+    use super::{fixtures, mode, same_state, token_or_signed, NOW};
+    use veto_core::jws::Typ;
     use veto_core::{Applied, ApplyError, SrlState};
 
     /// One input.
     pub fn run(data: &[u8]) {
         let Some((m, rest)) = mode(data) else { return };
         let f = fixtures();
-        let token = if m % 2 == 0 {
-            let Ok(t) = std::str::from_utf8(rest) else {
-                return;
-            };
-            t.to_owned()
-        } else {
-            jws::sign(Typ::Snapshot, &f.authority, rest)
+        let Some(token) = token_or_signed(m, rest, Typ::Snapshot, &f.authority) else {
+            return;
         };
         let Ok(snap) = f.verifier.snapshot(&token, NOW) else {
             return;
@@ -412,8 +422,8 @@ pub mod delta {
     //! wrong `prev` refused, else advance by one with every added entry
     //! present), and a refused or ignored delta leaves the state unchanged.
 
-    use super::{fixtures, mode, same_state, NOW};
-    use veto_core::jws::{self, Typ, UnverifiedJws};
+    use super::{fixtures, mode, same_state, token_or_signed, NOW};
+    use veto_core::jws::{Typ, UnverifiedJws};
     use veto_core::srl::DeltaPayload;
     use veto_core::{Applied, ApplyError, Digest, Head, SrlState};
 
@@ -421,13 +431,8 @@ pub mod delta {
     pub fn run(data: &[u8]) {
         let Some((m, rest)) = mode(data) else { return };
         let f = fixtures();
-        let token = if m % 2 == 0 {
-            let Ok(t) = std::str::from_utf8(rest) else {
-                return;
-            };
-            t.to_owned()
-        } else {
-            jws::sign(Typ::Delta, &f.authority, rest)
+        let Some(token) = token_or_signed(m, rest, Typ::Delta, &f.authority) else {
+            return;
         };
         let Ok(delta) = f.verifier.delta(&token, NOW) else {
             return;
@@ -514,7 +519,7 @@ pub mod checkpoint {
     //! same version, other head: equivocation) and only a refresh changes the
     //! state, and only its attestation.
 
-    use super::{fixtures, mode, same_state, NOW};
+    use super::{fixtures, mode, same_state, token_or_signed, NOW};
     use veto_core::jws::{self, Typ};
     use veto_core::srl::CheckpointPayload;
     use veto_core::{Applied, ApplyError, SrlError, SrlState};
@@ -523,20 +528,16 @@ pub mod checkpoint {
     pub fn run(data: &[u8]) {
         let Some((m, rest)) = mode(data) else { return };
         let f = fixtures();
-        let token = if m % 2 == 0 {
-            let Ok(t) = std::str::from_utf8(rest) else {
-                return;
-            };
-            t.to_owned()
-        } else if m & 2 == 0 {
-            jws::sign(Typ::Checkpoint, &f.authority, rest)
-        } else {
+        if m % 2 == 1 && m & 2 != 0 {
             let t = jws::sign(Typ::Delta, &f.authority, rest);
             let r = f.verifier.checkpoint(&t, NOW);
             assert!(
                 matches!(r, Err(SrlError::Jws { .. })),
                 "a delta verified as a checkpoint: {r:?}"
             );
+            return;
+        }
+        let Some(token) = token_or_signed(m, rest, Typ::Checkpoint, &f.authority) else {
             return;
         };
         let Ok(cp) = f.verifier.checkpoint(&token, NOW) else {
