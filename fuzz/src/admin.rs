@@ -6,7 +6,12 @@
 //! Invariants: an accepted revocation body is a JSON object whose `entries`
 //! array has the returned length, 1 to 10,000; every refusal names a code;
 //! parsing is deterministic.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests and benchmarks: a failed step fails the run"
+)]
 
 use veto_registry::{parse_mint_body, parse_revocation_body};
 

@@ -8,7 +8,13 @@
 //! fuzzer's own keys and the keys of the conformance vectors (so the seed
 //! corpora, built from `tests/vectors`, verify), and a small revocation
 //! state.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    dead_code,
+    reason = "fuzz targets: a failed step is a finding, and not every helper serves every target"
+)]
 
 use std::sync::OnceLock;
 

@@ -1,4 +1,10 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "tests and benchmarks: a failed step fails the run"
+)]
 //! `Authorizer::check` on the hot path: a real registry in this process
 //! (SQLite in a temporary directory, serving on a loopback port), an
 //! authorizer synced to it over SSE, and two chains minted through the

@@ -11,7 +11,13 @@
 //!
 //! Time is a `ManualClock` shared by the fake and the authorizer, so
 //! staleness is reached by moving the clock, not by sleeping.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "tests and benchmarks: a failed step fails the run"
+)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -219,12 +219,13 @@ impl Checker {
     fn check_issuer(&self, chain: &ParsedChain) -> Step {
         match (&self.config.issuer, &chain.root().claims().iss) {
             (Some(want), Some(got)) if want == got => Ok(()),
-            (Some(want), got) => Err(Denial::new(
+            (Some(want), Some(got)) => Err(Denial::new(
                 DenyReason::UntrustedIssuer,
-                format!(
-                    "root issued by `{}`, expected `{want}`",
-                    got.as_deref().unwrap_or_default()
-                ),
+                format!("root issued by `{got}`, expected `{want}`"),
+            )),
+            (Some(want), None) => Err(Denial::new(
+                DenyReason::UntrustedIssuer,
+                format!("the root names no issuer (`iss`), expected `{want}`"),
             )),
             (None, _) => Ok(()),
         }
@@ -337,14 +338,15 @@ fn revocation(state: &SrlState, chain: &ParsedChain) -> Step {
                 links[i].claims().sub
             )
         }
-        EntryKind::Key => {
-            let kid = std::iter::once(chain.root().kid())
-                .chain(links.iter().map(|l| l.holder().map(|h| h.kid())))
-                .flatten()
-                .find(|k| Digest::of(kind, k) == digest)
-                .unwrap_or_default();
-            format!("key `{kid}` is revoked")
-        }
+        EntryKind::Key => match std::iter::once(chain.root().kid())
+            .chain(links.iter().map(|l| l.holder().map(|h| h.kid())))
+            .flatten()
+            .find(|k| Digest::of(kind, k) == digest)
+        {
+            Some(kid) => format!("key `{kid}` is revoked"),
+            // A child's signing key is its parent's holder key, listed above.
+            None => "a key this chain is signed by or binds is revoked".to_owned(),
+        },
     };
     Err(Denial::new(DenyReason::Revoked, message))
 }

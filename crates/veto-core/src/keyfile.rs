@@ -29,6 +29,9 @@ pub enum KeyFileError {
     /// The file exists already; keys are never overwritten.
     #[error("key file `{0}` exists already: choose another path or remove it first")]
     Exists(PathBuf),
+    /// The path names a directory or ends in `..`, not a file.
+    #[error("key file `{0}`: the path names no file (it ends in `/` or `..`): give a file name")]
+    NotAFile(PathBuf),
 }
 
 fn read(path: &Path) -> Result<String, KeyFileError> {
@@ -58,14 +61,12 @@ pub fn read_public_key(path: &Path) -> Result<PublicKey, KeyFileError> {
 /// The key is written to a temporary file first and renamed into place, so a
 /// crash never leaves a half-written key; an existing file is never replaced.
 pub fn write_signing_key(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
-    let json = serde_json::to_string_pretty(&key.to_private_jwk()).unwrap_or_default();
-    write_new(path, json.as_bytes(), true)
+    write_new(path, key.to_private_jwk().to_json().as_bytes(), true)
 }
 
 /// Writes a public key as a JWK file (mode 0644).
 pub fn write_public_key(path: &Path, key: &PublicKey) -> Result<(), KeyFileError> {
-    let json = serde_json::to_string_pretty(&key.to_jwk()).unwrap_or_default();
-    write_new(path, json.as_bytes(), false)
+    write_new(path, key.to_jwk().to_json().as_bytes(), false)
 }
 
 /// Writes `bytes` to a new file at `path`, atomically, refusing to replace one.
@@ -77,10 +78,9 @@ pub fn write_new(path: &Path, bytes: &[u8], private: bool) -> Result<(), KeyFile
         path: path.into(),
         source,
     };
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let Some(file_name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Err(KeyFileError::NotAFile(path.into()));
+    };
     let tmp = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -135,6 +135,23 @@ mod tests {
             write_signing_key(&path, &key),
             Err(KeyFileError::Exists(_))
         ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_path_that_names_no_file_is_refused_by_name() {
+        let key = SigningKey::generate().unwrap();
+        let dir = std::env::temp_dir().join(format!("veto-keyfile-nf-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        for path in [dir.join(".."), PathBuf::from("/")] {
+            let err = write_signing_key(&path, &key).unwrap_err();
+            assert!(
+                matches!(err, KeyFileError::NotAFile(_) | KeyFileError::Exists(_)),
+                "{path:?}: {err}"
+            );
+        }
+        let err = write_public_key(&dir.join("sub").join(".."), key.public()).unwrap_err();
+        assert!(matches!(err, KeyFileError::NotAFile(_)), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

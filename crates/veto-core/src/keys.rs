@@ -74,6 +74,14 @@ impl fmt::Debug for Jwk {
     }
 }
 
+impl Jwk {
+    /// The JWK as compact JSON (RFC 7517), private part included when
+    /// present: handle the result as a secret when [`Jwk::d`] is set.
+    pub fn to_json(&self) -> String {
+        crate::jws::to_json(self)
+    }
+}
+
 /// An Ed25519 public key with its RFC 7638 thumbprint.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PublicKey {

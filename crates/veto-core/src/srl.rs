@@ -204,7 +204,7 @@ impl SrlSigner {
             add,
             rm,
         };
-        let bytes = serde_json::to_vec(&payload).unwrap_or_default();
+        let bytes = jws::payload_bytes(&payload);
         (
             jws::sign(Typ::Delta, &self.key, &bytes),
             Head::of_payload(&bytes),
@@ -220,11 +220,7 @@ impl SrlSigner {
             iat,
             exp,
         };
-        jws::sign(
-            Typ::Checkpoint,
-            &self.key,
-            &serde_json::to_vec(&payload).unwrap_or_default(),
-        )
+        jws::sign(Typ::Checkpoint, &self.key, &jws::payload_bytes(&payload))
     }
 
     /// Signs a snapshot of `set` at `ver`/`head`.
@@ -254,11 +250,7 @@ impl SrlSigner {
             agents: b64::encode(&agent_bytes).into(),
             keys: flat(&keys).into(),
         };
-        jws::sign(
-            Typ::Snapshot,
-            &self.key,
-            &serde_json::to_vec(&payload).unwrap_or_default(),
-        )
+        jws::sign(Typ::Snapshot, &self.key, &jws::payload_bytes(&payload))
     }
 }
 

@@ -298,10 +298,15 @@ fn parse_link(part: &str, i: usize) -> Result<Link, Denial> {
         // A plain JWT from a trusted issuer is a valid root (DESIGN 3.1).
         (0, None) => {}
         (0, Some(t)) if t.eq_ignore_ascii_case("JWT") => {}
-        (_, t) => {
+        (_, None) => {
             return Err(malformed(format!(
-                "link {i}: wrong object type `{}`, expected `{}`",
-                t.unwrap_or_default(),
+                "link {i}: no object type (`typ`), expected `{}`",
+                Typ::Warrant.as_str()
+            )))
+        }
+        (_, Some(t)) => {
+            return Err(malformed(format!(
+                "link {i}: wrong object type `{t}`, expected `{}`",
                 Typ::Warrant.as_str()
             )))
         }

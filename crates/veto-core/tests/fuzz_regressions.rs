@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests and benchmarks: a failed step fails the run"
+)]
 //! Replays every fuzz seed and crash reproduction in `fuzz/seeds/<target>/`
 //! on the stable toolchain, through exactly the checks the cargo-fuzz
 //! targets run (`fuzz/src/core_targets.rs`, included here), so CI exercises

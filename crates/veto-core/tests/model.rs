@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests and benchmarks: a failed step fails the run"
+)]
 //! Model-based test of the revocation apply state machine (DESIGN 3.3, 4).
 //!
 //! A random history is committed at a registry (batches of warrant, agent

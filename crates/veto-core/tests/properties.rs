@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests and benchmarks: a failed step fails the run"
+)]
 //! Property tests of veto-core through its public API: JWS round trips and
 //! tamper evidence, the apply state machine against a model and against
 //! snapshots, and no panics on arbitrary input.

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests and benchmarks: a failed step fails the run"
+)]
 //! Conformance vectors: data files in `tests/vectors/*.json` at the
 //! repository root, one per case, shared with every other checker (see
 //! `scripts/check_jose.py` and `tests/vectors/README.md`).
@@ -516,7 +521,10 @@ impl Gen {
         self.check_with(name, description, setup, token, action, expect, |_| {});
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a vector is its name, description, setup, token, action, expectation and hook"
+    )]
     fn check_with(
         &mut self,
         name: &str,

@@ -659,7 +659,12 @@ async fn keepalive(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        reason = "tests and benchmarks: a failed step fails the run"
+    )]
 
     use super::*;
 

@@ -448,7 +448,12 @@ pub(crate) fn validate_headers(headers: &[(&str, &str)]) -> Result<(), NatsError
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        reason = "tests and benchmarks: a failed step fails the run"
+    )]
 
     use super::*;
 

@@ -2,7 +2,13 @@
 //! JetStream control messages a real server sends only under conditions
 //! that are hard to arrange (stalls, consumer deletion, oversized frames).
 //! Needs no NATS installation, so it always runs.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "tests and benchmarks: a failed step fails the run"
+)]
 
 use std::time::Duration;
 

@@ -2,7 +2,13 @@
 //! (JetStream enabled). Tests that kill or pause a server start their own
 //! `nats-server` (`VETO_TEST_NATS_SERVER`, else `nats-server` on PATH, else
 //! `/usr/sbin/nats-server`) on a free loopback port.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "tests and benchmarks: a failed step fails the run"
+)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;

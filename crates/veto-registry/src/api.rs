@@ -611,7 +611,7 @@ async fn mint(
 async fn add_issuer_key(State(inner): State<Shared>) -> Result<Response, ApiError> {
     let key = SigningKey::generate()
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    let jwk = serde_json::to_string(&key.to_private_jwk()).unwrap_or_default();
+    let jwk = key.to_private_jwk().to_json();
     let now = inner.now();
     inner
         .store

@@ -250,7 +250,7 @@ impl Registry {
             .all(|k| k.retired_at.is_some())
         {
             let key = SigningKey::generate().map_err(|e| RegistryError::Mismatch(e.to_string()))?;
-            let jwk = serde_json::to_string(&key.to_private_jwk()).unwrap_or_default();
+            let jwk = key.to_private_jwk().to_json();
             store
                 .add_issuer_key(key.kid(), &jwk, now, "registry")
                 .await?;
@@ -438,9 +438,7 @@ impl Inner {
                 inner
                     .signer
                     .snapshot(ver, head, now, now + inner.config.attestation_ttl, &set);
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            let _ = std::io::Write::write_all(&mut gz, jws.as_bytes());
-            let gzip = gz.finish().unwrap_or_default();
+            let gzip = gzip(jws.as_bytes());
             CachedSnapshot {
                 ver,
                 iat: now,
@@ -803,4 +801,18 @@ async fn pruner(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>)
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Gzips `bytes` in memory.
+#[expect(
+    clippy::expect_used,
+    reason = "writing to and finishing a GzEncoder over a Vec cannot fail: a Vec's io::Write never errors"
+)]
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 2),
+        flate2::Compression::fast(),
+    );
+    std::io::Write::write_all(&mut gz, bytes).expect("writing to a Vec cannot fail");
+    gz.finish().expect("finishing into a Vec cannot fail")
 }

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests and benchmarks: a failed step fails the run"
+)]
 //! Replays the `admin_json` fuzz seeds (`fuzz/seeds/admin_json/`) on the
 //! stable toolchain through exactly the checks the cargo-fuzz target runs
 //! (`fuzz/src/admin.rs`, included here), and pins what the request parsers

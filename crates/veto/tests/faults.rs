@@ -12,7 +12,13 @@
 //! CAP_SYS_ADMIN); elsewhere they print "skipped:" and pass, unless
 //! `VETO_TEST_REQUIRE_ROOT=1` (set by `.ci/run`) makes that a failure.
 //! Timeouts are generous upper bounds, never speed claims.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "tests and benchmarks: a failed step fails the run"
+)]
 
 mod common;
 

@@ -8,7 +8,13 @@
 //! process healthy with bounded memory. Each group prints one
 //! `RELIABILITY hostile <group> …` line with what it measured (run with
 //! `--nocapture` to see them).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "tests and benchmarks: a failed step fails the run"
+)]
 
 mod common;
 

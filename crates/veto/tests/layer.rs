@@ -1,7 +1,13 @@
 //! The authorizer as a tower layer on an ordinary axum service, against a
 //! real registry running in this process: one line of enforcement, the
 //! agent handed to the handler, and revocations honoured by push.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "tests and benchmarks: a failed step fails the run"
+)]
 
 use std::time::{Duration, Instant};
 

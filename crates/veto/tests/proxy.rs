@@ -5,7 +5,13 @@
 //! Timeouts here are generous upper bounds, never speed claims: each test
 //! says which channel (push or poll) is the only one that can explain a
 //! denial arriving within them.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "tests and benchmarks: a failed step fails the run"
+)]
 
 mod common;
 

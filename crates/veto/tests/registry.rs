@@ -1,7 +1,13 @@
 //! End-to-end tests of the registry: the real `veto serve` binary on
 //! loopback, driven over HTTP, its output checked with veto-core's
 //! verifiers (DESIGN 3, 5, 6).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "tests and benchmarks: a failed step fails the run"
+)]
 
 mod common;
 

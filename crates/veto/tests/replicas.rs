@@ -4,7 +4,13 @@
 //!
 //! Needs `VETO_TEST_POSTGRES_URL` (for example
 //! `postgres://postgres@127.0.0.1:5432/test`); skipped, saying so, without it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "tests and benchmarks: a failed step fails the run"
+)]
 
 mod common;
 

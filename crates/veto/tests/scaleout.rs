@@ -6,7 +6,13 @@
 //! servers); the outage test also needs a `nats-server` binary, which it
 //! runs itself on its own port so the shared server is never disturbed.
 //! Each test is skipped, saying so, when what it needs is missing.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "tests and benchmarks: a failed step fails the run"
+)]
 
 mod common;
 

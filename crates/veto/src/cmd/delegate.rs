@@ -20,7 +20,7 @@ pub struct DelegateArgs {
     #[arg(long)]
     to_key: Option<PathBuf>,
     /// The agent the child is for; default: the parent leaf's agent.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     agent: Option<String>,
     /// Permitted action patterns; each must be covered by the parent's.
     #[arg(long = "act", num_args = 1.., required = true)]

@@ -21,7 +21,7 @@ pub struct IssueArgs {
     #[arg(long, default_value = "veto")]
     iss: String,
     /// The agent id (`sub`).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     agent: String,
     /// Permitted action patterns, e.g. `http:GET:/orders/*`.
     #[arg(long = "act", num_args = 1.., required = true)]

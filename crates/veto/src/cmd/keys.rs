@@ -32,7 +32,8 @@ pub enum KeysCommand {
     },
     /// Retire an issuer key: it leaves the JWKS and stops being trusted.
     Retire {
-        /// The key's thumbprint.
+        /// The key's thumbprint (base64url: it may start with `-`).
+        #[arg(allow_hyphen_values = true)]
         kid: String,
         #[command(flatten)]
         registry: RegistryArgs,
@@ -58,7 +59,10 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::Rotate { registry } => {
             let resp = Client::new(&registry)?.post("/v1/issuer-keys", &serde_json::json!({}))?;
-            println!("{}", resp["kid"].as_str().unwrap_or_default());
+            let Some(kid) = resp["kid"].as_str() else {
+                anyhow::bail!("the registry's answer has no `kid`: is `--registry` a veto registry? answer: {resp}");
+            };
+            println!("{kid}");
             eprintln!("new issuer key added; older keys stay trusted until `veto keys retire KID`");
             Ok(())
         }

@@ -19,7 +19,8 @@ pub struct RevokeArgs {
     /// an agent (by id, credentials issued up to `--before`), or a key (by thumbprint).
     #[arg(value_enum)]
     kind: Kind,
-    /// The `jti`, agent id or key thumbprint.
+    /// The `jti`, agent id or key thumbprint (base64url ids may start with `-`).
+    #[arg(allow_hyphen_values = true)]
     id: String,
     /// Why: unspecified, key_compromise, affiliation_changed, superseded,
     /// cessation_of_operation, privilege_withdrawn.
@@ -32,7 +33,7 @@ pub struct RevokeArgs {
     #[arg(long)]
     expires_at: Option<u64>,
     /// Free text for the audit log (not published).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     note: Option<String>,
     #[command(flatten)]
     registry: RegistryArgs,
@@ -66,18 +67,20 @@ pub fn run(a: RevokeArgs) -> anyhow::Result<()> {
         entry["note"] = json!(n);
     }
     let resp = client.post("/v1/revocations", &json!({"entries": [entry]}))?;
-    let created = resp["entries"][0]["created"].as_bool().unwrap_or(false);
-    let version = resp["entries"][0]["version"].as_u64().unwrap_or(0);
+    let first = &resp["entries"][0];
+    let (Some(id), Some(version), Some(created)) = (
+        first["id"].as_str(),
+        first["version"].as_u64(),
+        first["created"].as_bool(),
+    ) else {
+        anyhow::bail!(
+            "the registry's answer has no `entries[0]` with `id`, `version` and `created`: is `--registry` a veto registry? answer: {resp}"
+        );
+    };
     if created {
-        println!(
-            "revoked {kind} `{}` in version {version}",
-            resp["entries"][0]["id"].as_str().unwrap_or_default()
-        );
+        println!("revoked {kind} `{id}` in version {version}");
     } else {
-        println!(
-            "{kind} `{}` was already revoked in version {version}",
-            resp["entries"][0]["id"].as_str().unwrap_or_default()
-        );
+        println!("{kind} `{id}` was already revoked in version {version}");
     }
     Ok(())
 }
@@ -94,7 +97,7 @@ pub struct ListArgs {
     #[arg(long)]
     kind: Option<String>,
     /// Only this id.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     id: Option<String>,
     /// Only at or after this Unix time.
     #[arg(long)]

@@ -4,7 +4,10 @@
 //! registry with a small HTTP client for it.
 //!
 //! Each test binary uses a different part of this module.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this kit"
+)]
 
 pub mod relay;
 
