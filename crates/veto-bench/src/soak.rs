@@ -52,7 +52,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderValue, AUTHORIZATION, HOST};
-use hyper::Request;
+use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use crate::metrics::Metrics;
@@ -70,11 +70,14 @@ Exit status: non-zero when
   - any request was wrongly allowed: sent after the proxy had applied the
     revocation of its chain (as seen on its /healthz) and answered 2xx;
   - a live chain (no revocation sent yet) was denied;
-  - a revocation was not applied by the proxy within 30 s;
+  - a revocation was not applied by the proxy within 30 s of its
+    acknowledgement (each revocation is checked);
   - more than 1 in 10000 requests failed at the transport level
-    (connection error, broken response, no answer within 10 s; an answer
-    the proxy cut off because its chain's revocation arrived meanwhile is
-    by design, counted apart);
+    (connection error, broken response, no answer within 10 s, and an
+    answer broken off on a chain whose revocation had been applied before
+    the request was sent; an answer the proxy cut off because its chain's
+    revocation was applied while it was in flight is by design, counted
+    apart, and must not outnumber the proxy's own count of streams cut);
   - the proxy's RSS grew, from the first sample at or after --warmup to the
     last sample, by more than 32 MiB and by more than 50% (the larger of the
     two is the allowance).
@@ -276,6 +279,15 @@ struct Watched {
     allowed: bool,
 }
 
+/// A request on a chain that was being revoked whose answer broke off.
+struct Broken {
+    sent: Instant,
+    chain: u32,
+    /// The status of the head, when one arrived before the break.
+    head: Option<StatusCode>,
+    error: String,
+}
+
 /// What the connections saw.
 #[derive(Default)]
 struct Tally {
@@ -285,8 +297,8 @@ struct Tally {
     other: u64,
     /// Clean closes by the proxy between requests (reconnected, not failures).
     reconnects: u64,
-    /// Answers broken off while their chain was being revoked.
-    cut: u64,
+    /// Answers broken off on chains with a revocation sent (judged later).
+    broken: Vec<Broken>,
     /// Live chains (no revocation sent) answered with something else than 2xx.
     live_denied: u64,
     first_live_denial: Option<String>,
@@ -299,7 +311,7 @@ impl Tally {
         self.forbidden += o.forbidden;
         self.other += o.other;
         self.reconnects += o.reconnects;
-        self.cut += o.cut;
+        self.broken.extend(o.broken);
         self.live_denied += o.live_denied;
         if self.first_live_denial.is_none() {
             self.first_live_denial = o.first_live_denial;
@@ -380,22 +392,37 @@ async fn connection(
             .body(Empty::<Bytes>::new())?;
         let sent = Instant::now();
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let r = s.send_request(req).await?;
+            let r = s.send_request(req).await.map_err(|e| (None, e))?;
+            // The status is kept from the head: a 2xx head is an allowed
+            // request whatever happens to its body afterwards.
             let status = r.status();
-            let body = r.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, body))
+            let body = r
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| (Some(status), e))?
+                .to_bytes();
+            Ok::<_, (Option<StatusCode>, hyper::Error)>((status, body))
         })
         .await;
         let (status, body) = match answer {
             Ok(Ok(a)) => a,
             // The proxy cuts off an answer still streaming when its
-            // chain's revocation arrives: by design, not a failure.
-            Ok(Err(_)) if chain.revoking.get().is_some() => {
-                tally.cut += 1;
+            // chain's revocation is applied: judged after the run against
+            // the revocation's instants (by design only while it was
+            // being revoked; a transport failure if it was applied before
+            // the request was sent).
+            Ok(Err((head, e))) if chain.revoking.get().is_some() => {
+                tally.broken.push(Broken {
+                    sent,
+                    chain: id,
+                    head,
+                    error: e.to_string(),
+                });
                 sender = None;
                 continue;
             }
-            Ok(Err(e)) => {
+            Ok(Err((_, e))) => {
                 shared.failed(format!("request through the proxy: {e}"));
                 sender = None;
                 continue;
@@ -592,13 +619,48 @@ struct Verdicts {
     window_allowed: u64,
     /// Denials sent after the applied instant.
     denied_after_applied: u64,
+    /// Answers broken off because their chain's revocation was applied
+    /// while they were in flight (by design).
+    cut: u64,
+    /// Answers broken off although the chain's revocation had been applied
+    /// before the request was sent: the proxy should have refused them
+    /// cleanly, so each is a transport failure. The first few, described.
+    broken_after_applied: Vec<String>,
 }
 
-/// Judges each watched request against its chain's revocation: `by_chain`
-/// maps a chain to its acknowledgement and applied instants.
-fn judge(watched: &[Watched], by_chain: &HashMap<u32, (Instant, Option<Instant>)>) -> Verdicts {
+/// Judges each request on a chain under revocation against the
+/// revocation's instants: `by_chain` maps a chain to its acknowledgement
+/// and applied instants. A broken answer whose head said 2xx was allowed,
+/// whatever happened to its body.
+fn judge(
+    watched: &[Watched],
+    broken: &[Broken],
+    revoking: impl Fn(u32) -> Option<Instant>,
+    by_chain: &HashMap<u32, (Instant, Option<Instant>)>,
+) -> Verdicts {
     let mut v = Verdicts::default();
-    for w in watched {
+    let mut allowed_heads = Vec::new();
+    for b in broken {
+        let applied = by_chain.get(&b.chain).and_then(|(_, applied)| *applied);
+        match applied {
+            Some(at) if b.sent > at => v.broken_after_applied.push(format!(
+                "chain #{} sent {:.2} ms after its revocation was applied: {}",
+                b.chain,
+                signed_ms(b.sent, at),
+                b.error
+            )),
+            _ => v.cut += 1,
+        }
+        let revoked_before = revoking(b.chain).is_some_and(|at| at <= b.sent);
+        if revoked_before && b.head.is_some_and(|s| s.is_success()) {
+            allowed_heads.push(Watched {
+                sent: b.sent,
+                chain: b.chain,
+                allowed: true,
+            });
+        }
+    }
+    for w in watched.iter().chain(&allowed_heads) {
         let Some((acked, applied)) = by_chain.get(&w.chain) else {
             continue;
         };
@@ -824,7 +886,15 @@ async fn soak(a: &SoakArgs, reg: &Arc<Registry>, proxy: &Proxy) -> anyhow::Resul
         .iter()
         .map(|r| (r.chain, (r.acked, applied_at(r.ver))))
         .collect();
-    let verdicts = judge(&tally.watched, &by_chain);
+    let verdicts = {
+        let pool = shared.pool.read().unwrap_or_else(PoisonError::into_inner);
+        let revoking = |id: u32| {
+            pool.chains
+                .get(id as usize)
+                .and_then(|c| c.revoking.get().copied())
+        };
+        judge(&tally.watched, &tally.broken, revoking, &by_chain)
+    };
     let streams_cut = Metrics::fetch(&reqwest::Client::new(), &proxy.admin)
         .await
         .ok()
@@ -861,8 +931,19 @@ async fn soak(a: &SoakArgs, reg: &Arc<Registry>, proxy: &Proxy) -> anyhow::Resul
 }
 
 impl Report {
+    /// Every request sent, answered whole or broken off.
     fn requests(&self) -> u64 {
-        self.tally.ok + self.tally.forbidden + self.tally.other
+        self.tally.ok + self.tally.forbidden + self.tally.other + self.tally.broken.len() as u64
+    }
+
+    fn transport_failures(&self) -> u64 {
+        self.failures + self.verdicts.broken_after_applied.len() as u64
+    }
+
+    /// Revocations applied, but later than [`APPLY_TIMEOUT`] after their ack.
+    fn late(&self) -> usize {
+        let limit = APPLY_TIMEOUT.as_secs_f64() * 1e3;
+        self.propagation_ms.iter().filter(|ms| **ms > limit).count()
     }
 
     /// `(baseline sample, allowance in KiB, growth in KiB)` of the proxy's RSS.
@@ -939,13 +1020,15 @@ impl Report {
             t.ok, t.forbidden, t.other
         );
         println!(
-            "transport       : {} failures (tolerance 1 in {TRANSPORT_TOLERANCE}){}; {} reconnects after a clean close; {} answers cut off while their chain was being revoked (by design; the proxy counted {} streams cut)",
-            self.failures,
+            "transport       : {} failures (tolerance 1 in {TRANSPORT_TOLERANCE}; {} of them answers broken off on a chain revoked before the request){}; {} reconnects after a clean close; {} answers cut off while their chain's revocation was being applied (by design; the proxy counted {} streams cut)",
+            self.transport_failures(),
+            self.verdicts.broken_after_applied.len(),
             self.first_failure
                 .as_ref()
+                .or(self.verdicts.broken_after_applied.first())
                 .map_or(String::new(), |f| format!(", first: {f}")),
             t.reconnects,
-            t.cut,
+            self.verdicts.cut,
             self.streams_cut
                 .map_or("an unknown number of".into(), |n| format!("{n:.0}"))
         );
@@ -1007,8 +1090,8 @@ impl Report {
             a.connections,
             a.chains,
             a.revoke_rate,
-            self.failures,
-            t.cut,
+            self.transport_failures(),
+            self.verdicts.cut,
             self.verdicts.wrongly_allowed.len(),
             self.verdicts.window_allowed,
             t.live_denied,
@@ -1032,18 +1115,34 @@ impl Report {
                 self.tally.live_denied
             ));
         }
-        if self.unapplied > 0 {
+        if self.unapplied + self.late() > 0 {
             why.push(format!(
-                "{} revocations were not applied by the proxy within {APPLY_TIMEOUT:?}",
-                self.unapplied
+                "{} revocations were not applied by the proxy within {APPLY_TIMEOUT:?} of their acknowledgement ({} never, {} late)",
+                self.unapplied + self.late(),
+                self.unapplied,
+                self.late()
             ));
         }
-        if self.failures * TRANSPORT_TOLERANCE > self.requests().max(1) {
+        if self.transport_failures() * TRANSPORT_TOLERANCE > self.requests().max(1) {
             why.push(format!(
                 "{} of {} requests failed at the transport level (tolerance 1 in {TRANSPORT_TOLERANCE})",
-                self.failures,
+                self.transport_failures(),
                 self.requests()
             ));
+        }
+        // Every answer counted as cut by design must be one the proxy says
+        // it cut; more means breaks the proxy did not make.
+        match self.streams_cut {
+            Some(n) if self.verdicts.cut as f64 <= n => {}
+            Some(n) => why.push(format!(
+                "{} answers broke off while their chain was being revoked, but the proxy counted only {n:.0} streams cut",
+                self.verdicts.cut
+            )),
+            None if self.verdicts.cut == 0 => {}
+            None => why.push(format!(
+                "{} answers broke off while their chain was being revoked, and the proxy's veto_proxy_streams_cut_total could not be read",
+                self.verdicts.cut
+            )),
         }
         if let Some((base, allowance, grown)) = self.rss_growth(a) {
             if grown > allowance as i64 {
@@ -1114,10 +1213,41 @@ mod tests {
             req(2, 30, true),  // never applied: in the window
             req(3, 30, true),  // not revoked
         ];
-        let v = judge(&watched, &by_chain);
+        let v = judge(&watched, &[], |_| Some(at(8)), &by_chain);
         assert_eq!(v.wrongly_allowed, vec![(1, 10.0)]);
         assert_eq!(v.window_allowed, 2);
         assert_eq!(v.denied_after_applied, 1);
+        assert_eq!(v.cut, 0);
+    }
+
+    #[test]
+    fn judges_broken_answers_by_their_head_and_instant() {
+        let t = Instant::now();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        // Chain 1: revocation sent at 8 ms, acked at 10 ms, applied at 20 ms.
+        let by_chain = HashMap::from([(1, (at(10), Some(at(20))))]);
+        let broken = |sent, head: Option<u16>| Broken {
+            sent: at(sent),
+            chain: 1,
+            head: head.map(|s| StatusCode::from_u16(s).unwrap()),
+            error: "connection reset".into(),
+        };
+        let v = judge(
+            &[],
+            &[
+                broken(5, Some(200)),  // sent before the revocation, cut when applied: by design
+                broken(15, Some(200)), // in the window, cut when applied: by design, window allowed
+                broken(15, None),      // in the window, no head: by design
+                broken(30, Some(200)), // 2xx head after applied: wrongly allowed, and a failure
+                broken(30, None),      // after applied, no head: a transport failure
+            ],
+            |_| Some(at(8)),
+            &by_chain,
+        );
+        assert_eq!(v.cut, 3);
+        assert_eq!(v.broken_after_applied.len(), 2);
+        assert_eq!(v.wrongly_allowed, vec![(1, 10.0)]);
+        assert_eq!(v.window_allowed, 1);
     }
 
     #[test]
