@@ -432,20 +432,160 @@ fn exercise(s: &str) {
             let _ = jws.expect_typ(t);
         }
     }
-    let mut state = w.state.clone();
-    if let Ok(d) = w.verifier.delta(s, NOW) {
-        let _ = state.apply_delta(&d);
-    }
-    if let Ok(c) = w.verifier.checkpoint(s, NOW) {
-        let _ = state.apply_checkpoint(&c);
-    }
-    if let Ok(snap) = w.verifier.snapshot(s, NOW) {
-        let _ = state.apply_snapshot(snap);
-    }
-    let _ = state.is_fresh(NOW, u64::MAX);
+    apply_all(s, &mut BTreeMap::new());
+    let _fresh = w.state.is_fresh(NOW, u64::MAX);
     let _ = PublicKey::from_jwk_json(s);
     let _ = SigningKey::from_jwk_json(s);
     let _ = Pattern::parse(s);
+}
+
+/// Applies `s` as each signed object it verifies as, to the world's state,
+/// asserting the outcome; counts `kind/outcome` in `seen`.
+fn apply_all(s: &str, seen: &mut BTreeMap<String, u32>) {
+    let w = world();
+    let mut note = |kind: &str, r: &Result<Applied, ApplyError>| {
+        let outcome = match r {
+            Ok(Applied::Advanced { .. }) => "advanced",
+            Ok(Applied::Refreshed) => "refreshed",
+            Ok(Applied::Ignored) => "ignored",
+            Err(_) => "refused",
+        };
+        *seen.entry(format!("{kind}/{outcome}")).or_default() += 1;
+    };
+    if let Ok(d) = w.verifier.delta(s, NOW) {
+        let mut state = w.state.clone();
+        let result = state.apply_delta(&d);
+        assert_apply("delta", &w.state, &state, &result);
+        note("delta", &result);
+        if let Ok(Applied::Advanced { .. }) = result {
+            assert_delta_model(&w.state, &state, &d);
+        }
+    }
+    if let Ok(c) = w.verifier.checkpoint(s, NOW) {
+        let mut state = w.state.clone();
+        let result = state.apply_checkpoint(&c);
+        assert_apply("checkpoint", &w.state, &state, &result);
+        note("checkpoint", &result);
+        assert!(
+            !matches!(result, Ok(Applied::Advanced { .. })),
+            "a checkpoint never advances"
+        );
+    }
+    if let Ok(snap) = w.verifier.snapshot(s, NOW) {
+        let mut state = w.state.clone();
+        let result = state.apply_snapshot(snap.clone());
+        assert_apply("snapshot", &w.state, &state, &result);
+        note("snapshot", &result);
+        if let Ok(Applied::Advanced { .. }) = result {
+            assert_eq!(
+                (state.ver(), state.head(), state.set()),
+                (snap.ver, snap.head, &snap.set),
+                "an applied snapshot is the state"
+            );
+        }
+    }
+}
+
+/// The odd signed objects reach every outcome of the apply state machine,
+/// so the assertions in [`apply_all`] are exercised, not skipped.
+#[test]
+fn odd_signed_objects_reach_every_apply_outcome() {
+    use proptest::strategy::ValueTree as _;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = signed_object();
+    let mut seen = BTreeMap::new();
+    for _ in 0..3000 {
+        let s = strategy.new_tree(&mut runner).unwrap().current();
+        apply_all(&s, &mut seen);
+    }
+    eprintln!("{seen:?}");
+    for outcome in [
+        "delta/advanced",
+        "delta/refused",
+        "snapshot/advanced",
+        "checkpoint/refreshed",
+        "checkpoint/refused",
+    ] {
+        assert!(
+            seen.get(outcome).is_some_and(|n| *n > 0),
+            "{outcome} never reached: {seen:?}"
+        );
+    }
+}
+
+/// A refused or ignored object leaves version, head, set and freshness as
+/// they were; a refresh changes only freshness; an advance moves forward.
+fn assert_apply(
+    what: &str,
+    before: &SrlState,
+    after: &SrlState,
+    result: &Result<Applied, ApplyError>,
+) {
+    match result {
+        Err(_) | Ok(Applied::Ignored) => {
+            assert!(same(before, after), "{what} {result:?} changed the state");
+            assert_eq!(
+                before.attested(),
+                after.attested(),
+                "{what} {result:?} changed freshness"
+            );
+        }
+        Ok(Applied::Refreshed) => {
+            assert!(same(before, after), "a refreshing {what} changed the state")
+        }
+        Ok(Applied::Advanced { from, to }) => {
+            assert_eq!((*from, *to), (before.ver(), after.ver()), "{what}");
+            assert!(to > from, "{what} advanced from {from} to {to}");
+        }
+    }
+}
+
+/// An applied delta moves to the next version and its head, lists what it
+/// adds (an agent's cutoff never moves earlier), unlists what it removes
+/// and leaves every other entry as it was.
+fn assert_delta_model(before: &SrlState, after: &SrlState, d: &VerifiedDelta) {
+    assert_eq!(after.ver(), before.ver() + 1);
+    assert_eq!(after.head(), d.head);
+    assert_eq!(d.payload.prev, before.head());
+    let added: BTreeMap<Digest, u64> = d
+        .payload
+        .add
+        .iter()
+        .map(|e| (e.digest(), e.before.unwrap_or(0)))
+        .collect();
+    for e in &d.payload.add {
+        let got = after.set().get(e.kind, &e.digest());
+        let want = e.before.unwrap_or(0);
+        match e.kind {
+            EntryKind::Agent => assert!(got.is_some_and(|v| v >= want), "agent {e:?}: {got:?}"),
+            _ => assert!(got.is_some(), "{e:?} is not listed"),
+        }
+    }
+    for r in &d.payload.rm {
+        let dg = Digest::of(r.kind, &r.id);
+        if !added.contains_key(&dg) {
+            assert_eq!(after.set().get(r.kind, &dg), None, "{r:?} is still listed");
+        }
+    }
+    let removed: Vec<Digest> = d
+        .payload
+        .rm
+        .iter()
+        .map(|r| Digest::of(r.kind, &r.id))
+        .collect();
+    let untouched = |dg: &Digest| !added.contains_key(dg) && !removed.contains(dg);
+    let (w0, a0, k0) = before.set().tables();
+    let (w1, a1, k1) = after.set().tables();
+    let keep = |v: &[Digest]| v.iter().copied().filter(untouched).collect::<Vec<_>>();
+    let keep_agents = |v: &[(Digest, u64)]| {
+        v.iter()
+            .copied()
+            .filter(|(dg, _)| untouched(dg))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keep(&w0), keep(&w1), "untouched warrants");
+    assert_eq!(keep(&k0), keep(&k1), "untouched keys");
+    assert_eq!(keep_agents(&a0), keep_agents(&a1), "untouched agents");
 }
 
 fn b64(bytes: &[u8]) -> String {
