@@ -182,6 +182,27 @@ async fn kill_9_mid_storm_loses_nothing_and_the_proxy_converges() {
         acked.lock().unwrap().len() >= KILL_AFTER
     })
     .await;
+    // Watch the proxy's push state from the kill on, every 2 ms, so the
+    // figure is the time from the kill to the first answer that shows the
+    // loss (an upper bound by at most one poll).
+    let watch = {
+        let admin = format!("{}/healthz", proxy.admin_url);
+        tokio::spawn(async move {
+            let http = client();
+            let start = Instant::now();
+            while start.elapsed() < WITHIN {
+                if let Ok(r) = http.get(&admin).send().await {
+                    if let Ok(h) = r.json::<Value>().await {
+                        if h["sync"]["push_connected"] == false {
+                            return Some(Instant::now());
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            None
+        })
+    };
     reg.kill();
     let killed = Instant::now();
     for w in workers {
@@ -200,10 +221,11 @@ async fn kill_9_mid_storm_loses_nothing_and_the_proxy_converges() {
     }
 
     // The proxy notices the push is gone and keeps enforcing from memory.
-    let noticed = until("the proxy notices the outage", WITHIN, || async {
-        proxy.health().await["sync"]["push_connected"] == false
-    })
-    .await;
+    let noticed = watch
+        .await
+        .unwrap()
+        .expect("the proxy never showed the push connection lost")
+        .saturating_duration_since(killed);
     let still_fresh = proxy.health().await["sync"]["fresh"] == true;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -216,6 +238,18 @@ async fn kill_9_mid_storm_loses_nothing_and_the_proxy_converges() {
         head >= max_acked,
         "restarted at {head}, acknowledged {max_acked}"
     );
+    // The registry itself kept every acknowledged revocation (the proxy
+    // would deny them from memory anyway).
+    let kept = reg.snapshot().await;
+    for (i, ver) in &acked {
+        let digest = veto_core::Digest::of(veto_core::EntryKind::Warrant, &pool[*i].1);
+        assert!(
+            kept.set
+                .get(veto_core::EntryKind::Warrant, &digest)
+                .is_some(),
+            "the restarted registry lost warrant {i}, acknowledged in version {ver}"
+        );
+    }
     let converge = until("the proxy converges", WITHIN, || async {
         applied(&proxy).await >= head
     })
@@ -255,9 +289,9 @@ async fn kill_9_mid_storm_loses_nothing_and_the_proxy_converges() {
         "kill9-storm",
         &[
             ("acked", acked.len().to_string()),
-            ("lost", "0".into()),
+            ("lost_by_registry", "0".into()),
             ("proxy_version_during_outage", during.to_string()),
-            ("push_loss_noticed_ms", ms(noticed)),
+            ("push_loss_noticed_after_kill_ms", ms(noticed)),
             ("fresh_during_outage", still_fresh.to_string()),
             ("registry_version_after_restart", head.to_string()),
             ("outage_ms", ms(restarted - killed)),
@@ -309,7 +343,10 @@ async fn partition_grows_staleness_applies_policy_and_converges() {
     let mut window_allowed = 0; // the victim allowed before the proxy went stale
     let mut stale_at = None;
     let mut open_flagged = 0;
+    let mut samples = 0;
+    let (mut ready_while_stale, mut unready_while_stale) = (0, 0);
     while cut.elapsed() < Duration::from_secs(MAX_STALENESS + 3) {
+        samples += 1;
         // Staleness only grows during the partition: once the live chain
         // is denied as stale, every later answer must be a denial.
         let (sl, code_live) = ask(&http, &closed, live).await;
@@ -326,9 +363,24 @@ async fn partition_grows_staleness_applies_policy_and_converges() {
         if ask(&http, &open, live).await.0 == 200 {
             open_flagged += 1;
         }
+        if stale_at.is_some() {
+            if closed.readyz_status().await == 503 {
+                unready_while_stale += 1;
+            } else {
+                ready_while_stale += 1;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let detect = stale_at.expect("the fail-closed proxy never went stale");
+    // Fail-open allows the live chain on every sample, fresh or stale.
+    assert_eq!(
+        open_flagged, samples,
+        "fail-open allowed {open_flagged} of {samples} samples"
+    );
+    // `/readyz` says 503 on every sample while stale.
+    assert!(unready_while_stale > 0, "no sample while stale");
+    assert_eq!(ready_while_stale, 0, "/readyz answered ready while stale");
     let ready_closed = closed.health().await;
     assert_eq!(ready_closed["sync"]["fresh"], false);
     let open_allowed_stale = open.metrics().await;
@@ -342,6 +394,10 @@ async fn partition_grows_staleness_applies_policy_and_converges() {
     })
     .await;
     assert!(applied(&closed).await >= ver);
+    until("/readyz 200 after healing", WITHIN, || async {
+        closed.readyz_status().await == 200
+    })
+    .await;
     // After convergence the victim is never allowed again.
     let mut wrongly_allowed = 0;
     for _ in 0..20 {
@@ -363,7 +419,12 @@ async fn partition_grows_staleness_applies_policy_and_converges() {
             ("detect_stale_ms", ms(detect)),
             ("victim_allowed_before_stale", window_allowed.to_string()),
             ("revocation_acked_after_cut_ms", ms(acked - cut)),
+            ("samples", samples.to_string()),
             ("fail_open_allowed_samples", open_flagged.to_string()),
+            (
+                "readyz_503_samples_while_stale",
+                unready_while_stale.to_string(),
+            ),
             ("fail_open_metric_allow_stale", stale_allowed.to_string()),
             ("converge_after_heal_ms", ms(converge)),
             (
@@ -410,6 +471,16 @@ async fn a_half_open_push_connection_is_noticed_within_the_heartbeat_allowance()
     })
     .await;
     let allowed_while_half_open = allowed_while_half_open.into_inner();
+    // Once enforced, never allowed again.
+    const ASKS_AFTER: usize = 50;
+    for _ in 0..ASKS_AFTER {
+        let (s, code) = ask(&http, &proxy, &pool[1].0).await;
+        assert_eq!(
+            (s, code.as_str()),
+            (403, DenyReason::Revoked.as_str()),
+            "after enforcement"
+        );
+    }
     assert!(
         relay.accepted() > connections,
         "no new connection was opened"
@@ -426,6 +497,7 @@ async fn a_half_open_push_connection_is_noticed_within_the_heartbeat_allowance()
                 "allowed_before_reconnect",
                 allowed_while_half_open.to_string(),
             ),
+            ("revoked_answers_after_enforcement", ASKS_AFTER.to_string()),
             ("since_cut_ms", ms(cut.elapsed())),
         ],
     );
@@ -461,8 +533,8 @@ async fn a_subscriber_that_stops_reading_is_cut_and_others_are_unaffected() {
     let storm = Instant::now();
     let mut cut_at = None;
     for b in 0..BATCHES {
-        let acked = Instant::now();
         let (status, body) = reg.revoke(big_batch(b, PER_BATCH)).await;
+        let acked = Instant::now();
         assert_eq!(status, 201, "{body}");
         let ver = body["version"].as_u64().unwrap();
         if b == 0 {
@@ -485,12 +557,19 @@ async fn a_subscriber_that_stops_reading_is_cut_and_others_are_unaffected() {
         }
     }
     let storm_ms = storm.elapsed();
+    let seen_cut = std::cell::Cell::new(cut_at);
     until("the stuck subscriber is cut", WITHIN, || async {
         let m = metrics(&reg).await;
-        metric_value(&m, "veto_registry_stalled_connections_total") >= 1.0
-            && metric_value(&m, "veto_registry_sse_subscribers") <= 1.0
+        let cut = metric_value(&m, "veto_registry_stalled_connections_total") >= 1.0;
+        if cut && seen_cut.get().is_none() {
+            seen_cut.set(Some(storm.elapsed()));
+        }
+        cut && metric_value(&m, "veto_registry_sse_subscribers") <= 1.0
     })
     .await;
+    let cut_at = seen_cut
+        .get()
+        .expect("the stuck subscriber was never seen cut");
     // The healthy one still gets heartbeats.
     let e = healthy.next(Duration::from_secs(5)).await;
     assert_eq!(e.event, "checkpoint");
@@ -515,7 +594,7 @@ async fn a_subscriber_that_stops_reading_is_cut_and_others_are_unaffected() {
             ("first_version", first_ver.to_string()),
             ("subscriber_timeout_s", "2".into()),
             ("storm_ms", ms(storm_ms)),
-            ("stuck_cut_at_ms", ms(cut_at.unwrap_or(storm_ms))),
+            ("stuck_cut_after_storm_start_ms", ms(cut_at)),
             ("healthy_max_ack_to_receive_ms", ms(max_delay)),
             ("registry_rss_mib_before", format!("{rss_before:.1}")),
             ("registry_rss_mib_peak", format!("{rss_peak:.1}")),
@@ -786,10 +865,38 @@ async fn a_full_disk_refuses_revocations_and_loses_none() {
     let head = reg.version().await;
     // Reads still work while full.
     assert_eq!(reg.get("/v1/srl/checkpoint").await.0, 200);
+    // Pushes go on while full: a subscriber gets heartbeats for the head.
+    let mut events = EventStream::open(&reg.at("/v1/srl/events"), Some(&head.to_string())).await;
+    // The first checkpoint is sent on connect; the next one is a heartbeat
+    // signed while the disk is full.
+    let verifier = reg.verifier();
+    let mut iats = Vec::new();
+    let heartbeat = Instant::now();
+    while iats.len() < 2 {
+        let e = events.next(Duration::from_secs(5)).await;
+        assert_eq!(
+            (e.event.as_str(), e.id.as_deref()),
+            ("checkpoint", Some(head.to_string().as_str())),
+            "a heartbeat while the disk is full"
+        );
+        let c = verifier.checkpoint(&e.data, now()).unwrap();
+        if iats.last().is_none_or(|last| c.payload.iat > *last) {
+            iats.push(c.payload.iat);
+        }
+    }
+    let heartbeat_ms = heartbeat.elapsed();
     // Retrying does not half-write either.
     let (again, _) = reg
         .revoke(json!([{"kind": "warrant", "id": "while-full", "reason": "superseded"}]))
         .await;
+    if again == 201 {
+        // A small entry that still fit is pushed like any other.
+        let e = events.next_except("checkpoint", WITHIN).await;
+        assert_eq!(
+            (e.event.as_str(), e.id.as_deref()),
+            ("delta", Some((head + 1).to_string().as_str()))
+        );
+    }
     // A small entry may still fit; if it was acknowledged it must survive too.
     let mut acked = acked;
     if again == 201 {
@@ -821,6 +928,7 @@ async fn a_full_disk_refuses_revocations_and_loses_none() {
                 format!("{status}/{}", body["error"].as_str().unwrap_or_default()),
             ),
             ("retry_refused", retry_refused.to_string()),
+            ("new_heartbeat_pushed_while_full_ms", ms(heartbeat_ms)),
             ("recovered_without_restart_ms", ms(recover_ms)),
             ("refused_while_recovering", refused.to_string()),
             ("lost_after_kill9_restart", "0".into()),

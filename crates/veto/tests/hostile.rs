@@ -189,24 +189,37 @@ async fn call(http: &reqwest::Client, proxy: &Proxy, chain: &str) -> (u16, Value
     call_auth(http, proxy, Some(&format!("Bearer {chain}"))).await
 }
 
-/// Asserts a proxy denial: status, exactly `{"error", "message"}`, and a
-/// message containing `names`.
-fn assert_denied(what: &str, status: u16, body: &Value, reason: DenyReason, names: &str) {
-    assert_eq!(
-        status,
-        veto_authorizer::http_status(reason).as_u16(),
-        "{what}: status for `{reason}` (body {body})"
-    );
-    let obj = body
-        .as_object()
-        .unwrap_or_else(|| panic!("{what}: body is not a JSON object: {body}"));
-    assert_eq!(obj.len(), 2, "{what}: other members in {body}");
-    assert_eq!(body["error"], reason.as_str(), "{what}: {body}");
+/// Checks a proxy denial: status, exactly `{"error", "message"}`, and a
+/// message containing `names`; what differs, described.
+fn check_denied(
+    what: &str,
+    status: u16,
+    body: &Value,
+    reason: DenyReason,
+    names: &str,
+) -> Result<(), String> {
+    let want = veto_authorizer::http_status(reason).as_u16();
+    if status != want {
+        return Err(format!(
+            "{what}: status {status}, expected {want} for `{reason}` (body {body})"
+        ));
+    }
+    let Some(obj) = body.as_object() else {
+        return Err(format!("{what}: body is not a JSON object: {body}"));
+    };
+    if obj.len() != 2 {
+        return Err(format!("{what}: other members in {body}"));
+    }
+    if body["error"] != reason.as_str() {
+        return Err(format!("{what}: error is not `{reason}`: {body}"));
+    }
     let message = body["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains(names),
-        "{what}: message `{message}` does not name `{names}`"
-    );
+    if !message.contains(names) {
+        return Err(format!(
+            "{what}: message `{message}` does not name `{names}`"
+        ));
+    }
+    Ok(())
 }
 
 /// A registry, an upstream and a proxy, with the proxy synced and a root
@@ -258,19 +271,41 @@ impl Stack {
     }
 }
 
-/// Counts per group for the `RELIABILITY` line.
+/// Counts per group for the `RELIABILITY` line, observed from the answers:
+/// `refused` counts the 4xx answers, whatever the assertions say, and the
+/// answers that were not the expected denial are kept to fail the group
+/// after its line is printed.
 #[derive(Default)]
 struct Tally {
     sent: usize,
     refused: usize,
+    wrong: Vec<String>,
 }
 
 impl Tally {
     async fn deny(&mut self, s: &Stack, what: &str, chain: &str, reason: DenyReason, names: &str) {
         let (status, body) = call(&s.http, &s.proxy, chain).await;
+        self.observe(what, status, &body, reason, names);
+    }
+
+    fn observe(&mut self, what: &str, status: u16, body: &Value, reason: DenyReason, names: &str) {
         self.sent += 1;
-        assert_denied(what, status, &body, reason, names);
-        self.refused += 1;
+        if (400..500).contains(&status) {
+            self.refused += 1;
+        }
+        if let Err(e) = check_denied(what, status, body, reason, names) {
+            self.wrong.push(e);
+        }
+    }
+
+    /// Fails the group unless every request got its expected denial.
+    fn assert_all(&self, group: &str) {
+        assert!(self.wrong.is_empty(), "{group}: {:#?}", self.wrong);
+        assert_eq!(
+            self.refused, self.sent,
+            "{group}: refused {} of {}",
+            self.refused, self.sent
+        );
     }
 }
 
@@ -355,6 +390,7 @@ async fn the_proxy_refuses_forged_malformed_and_confused_chains() {
         "RELIABILITY hostile proxy-forged requests={} refused={} (flipped root/child signatures, unknown signer, swapped payload, wrong delegator)",
         t.sent, t.refused
     );
+    t.assert_all("proxy-forged");
 
     // --- truncated ------------------------------------------------------------
     let mut t = Tally::default();
@@ -390,14 +426,10 @@ async fn the_proxy_refuses_forged_malformed_and_confused_chains() {
     )
     .await;
     let (status, body) = call_auth(&s.http, &s.proxy, Some("Bearer ")).await;
-    t.sent += 1;
-    assert_denied("an empty bearer", status, &body, DenyReason::Malformed, "");
-    t.refused += 1;
+    t.observe("an empty bearer", status, &body, DenyReason::Malformed, "");
     for auth in ["Basic dXNlcjpwYXNz", "Bearer", "Token abc"] {
         let (status, body) = call_auth(&s.http, &s.proxy, Some(auth)).await;
-        t.sent += 1;
-        assert_denied(auth, status, &body, DenyReason::Malformed, "Bearer");
-        t.refused += 1;
+        t.observe(auth, status, &body, DenyReason::Malformed, "Bearer");
     }
     println!(
         "RELIABILITY hostile proxy-truncated requests={} refused={} (every 11th cut of a {}-byte 2-link chain, empty links, empty/other schemes)",
@@ -405,6 +437,7 @@ async fn the_proxy_refuses_forged_malformed_and_confused_chains() {
         t.refused,
         two.len()
     );
+    t.assert_all("proxy-truncated");
 
     // --- oversized and over-deep ---------------------------------------------
     let mut t = Tally::default();
@@ -480,6 +513,7 @@ async fn the_proxy_refuses_forged_malformed_and_confused_chains() {
         t.refused,
         fat_link.len()
     );
+    t.assert_all("proxy-oversized");
 
     // --- algorithm and type confusion ------------------------------------------
     let mut t = Tally::default();
@@ -605,6 +639,7 @@ async fn the_proxy_refuses_forged_malformed_and_confused_chains() {
         "RELIABILITY hostile proxy-alg-typ requests={} refused={} (alg none x2, HS256 keyed with the public key x2, 4 other algs, 4 root typs, 2 child typs, an authority checkpoint)",
         t.sent, t.refused
     );
+    t.assert_all("proxy-alg-typ");
 
     // --- duplicate keys, unknown members, non-canonical base64 -----------------
     let mut t = Tally::default();
@@ -755,6 +790,7 @@ async fn the_proxy_refuses_forged_malformed_and_confused_chains() {
         "RELIABILITY hostile proxy-json-b64 requests={} refused={} (5 duplicate claims, duplicate cnf.jwk.x, 3 duplicate header members, crit, jku/x5u, 7 non-canonical base64url; unknown claims allowed as documented)",
         t.sent, t.refused
     );
+    t.assert_all("proxy-json-b64");
 
     // --- time and replay -------------------------------------------------------
     let mut t = Tally::default();
@@ -848,6 +884,7 @@ async fn the_proxy_refuses_forged_malformed_and_confused_chains() {
         "RELIABILITY hostile proxy-time-replay requests={} refused={} (expired, not yet valid, widening, outliving, wrong par, 50 replays after revocation)",
         t.sent, t.refused
     );
+    t.assert_all("proxy-time-replay");
     let health = s.proxy.health().await;
     assert_eq!(health["status"], "ok", "{health}");
 }
@@ -1157,20 +1194,88 @@ async fn assert_unchanged(r: &Registry, b: &Baseline, what: &str) {
     );
 }
 
-/// Asserts a registry error: status, `{"error": code, "message": text}`
-/// with a message containing `names`.
-fn assert_api_error(what: &str, status: u16, body: &Value, want: u16, code: &str, names: &str) {
-    assert_eq!(status, want, "{what}: {body}");
-    let obj = body
-        .as_object()
-        .unwrap_or_else(|| panic!("{what}: body is not a JSON object: {body}"));
-    assert_eq!(obj.len(), 2, "{what}: other members in {body}");
-    assert_eq!(body["error"], code, "{what}: {body}");
+/// Checks a registry error: status, `{"error": code, "message": text}`
+/// with a message containing `names`; what differs, described.
+fn check_api_error(
+    what: &str,
+    status: u16,
+    body: &Value,
+    want: u16,
+    code: &str,
+    names: &str,
+) -> Result<(), String> {
+    if status != want {
+        return Err(format!("{what}: status {status}, expected {want}: {body}"));
+    }
+    let Some(obj) = body.as_object() else {
+        return Err(format!("{what}: body is not a JSON object: {body}"));
+    };
+    if obj.len() != 2 {
+        return Err(format!("{what}: other members in {body}"));
+    }
+    if body["error"] != code {
+        return Err(format!("{what}: error is not `{code}`: {body}"));
+    }
     let message = body["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains(names),
-        "{what}: message `{message}` does not name `{names}`"
-    );
+    if !message.contains(names) {
+        return Err(format!(
+            "{what}: message `{message}` does not name `{names}`"
+        ));
+    }
+    Ok(())
+}
+
+/// Asserts a registry error (see [`check_api_error`]).
+fn assert_api_error(what: &str, status: u16, body: &Value, want: u16, code: &str, names: &str) {
+    if let Err(e) = check_api_error(what, status, body, want, code, names) {
+        panic!("{e}");
+    }
+}
+
+/// Registry refusals of one group, observed from the answers (4xx
+/// counted whatever the checks say); mismatches fail the group after its
+/// `RELIABILITY` line is printed.
+#[derive(Default)]
+struct Refusals {
+    sent: usize,
+    refused: usize,
+    wrong: Vec<String>,
+}
+
+impl Refusals {
+    fn observe(
+        &mut self,
+        what: &str,
+        status: u16,
+        body: &Value,
+        want: u16,
+        code: &str,
+        names: &str,
+    ) {
+        self.sent += 1;
+        if (400..500).contains(&status) {
+            self.refused += 1;
+        }
+        if let Err(e) = check_api_error(what, status, body, want, code, names) {
+            self.wrong.push(e);
+        }
+    }
+
+    /// A request the server refused by closing the connection before
+    /// reading it (nothing written, checked separately).
+    fn closed(&mut self) {
+        self.sent += 1;
+        self.refused += 1;
+    }
+
+    fn assert_all(&self, group: &str) {
+        assert!(self.wrong.is_empty(), "{group}: {:#?}", self.wrong);
+        assert_eq!(
+            self.refused, self.sent,
+            "{group}: refused {} of {}",
+            self.refused, self.sent
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1189,7 +1294,7 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
         json!({"entries": [{"kind": "warrant", "id": "never-written", "reason": "superseded"}]})
             .to_string();
     let good_mint = json!({"agent": "never-minted", "act": ACT, "ttl": 60}).to_string();
-    let mut sent = 0;
+    let mut auth = Refusals::default();
 
     // --- authentication --------------------------------------------------------
     let wrong_same_len: String = token
@@ -1236,17 +1341,16 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
         } else {
             &good_mint
         };
-        for (what, auth, names) in &auth_cases {
+        for (what, header, names) in &auth_cases {
             let mut req = http
                 .post(r.at(path))
                 .header("content-type", "application/json")
                 .body(body.clone());
-            if let Some(a) = auth {
+            if let Some(a) = header {
                 req = req.header("authorization", a);
             }
             let (status, resp) = r.send(req).await;
-            sent += 1;
-            assert_api_error(
+            auth.observe(
                 &format!("{path}: {what}"),
                 status,
                 &resp,
@@ -1266,12 +1370,11 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
         .body(vec![b'['; 2 << 20])
         .send()
         .await;
-    sent += 1;
     let big_outcome = match big {
         Ok(resp) => {
             let status = resp.status().as_u16();
             let body: Value = resp.json().await.unwrap_or(Value::Null);
-            assert_api_error(
+            auth.observe(
                 "2 MiB without a token",
                 status,
                 &body,
@@ -1281,7 +1384,10 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
             );
             status.to_string()
         }
-        Err(e) => format!("closed ({e})"),
+        Err(e) => {
+            auth.closed();
+            format!("closed ({e})")
+        }
     };
     assert_unchanged(&r, &b, "2 MiB without a token").await;
     // The scheme is case-insensitive (RFC 9110 11.1).
@@ -1293,11 +1399,13 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
         .await;
     assert_eq!(status, 200, "lower-case `bearer`: {resp}");
     println!(
-        "RELIABILITY hostile registry-auth requests={sent} refused={sent} (none, wrong, 1 B, 6 KiB, suffixed, Basic, empty, scheme only; on both write endpoints; 2 MiB unauthenticated: {big_outcome})"
+        "RELIABILITY hostile registry-auth requests={} refused={} (none, wrong, 1 B, 6 KiB, suffixed, Basic, empty, scheme only; on both write endpoints; 2 MiB unauthenticated: {big_outcome})",
+        auth.sent, auth.refused
     );
+    auth.assert_all("registry-auth");
 
     // --- bodies ----------------------------------------------------------------
-    let mut refused = 0;
+    let mut bodies = Refusals::default();
     let entry = |extra: &str| {
         format!(
             r#"{{"entries":[{{"kind":"warrant","id":"never-written","reason":"superseded"{extra}}}]}}"#
@@ -1369,8 +1477,7 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
                     .body(body),
             )
             .await;
-        assert_api_error(what, status, &resp, want, code, names);
-        refused += 1;
+        bodies.observe(what, status, &resp, want, code, names);
         assert_unchanged(&r, &b, what).await;
     }
     // A body that is valid JSON but not declared as such.
@@ -1387,7 +1494,7 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
                     .body(good_revoke.clone()),
             )
             .await;
-        assert_api_error(
+        bodies.observe(
             ctype,
             status,
             &resp,
@@ -1395,7 +1502,6 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
             "unsupported_media_type",
             "application/json",
         );
-        refused += 1;
         assert_unchanged(&r, &b, ctype).await;
     }
     let (status, resp) = r
@@ -1405,7 +1511,7 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
                 .body(good_revoke.clone()),
         )
         .await;
-    assert_api_error(
+    bodies.observe(
         "no content type",
         status,
         &resp,
@@ -1413,7 +1519,6 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
         "unsupported_media_type",
         "no content type",
     );
-    refused += 1;
     assert_unchanged(&r, &b, "no content type").await;
     let mint_cases: Vec<(&str, String, &str, &str)> = vec![
         ("truncated", good_mint[..10].to_owned(), "invalid_json", "EOF"),
@@ -1442,18 +1547,17 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
                     .body(body),
             )
             .await;
-        assert!(status == 400, "mint {what}: {status} {resp}");
-        assert_api_error(&format!("mint {what}"), status, &resp, 400, code, names);
-        refused += 1;
+        bodies.observe(&format!("mint {what}"), status, &resp, 400, code, names);
         assert_unchanged(&r, &b, what).await;
     }
     println!(
-        "RELIABILITY hostile registry-bodies requests={refused} refused={refused} ({revoke_count} revocation bodies: truncated, duplicate keys, unknown fields, wrong types, arrays for objects, 10,001 entries, 257-byte id, > 1 MiB, 100k `[`, non-UTF-8; 4 content types (3 wrong, 1 missing); {mint_count} mint bodies) version_unchanged={} audit_rows_unchanged={}",
-        b.version, b.audit
+        "RELIABILITY hostile registry-bodies requests={} refused={} ({revoke_count} revocation bodies: truncated, duplicate keys, unknown fields, wrong types, arrays for objects, 10,001 entries, 257-byte id, > 1 MiB, 100k `[`, non-UTF-8; 4 content types (3 wrong, 1 missing); {mint_count} mint bodies) version_unchanged={} audit_rows_unchanged={}",
+        bodies.sent, bodies.refused, b.version, b.audit
     );
+    bodies.assert_all("registry-bodies");
 
     // --- queries and resume ids --------------------------------------------------
-    let mut q = 0;
+    let mut queries = Refusals::default();
     for (since, code) in [
         ("since=abc", "invalid_since"),
         ("since=-1", "invalid_since"),
@@ -1468,8 +1572,7 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
         ("other=1", "missing_since"),
     ] {
         let (status, resp) = r.get(&format!("/v1/srl/deltas?{since}")).await;
-        q += 1;
-        assert_api_error(
+        queries.observe(
             &format!("deltas?{since}"),
             status,
             &resp,
@@ -1496,10 +1599,9 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
             .send()
             .await
             .unwrap();
-        q += 1;
         let status = resp.status().as_u16();
         let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
-        assert_api_error(
+        queries.observe(
             &format!("Last-Event-ID `{:.20}`", id),
             status,
             &body,
@@ -1517,10 +1619,9 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
         .send()
         .await
         .unwrap();
-    q += 1;
     let status = resp.status().as_u16();
     let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
-    assert_api_error(
+    queries.observe(
         "a non-ASCII Last-Event-ID",
         status,
         &body,
@@ -1534,10 +1635,9 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
             .send()
             .await
             .unwrap();
-        q += 1;
         let status = resp.status().as_u16();
         let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
-        assert_api_error(
+        queries.observe(
             &format!("events?since={since}"),
             status,
             &body,
@@ -1553,18 +1653,16 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
     drop(ahead);
     for query in ["limit=0", "limit=abc", "kind=user", "after=x", "bogus=1"] {
         let (status, resp) = r.admin_get(&format!("/v1/revocations?{query}")).await;
-        q += 1;
-        assert_eq!(status, 400, "audit ?{query}: {resp}");
-        assert!(
-            resp["error"].is_string() && resp["message"].is_string(),
-            "{resp}"
-        );
+        let code = resp["error"].as_str().unwrap_or("(none)").to_owned();
+        queries.observe(&format!("audit ?{query}"), status, &resp, 400, &code, "");
     }
     assert_unchanged(&r, &b, "queries").await;
     assert!(r.process().is_running(), "the registry died");
     println!(
-        "RELIABILITY hostile registry-queries requests={q} refused={q} (11 bad `since`, 7 bad Last-Event-ID, 3 bad events `since`, 5 bad audit queries; since=u64::MAX answers an empty list)"
+        "RELIABILITY hostile registry-queries requests={} refused={} (11 bad `since`, 7 bad Last-Event-ID, 3 bad events `since`, 5 bad audit queries; since=u64::MAX answers an empty list)",
+        queries.sent, queries.refused
     );
+    queries.assert_all("registry-queries");
 }
 
 // ---------------------------------------------------------------------------

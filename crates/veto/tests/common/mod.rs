@@ -790,3 +790,10 @@ impl Drop for Schema {
         .join();
     }
 }
+
+impl Proxy {
+    /// The status of the admin `/readyz` (200 fresh, 503 stale).
+    pub async fn readyz_status(&self) -> u16 {
+        self.admin("/readyz").await.status().as_u16()
+    }
+}
