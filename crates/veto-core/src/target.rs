@@ -162,9 +162,7 @@ fn canonical_segment(seg: &str) -> Result<(String, bool), TargetError> {
                 match v {
                     b'/' => return Err(TargetError::EncodedSlash(escape())),
                     b'\\' => return Err(TargetError::Backslash(escape())),
-                    0..=0x1F | 0x7F => {
-                        return Err(TargetError::Control(format!("`{}`", escape())))
-                    }
+                    0..=0x1F | 0x7F => return Err(TargetError::Control(format!("`{}`", escape()))),
                     b'.' => {
                         encoded_dot = true;
                         out.push('.');
@@ -282,8 +280,12 @@ mod tests {
             ("/orders/%2e%2e/secret", |e| {
                 matches!(e, E::EncodedDotSegment(_))
             }),
-            ("/orders/.%2E/secret", |e| matches!(e, E::EncodedDotSegment(_))),
-            ("/orders/%2E./secret", |e| matches!(e, E::EncodedDotSegment(_))),
+            ("/orders/.%2E/secret", |e| {
+                matches!(e, E::EncodedDotSegment(_))
+            }),
+            ("/orders/%2E./secret", |e| {
+                matches!(e, E::EncodedDotSegment(_))
+            }),
             ("/orders/%2e/x", |e| matches!(e, E::EncodedDotSegment(_))),
             ("/orders%2f..%2fsecret", |e| matches!(e, E::EncodedSlash(_))),
             ("/orders%2F7", |e| matches!(e, E::EncodedSlash(_))),
