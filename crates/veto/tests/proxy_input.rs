@@ -553,3 +553,345 @@ async fn an_upstream_that_never_answers_gets_a_504() {
         r.1
     );
 }
+
+// ---------------------------------------------------------------------------
+// 7. Upgrades and open streams.
+
+/// A raw upstream: answers a WebSocket upgrade with 101 and then echoes
+/// bytes; answers anything else with an endless event stream (a chunk
+/// every 100 ms). Counts the request heads it receives.
+async fn start_stream_upstream() -> (String, Arc<Mutex<Vec<String>>>) {
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let end = loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end;
+                    }
+                    match c.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                seen.lock().unwrap().push(head.clone());
+                if head.contains("\r\nupgrade: websocket") {
+                    let _ = c
+                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
+                        .await;
+                    let rest = buf[end + 4..].to_vec();
+                    let _ = c.write_all(&rest).await;
+                    let (mut rd, mut wr) = c.into_split();
+                    let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                } else {
+                    let _ = c
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                        .await;
+                    for i in 0..600u32 {
+                        let data = format!("data: {i}\n\n");
+                        let frame = format!("{:x}\r\n{data}\r\n", data.len());
+                        if c.write_all(frame.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    let _ = c.write_all(b"0\r\n\r\n").await;
+                }
+            });
+        }
+    });
+    (url, heads)
+}
+
+/// Opens a WebSocket-upgraded tunnel through the proxy with `chain`.
+async fn open_tunnel(proxy: &Proxy, chain: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET /orders/ws HTTP/1.1\r\nhost: proxy\r\n{}\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        bearer(chain)
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let r = read_response(&mut stream).await;
+    assert_eq!(r.status, 101, "{} {}", r.head, r.body);
+    stream
+}
+
+/// Sends one line through the tunnel and reads its echo; `false` once the
+/// tunnel is closed.
+async fn echo(stream: &mut TcpStream, n: u32) -> bool {
+    let line = format!("ping {n}\n");
+    if stream.write_all(line.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut got = vec![0u8; line.len()];
+    match tokio::time::timeout(WITHIN, stream.read_exact(&mut got)).await {
+        Ok(Ok(_)) => {
+            assert_eq!(got, line.as_bytes());
+            true
+        }
+        Ok(Err(_)) => false,
+        Err(_) => panic!("the tunnel neither echoed nor closed within {WITHIN:?}"),
+    }
+}
+
+/// Pings every 100 ms until the tunnel closes; returns when it closed.
+async fn until_closed(stream: &mut TcpStream, limit: Duration) -> Instant {
+    let start = Instant::now();
+    let mut n = 0;
+    while echo(stream, n).await {
+        n += 1;
+        assert!(
+            start.elapsed() < limit,
+            "the tunnel is still open after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Instant::now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_and_unlisted_upgrades_are_refused() {
+    let registry = Registry::start(REGISTRY_ARGS);
+    let (upstream, heads) = start_stream_upstream().await;
+    let dir = TempDir::new("upgrades");
+    let (root, _) = registry.mint("upgrader", ROOT_ACT, None).await;
+    let default = Proxy::start(&dir, &registry, &upstream, &[]);
+    let listed = Proxy::start(
+        &dir,
+        &registry,
+        &upstream,
+        &["--upgrade-protocols", "websocket,h2c"],
+    );
+    for proxy in [&default, &listed] {
+        let start = Instant::now();
+        while proxy.health().await["sync"]["fresh"] != true {
+            assert!(start.elapsed() < WITHIN, "never fresh");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let before = heads.lock().unwrap().len();
+    let h2c = |upgrade: &str| {
+        vec![
+            bearer(&root),
+            format!("upgrade: {upgrade}"),
+            "http2-settings: AAMAAABkAARAAAAAAAIAAAAA".to_owned(),
+        ]
+    };
+    for proxy in [&default, &listed] {
+        for upgrade in ["h2c", "H2C", "websocket, h2c", "h2c/2"] {
+            // `connection: close` is added by `raw`; the upgrade still shows.
+            let r = raw(proxy, "GET", "/orders/1", &h2c(upgrade)).await;
+            assert_refused(upgrade, &r, 400, "upgrade_refused", "h2c");
+        }
+        for upgrade in ["foo", "TLS/1.0", "websocket, foo/2"] {
+            let name = upgrade
+                .rsplit(", ")
+                .next()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap();
+            let r = raw(proxy, "GET", "/orders/1", &h2c(upgrade)).await;
+            assert_refused(
+                upgrade,
+                &r,
+                400,
+                "upgrade_refused",
+                &format!("`{}`", name.to_lowercase()),
+            );
+        }
+    }
+    assert_eq!(
+        heads.lock().unwrap().len(),
+        before,
+        "a refused upgrade reached the upstream"
+    );
+    // A listed protocol passes.
+    let mut t = open_tunnel(&default, &root).await;
+    assert!(echo(&mut t, 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_tunnel_ends_when_its_chain_expires_or_is_revoked() {
+    let registry = Registry::start(REGISTRY_ARGS);
+    let (upstream, _heads) = start_stream_upstream().await;
+    let dir = TempDir::new("tunnels");
+    let proxy = Proxy::start(&dir, &registry, &upstream, &["--poll-interval", "3600s"]);
+    let holder = SigningKey::generate().unwrap();
+    let (root, _) = registry
+        .mint("tunneler", ROOT_ACT, Some(holder.public()))
+        .await;
+    let (doomed, doomed_jti) = registry.mint("doomed", ROOT_ACT, None).await;
+    wait_allowed(&proxy, &root).await;
+    wait_allowed(&proxy, &doomed).await;
+    let exp = now() + 3;
+    let short = warrant::delegate(
+        &root,
+        &holder,
+        LinkSpec {
+            sub: "short-lived".into(),
+            act: vec![CHILD_ACT.into()],
+            iat: now(),
+            exp,
+            holder: None,
+        },
+    )
+    .unwrap();
+
+    let mut expiring = open_tunnel(&proxy, &short).await;
+    let mut revoked = open_tunnel(&proxy, &doomed).await;
+    let mut kept = open_tunnel(&proxy, &root).await;
+    for t in [&mut expiring, &mut revoked, &mut kept] {
+        assert!(echo(t, 0).await, "a fresh tunnel does not echo");
+    }
+
+    // Expiry: the tunnel carries traffic until `exp`, and not after.
+    let closed = until_closed(&mut expiring, WITHIN).await;
+    let closed_unix = now();
+    assert!(
+        closed_unix >= exp && closed_unix <= exp + 2,
+        "the expiring tunnel closed at {closed_unix}, its chain expires at {exp}"
+    );
+    let _ = closed;
+    assert_eq!(
+        proxy
+            .metric("veto_proxy_streams_cut_total{reason=\"expired\"}")
+            .await,
+        1.0
+    );
+
+    // Revocation.
+    registry.revoke_warrant(&doomed_jti).await;
+    let revoked_at = Instant::now();
+    until_closed(&mut revoked, WITHIN).await;
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(5),
+        "cut {:?} after the revocation",
+        revoked_at.elapsed()
+    );
+    assert_eq!(
+        proxy
+            .metric("veto_proxy_streams_cut_total{reason=\"revoked\"}")
+            .await,
+        1.0
+    );
+    // The unrevoked, unexpired tunnel goes on.
+    for n in 1..5 {
+        assert!(echo(&mut kept, n).await, "the kept tunnel was cut");
+    }
+}
+
+/// Reads chunks from a streaming response until it ends or fails; returns
+/// when. Panics if it is still flowing after `limit`.
+async fn until_cut(resp: &mut reqwest::Response, limit: Duration) -> Instant {
+    let start = Instant::now();
+    loop {
+        match tokio::time::timeout(WITHIN, resp.chunk()).await {
+            Err(_) => panic!("the stream neither ended nor sent anything for {WITHIN:?}"),
+            Ok(Ok(Some(_))) => assert!(start.elapsed() < limit, "still flowing after {limit:?}"),
+            Ok(Ok(None) | Err(_)) => return Instant::now(),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_are_cut_when_the_state_turns_stale_under_fail_closed_only() {
+    let mut registry = Registry::start(REGISTRY_ARGS);
+    let (upstream, _heads) = start_stream_upstream().await;
+    let dir = TempDir::new("stale-streams");
+    let common = ["--max-staleness", "3s", "--poll-interval", "1s"];
+    let closed = Proxy::start(&dir, &registry, &upstream, &common);
+    let open = Proxy::start(
+        &dir,
+        &registry,
+        &upstream,
+        &[&common[..], &["--policy", "fail-open"][..]].concat(),
+    );
+    let (root, _) = registry.mint("stale-streamer", ROOT_ACT, None).await;
+    // The stream upstream answers everything with a stream: wait on health.
+    for proxy in [&closed, &open] {
+        let start = Instant::now();
+        while proxy.health().await["sync"]["fresh"] != true {
+            assert!(start.elapsed() < WITHIN, "never fresh");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let http = reqwest::Client::new();
+    let mut streams = Vec::new();
+    for proxy in [&closed, &open] {
+        let start = Instant::now();
+        let resp = loop {
+            let resp = http
+                .get(proxy.at("/events"))
+                .bearer_auth(&root)
+                .send()
+                .await
+                .unwrap();
+            if resp.status() == 200 {
+                break resp;
+            }
+            assert!(start.elapsed() < WITHIN, "never allowed: {}", resp.status());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        streams.push(resp);
+    }
+    let [mut closed_stream, mut open_stream] = <[_; 2]>::try_from(streams).unwrap();
+    for s in [&mut closed_stream, &mut open_stream] {
+        let c = tokio::time::timeout(WITHIN, s.chunk())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(c.is_some_and(|c| c.starts_with(b"data:")));
+    }
+
+    registry.kill();
+    let killed = Instant::now();
+    // Fail-closed: cut once the state is older than 3 s (the last
+    // checkpoint was signed at most a heartbeat before the kill).
+    until_cut(&mut closed_stream, WITHIN).await;
+    let cut_after = killed.elapsed();
+    assert!(
+        cut_after >= Duration::from_secs(1) && cut_after < Duration::from_secs(6),
+        "cut {cut_after:?} after the registry went away"
+    );
+    assert_eq!(closed.health().await["sync"]["fresh"], false);
+    assert_eq!(
+        closed
+            .metric("veto_proxy_streams_cut_total{reason=\"stale\"}")
+            .await,
+        1.0
+    );
+    // Fail-open: stale too, and the stream still flows.
+    let start = Instant::now();
+    while open.health().await["sync"]["fresh"] != false {
+        assert!(
+            start.elapsed() < WITHIN,
+            "the fail-open proxy never went stale"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let c = tokio::time::timeout(WITHIN, open_stream.chunk())
+            .await
+            .unwrap();
+        assert!(
+            matches!(c, Ok(Some(_))),
+            "fail-open cut a stream on staleness: {c:?}"
+        );
+    }
+    let text = open.metrics().await;
+    assert!(
+        !text.contains("veto_proxy_streams_cut_total{"),
+        "the fail-open proxy cut something:\n{text}"
+    );
+}
