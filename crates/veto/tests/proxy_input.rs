@@ -156,13 +156,18 @@ async fn read_response(stream: &mut TcpStream) -> Raw {
 /// Sends `METHOD target` with `headers` (lines `name: value`) on a fresh
 /// connection and reads the answer.
 async fn raw(proxy: &Proxy, method: &str, target: &str, headers: &[String]) -> Raw {
+    raw_to(&proxy.url, method, target, headers).await
+}
+
+/// [`raw`] to any `http://addr`.
+async fn raw_to(url: &str, method: &str, target: &str, headers: &[String]) -> Raw {
     let mut req = format!("{method} {target} HTTP/1.1\r\nhost: proxy\r\n");
     for h in headers {
         req.push_str(h);
         req.push_str("\r\n");
     }
     req.push_str("connection: close\r\n\r\n");
-    let mut stream = TcpStream::connect(proxy.url.trim_start_matches("http://"))
+    let mut stream = TcpStream::connect(url.trim_start_matches("http://"))
         .await
         .unwrap();
     stream.write_all(req.as_bytes()).await.unwrap();
@@ -894,4 +899,82 @@ async fn open_streams_are_cut_when_the_state_turns_stale_under_fail_closed_only(
         !text.contains("veto_proxy_streams_cut_total{"),
         "the fail-open proxy cut something:\n{text}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The tower layer shares the rules.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tower_layer_canonicalizes_and_refuses_like_the_proxy() {
+    use veto_authorizer::{AuthorizeLayer, Authorizer, Config};
+
+    let s = Setup::new("layer-input").await;
+    let authz = Authorizer::start(Config::new(
+        &s.registry.url,
+        "veto",
+        veto_core::KeySet::new([s.registry.authority_key()]),
+    ))
+    .await
+    .unwrap();
+    let inner_saw = Arc::new(Mutex::new(Vec::<String>::new()));
+    let rec = inner_saw.clone();
+    let app = axum::Router::new()
+        .fallback(move |uri: Uri| async move {
+            rec.lock().unwrap().push(
+                uri.path_and_query()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_default(),
+            );
+            "ok"
+        })
+        .layer(AuthorizeLayer::new(authz.clone()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let child = s.child("layer-worker", CHILD_ACT, 600);
+    let auth = [bearer(&child)];
+    let start = Instant::now();
+    while raw_to(&url, "GET", "/orders/1", &auth).await.status != 200 {
+        assert!(
+            start.elapsed() < WITHIN,
+            "the layer never allowed the child"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = raw_to(&url, "GET", "/orders/x/../1?q=%2e", &auth).await;
+    assert_eq!(r.status, 200, "{} {}", r.head, r.body);
+    assert_eq!(
+        inner_saw.lock().unwrap().last().map(String::as_str),
+        Some("/orders/1?q=%2e"),
+        "the inner service did not see the canonical target"
+    );
+    let before = inner_saw.lock().unwrap().len();
+    let r = raw_to(&url, "GET", "/orders/../secret.txt", &auth).await;
+    assert_refused("dot segments", &r, 403, "action_denied", "/secret.txt");
+    for (target, needle) in [
+        ("/orders/%2e%2e/secret.txt", "dot segment"),
+        ("/orders/..%2fsecret.txt", "encoded `/`"),
+        ("/orders/..\\secret.txt", "backslash"),
+        ("/orders//x", "empty path segment"),
+    ] {
+        let r = raw_to(&url, "GET", target, &auth).await;
+        assert_refused(target, &r, 400, "bad_target", needle);
+    }
+    for (what, headers) in [
+        ("two headers", vec![bearer(&child), bearer(&child)]),
+        (
+            "comma-joined",
+            vec![format!("authorization: Bearer {child}, Bearer {child}")],
+        ),
+    ] {
+        let r = raw_to(&url, "GET", "/orders/1", &headers).await;
+        assert_refused(what, &r, 401, "malformed", "more than one credential");
+    }
+    assert_eq!(
+        inner_saw.lock().unwrap().len(),
+        before,
+        "a refused request reached the service"
+    );
+    authz.shutdown();
 }
