@@ -274,7 +274,8 @@ mod tests {
     #[test]
     fn ambiguous_spellings_are_refused() {
         use TargetError as E;
-        let cases: &[(&str, fn(&TargetError) -> bool)] = &[
+        type IsExpected = fn(&TargetError) -> bool;
+        let cases: &[(&str, IsExpected)] = &[
             ("/..", |e| *e == E::AboveRoot),
             ("/a/../..", |e| *e == E::AboveRoot),
             ("/orders/%2e%2e/secret", |e| {

@@ -389,24 +389,15 @@ fn refuse(state: &State, status: StatusCode, code: &str, message: String) -> Res
 
 /// The protocols an `Upgrade` header asks for, lowercase, without version.
 fn upgrade_protocols(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .flat_map(|v| {
-            String::from_utf8_lossy(v.as_bytes())
-                .into_owned()
-                .split(',')
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .map(|p| {
+    let mut out = Vec::new();
+    for v in headers.get_all(header::UPGRADE) {
+        for p in String::from_utf8_lossy(v.as_bytes()).split(',') {
             let p = p.trim();
-            p.split_once('/')
-                .map_or(p, |(name, _)| name)
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .collect()
+            let name = p.split_once('/').map_or(p, |(name, _)| name);
+            out.push(name.trim().to_ascii_lowercase());
+        }
+    }
+    out
 }
 
 /// Why an upgrade request is refused, if it is.
