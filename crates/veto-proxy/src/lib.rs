@@ -334,10 +334,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
     }
     for name in HOP_BY_HOP {
-        if keep_upgrade && (name == "upgrade" || name == "connection") {
+        if keep_upgrade && name == "upgrade" {
             continue;
         }
         headers.remove(name);
+    }
+    // The client's `Connection` may list other headers (even the proxy's
+    // own); an upgrade forwards only `Connection: upgrade`.
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
