@@ -331,11 +331,20 @@ async fn path_spellings_cannot_widen_a_delegated_warrant() {
         ("/../secret.txt", "above `/`"),
         ("/orders/../../secret.txt", "above `/`"),
         ("/orders/{1}", "`{`"),
+        ("/orders/|", "`|`"),
+        ("/orders/\"1\"", "`\"`"),
+        ("/orders/\u{e9}", "non-ascii"),
         ("*", "names no path"),
     ];
     for (target, needle) in cases {
         let r = raw(&proxy, "GET", target, &auth).await;
         assert_refused(target, &r, 400, "bad_target", needle);
+    }
+    // Raw control characters in the request line never reach the proxy's
+    // code: the HTTP parser answers a bare 400 itself.
+    for target in ["/orders/\u{7f}", "/orders/\t1"] {
+        let r = raw(&proxy, "GET", target, &auth).await;
+        assert_eq!(r.status, 400, "{target:?}: {} {}", r.head, r.body);
     }
     let r = raw(&proxy, "OPTIONS", "*", &auth).await;
     assert_refused("OPTIONS *", &r, 400, "bad_target", "names no path");
