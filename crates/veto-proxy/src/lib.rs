@@ -39,6 +39,7 @@
 mod routes;
 
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -59,7 +60,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use std::future::Future as _;
 use tokio_stream::wrappers::WatchStream;
 use veto_authorizer::{Authorizer, Verified};
 use veto_core::{Denial, VerifiedChain};
@@ -735,5 +735,54 @@ fn admin(state: &State, path: &str) -> Response<ProxyBody> {
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": "not_found", "message": "admin endpoints: /metrics, /healthz, /readyz"}),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_headers_that_alias_or_override_are_dropped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("veto_agent", "admin"),
+            ("veto-agent", "a"),
+            ("veto-agent", "b"),
+            ("veto-future", "x"),
+            ("x_forwarded_for", "10.0.0.1"),
+            ("x-http-method-override", "DELETE"),
+            ("x-http-method", "DELETE"),
+            ("x-method-override", "DELETE"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("accept", "*/*"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_client_headers(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-forwarded-for"]);
+    }
+
+    #[test]
+    fn only_listed_upgrades_pass_and_h2c_never() {
+        let mut config = ProxyConfig::new(Uri::from_static("http://127.0.0.1:1"));
+        let asked = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::UPGRADE, HeaderValue::from_static(v));
+            upgrade_protocols(&h)
+        };
+        assert_eq!(asked("WebSocket, foo/1.0 "), ["websocket", "foo"]);
+        assert!(refused_upgrade(&config, &asked("websocket")).is_none());
+        assert!(refused_upgrade(&config, &asked("foo")).is_some_and(|m| m.contains("`foo`")));
+        config.upgrade_protocols.push("h2c".into());
+        for v in ["h2c", "H2C/2", "websocket, h2c"] {
+            assert!(
+                refused_upgrade(&config, &asked(v)).is_some_and(|m| m.contains("h2c")),
+                "{v}"
+            );
+        }
+        assert!(refused_upgrade(&config, &[]).is_none());
     }
 }
