@@ -1,17 +1,52 @@
 //! Enforcement for any tower service (axum, hyper): one line,
 //! `.layer(AuthorizeLayer::new(authorizer))`.
+//!
+//! The layer and the proxy share the functions here: the request target is
+//! canonicalized once ([`request_target`]; a target that cannot be made
+//! unambiguous is a 400 `bad_target`), the action is `http:METHOD:PATH` on
+//! the canonical path (the query is not part of it), the inner service
+//! sees the canonical target, and a request must carry exactly one
+//! credential ([`bearer`]).
 
 use std::task::{Context, Poll};
 
 use futures_util::future::{ready, Either, Ready};
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use veto_core::{Decision, Denial, DenyReason};
+use http::uri::PathAndQuery;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use veto_core::{Decision, Denial, DenyReason, Target, TargetError};
 
 use crate::Authorizer;
 
-/// The action a request asks for: `http:METHOD:PATH`.
+/// The action a request asks for: `http:METHOD:PATH`, where `path` is the
+/// canonical path of [`request_target`] (never the raw one).
 pub fn action_for(method: &Method, path: &str) -> String {
     format!("http:{method}:{path}")
+}
+
+/// The canonical target of a request URI. Origin-form (`/path?query`) and
+/// absolute-form (`http://host/path?query`, whose authority is ignored)
+/// are accepted; asterisk-form (`*`) and authority-form (`host:port`) name
+/// no path and are refused.
+pub fn request_target(uri: &Uri) -> Result<Target, TargetError> {
+    match uri.path_and_query().map(PathAndQuery::as_str) {
+        Some(pq) if pq.starts_with('/') => Target::parse(pq),
+        _ => Err(TargetError::NotOriginForm(
+            uri.to_string().chars().take(64).collect(),
+        )),
+    }
+}
+
+/// A 400 `{"error": "bad_target", "message": text}` response.
+pub fn bad_target_response<B: From<String>>(error: &TargetError) -> Response<B> {
+    let body =
+        serde_json::json!({"error": TargetError::CODE, "message": error.to_string()}).to_string();
+    let mut resp = Response::new(B::from(body));
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// The HTTP status for a denial: 401 when the credential itself is not
@@ -30,11 +65,45 @@ pub fn http_status(reason: DenyReason) -> StatusCode {
     }
 }
 
-/// The bearer token of a request.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+/// The one bearer chain of a request, or why there is not exactly one.
+///
+/// A request with more than one credential is refused rather than decided
+/// on one of them: two `Authorization` headers (even identical, even with
+/// the second empty), or one header holding a comma-joined second
+/// credential (a chain never contains `,`). No other place (cookie, query,
+/// `Proxy-Authorization`) is read for a credential.
+pub fn bearer(headers: &HeaderMap) -> Result<&str, Denial> {
+    let malformed = |m: &str| Denial::new(DenyReason::Malformed, m);
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = all.next() else {
+        return Err(malformed("missing `Authorization: Bearer <chain>`"));
+    };
+    let more = all.count();
+    if more > 0 {
+        return Err(malformed(&format!(
+            "more than one credential: {} `Authorization` headers; send exactly one",
+            more + 1
+        )));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| malformed("the `Authorization` header is not visible ASCII"))?;
+    let Some((scheme, token)) = value.trim().split_once(' ') else {
+        return Err(malformed("`Authorization` must be `Bearer <chain>`"));
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(malformed("`Authorization` must be `Bearer <chain>`"));
+    }
+    let token = token.trim();
+    if token.contains(',') {
+        return Err(malformed(
+            "more than one credential in one `Authorization` header (`,`); send exactly one",
+        ));
+    }
+    if token.is_empty() {
+        return Err(malformed("missing `Authorization: Bearer <chain>`"));
+    }
+    Ok(token)
 }
 
 /// What an allowed request carries in its extensions.
@@ -55,12 +124,7 @@ pub(crate) fn decide(
     path: &str,
     headers: &HeaderMap,
 ) -> Result<(Verified, crate::Outcome), Denial> {
-    let token = bearer(headers).ok_or_else(|| {
-        Denial::new(
-            DenyReason::Malformed,
-            "missing `Authorization: Bearer <chain>`",
-        )
-    })?;
+    let token = bearer(headers)?;
     let outcome = authz.check(token, &action_for(method, path));
     match (&outcome.decision, &outcome.chain) {
         (Decision::Allow { stale }, Some(chain)) => {
@@ -146,8 +210,30 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        match decide(&self.authz, req.method(), req.uri().path(), req.headers()) {
+        let target = match request_target(req.uri()) {
+            Ok(t) => t,
+            Err(e) => return Either::Left(ready(Ok(bad_target_response(&e)))),
+        };
+        match decide(&self.authz, req.method(), target.path(), req.headers()) {
             Ok((verified, _)) => {
+                // The inner service routes on the form that was authorized.
+                let mut parts = req.uri().clone().into_parts();
+                match target.to_string().parse::<PathAndQuery>() {
+                    Ok(pq) => parts.path_and_query = Some(pq),
+                    Err(_) => {
+                        return Either::Left(ready(Ok(bad_target_response(
+                            &TargetError::NotOriginForm(target.to_string()),
+                        ))))
+                    }
+                }
+                match Uri::from_parts(parts) {
+                    Ok(uri) => *req.uri_mut() = uri,
+                    Err(_) => {
+                        return Either::Left(ready(Ok(bad_target_response(
+                            &TargetError::NotOriginForm(target.to_string()),
+                        ))))
+                    }
+                }
                 req.extensions_mut().insert(verified);
                 Either::Right(self.inner.call(req))
             }

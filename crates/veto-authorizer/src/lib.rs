@@ -38,7 +38,8 @@ use veto_core::{
 };
 
 pub use layer::{
-    action_for, bearer, deny_response, http_status, AuthorizeLayer, AuthorizeService, Verified,
+    action_for, bad_target_response, bearer, deny_response, http_status, request_target,
+    AuthorizeLayer, AuthorizeService, Verified,
 };
 pub use veto_core::{DenyReason, StalenessPolicy};
 

@@ -58,6 +58,21 @@ impl Metrics {
         })
     }
 
+    /// The sum of every series of `name`, whatever its labels (0 when a
+    /// labelled family has no series yet).
+    pub(crate) fn sum(&self, name: &str) -> Option<f64> {
+        Some(
+            self.text
+                .lines()
+                .filter_map(|l| {
+                    let (series, v) = l.rsplit_once(' ')?;
+                    let n = series.split('{').next()?;
+                    (n == name).then(|| v.trim().parse::<f64>().ok()).flatten()
+                })
+                .sum(),
+        )
+    }
+
     pub(crate) fn histogram(&self, name: &str) -> Option<Histogram> {
         let sum = self.value(&format!("{name}_sum"))?;
         let count = self.value(&format!("{name}_count"))?;

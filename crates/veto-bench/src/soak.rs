@@ -714,7 +714,7 @@ struct Report {
     unapplied: usize,
     verdicts: Verdicts,
     watch_failures: u64,
-    /// The proxy's `veto_proxy_streams_cut_total`.
+    /// The proxy's `veto_proxy_streams_cut_total`, summed over reasons.
     streams_cut: Option<f64>,
     samples: Vec<Sample>,
 }
@@ -898,7 +898,7 @@ async fn soak(a: &SoakArgs, reg: &Arc<Registry>, proxy: &Proxy) -> anyhow::Resul
     let streams_cut = Metrics::fetch(&reqwest::Client::new(), &proxy.admin)
         .await
         .ok()
-        .and_then(|m| m.value("veto_proxy_streams_cut_total"));
+        .and_then(|m| m.sum("veto_proxy_streams_cut_total"));
     let first_failure = shared
         .first_failure
         .lock()

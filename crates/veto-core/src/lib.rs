@@ -8,6 +8,8 @@
 //! - [`srl`]: deltas, snapshots and checkpoints: [`SrlSigner`], [`SrlVerifier`].
 //! - [`SrlState`]: applying them (no rollback, gaps, equivocation, freshness).
 //! - [`Checker`]: the per-request [`Decision`].
+//! - [`Target`]: the one canonical form of a request target (the path
+//!   every action, route and forwarded request uses).
 
 mod action;
 mod b64;
@@ -21,6 +23,7 @@ mod set;
 pub mod srl;
 mod sse;
 mod state;
+mod target;
 pub mod warrant;
 
 pub use action::{ActionSet, Pattern, PatternError};
@@ -37,4 +40,5 @@ pub use srl::{
 };
 pub use sse::{SseError, SseEvent, SseParser};
 pub use state::{Applied, ApplyError, Attestation, SrlState};
+pub use target::{canonical_path, Target, TargetError};
 pub use warrant::{LinkSpec, ParsedChain, VerifiedChain, WarrantError};

@@ -1,24 +1,50 @@
 //! veto's reverse proxy: runs the authorizer on every request and
 //! forwards allowed ones to one upstream, streaming both ways.
 //!
-//! - The chain comes from `Authorization: Bearer`; the action is
-//!   `http:METHOD:PATH` unless a [`Routes`] file says otherwise.
-//! - Denials answer 401/403/503 with `{"error": reason, "message": text}`.
-//! - Allowed requests reach the upstream without hop-by-hop headers and
-//!   without the client's `Authorization`, with `X-Forwarded-For`,
-//!   `Veto-Agent`, `Veto-Warrant` and, when allowed only by fail-open,
-//!   `Veto-Stale: 1` (any client-sent copies removed).
-//! - A response that is still streaming (chunked body, SSE, a WebSocket
-//!   after upgrade) is cut off as soon as a revocation of its chain is
-//!   applied: every new version re-checks the chains of open streams.
+//! - The request target is canonicalized once
+//!   ([`veto_authorizer::request_target`], DESIGN 4): dot segments
+//!   removed, unreserved escapes decoded, ambiguous spellings (`%2F`, `\`,
+//!   `%2e%2e`, `//`, `;`, control characters, raw non-ASCII, `*`) refused
+//!   with 400 `bad_target`. The action is `http:METHOD:PATH` on that
+//!   canonical path (the query is not part of it) unless a [`Routes`] file
+//!   maps the canonical path otherwise, and exactly that path, with the
+//!   query unchanged, is what the upstream receives.
+//! - The chain comes from exactly one `Authorization: Bearer` header; two
+//!   headers, or a comma-joined second credential, are refused (401
+//!   `malformed`).
+//! - Denials answer 401/403/503 with `{"error": reason, "message": text}`;
+//!   the proxy's own refusals use the same shape (`bad_target`,
+//!   `upgrade_refused`, `upstream_timeout`, `bad_gateway`).
+//! - Allowed requests reach the upstream without hop-by-hop headers,
+//!   without the client's `Authorization`, without any client header whose
+//!   name contains `_` (CGI/WSGI upstreams read `Veto_Agent` as
+//!   `Veto-Agent`), without any client `Veto-*` header and without the
+//!   method-override headers (`X-HTTP-Method-Override`, `X-HTTP-Method`,
+//!   `X-Method-Override`: the action was decided on the request's method).
+//!   The proxy then sets `X-Forwarded-For`, `Veto-Agent`, `Veto-Warrant`
+//!   and, when allowed only by fail-open, `Veto-Stale: 1`.
+//! - Only the upgrade protocols in [`ProxyConfig::upgrade_protocols`] pass
+//!   (`websocket` by default); `h2c` never does. Others are refused with 400
+//!   `upgrade_refused`.
+//! - The upstream must send a response head within
+//!   [`ProxyConfig::upstream_timeout`], or the client gets 504
+//!   `upstream_timeout`.
+//! - A response that is still streaming (chunked body, SSE) or an upgraded
+//!   connection (WebSocket) is cut off as soon as its chain is denied: it
+//!   is re-checked on every newly applied version and on a timer armed at
+//!   the chain's earliest `exp` and at the state's `fresh_until`, so expiry
+//!   and (under fail-closed) staleness end it too. Cuts are counted in
+//!   `veto_proxy_streams_cut_total{reason}`.
 
 mod routes;
 
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::Stream as _;
@@ -36,7 +62,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio_stream::wrappers::WatchStream;
 use veto_authorizer::{Authorizer, Verified};
-use veto_core::{Denial, DenyReason, VerifiedChain};
+use veto_core::{Denial, VerifiedChain};
+
+/// The default for [`ProxyConfig::upstream_timeout`].
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub use routes::{RouteError, Routes};
 
@@ -49,7 +78,30 @@ pub struct ProxyConfig {
     pub routes: Routes,
     /// How long a client may take to send a request head before its
     /// connection is closed, so slow-loris clients hold nothing.
-    pub header_read_timeout: std::time::Duration,
+    pub header_read_timeout: Duration,
+    /// How long the upstream may take to connect and send a response head
+    /// (default 30 s); after it the client gets 504 `upstream_timeout`.
+    /// A body already streaming is not limited by it.
+    pub upstream_timeout: Duration,
+    /// Upgrade protocols passed to the upstream, lowercase names without
+    /// version (default `["websocket"]`). `h2c` is refused even if listed:
+    /// it would turn the connection into a channel of requests the proxy
+    /// never sees.
+    pub upgrade_protocols: Vec<String>,
+}
+
+impl ProxyConfig {
+    /// Defaults for an upstream: no routes, 30 s header and upstream
+    /// timeouts, WebSocket upgrades only.
+    pub fn new(upstream: Uri) -> Self {
+        Self {
+            upstream,
+            routes: Routes::default(),
+            header_read_timeout: Duration::from_secs(30),
+            upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
+            upgrade_protocols: vec!["websocket".to_owned()],
+        }
+    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -59,11 +111,26 @@ struct Outcome {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CutReason {
+    reason: String,
+}
+
 struct Metrics {
     registry: Registry,
     requests: Family<Outcome, Counter>,
     upstream_errors: Counter,
-    streams_cut: Counter,
+    streams_cut: Family<CutReason, Counter>,
+}
+
+impl Metrics {
+    fn outcome(&self, outcome: &str) {
+        self.requests
+            .get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
 }
 
 struct State {
@@ -124,35 +191,105 @@ impl Body for ProxyBody {
 pub struct Cut(String);
 
 /// An upstream body that re-checks its chain whenever a new revocation
-/// version is applied, and ends with an error (the connection is dropped)
-/// once the chain is denied.
+/// version is applied and when its chain expires or the state's freshness
+/// runs out, and ends with an error (the connection is dropped) once the
+/// chain is denied.
 pub struct Guarded {
     inner: Incoming,
     guard: StreamGuard,
 }
 
+/// Watches one open stream's chain: re-checks it on every newly applied
+/// version and on a timer at the next moment the decision can change by
+/// itself (the chain's earliest `exp`, the state's `fresh_until`).
 struct StreamGuard {
     versions: WatchStream<u64>,
     state: Arc<State>,
     chain: Arc<VerifiedChain>,
     action: String,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// Unix seconds now.
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
 }
 
 impl StreamGuard {
-    /// `Some(denial)` once a newly applied version denies the chain.
-    fn poll_revoked(&mut self, cx: &mut Context<'_>) -> Option<Denial> {
-        while let Poll::Ready(Some(_)) = Pin::new(&mut self.versions).poll_next(cx) {
+    fn new(state: Arc<State>, chain: Arc<VerifiedChain>, action: String) -> Self {
+        let mut guard = Self {
+            versions: WatchStream::from_changes(state.authz.versions()),
+            state,
+            chain,
+            action,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        };
+        guard.arm();
+        guard
+    }
+
+    /// Arms the timer at the next second boundary where the decision can
+    /// change without news: the earliest `exp` in the chain, or the state's
+    /// `fresh_until` (a checkpoint that extends freshness without a new
+    /// version is seen when the timer fires and re-arms).
+    fn arm(&mut self) {
+        let exp = self
+            .chain
+            .chain()
+            .links()
+            .iter()
+            .map(|l| l.claims().exp)
+            .min();
+        let fresh_until = self.state.authz.status().fresh_until;
+        let next = [exp, fresh_until].into_iter().flatten().min();
+        let now = unix_now();
+        // Decisions use whole seconds (`exp <= now` denies), so fire just
+        // after the boundary; when it has passed already, look again in a
+        // second rather than spin.
+        let wait = match next.map(Duration::from_secs) {
+            Some(at) if at > now => at - now + Duration::from_millis(20),
+            _ => Duration::from_secs(1),
+        };
+        self.timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + wait);
+    }
+
+    /// `Some(denial)` once the chain is denied: revoked, expired, or the
+    /// state stale under fail-closed (fail-open allows, so never cuts).
+    fn poll_cut(&mut self, cx: &mut Context<'_>) -> Option<Denial> {
+        loop {
+            let mut recheck = false;
+            while let Poll::Ready(Some(_)) = Pin::new(&mut self.versions).poll_next(cx) {
+                recheck = true;
+            }
+            let fired = self.timer.as_mut().poll(cx).is_ready();
+            if !(recheck || fired) {
+                return None;
+            }
             if let veto_core::Decision::Deny(d) =
                 self.state.authz.recheck(&self.chain, &self.action)
             {
-                if d.reason != DenyReason::Stale {
-                    self.state.metrics.streams_cut.inc();
-                    tracing::info!(reason = %d.reason, message = %d.message, "cutting off an open stream");
-                    return Some(d);
-                }
+                self.state
+                    .metrics
+                    .streams_cut
+                    .get_or_create(&CutReason {
+                        reason: d.reason.as_str().to_owned(),
+                    })
+                    .inc();
+                tracing::info!(reason = %d.reason, message = %d.message, "cutting off an open stream");
+                return Some(d);
+            }
+            if fired {
+                self.arm();
+            }
+            // Loop: poll the re-armed timer so it registers the waker.
+            if !fired {
+                return None;
             }
         }
-        None
     }
 }
 
@@ -164,15 +301,16 @@ impl Body for Guarded {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(d) = self.guard.poll_revoked(cx) {
+        if let Some(d) = self.guard.poll_cut(cx) {
             return Poll::Ready(Some(Err(Box::new(Cut(d.to_string())))));
         }
         Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
     }
 }
 
-const HOP_BY_HOP: [&str; 8] = [
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
+    "http2-settings",
     "keep-alive",
     "proxy-authenticate",
     "proxy-authorization",
@@ -196,9 +334,42 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
     }
     for name in HOP_BY_HOP {
-        if keep_upgrade && (name == "upgrade" || name == "connection") {
+        if keep_upgrade && name == "upgrade" {
             continue;
         }
+        headers.remove(name);
+    }
+    // The client's `Connection` may list other headers (even the proxy's
+    // own); an upgrade forwards only `Connection: upgrade`.
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Client headers never forwarded, besides hop-by-hop ones: a method
+/// override would let the upstream run another method than the one
+/// authorized.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Removes every client header that could alias or override what the
+/// proxy decided: names with `_` (CGI/WSGI read `Veto_Agent` as
+/// `HTTP_VETO_AGENT`, the same as `Veto-Agent`; nginx drops them too),
+/// every `veto-*` header (the proxy's own namespace), and the method
+/// overrides. All repeats of each go.
+fn strip_client_headers(headers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| {
+            let n = n.as_str();
+            n.contains('_') || n.starts_with("veto-") || METHOD_OVERRIDES.contains(&n)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
         headers.remove(name);
     }
 }
@@ -213,25 +384,79 @@ fn local(status: StatusCode, body: serde_json::Value) -> Response<ProxyBody> {
     r
 }
 
+fn refuse(state: &State, status: StatusCode, code: &str, message: String) -> Response<ProxyBody> {
+    state.metrics.outcome(code);
+    local(
+        status,
+        serde_json::json!({"error": code, "message": message}),
+    )
+}
+
+/// The protocols an `Upgrade` header asks for, lowercase, without version.
+fn upgrade_protocols(headers: &HeaderMap) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in headers.get_all(header::UPGRADE) {
+        for p in String::from_utf8_lossy(v.as_bytes()).split(',') {
+            let p = p.trim();
+            let name = p.split_once('/').map_or(p, |(name, _)| name);
+            out.push(name.trim().to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+/// Why an upgrade request is refused, if it is.
+fn refused_upgrade(config: &ProxyConfig, asked: &[String]) -> Option<String> {
+    for p in asked {
+        if p == "h2c" {
+            return Some("`Upgrade: h2c` is never passed: it would carry requests the proxy cannot authorize".to_owned());
+        }
+        if p.is_empty() {
+            return Some("an empty protocol in `Upgrade`".to_owned());
+        }
+        if !config.upgrade_protocols.iter().any(|a| a == p) {
+            return Some(format!(
+                "upgrade protocol `{}` is not allowed here (allowed: {})",
+                p.chars().take(64).collect::<String>(),
+                if config.upgrade_protocols.is_empty() {
+                    "none".to_owned()
+                } else {
+                    config.upgrade_protocols.join(", ")
+                }
+            ));
+        }
+    }
+    None
+}
+
 async fn handle(
     state: Arc<State>,
     peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let action = state.config.routes.action(req.method(), req.uri().path());
-    let token = veto_authorizer::bearer(req.headers()).map(str::to_owned);
-    let Some(token) = token else {
-        state
-            .metrics
-            .requests
-            .get_or_create(&Outcome {
-                outcome: "malformed".into(),
-            })
-            .inc();
-        return Ok(veto_authorizer::deny_response(&Denial::new(
-            DenyReason::Malformed,
-            "missing `Authorization: Bearer <chain>`",
-        )));
+    let target = match veto_authorizer::request_target(req.uri()) {
+        Ok(t) => t,
+        Err(e) => {
+            state.metrics.outcome(veto_core::TargetError::CODE);
+            return Ok(veto_authorizer::bad_target_response(&e));
+        }
+    };
+    let asked_upgrade = upgrade_protocols(req.headers());
+    if let Some(message) = refused_upgrade(&state.config, &asked_upgrade) {
+        return Ok(refuse(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "upgrade_refused",
+            message,
+        ));
+    }
+    let action = state.config.routes.action(req.method(), target.path());
+    let token = match veto_authorizer::bearer(req.headers()) {
+        Ok(t) => t.to_owned(),
+        Err(d) => {
+            state.metrics.outcome(d.reason.as_str());
+            return Ok(veto_authorizer::deny_response(&d));
+        }
     };
     let outcome = state.authz.check(&token, &action);
     let (verified, chain) = match (&outcome.decision, outcome.chain) {
@@ -245,13 +470,7 @@ async fn handle(
             (v, chain)
         }
         (veto_core::Decision::Deny(d), _) => {
-            state
-                .metrics
-                .requests
-                .get_or_create(&Outcome {
-                    outcome: d.reason.as_str().into(),
-                })
-                .inc();
+            state.metrics.outcome(d.reason.as_str());
             return Ok(veto_authorizer::deny_response(d));
         }
         (veto_core::Decision::Allow { .. }, None) => {
@@ -261,33 +480,22 @@ async fn handle(
             ));
         }
     };
-    state
-        .metrics
-        .requests
-        .get_or_create(&Outcome {
-            outcome: if verified.stale {
-                "allow_stale"
-            } else {
-                "allow"
-            }
-            .into(),
-        })
-        .inc();
+    state.metrics.outcome(if verified.stale {
+        "allow_stale"
+    } else {
+        "allow"
+    });
 
-    let upgrade = req.headers().contains_key(header::UPGRADE);
+    let upgrade = !asked_upgrade.is_empty();
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
     let mut parts = state.config.upstream.clone().into_parts();
     let base = parts
         .path_and_query
         .as_ref()
         .map(|p| p.path().trim_end_matches('/').to_owned())
         .unwrap_or_default();
-    parts.path_and_query = format!("{base}{path_and_query}").parse().ok();
+    // Exactly the canonical form that was authorized, query unchanged.
+    parts.path_and_query = format!("{base}{target}").parse().ok();
     let Ok(uri) = Uri::from_parts(parts) else {
         return Ok(local(
             StatusCode::BAD_REQUEST,
@@ -297,6 +505,7 @@ async fn handle(
     *req.uri_mut() = uri;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrade);
+    strip_client_headers(headers);
     headers.remove(header::AUTHORIZATION);
     headers.remove(header::HOST);
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -314,14 +523,14 @@ async fn handle(
         }
     }
     // Only the proxy says whether the decision was stale.
-    headers.remove("veto-stale");
     if verified.stale {
         headers.insert("veto-stale", HeaderValue::from_static("1"));
     }
 
-    let mut resp = match state.client.request(req).await {
-        Ok(r) => r,
-        Err(e) => {
+    let timeout = state.config.upstream_timeout;
+    let mut resp = match tokio::time::timeout(timeout, state.client.request(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
             state.metrics.upstream_errors.inc();
             tracing::warn!(error = %e, "upstream request failed");
             return Ok(local(
@@ -329,18 +538,33 @@ async fn handle(
                 serde_json::json!({"error": "bad_gateway", "message": format!("the upstream could not be reached: {e}")}),
             ));
         }
-    };
-    let guard = StreamGuard {
-        versions: WatchStream::from_changes(state.authz.versions()),
-        state: state.clone(),
-        chain,
-        action,
-    };
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, guard));
+        Err(_) => {
+            state.metrics.upstream_errors.inc();
+            tracing::warn!(?timeout, "upstream sent no response head in time");
+            return Ok(local(
+                StatusCode::GATEWAY_TIMEOUT,
+                serde_json::json!({"error": "upstream_timeout", "message": format!(
+                    "the upstream sent no response head within {} ms (--upstream-timeout)",
+                    timeout.as_millis()
+                )}),
+            ));
         }
+    };
+    let guard = StreamGuard::new(state.clone(), chain, action);
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The upstream may only switch to a protocol the client asked for
+        // (and the operator allows).
+        let switched = upgrade_protocols(resp.headers());
+        let agreed = !switched.is_empty() && switched.iter().all(|p| asked_upgrade.contains(p));
+        let Some(client_upgrade) = client_upgrade.filter(|_| agreed) else {
+            state.metrics.upstream_errors.inc();
+            return Ok(local(
+                StatusCode::BAD_GATEWAY,
+                serde_json::json!({"error": "bad_gateway", "message": "the upstream switched to a protocol the client did not ask for"}),
+            ));
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, guard));
         let (parts, _) = resp.into_parts();
         return Ok(Response::from_parts(parts, ProxyBody::from(String::new())));
     }
@@ -353,7 +577,7 @@ async fn handle(
 }
 
 /// Copies bytes both ways after an upgrade, until either side closes or
-/// the chain is revoked.
+/// the chain is denied (revoked, expired, or stale under fail-closed).
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
@@ -363,7 +587,7 @@ async fn tunnel(
         return;
     };
     let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-    let revoked = std::future::poll_fn(|cx| match guard.poll_revoked(cx) {
+    let revoked = std::future::poll_fn(|cx| match guard.poll_cut(cx) {
         Some(d) => Poll::Ready(d),
         None => Poll::Pending,
     });
@@ -386,7 +610,7 @@ pub async fn serve(
     let metrics = Metrics {
         requests: Family::default(),
         upstream_errors: Counter::default(),
-        streams_cut: Counter::default(),
+        streams_cut: Family::default(),
         registry: Registry::default(),
     };
     registry.register(
@@ -401,7 +625,7 @@ pub async fn serve(
     );
     registry.register(
         "streams_cut",
-        "Open streams cut off because their chain was revoked",
+        "Open streams and upgraded connections cut off because their chain was denied, by reason (revoked, expired, stale, ...)",
         metrics.streams_cut.clone(),
     );
     let mut connector = HttpConnector::new();
@@ -511,5 +735,54 @@ fn admin(state: &State, path: &str) -> Response<ProxyBody> {
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": "not_found", "message": "admin endpoints: /metrics, /healthz, /readyz"}),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_headers_that_alias_or_override_are_dropped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("veto_agent", "admin"),
+            ("veto-agent", "a"),
+            ("veto-agent", "b"),
+            ("veto-future", "x"),
+            ("x_forwarded_for", "10.0.0.1"),
+            ("x-http-method-override", "DELETE"),
+            ("x-http-method", "DELETE"),
+            ("x-method-override", "DELETE"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("accept", "*/*"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_client_headers(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-forwarded-for"]);
+    }
+
+    #[test]
+    fn only_listed_upgrades_pass_and_h2c_never() {
+        let mut config = ProxyConfig::new(Uri::from_static("http://127.0.0.1:1"));
+        let asked = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::UPGRADE, HeaderValue::from_static(v));
+            upgrade_protocols(&h)
+        };
+        assert_eq!(asked("WebSocket, foo/1.0 "), ["websocket", "foo"]);
+        assert!(refused_upgrade(&config, &asked("websocket")).is_none());
+        assert!(refused_upgrade(&config, &asked("foo")).is_some_and(|m| m.contains("`foo`")));
+        config.upgrade_protocols.push("h2c".into());
+        for v in ["h2c", "H2C/2", "websocket, h2c"] {
+            assert!(
+                refused_upgrade(&config, &asked(v)).is_some_and(|m| m.contains("h2c")),
+                "{v}"
+            );
+        }
+        assert!(refused_upgrade(&config, &[]).is_none());
     }
 }

@@ -4,6 +4,11 @@
 //! `METHOD PATH ACTION`, where METHOD may be `*` and PATH may end with `*`
 //! (a prefix). Requests no rule matches use `http:METHOD:PATH`.
 //!
+//! Rules match the canonical path ([`veto_core::Target`]), never the raw
+//! one, so `/v1/./orders/7`, `/v1/%6Frders/7` and `/v1/x/../orders/7` all
+//! meet the `/v1/orders/*` rules. A rule path must itself be written in
+//! canonical form; the file is refused otherwise.
+//!
 //! ```text
 //! GET  /v1/orders/*  orders:read
 //! *    /v1/orders/*  orders:write
@@ -69,6 +74,15 @@ impl Routes {
                 Some(p) => (p.to_owned(), true),
                 None => (path.to_owned(), false),
             };
+            match veto_core::canonical_path(&path) {
+                Ok(c) if c == path => {}
+                Ok(c) => {
+                    return Err(err(format!(
+                        "path `{path}` is not in canonical form: requests are matched as `{c}`, write that"
+                    )))
+                }
+                Err(e) => return Err(err(format!("path `{path}`: {e}"))),
+            }
             rules.push(Rule {
                 method,
                 path,
@@ -79,7 +93,8 @@ impl Routes {
         Ok(Self { rules })
     }
 
-    /// The action for a request.
+    /// The action for a request; `path` is the canonical path
+    /// ([`veto_authorizer::request_target`]).
     pub fn action(&self, method: &Method, path: &str) -> String {
         for r in &self.rules {
             let method_ok = r.method.as_ref().is_none_or(|m| m == method);
@@ -110,5 +125,23 @@ mod tests {
         assert_eq!(r.action(&Method::GET, "/health"), "http:GET:/health");
         assert!(Routes::parse("GET orders x").is_err());
         assert!(Routes::parse("GET /x").is_err());
+    }
+
+    #[test]
+    fn rule_paths_must_be_canonical() {
+        for bad in [
+            "GET /a/../admin* x",
+            "GET /%61dmin* x",
+            "GET /a//b x",
+            "GET /a%2Fb x",
+            "GET /a;b x",
+        ] {
+            let e = Routes::parse(bad).err().map(|e| e.to_string());
+            assert!(
+                e.as_ref().is_some_and(|e| e.contains("path")),
+                "{bad}: {e:?}"
+            );
+        }
+        assert!(Routes::parse("GET /admin/ x\n* /a%3Ab* y").is_ok());
     }
 }

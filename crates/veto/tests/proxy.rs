@@ -591,7 +591,12 @@ async fn a_revoked_chain_loses_its_open_stream() {
     let (doomed, doomed_jti) = registry.mint("streamer", ACT, None).await;
     let (kept, _) = registry.mint("bystander", ACT, None).await;
     wait_ready(&proxy, &doomed, true).await;
-    assert_eq!(proxy.metric("veto_proxy_streams_cut_total").await, 0.0);
+    assert_eq!(
+        proxy
+            .metric("veto_proxy_streams_cut_total{reason=\"revoked\"}")
+            .await,
+        0.0
+    );
 
     // No overall timeout: the stream is meant to run for 30 s.
     let streaming = reqwest::Client::new();
@@ -633,7 +638,12 @@ async fn a_revoked_chain_loses_its_open_stream() {
         cut_after < Duration::from_secs(5),
         "cut {cut_after:?} after the revocation ({ended})"
     );
-    assert_eq!(proxy.metric("veto_proxy_streams_cut_total").await, 1.0);
+    assert_eq!(
+        proxy
+            .metric("veto_proxy_streams_cut_total{reason=\"revoked\"}")
+            .await,
+        1.0
+    );
     // The other chain's stream goes on.
     for _ in 0..3 {
         let chunk = tokio::time::timeout(WITHIN, kept_stream.chunk())

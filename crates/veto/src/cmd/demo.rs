@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::json;
 use veto_authorizer::{Authorizer, Config as AuthzConfig};
 use veto_core::{warrant, KeySet, LinkSpec, SigningKey};
-use veto_proxy::{ProxyConfig, Routes};
+use veto_proxy::ProxyConfig;
 use veto_registry::{Config as RegistryConfig, Registry};
 
 use crate::util;
@@ -81,11 +81,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let admin_listener = bind().await?;
     tokio::spawn(veto_proxy::serve(
         authz.clone(),
-        ProxyConfig {
-            upstream: up_url.parse()?,
-            routes: Routes::default(),
-            header_read_timeout: std::time::Duration::from_secs(30),
-        },
+        ProxyConfig::new(up_url.parse()?),
         px_listener,
         admin_listener,
         std::future::pending(),

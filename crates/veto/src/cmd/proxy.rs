@@ -64,6 +64,16 @@ pub struct ProxyArgs {
     /// disconnected.
     #[arg(long, default_value = "30s", value_parser = util::parse_duration)]
     header_timeout: u64,
+    /// How long the upstream may take to accept the connection and send a
+    /// response head; after it the client gets 504 `upstream_timeout`. A
+    /// body already streaming is not limited by it.
+    #[arg(long, default_value = "30s", value_parser = util::parse_duration)]
+    upstream_timeout: u64,
+    /// Upgrade protocols passed to the upstream (comma-separated, such as
+    /// `websocket`); any other `Upgrade` is refused with 400
+    /// `upgrade_refused`. `h2c` is refused even if listed.
+    #[arg(long, value_delimiter = ',', default_value = "websocket")]
+    upgrade_protocols: Vec<String>,
     /// Allowed clock skew for `nbf`/`iat`.
     #[arg(long, default_value = "5s", value_parser = util::parse_duration)]
     skew: u64,
@@ -136,6 +146,15 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
         .upstream
         .parse()
         .with_context(|| format!("invalid --upstream `{}`", a.upstream))?;
+    let upgrade_protocols: Vec<String> = a
+        .upgrade_protocols
+        .iter()
+        .map(|p| p.trim().to_ascii_lowercase())
+        .filter(|p| !p.is_empty())
+        .collect();
+    if upgrade_protocols.iter().any(|p| p == "h2c") {
+        tracing::warn!("--upgrade-protocols lists `h2c`: it is refused anyway (an h2c connection would carry requests the proxy cannot authorize)");
+    }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen)
@@ -166,9 +185,11 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
         veto_proxy::serve(
             authz,
             ProxyConfig {
-                upstream,
                 routes,
                 header_read_timeout: Duration::from_secs(a.header_timeout),
+                upstream_timeout: Duration::from_secs(a.upstream_timeout),
+                upgrade_protocols,
+                ..ProxyConfig::new(upstream)
             },
             listener,
             admin,
