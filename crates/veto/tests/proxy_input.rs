@@ -8,7 +8,13 @@
 //! would normalize them (`..`, `%2e`, duplicate headers). The upstream
 //! records the raw target and headers it receives, so every test checks
 //! what got through, not only what the client was told.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "tests and benchmarks: a failed step fails the run"
+)]
 
 mod common;
 
