@@ -504,6 +504,71 @@ async fn a_half_open_push_connection_is_noticed_within_the_heartbeat_allowance()
 }
 
 // ---------------------------------------------------------------------------
+// The push connection is reset (closed under the proxy, and refused while
+// the fault lasts): it reconnects and resumes from its applied version.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reset_push_connection_reconnects_and_resumes() {
+    let reg = Registry::start(&["--heartbeat", "1s"]);
+    let relay = Relay::start(reg.addr).await;
+    let up = ok_upstream().await;
+    let dir = TempDir::new("faults-reset");
+    // Polling every 10 minutes: only the push path can explain enforcement.
+    let proxy = Proxy::start_via(
+        &dir,
+        &reg,
+        &relay.url(),
+        &up,
+        &["--push-idle-timeout", "3s", "--poll-interval", "600s"],
+    );
+    let pool = mint(&reg, 2).await;
+    ready(&proxy, &pool[0].0).await;
+    let connections = relay.accepted();
+
+    relay.set(Fault::Reset);
+    let reset = Instant::now();
+    let dropped = until(
+        "the proxy sees the push connection drop",
+        WITHIN,
+        || async { proxy.health().await["sync"]["push_connected"] == false },
+    )
+    .await;
+    // Revoked while no connection can be made: missed by push for now.
+    let ver = reg.revoke_warrant(&pool[1].1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let http = client();
+    assert_eq!(
+        ask(&http, &proxy, &pool[1].0).await.0,
+        200,
+        "nothing but the push could have told the proxy"
+    );
+    relay.heal();
+    let healed = Instant::now();
+    let enforced = until("enforcement after the reset", WITHIN, || async {
+        ask(&http, &proxy, &pool[1].0).await.1 == DenyReason::Revoked.as_str()
+    })
+    .await;
+    assert!(
+        relay.accepted() > connections,
+        "no new connection was opened"
+    );
+    assert!(applied(&proxy).await >= ver);
+    assert_eq!(
+        ask(&http, &proxy, &pool[0].0).await.0,
+        200,
+        "the live chain"
+    );
+    figure(
+        "reset",
+        &[
+            ("push_drop_seen_ms", ms(dropped)),
+            ("fault_s", format!("{:.1}", (healed - reset).as_secs_f64())),
+            ("revocation_enforced_after_heal_ms", ms(enforced)),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------
 // A subscriber that stops reading.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

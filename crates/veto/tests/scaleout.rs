@@ -286,7 +286,11 @@ async fn nats_outage_falls_back_to_polling_and_push_resumes() {
         .unwrap()
         .port();
     let Some(mut server) = NatsServer::start(port, &dir.path().join("js")) else {
-        eprintln!("skipped: no nats-server binary to run a private NATS for the outage test");
+        assert!(
+            std::env::var("VETO_TEST_REQUIRE_NATS_SERVER").as_deref() != Ok("1"),
+            "no nats-server binary to run a private NATS, and VETO_TEST_REQUIRE_NATS_SERVER=1: install nats-server"
+        );
+        eprintln!("skipped: no nats-server binary to run a private NATS for the outage test (VETO_TEST_REQUIRE_NATS_SERVER=1 makes this a failure)");
         return;
     };
     let nats = server.url();
