@@ -229,4 +229,35 @@ mod tests {
         let mut p = SseParser::new(16);
         assert_eq!(p.feed(&[b'x'; 40]), Err(SseError::TooLarge(16)));
     }
+
+    /// A line that is not UTF-8 but within the limit is `NotUtf8`, however
+    /// it is chunked; the same bytes over the limit are `TooLarge`.
+    #[test]
+    fn non_utf8_within_the_limit_is_not_utf8() {
+        let input: &[u8] = b"data: ab\xff\xfecd\n\n";
+        for step in 1..input.len() {
+            let mut p = SseParser::new(64);
+            let got: Result<Vec<SseEvent>, SseError> =
+                input.chunks(step).try_fold(Vec::new(), |mut out, c| {
+                    out.extend(p.feed(c)?);
+                    Ok(out)
+                });
+            assert_eq!(got, Err(SseError::NotUtf8), "chunks of {step}");
+        }
+        let mut p = SseParser::new(64);
+        assert_eq!(p.feed(b"event: \xc3\n"), Err(SseError::NotUtf8));
+    }
+
+    /// An `id` holding NUL is ignored (WHATWG: the last event id is not
+    /// set); the previous id stays.
+    #[test]
+    fn an_id_with_nul_is_ignored() {
+        let events = all(b"id: 7\ndata: a\n\nid: 8\0x\ndata: b\n\n", 3);
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].id.as_deref(), Some("7"));
+        assert_eq!(events[1].id.as_deref(), Some("7"), "the NUL id was ignored");
+        let mut p = SseParser::new(64);
+        p.feed(b"id: 9\ndata: c\n\nid: \0\n").unwrap();
+        assert_eq!(p.last_id(), Some("9"));
+    }
 }
