@@ -134,6 +134,149 @@ async fn one_layer_enforces_on_an_axum_service() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Every denial the layer makes, by reason, as a client sees it: 401 with
+/// `WWW-Authenticate` for a bad credential, 403 `action_denied`, and once
+/// the registry is gone past max staleness, 503 `stale` under fail-closed
+/// while fail-open lets the request through flagged `stale`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layer_answers_each_denial_and_the_staleness_policy() {
+    let dir = std::env::temp_dir().join(format!(
+        "veto-layer-stale-{}-{}",
+        std::process::id(),
+        veto_core::Clock::now(&veto_core::SystemClock)
+    ));
+    let mut rc = RegistryConfig::new(&dir);
+    rc.heartbeat = Duration::from_secs(1);
+    rc.admin_token = Some("layer-test-token".into());
+    let registry = Registry::open(rc).await.unwrap();
+    let key = registry.authority_key().clone();
+    let (l, reg_url) = bind().await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(registry.serve(l, async move {
+        let _ = stop_rx.await;
+    }));
+
+    let start = |policy| {
+        let mut c = Config::new(&reg_url, "veto", KeySet::new([key.clone()]));
+        c.check.max_staleness = 2;
+        c.check.policy = policy;
+        c.push_idle_timeout = Duration::from_secs(2);
+        Authorizer::start(c)
+    };
+    let closed = start(veto_core::StalenessPolicy::FailClosed).await.unwrap();
+    let open = start(veto_core::StalenessPolicy::FailOpen).await.unwrap();
+    let app = |authz: &Authorizer| {
+        Router::new()
+            .route(
+                "/orders/{id}",
+                get(|Extension(v): Extension<Verified>| async move {
+                    format!("{} stale={}", v.agent, v.stale)
+                }),
+            )
+            .layer(AuthorizeLayer::new(authz.clone()))
+    };
+    let (l, closed_url) = bind().await;
+    let closed_app = app(&closed);
+    tokio::spawn(async move { axum::serve(l, closed_app).await });
+    let (l, open_url) = bind().await;
+    let open_app = app(&open);
+    tokio::spawn(async move { axum::serve(l, open_app).await });
+
+    let http = reqwest::Client::new();
+    let minted: Value = http
+        .post(format!("{reg_url}/v1/warrants"))
+        .bearer_auth("layer-test-token")
+        .json(&json!({"agent": "billing-bot", "act": ["http:GET:/orders/*"], "ttl": 600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let chain = minted["warrant"].as_str().unwrap().to_owned();
+    let call = |base: &str, method: reqwest::Method, auth: Option<String>| {
+        let mut req = http.request(method, format!("{base}/orders/7"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let www = r
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (status, www, r.text().await.unwrap())
+        }
+    };
+    let bearer = Some(format!("Bearer {chain}"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for base in [&closed_url, &open_url] {
+        loop {
+            let (status, _, body) = call(base, reqwest::Method::GET, bearer.clone()).await;
+            if status == 200 {
+                assert_eq!(body, "billing-bot stale=false");
+                break;
+            }
+            assert!(Instant::now() < deadline, "never allowed: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let error = |body: &str| serde_json::from_str::<Value>(body).unwrap()["error"].clone();
+
+    // 401 names the scheme to use.
+    for auth in [
+        None,
+        Some("Bearer x.y.z".to_owned()),
+        Some(format!("Basic {chain}")),
+    ] {
+        let (status, www, body) = call(&closed_url, reqwest::Method::GET, auth.clone()).await;
+        assert_eq!(status, 401, "{auth:?}: {body}");
+        assert_eq!(error(&body), "malformed", "{auth:?}: {body}");
+        assert!(
+            www.as_deref().is_some_and(|w| w.starts_with("Bearer")),
+            "{auth:?}: WWW-Authenticate {www:?}"
+        );
+    }
+    // 403 for an action the warrant does not permit, without WWW-Authenticate.
+    let (status, www, body) = call(&closed_url, reqwest::Method::DELETE, bearer.clone()).await;
+    assert_eq!(
+        (status, error(&body)),
+        (403, json!("action_denied")),
+        "{body}"
+    );
+    assert_eq!(www, None);
+
+    // The registry goes away: past max staleness the policies part ways.
+    stop_tx.send(()).unwrap();
+    served.await.unwrap().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _, body) = call(&closed_url, reqwest::Method::GET, bearer.clone()).await;
+        if status == 503 {
+            assert_eq!(error(&body), "stale", "{body}");
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(Instant::now() < deadline, "never stale");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!closed.status().fresh);
+    let (status, _, body) = call(&open_url, reqwest::Method::GET, bearer.clone()).await;
+    assert!(!open.status().fresh);
+    assert_eq!((status, body.as_str()), (200, "billing-bot stale=true"));
+    // Fail-open still refuses what is not permitted.
+    let (status, _, body) = call(&open_url, reqwest::Method::DELETE, bearer).await;
+    assert_eq!(
+        (status, error(&body)),
+        (403, json!("action_denied")),
+        "{body}"
+    );
+    closed.shutdown();
+    open.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The disk cache keeps a snapshot and the deltas since; past a few
 /// thousand deltas a poll replaces them with a current snapshot (even one
 /// of the same version), so neither the file nor the memory behind it
