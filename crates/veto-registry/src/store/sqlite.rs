@@ -14,7 +14,7 @@ use veto_core::{EntryKind, Head, Removed, SrlSigner};
 
 use super::{
     keys_of, plan, prune_audit, AuditFilter, AuditRecord, AuditRow, Committed, Existing,
-    IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError,
+    IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError, Stored,
 };
 
 /// The SQLite store.
@@ -197,6 +197,30 @@ impl SqliteStore {
         Ok(Loaded { ver, head, entries })
     }
 
+    /// Every live entry as stored: kind, id, cutoff, expiry (tests).
+    #[cfg(test)]
+    pub(crate) fn live(
+        &self,
+    ) -> Result<Vec<(EntryKind, String, Option<u64>, Option<u64>)>, StoreError> {
+        let conn = self.r();
+        let mut stmt = conn
+            .prepare("SELECT kind, id, before, expires_at FROM entries WHERE pruned_ver IS NULL")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (k, id, before, expires_at) = row?;
+            out.push((kind_of(&k)?, id, opt_u64(before), opt_u64(expires_at)));
+        }
+        Ok(out)
+    }
+
     /// Commits a group of revocation requests in one transaction (see [`plan`]).
     pub fn commit(
         &self,
@@ -209,13 +233,22 @@ impl SqliteStore {
         let (ver, head) = top(&tx)?;
         let mut existing = Existing::new();
         {
-            let mut stmt = tx.prepare_cached("SELECT ver, before FROM entries WHERE kind = ?1 AND id = ?2 AND pruned_ver IS NULL")?;
+            let mut stmt = tx.prepare_cached("SELECT ver, before, expires_at FROM entries WHERE kind = ?1 AND id = ?2 AND pruned_ver IS NULL")?;
             for (kind, id) in keys_of(requests) {
-                let row: Option<(i64, Option<i64>)> = stmt
-                    .query_row(params![kind.as_str(), id], |r| Ok((r.get(0)?, r.get(1)?)))
+                let row: Option<(i64, Option<i64>, Option<i64>)> = stmt
+                    .query_row(params![kind.as_str(), id], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
                     .optional()?;
-                if let Some((v, before)) = row {
-                    existing.insert((kind, id), (v as u64, opt_u64(before)));
+                if let Some((v, before, expires_at)) = row {
+                    existing.insert(
+                        (kind, id),
+                        Stored {
+                            ver: v as u64,
+                            before: opt_u64(before),
+                            expires_at: opt_u64(expires_at),
+                        },
+                    );
                 }
             }
         }
@@ -236,7 +269,13 @@ impl SqliteStore {
                 "INSERT INTO entries (kind, id, reason, revoked_at, before, expires_at, ver, pruned_ver)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)
                  ON CONFLICT (kind, id) DO UPDATE SET reason = excluded.reason, revoked_at = excluded.revoked_at,
-                   before = excluded.before, expires_at = excluded.expires_at, ver = excluded.ver, pruned_ver = NULL",
+                   before = CASE WHEN entries.pruned_ver IS NOT NULL OR entries.before IS NULL THEN excluded.before
+                                 WHEN excluded.before IS NULL THEN entries.before
+                                 ELSE max(entries.before, excluded.before) END,
+                   expires_at = CASE WHEN entries.pruned_ver IS NOT NULL THEN excluded.expires_at
+                                     WHEN entries.expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
+                                     ELSE max(entries.expires_at, excluded.expires_at) END,
+                   ver = excluded.ver, pruned_ver = NULL",
             )?;
             for (e, ver) in &plan.entries {
                 stmt.execute(params![
@@ -248,6 +287,16 @@ impl SqliteStore {
                     e.expires_at.map(|x| x as i64),
                     *ver as i64
                 ])?;
+            }
+            // A longer life for a live entry: never shorter, even if the
+            // plan were wrong (the join again, in SQL).
+            let mut stmt = tx.prepare_cached(
+                "UPDATE entries SET expires_at = CASE WHEN expires_at IS NULL OR ?3 IS NULL THEN NULL
+                                                      ELSE max(expires_at, ?3) END
+                 WHERE kind = ?1 AND id = ?2 AND pruned_ver IS NULL",
+            )?;
+            for (kind, id, expires_at) in &plan.extend {
+                stmt.execute(params![kind.as_str(), id, expires_at.map(|x| x as i64)])?;
             }
             insert_audit(&tx, &plan.audit)?;
         }
