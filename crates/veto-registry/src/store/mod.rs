@@ -573,16 +573,19 @@ impl Store {
         }
     }
 
-    /// Deltas `since+1 ..= upto`, at most `limit`; `None` when not retained.
+    /// Deltas `since+1 ..= upto` in version order: a prefix of at most
+    /// `limit` deltas and `max_bytes` of JWS, but never empty when any is
+    /// due (one delta over the budget comes alone); `None` when not retained.
     pub async fn deltas(
         &self,
         since: u64,
         upto: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Option<Vec<(u64, String)>>, StoreError> {
         match self {
-            Store::Sqlite(s) => blocking!(s, |s| s.deltas(since, upto, limit)),
-            Store::Postgres(p) => p.deltas(since, upto, limit).await,
+            Store::Sqlite(s) => blocking!(s, |s| s.deltas(since, upto, limit, max_bytes)),
+            Store::Postgres(p) => p.deltas(since, upto, limit, max_bytes).await,
         }
     }
 

@@ -388,15 +388,26 @@ impl PgStore {
         since: u64,
         upto: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Option<Vec<(u64, String)>>, StoreError> {
         if since >= upto {
             return Ok(Some(Vec::new()));
         }
+        // The running total is computed by the server, so rows past the
+        // byte budget never cross the wire; the first row always does.
         let rows = self
             .reader
             .query(
-                "SELECT ver, jws FROM veto_versions WHERE ver > $1 AND ver <= $2 ORDER BY ver LIMIT $3",
-                &[&(since as i64), &(upto as i64), &(limit.min(i64::MAX as usize) as i64)],
+                "SELECT ver, jws FROM (
+                   SELECT ver, jws, SUM(octet_length(jws)) OVER (ORDER BY ver) - octet_length(jws) AS before_it
+                   FROM veto_versions WHERE ver > $1 AND ver <= $2 ORDER BY ver LIMIT $3
+                 ) page WHERE before_it = 0 OR before_it + octet_length(jws) <= $4 ORDER BY ver",
+                &[
+                    &(since as i64),
+                    &(upto as i64),
+                    &(limit.min(i64::MAX as usize) as i64),
+                    &(max_bytes.min(i64::MAX as usize) as i64),
+                ],
             )
             .await?;
         let out: Vec<(u64, String)> = rows

@@ -368,13 +368,15 @@ impl SqliteStore {
         }))
     }
 
-    /// The signed deltas `since+1 ..= upto`, at most `limit`; `None` when
-    /// some of them are no longer retained.
+    /// The signed deltas `since+1 ..= upto`, at most `limit` of them and
+    /// at most `max_bytes` of JWS (but always the first); `None` when some
+    /// of them are no longer retained.
     pub fn deltas(
         &self,
         since: u64,
         upto: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Option<Vec<(u64, String)>>, StoreError> {
         if since >= upto {
             return Ok(Some(Vec::new()));
@@ -386,7 +388,18 @@ impl SqliteStore {
         let rows = stmt.query_map(params![since as i64, upto as i64, limit as i64], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
         })?;
-        let out: Vec<(u64, String)> = rows.collect::<Result<_, _>>()?;
+        // Rows are read one at a time: stop before the one that would pass
+        // the byte budget (the first is always taken, so a page advances).
+        let mut out: Vec<(u64, String)> = Vec::new();
+        let mut bytes = 0usize;
+        for row in rows {
+            let (ver, jws) = row?;
+            bytes = bytes.saturating_add(jws.len());
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push((ver, jws));
+        }
         // Gap-free by construction; a missing first delta means it was
         // dropped by retention.
         if !out.is_empty() && out.first().map(|(v, _)| *v) != Some(since + 1) {

@@ -291,7 +291,7 @@ async fn run(store: &Store, ops: &[Op]) {
         // what the model does, with the latest cutoff.
         let loaded = store.load().await.unwrap();
         let deltas = store
-            .deltas(0, loaded.ver, usize::MAX)
+            .deltas(0, loaded.ver, usize::MAX, usize::MAX)
             .await
             .unwrap()
             .unwrap();
