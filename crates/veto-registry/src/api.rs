@@ -16,7 +16,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use veto_core::{warrant, Entry, EntryKind, Jwk, LinkSpec, PublicKey, Reason, SigningKey};
 
 use crate::metrics::Code;
@@ -48,6 +48,9 @@ pub const REPLAY_PAGE_BYTES: usize = 1 << 20;
 /// shared `/v1/srl` when those are gone), so no per-subscriber copy of a
 /// big state is ever made.
 pub const MAX_SSE_SNAPSHOT_BYTES: usize = 8 << 20;
+/// Most bytes of events queued for one subscriber (one larger event is
+/// queued alone).
+pub const SUBSCRIBER_QUEUE_BYTES: usize = 1 << 20;
 /// All the bytes of replayed deltas, inline snapshots, live events queued
 /// for subscribers and delta listings the registry holds at once, across
 /// every client. A client that does not read keeps its share until the
@@ -786,15 +789,23 @@ async fn deltas(
         })?;
     let upto = inner.read_current().ver();
     let deadline = tokio::time::Instant::now() + BUDGET_WAIT;
-    let page = budgeted_page(&inner, since, upto, MAX_DELTAS, MAX_DELTAS_BYTES, None, Some(deadline))
-        .await
-        .ok_or_else(|| {
-            err(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "the registry is sending as many deltas as it may hold at once: retry shortly",
-            )
-        })?;
+    let page = budgeted_page(
+        &inner,
+        since,
+        upto,
+        MAX_DELTAS,
+        MAX_DELTAS_BYTES,
+        None,
+        Some(deadline),
+    )
+    .await
+    .ok_or_else(|| {
+        err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the registry is sending as many deltas as it may hold at once: retry shortly",
+        )
+    })?;
     let (list, permit) = page.map_err(unavailable)?;
     match list {
         Some(list) => Ok(deltas_body(list, permit)),
@@ -820,15 +831,18 @@ fn deltas_body(list: Vec<(u64, String)>, permit: OwnedSemaphorePermit) -> Respon
         parts.push_back(Bytes::from(s));
     }
     parts.push_back(Bytes::from_static(b"]}"));
-    let stream = futures_util::stream::unfold((parts, Some(permit)), |(mut parts, permit)| async move {
-        match parts.pop_front() {
-            Some(b) => Some((Ok::<_, Infallible>(b), (parts, permit))),
-            None => None,
-        }
-    });
+    let stream =
+        futures_util::stream::unfold((parts, Some(permit)), |(mut parts, permit)| async move {
+            match parts.pop_front() {
+                Some(b) => Some((Ok::<_, Infallible>(b), (parts, permit))),
+                None => None,
+            }
+        });
     let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -950,53 +964,86 @@ async fn events(
     Ok(Sse::new(stream))
 }
 
-/// An event queued for a subscriber, with its share of the byte budget.
-type Queued = (SseEvent, Option<OwnedSemaphorePermit>);
-
-/// Waits for `bytes` of the budget (at most all of it), or gives up when
-/// the subscriber leaves or the registry stops.
-async fn share(
-    inner: &Shared,
-    tx: &mpsc::Sender<Queued>,
-    bytes: usize,
-) -> Option<OwnedSemaphorePermit> {
-    let n = u32::try_from(bytes.clamp(1, REPLAY_BUDGET_BYTES)).unwrap_or(u32::MAX);
-    tokio::select! {
-        p = inner.budget.clone().acquire_many_owned(n) => p.ok(),
-        _ = tx.closed() => None,
-    }
+/// An event's hold on memory while it waits for hyper to take it: a share
+/// of the registry-wide budget and of its subscriber's own queue.
+struct Share {
+    _global: OwnedSemaphorePermit,
+    _own: OwnedSemaphorePermit,
 }
 
-/// Queues `event` with a share of the budget as large as `bytes`.
-async fn send_counted(
-    inner: &Shared,
-    tx: &mpsc::Sender<Queued>,
-    event: SseEvent,
-    bytes: usize,
-) -> bool {
-    let Some(permit) = share(inner, tx, bytes).await else {
-        return false;
-    };
-    tx.send((event, Some(permit))).await.is_ok()
+/// An event queued for a subscriber, with its share of the byte budget.
+type Queued = (SseEvent, Option<Share>);
+
+/// Where one subscriber's events go.
+struct Sink {
+    inner: Shared,
+    tx: mpsc::Sender<Queued>,
+    /// Bytes this subscriber may have queued: a client that does not read
+    /// holds at most this much (plus one page being sent) of the budget.
+    own: Arc<Semaphore>,
+}
+
+impl Sink {
+    /// Waits for `n` permits of `sem` (at most `cap`), or gives up when the
+    /// subscriber leaves.
+    async fn permits(
+        &self,
+        sem: &Arc<Semaphore>,
+        n: usize,
+        cap: usize,
+    ) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(n.clamp(1, cap)).unwrap_or(u32::MAX);
+        tokio::select! {
+            p = sem.clone().acquire_many_owned(n) => p.ok(),
+            _ = self.tx.closed() => None,
+        }
+    }
+
+    /// Queues `event` of `bytes`, charged to `global` when the caller holds
+    /// that share already (a replay page), else to a new one.
+    async fn send(
+        &self,
+        event: SseEvent,
+        bytes: usize,
+        global: Option<OwnedSemaphorePermit>,
+    ) -> bool {
+        let Some(own) = self.permits(&self.own, bytes, SUBSCRIBER_QUEUE_BYTES).await else {
+            return false;
+        };
+        let global = match global {
+            Some(g) => g,
+            None => match self
+                .permits(&self.inner.budget, bytes, REPLAY_BUDGET_BYTES)
+                .await
+            {
+                Some(g) => g,
+                None => return false,
+            },
+        };
+        let share = Share {
+            _global: global,
+            _own: own,
+        };
+        self.tx.send((event, Some(share))).await.is_ok()
+    }
 }
 
 /// Sends the current snapshot, or, when it is too large to copy for one
 /// subscriber, the current checkpoint (the subscriber sees the gap and
 /// pulls). Returns the version the subscriber was brought to.
-async fn send_snapshot(inner: &Shared, tx: &mpsc::Sender<Queued>) -> Option<u64> {
-    let snap = inner.snapshot().await;
+async fn send_snapshot(sink: &Sink) -> Option<u64> {
+    let snap = sink.inner.snapshot().await;
     if snap.jws.len() <= MAX_SSE_SNAPSHOT_BYTES {
         let text = std::str::from_utf8(&snap.jws).ok()?;
         let event = sse("snapshot", snap.ver, text);
-        return send_counted(inner, tx, event, snap.jws.len())
+        return sink
+            .send(event, snap.jws.len(), None)
             .await
             .then_some(snap.ver);
     }
-    let (ver, jws) = inner.checkpoint();
+    let (ver, jws) = sink.inner.checkpoint();
     let event = sse("checkpoint", ver, &jws);
-    send_counted(inner, tx, event, jws.len())
-        .await
-        .then_some(ver)
+    sink.send(event, jws.len(), None).await.then_some(ver)
 }
 
 /// How a replay ended.
@@ -1064,16 +1111,25 @@ async fn budgeted_page(
 }
 
 /// Queues the deltas after `since` up to `upto` page by page, each page
-/// read only when the subscriber has taken the last, and at most
+/// read only when the subscriber has taken most of the last, and at most
 /// [`MAX_REPLAY_BYTES`] in all.
-async fn replay(inner: &Shared, tx: &mpsc::Sender<Queued>, since: u64, upto: u64) -> Replay {
+async fn replay(sink: &Sink, since: u64, upto: u64) -> Replay {
     if upto - since > MAX_REPLAY {
         return Replay::Snapshot;
     }
     let mut next = since;
     let mut total = 0usize;
     while next < upto {
-        let page = budgeted_page(inner, next, upto, 256, REPLAY_PAGE_BYTES, Some(tx), None).await;
+        let page = budgeted_page(
+            &sink.inner,
+            next,
+            upto,
+            256,
+            REPLAY_PAGE_BYTES,
+            Some(&sink.tx),
+            None,
+        )
+        .await;
         let (list, mut permit) = match page {
             None => return Replay::Closed,
             Some(Ok((Some(list), permit))) if !list.is_empty() => (list, permit),
@@ -1088,8 +1144,10 @@ async fn replay(inner: &Shared, tx: &mpsc::Sender<Queued>, since: u64, upto: u64
             return Replay::Snapshot;
         }
         for (ver, jws) in list {
-            let own = permit.split(jws.len().max(1).min(permit.num_permits()));
-            if tx.send((sse("delta", ver, &jws), own)).await.is_err() {
+            // Each event takes its part of the page's share along.
+            let part = jws.len().clamp(1, permit.num_permits().max(1));
+            let global = permit.split(part);
+            if !sink.send(sse("delta", ver, &jws), jws.len(), global).await {
                 return Replay::Closed;
             }
             next = ver;
@@ -1106,41 +1164,51 @@ async fn feed(
     since: Option<u64>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let current = inner.read_current().ver();
+    let sink = Sink {
+        inner,
+        tx,
+        own: Arc::new(Semaphore::new(SUBSCRIBER_QUEUE_BYTES)),
+    };
+    let current = sink.inner.read_current().ver();
     let mut sent = current;
     if let Some(since) = since.filter(|s| *s < current) {
-        match replay(&inner, &tx, since, current).await {
+        match replay(&sink, since, current).await {
             Replay::Done => {}
             Replay::Closed => return,
-            Replay::Snapshot => match send_snapshot(&inner, &tx).await {
+            Replay::Snapshot => match send_snapshot(&sink).await {
                 Some(v) => sent = sent.max(v),
                 None => return,
             },
         }
     }
-    let (ver, jws) = inner.checkpoint();
-    if ver >= sent && !send_counted(&inner, &tx, sse("checkpoint", ver, &jws), jws.len()).await {
+    let (ver, jws) = sink.inner.checkpoint();
+    if ver >= sent
+        && !sink
+            .send(sse("checkpoint", ver, &jws), jws.len(), None)
+            .await
+    {
         return;
     }
     loop {
         let event = tokio::select! {
             e = live.recv() => e,
             _ = stop.changed() => return,
-            _ = tx.closed() => return,
+            _ = sink.tx.closed() => return,
         };
         let ok = match event {
             Ok(Event::Delta { ver, jws }) if ver > sent => {
                 sent = ver;
-                send_counted(&inner, &tx, sse("delta", ver, &jws), jws.len()).await
+                sink.send(sse("delta", ver, &jws), jws.len(), None).await
             }
             Ok(Event::Checkpoint { ver, jws }) if ver >= sent => {
-                send_counted(&inner, &tx, sse("checkpoint", ver, &jws), jws.len()).await
+                sink.send(sse("checkpoint", ver, &jws), jws.len(), None)
+                    .await
             }
             Ok(_) => true,
             Err(broadcast::error::RecvError::Lagged(_)) => {
-                inner.metrics.lagged_subscribers.inc();
+                sink.inner.metrics.lagged_subscribers.inc();
                 tracing::warn!("slow SSE subscriber fell behind; sending a snapshot");
-                match send_snapshot(&inner, &tx).await {
+                match send_snapshot(&sink).await {
                     Some(v) => {
                         sent = sent.max(v);
                         true

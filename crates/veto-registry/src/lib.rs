@@ -134,7 +134,12 @@ pub fn check_admin_token(token: &str, source: &str) -> Result<(), RegistryError>
         format!("is {len} characters, fewer than the {MIN_ADMIN_TOKEN_CHARS} required")
     } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
         "holds a space, a control or a non-ASCII character, which an `Authorization: Bearer` header cannot carry".to_owned()
-    } else if token.bytes().collect::<std::collections::HashSet<u8>>().len() < 8 {
+    } else if token
+        .bytes()
+        .collect::<std::collections::HashSet<u8>>()
+        .len()
+        < 8
+    {
         "repeats fewer than 8 distinct characters: it is not random".to_owned()
     } else {
         return Ok(());
