@@ -332,6 +332,37 @@ fn temp_db() -> std::path::PathBuf {
     dir
 }
 
+/// A PostgreSQL store in a schema of its own, and the future that drops it.
+async fn pg_store(base: &str) -> (Store, impl std::future::Future<Output = ()>) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let (admin, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let schema = format!(
+        "veto_model_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    admin
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        ))
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
+    let store = Store::Postgres(Arc::new(PgStore::connect(&url).await.unwrap()));
+    let cleanup = async move {
+        admin
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .unwrap();
+    };
+    (store, cleanup)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -355,18 +386,89 @@ proptest! {
             return Ok(());
         };
         runtime().block_on(async {
-            let (admin, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(conn);
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            let schema = format!("veto_model_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-            admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")).await.unwrap();
-            let sep = if base.contains('?') { '&' } else { '?' };
-            let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
-            let store = Store::Postgres(Arc::new(PgStore::connect(&url).await.unwrap()));
+            let (store, cleanup) = pg_store(&base).await;
             run(&store, &ops).await;
             drop(store);
-            admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+            cleanup.await;
         });
     }
+}
+
+/// Both stores answer a byte-capped prefix in version order, never empty
+/// while deltas are due.
+async fn pages_by_bytes(store: &Store) {
+    let signer = signer();
+    for v in 0..10u64 {
+        let entries = (0..=v)
+            .map(|i| entry(EntryKind::Warrant, &format!("p{v}-{i}"), None, None))
+            .collect();
+        store
+            .commit(one(entries), signer.clone(), 1_000)
+            .await
+            .unwrap();
+    }
+    let all = store
+        .deltas(0, 10, 1000, usize::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(all.len(), 10);
+    let sizes: Vec<usize> = all.iter().map(|(_, j)| j.len()).collect();
+    for since in 0..10u64 {
+        let rest = &sizes[since as usize..];
+        for max_bytes in [
+            1,
+            rest[0],
+            rest[0] + 1,
+            rest.iter().take(3).sum::<usize>(),
+            usize::MAX,
+        ] {
+            let page = store
+                .deltas(since, 10, 1000, max_bytes)
+                .await
+                .unwrap()
+                .unwrap();
+            let vers: Vec<u64> = page.iter().map(|(v, _)| *v).collect();
+            // The longest prefix within the budget, at least one delta.
+            let mut want = 1;
+            while want < rest.len() && rest[..=want].iter().sum::<usize>() <= max_bytes {
+                want += 1;
+            }
+            assert_eq!(
+                vers,
+                (since + 1..=since + want as u64).collect::<Vec<_>>(),
+                "since {since}, {max_bytes} bytes"
+            );
+        }
+        // The count limit still applies.
+        let page = store
+            .deltas(since, 10, 1, usize::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.len(), 1);
+    }
+}
+
+#[test]
+fn sqlite_pages_deltas_by_bytes() {
+    let dir = temp_db();
+    let store = Store::Sqlite(Arc::new(SqliteStore::open(&dir.join("veto.db")).unwrap()));
+    runtime().block_on(pages_by_bytes(&store));
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn postgres_pages_deltas_by_bytes() {
+    let Ok(base) = std::env::var("VETO_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: VETO_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    runtime().block_on(async {
+        let (store, cleanup) = pg_store(&base).await;
+        pages_by_bytes(&store).await;
+        drop(store);
+        cleanup.await;
+    });
 }
