@@ -833,10 +833,8 @@ fn deltas_body(list: Vec<(u64, String)>, permit: OwnedSemaphorePermit) -> Respon
     parts.push_back(Bytes::from_static(b"]}"));
     let stream =
         futures_util::stream::unfold((parts, Some(permit)), |(mut parts, permit)| async move {
-            match parts.pop_front() {
-                Some(b) => Some((Ok::<_, Infallible>(b), (parts, permit))),
-                None => None,
-            }
+            let next = parts.pop_front();
+            next.map(|b| (Ok::<_, Infallible>(b), (parts, permit)))
         });
     let mut resp = Response::new(Body::from_stream(stream));
     resp.headers_mut().insert(

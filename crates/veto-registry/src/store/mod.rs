@@ -241,6 +241,10 @@ pub(crate) struct Plan {
     pub audit: Vec<AuditRow>,
 }
 
+/// A live entry as stored, for tests: kind, id, cutoff, expiry.
+#[cfg(test)]
+pub(crate) type LiveRow = (EntryKind, String, Option<u64>, Option<u64>);
+
 /// A live entry as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Stored {
@@ -538,9 +542,7 @@ impl Store {
 
     /// Every live entry as stored: kind, id, cutoff, expiry (tests).
     #[cfg(test)]
-    pub(crate) async fn live(
-        &self,
-    ) -> Result<Vec<(EntryKind, String, Option<u64>, Option<u64>)>, StoreError> {
+    pub(crate) async fn live(&self) -> Result<Vec<LiveRow>, StoreError> {
         match self {
             Store::Sqlite(s) => blocking!(s, |s| s.live()),
             Store::Postgres(p) => p.live().await,

@@ -12,6 +12,8 @@ use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls, Transaction};
 use veto_core::{EntryKind, Head, Removed, SrlSigner};
 
+#[cfg(test)]
+use super::LiveRow;
 use super::{
     keys_of, plan, prune_audit, AuditFilter, AuditRecord, AuditRow, Committed, Existing,
     IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError, Stored,
@@ -203,9 +205,7 @@ impl PgStore {
 
     /// Every live entry as stored: kind, id, cutoff, expiry (tests).
     #[cfg(test)]
-    pub(crate) async fn live(
-        &self,
-    ) -> Result<Vec<(EntryKind, String, Option<u64>, Option<u64>)>, StoreError> {
+    pub(crate) async fn live(&self) -> Result<Vec<LiveRow>, StoreError> {
         let rows = self
             .reader
             .query(

@@ -12,6 +12,8 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension as _, Transaction, TransactionBehavior};
 use veto_core::{EntryKind, Head, Removed, SrlSigner};
 
+#[cfg(test)]
+use super::LiveRow;
 use super::{
     keys_of, plan, prune_audit, AuditFilter, AuditRecord, AuditRow, Committed, Existing,
     IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError, Stored,
@@ -199,9 +201,7 @@ impl SqliteStore {
 
     /// Every live entry as stored: kind, id, cutoff, expiry (tests).
     #[cfg(test)]
-    pub(crate) fn live(
-        &self,
-    ) -> Result<Vec<(EntryKind, String, Option<u64>, Option<u64>)>, StoreError> {
+    pub(crate) fn live(&self) -> Result<Vec<LiveRow>, StoreError> {
         let conn = self.r();
         let mut stmt = conn
             .prepare("SELECT kind, id, before, expires_at FROM entries WHERE pruned_ver IS NULL")?;

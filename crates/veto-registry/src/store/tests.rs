@@ -3,12 +3,6 @@
 //! stops being revoked before every request that covered it has expired.
 //! PostgreSQL runs when `VETO_TEST_POSTGRES_URL` is set (a fresh schema per
 //! case), and says it was skipped otherwise.
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests fail loudly"
-)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -208,12 +202,15 @@ fn one_key_in_several_requests_of_a_group_is_written_once_with_the_join() {
     assert!(!p.results[3].entries[0].created);
 }
 
+/// One entry asked for: kind, id index, cutoff, life in seconds from now.
+type Asked = (EntryKind, u8, u64, Option<u64>);
+
 /// One step of a property case.
 #[derive(Clone, Debug)]
 enum Op {
     /// One commit group: requests of (kind, id index, cutoff, life in
     /// seconds from now).
-    Revoke(Vec<Vec<(EntryKind, u8, u64, Option<u64>)>>),
+    Revoke(Vec<Vec<Asked>>),
     /// Time passes by this many seconds, then the store prunes.
     Prune(u64),
 }
