@@ -139,7 +139,10 @@ pub struct AuditRecord {
     pub at: u64,
     /// Who.
     pub actor: String,
-    /// What: `revoke`, `prune`, `mint`, `issuer_key_add`, `issuer_key_retire`.
+    /// What: `revoke`, `revoke_existing` (already revoked, nothing changed),
+    /// `revoke_extend` (already revoked; its life grew to `expires_at`,
+    /// absent = never expires), `prune`, `mint`, `issuer_key_add`,
+    /// `issuer_key_retire`.
     pub action: String,
     /// Entry kind, for revocations.
     #[serde(skip_serializing_if = "Option::is_none")]
