@@ -1376,6 +1376,17 @@ async fn unread_replays_and_delta_listings_stay_within_a_memory_budget() {
     const ENTRIES: usize = 250;
     let program = registry_program();
     let reg = Arc::new(Registry::start_program(&program, &[], &[]));
+    // An authorizer that only pulls, seldom: its next poll finds tens of MB
+    // of deltas to catch up on, so it must page through byte-capped
+    // prefixes with `since=`.
+    let proxy_dir = common::TempDir::new("replay-proxy");
+    let upstream = common::ok_upstream().await;
+    let proxy = common::Proxy::start(
+        &proxy_dir,
+        &reg,
+        &upstream,
+        &["--no-push", "--poll-interval", "20s"],
+    );
     let pad = "x".repeat(180);
     let started = Instant::now();
     let results: Vec<u16> = futures_util::stream::iter(0..VERSIONS)
@@ -1395,6 +1406,21 @@ async fn unread_replays_and_delta_listings_stay_within_a_memory_budget() {
         "filled {VERSIONS} versions x {ENTRIES} entries in {:?}",
         started.elapsed()
     );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while proxy.health().await["sync"]["version"] != json!(VERSIONS) {
+        assert!(
+            Instant::now() < deadline,
+            "the pulling proxy did not catch up: {}",
+            proxy.health().await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // By deltas (pages), not by a snapshot: only version 0 came as one.
+    let by_delta = proxy
+        .metric("veto_authorizer_applied_objects_total{kind=\"delta\"}")
+        .await;
+    assert_eq!(by_delta, VERSIONS as f64);
+    drop(proxy);
     // The snapshot any authorizer's first fetch builds (cached), then the
     // baseline.
     let _ = reg.snapshot().await;
