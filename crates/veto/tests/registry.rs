@@ -1201,6 +1201,27 @@ fn registry_program() -> String {
 #[tokio::test]
 async fn a_re_revocation_never_shortens_an_earlier_one() {
     let reg = Registry::start_program(&registry_program(), &[], &["--prune-interval", "1s"]);
+    re_revocation_scenario(&reg).await;
+}
+
+// The same on a PostgreSQL store (its own schema).
+#[tokio::test]
+async fn a_re_revocation_never_shortens_an_earlier_one_on_postgres() {
+    let Ok(base) = std::env::var("VETO_TEST_POSTGRES_URL") else {
+        println!("skipped: VETO_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let schema = common::Schema::create(&base).await;
+    let url = schema.url();
+    let reg = Registry::start_program(
+        &registry_program(),
+        &[],
+        &["--prune-interval", "1s", "--store", &url],
+    );
+    re_revocation_scenario(&reg).await;
+}
+
+async fn re_revocation_scenario(reg: &Registry) {
     let t0 = now();
     let first_before = t0 - 10;
     let (s, body) = reg
