@@ -970,7 +970,7 @@ struct Share {
 }
 
 /// An event queued for a subscriber, with its share of the byte budget.
-type Queued = (SseEvent, Option<Share>);
+type Queued = (SseEvent, Share);
 
 /// Where one subscriber's events go.
 struct Sink {
@@ -1022,7 +1022,7 @@ impl Sink {
             _global: global,
             _own: own,
         };
-        self.tx.send((event, Some(share))).await.is_ok()
+        self.tx.send((event, share)).await.is_ok()
     }
 }
 
