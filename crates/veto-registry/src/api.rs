@@ -875,6 +875,11 @@ async fn healthz(State(inner): State<Shared>) -> Response {
 }
 
 async fn metrics(State(inner): State<Shared>) -> Response {
+    let free = inner.budget.available_permits();
+    inner
+        .metrics
+        .client_buffer_bytes
+        .set(REPLAY_BUDGET_BYTES.saturating_sub(free) as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         inner.metrics.encode(),

@@ -1467,6 +1467,21 @@ async fn unread_replays_and_delta_listings_stay_within_a_memory_budget() {
         peak = peak.max(common::rss_kib(pid).0);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let buffered = async || {
+        let text = reg
+            .http()
+            .get(reg.at("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        common::metric_value(&text, "veto_registry_client_buffer_bytes")
+    };
+    // The attack is held to the budget, and it is what holds it.
+    let in_use = buffered().await;
+    println!("REGISTRY-CLIENT-BUFFER bytes_in_use={in_use}");
     let growth_mib = (peak.saturating_sub(rss0)) as f64 / 1024.0;
     println!(
         "REGISTRY-REPLAY-RSS program={program} rss_before_mib={:.0} rss_peak_mib={:.0} growth_mib={growth_mib:.0} (10 unread SSE Last-Event-ID: 0 + 3 unread deltas?since=0, {VERSIONS} versions x {ENTRIES} entries)",
@@ -1489,7 +1504,17 @@ async fn unread_replays_and_delta_listings_stay_within_a_memory_budget() {
         "the registry grew by {growth_mib:.0} MiB under unread replays"
     );
     assert!(text.len() <= (4 << 20) + (1 << 20), "{} bytes", text.len());
+    assert!(
+        in_use > 0.0 && in_use <= (64 << 20) as f64,
+        "budget in use: {in_use}"
+    );
     drop(held);
+    // Their shares come back when they go.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while buffered().await > 0.0 {
+        assert!(Instant::now() < deadline, "the budget was not given back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let deltas = reg.all_deltas(0).await;
     assert_eq!(deltas.len(), VERSIONS);
     let mut state = SrlState::new();
