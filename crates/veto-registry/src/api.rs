@@ -16,7 +16,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use veto_core::{warrant, Entry, EntryKind, Jwk, LinkSpec, PublicKey, Reason, SigningKey};
 
 use crate::metrics::Code;
@@ -29,9 +29,36 @@ pub const MAX_BODY: usize = 1 << 20;
 pub const MAX_BATCH: usize = 10_000;
 /// Most deltas in one response.
 pub const MAX_DELTAS: usize = 1000;
+/// Most bytes of deltas in one `GET /v1/srl/deltas` response: a longer
+/// answer is a prefix in version order (the client pages with `since=`);
+/// a single larger delta comes alone.
+pub const MAX_DELTAS_BYTES: usize = 4 << 20;
 /// Most deltas replayed to a resuming SSE subscriber before it is sent a
 /// snapshot instead.
 pub const MAX_REPLAY: u64 = 10_000;
+/// Most bytes of deltas replayed to one resuming SSE subscriber; further
+/// behind, it is sent a snapshot instead.
+pub const MAX_REPLAY_BYTES: usize = 8 << 20;
+/// The replay is read from the store a page of at most this many bytes at
+/// a time, as the subscriber takes it.
+pub const REPLAY_PAGE_BYTES: usize = 1 << 20;
+/// Largest snapshot sent inline on an event stream; a subscriber that
+/// needs a larger one is sent the current checkpoint, from which it sees
+/// how far behind it is and catches up by pull (`/v1/srl/deltas`, or the
+/// shared `/v1/srl` when those are gone), so no per-subscriber copy of a
+/// big state is ever made.
+pub const MAX_SSE_SNAPSHOT_BYTES: usize = 8 << 20;
+/// Most bytes of events queued for one subscriber (one larger event is
+/// queued alone).
+pub const SUBSCRIBER_QUEUE_BYTES: usize = 1 << 20;
+/// All the bytes of replayed deltas, inline snapshots, live events queued
+/// for subscribers and delta listings the registry holds at once, across
+/// every client. A client that does not read keeps its share until the
+/// subscriber timeout closes its connection; others wait for theirs.
+pub const REPLAY_BUDGET_BYTES: usize = 64 << 20;
+/// How long a delta listing waits for its share of the budget before it is
+/// answered 503.
+const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Longest warrant lifetime the registry mints.
 pub const MAX_TTL: u64 = 366 * 86_400;
 
@@ -55,11 +82,14 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     err(StatusCode::BAD_REQUEST, code, message)
 }
 
+/// The store failed: the cause (which may name hosts, users or files) goes
+/// to the operator's log, never to the client.
 fn unavailable(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "a read from the store failed");
     err(
         StatusCode::SERVICE_UNAVAILABLE,
         "store_unavailable",
-        format!("the store did not answer: {e}; retry shortly"),
+        "the store did not answer; retry shortly",
     )
 }
 
@@ -240,10 +270,9 @@ async fn require_admin(State(inner): State<Shared>, req: Request, next: Next) ->
             }
         }
     };
-    let hint = match &inner.admin_token_path {
-        Some(p) => format!(" (the token is in `{}`)", p.display()),
-        None => " (the token is the registry's VETO_ADMIN_TOKEN)".into(),
-    };
+    // Where the token lives is the operator's business: the registry says
+    // it at start, never to a client (a path tells an attacker what to read).
+    let hint = " (the registry's start-up output says where its admin token is)";
     let refuse = |message: String| {
         inner
             .metrics
@@ -461,7 +490,8 @@ async fn revoke(
             err(
                 status,
                 code,
-                format!("the revocation was NOT recorded: {}; {advice}", e.message),
+                // The cause is in the operator's log (the writer logged it).
+                format!("the revocation was NOT recorded: {advice}"),
             )
         })?;
     let body = |version| Json(json!({"version": version, "entries": committed.entries}));
@@ -687,7 +717,14 @@ async fn retire_issuer_key(
 const JOSE: &str = "application/jose";
 
 async fn snapshot(State(inner): State<Shared>, headers: HeaderMap) -> Response {
-    let snap = inner.snapshot().await;
+    let Some(snap) = inner.snapshot().await else {
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "snapshot_unavailable",
+            "the snapshot could not be signed (see the registry's log); retry shortly, or follow the deltas",
+        )
+        .into_response();
+    };
     let etag = format!("\"{}\"", snap.ver);
     let matches = headers
         .get(header::IF_NONE_MATCH)
@@ -758,15 +795,60 @@ async fn deltas(
             )
         })?;
     let upto = inner.read_current().ver();
-    let list = inner
-        .store
-        .deltas(since, upto, MAX_DELTAS)
-        .await
-        .map_err(unavailable)?;
+    let deadline = tokio::time::Instant::now() + BUDGET_WAIT;
+    let page = budgeted_page(
+        &inner,
+        since,
+        upto,
+        MAX_DELTAS,
+        MAX_DELTAS_BYTES,
+        None,
+        Some(deadline),
+    )
+    .await
+    .ok_or_else(|| {
+        err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the registry is sending as many deltas as it may hold at once: retry shortly",
+        )
+    })?;
+    let (list, permit) = page.map_err(unavailable)?;
     match list {
-        Some(list) => Ok(Json(json!({"deltas": list.into_iter().map(|(_, j)| j).collect::<Vec<_>>()})).into_response()),
+        Some(list) => Ok(deltas_body(list, permit)),
         None => Err(err(StatusCode::GONE, "gone", format!("deltas after version {since} are no longer retained: fetch the snapshot at /v1/srl"))),
     }
+}
+
+/// `{"deltas": [...]}`, written a delta at a time; the budget share is
+/// held until the last byte was taken (or the client went away).
+fn deltas_body(list: Vec<(u64, String)>, permit: OwnedSemaphorePermit) -> Response {
+    let mut parts: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
+    parts.push_back(Bytes::from_static(b"{\"deltas\":["));
+    let n = list.len();
+    for (i, (_, jws)) in list.into_iter().enumerate() {
+        // A JWS is base64url and dots: nothing to escape in a JSON string.
+        let mut s = String::with_capacity(jws.len() + 3);
+        s.push('"');
+        s.push_str(&jws);
+        s.push('"');
+        if i + 1 < n {
+            s.push(',');
+        }
+        parts.push_back(Bytes::from(s));
+    }
+    parts.push_back(Bytes::from_static(b"]}"));
+    let stream =
+        futures_util::stream::unfold((parts, Some(permit)), |(mut parts, permit)| async move {
+            let next = parts.pop_front();
+            next.map(|b| (Ok::<_, Infallible>(b), (parts, permit)))
+        });
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 async fn checkpoint(State(inner): State<Shared>) -> Response {
@@ -800,6 +882,11 @@ async fn healthz(State(inner): State<Shared>) -> Response {
 }
 
 async fn metrics(State(inner): State<Shared>) -> Response {
+    let free = inner.budget.available_permits();
+    inner
+        .metrics
+        .client_buffer_bytes
+        .set(REPLAY_BUDGET_BYTES.saturating_sub(free) as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         inner.metrics.encode(),
@@ -878,80 +965,260 @@ async fn events(
     }
     // Subscribe before reading the version, so nothing committed in between is missed.
     let live = inner.events.subscribe();
-    let (tx, rx) = mpsc::channel::<SseEvent>(64);
+    let (tx, rx) = mpsc::channel::<Queued>(64);
     tokio::spawn(feed(inner, guard, live, tx, since, stop));
-    let stream =
-        futures_util::stream::unfold(
-            rx,
-            |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
-        );
+    // An event's share of the budget is returned when hyper takes it.
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|(e, _share)| (Ok(e), rx))
+    });
     Ok(Sse::new(stream))
 }
 
-async fn send_snapshot(inner: &Shared, tx: &mpsc::Sender<SseEvent>) -> Option<u64> {
-    let snap = inner.snapshot().await;
-    let text = std::str::from_utf8(&snap.jws).ok()?;
-    tx.send(sse("snapshot", snap.ver, text)).await.ok()?;
-    Some(snap.ver)
+/// An event's hold on memory while it waits for hyper to take it: a share
+/// of the registry-wide budget and of its subscriber's own queue.
+struct Share {
+    _global: OwnedSemaphorePermit,
+    _own: OwnedSemaphorePermit,
+}
+
+/// An event queued for a subscriber, with its share of the byte budget.
+type Queued = (SseEvent, Share);
+
+/// Where one subscriber's events go.
+struct Sink {
+    inner: Shared,
+    tx: mpsc::Sender<Queued>,
+    /// Bytes this subscriber may have queued: a client that does not read
+    /// holds at most this much (plus one page being sent) of the budget.
+    own: Arc<Semaphore>,
+}
+
+impl Sink {
+    /// Waits for `n` permits of `sem` (at most `cap`), or gives up when the
+    /// subscriber leaves.
+    async fn permits(
+        &self,
+        sem: &Arc<Semaphore>,
+        n: usize,
+        cap: usize,
+    ) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(n.clamp(1, cap)).unwrap_or(u32::MAX);
+        tokio::select! {
+            p = sem.clone().acquire_many_owned(n) => p.ok(),
+            _ = self.tx.closed() => None,
+        }
+    }
+
+    /// Queues `event` of `bytes`, charged to `global` when the caller holds
+    /// that share already (a replay page), else to a new one.
+    async fn send(
+        &self,
+        event: SseEvent,
+        bytes: usize,
+        global: Option<OwnedSemaphorePermit>,
+    ) -> bool {
+        let Some(own) = self.permits(&self.own, bytes, SUBSCRIBER_QUEUE_BYTES).await else {
+            return false;
+        };
+        let global = match global {
+            Some(g) => g,
+            None => match self
+                .permits(&self.inner.budget, bytes, REPLAY_BUDGET_BYTES)
+                .await
+            {
+                Some(g) => g,
+                None => return false,
+            },
+        };
+        let share = Share {
+            _global: global,
+            _own: own,
+        };
+        self.tx.send((event, share)).await.is_ok()
+    }
+}
+
+/// Sends the current snapshot, or, when it is too large to copy for one
+/// subscriber, the current checkpoint (the subscriber sees the gap and
+/// pulls). Returns the version the subscriber was brought to.
+async fn send_snapshot(sink: &Sink) -> Option<u64> {
+    let snap = sink.inner.snapshot().await;
+    if let Some(snap) = snap.filter(|s| s.jws.len() <= MAX_SSE_SNAPSHOT_BYTES) {
+        let text = std::str::from_utf8(&snap.jws).ok()?;
+        let event = sse("snapshot", snap.ver, text);
+        return sink
+            .send(event, snap.jws.len(), None)
+            .await
+            .then_some(snap.ver);
+    }
+    let (ver, jws) = sink.inner.checkpoint();
+    let event = sse("checkpoint", ver, &jws);
+    sink.send(event, jws.len(), None).await.then_some(ver)
+}
+
+/// How a replay ended.
+enum Replay {
+    /// Every delta was queued.
+    Done,
+    /// The subscriber is gone.
+    Closed,
+    /// Too far behind, not retained or unreadable: send a snapshot.
+    Snapshot,
+}
+
+/// Reads deltas `since+1 ..= upto`, at most `max_bytes` (a single larger
+/// delta comes alone), holding a share of the budget for what was read.
+/// `None` when the budget was not granted: the subscriber `tx` left, or
+/// `deadline` passed; `Some(Err)` when the store failed.
+async fn budgeted_page(
+    inner: &Shared,
+    since: u64,
+    upto: u64,
+    max_count: usize,
+    max_bytes: usize,
+    tx: Option<&mpsc::Sender<Queued>>,
+    deadline: Option<tokio::time::Instant>,
+) -> Option<Result<(Option<Vec<(u64, String)>>, OwnedSemaphorePermit), StoreError>> {
+    let mut want = max_bytes.clamp(1, REPLAY_BUDGET_BYTES);
+    loop {
+        let n = u32::try_from(want).unwrap_or(u32::MAX);
+        let mut permit = tokio::select! {
+            p = inner.budget.clone().acquire_many_owned(n) => p.ok()?,
+            _ = async {
+                match tx {
+                    Some(tx) => tx.closed().await,
+                    None => std::future::pending().await,
+                }
+            } => return None,
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => return None,
+        };
+        let page = match inner.store.deltas(since, upto, max_count, want).await {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        let bytes: usize = page
+            .iter()
+            .flatten()
+            .map(|(_, j)| j.len())
+            .sum::<usize>()
+            .max(1);
+        if bytes <= want || want == REPLAY_BUDGET_BYTES {
+            // Give back what the page did not use.
+            if bytes < want {
+                drop(permit.split(want - bytes));
+            }
+            return Some(Ok((page, permit)));
+        }
+        // One delta larger than the page: read it again under a share its size.
+        drop((page, permit));
+        want = bytes.min(REPLAY_BUDGET_BYTES);
+    }
+}
+
+/// Queues the deltas after `since` up to `upto` page by page, each page
+/// read only when the subscriber has taken most of the last, and at most
+/// [`MAX_REPLAY_BYTES`] in all.
+async fn replay(sink: &Sink, since: u64, upto: u64) -> Replay {
+    if upto - since > MAX_REPLAY {
+        return Replay::Snapshot;
+    }
+    let mut next = since;
+    let mut total = 0usize;
+    while next < upto {
+        let page = budgeted_page(
+            &sink.inner,
+            next,
+            upto,
+            256,
+            REPLAY_PAGE_BYTES,
+            Some(&sink.tx),
+            None,
+        )
+        .await;
+        let (list, mut permit) = match page {
+            None => return Replay::Closed,
+            Some(Ok((Some(list), permit))) if !list.is_empty() => (list, permit),
+            Some(Ok(_)) => return Replay::Snapshot,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read deltas to replay; sending a snapshot");
+                return Replay::Snapshot;
+            }
+        };
+        total = total.saturating_add(list.iter().map(|(_, j)| j.len()).sum());
+        if total > MAX_REPLAY_BYTES {
+            return Replay::Snapshot;
+        }
+        for (ver, jws) in list {
+            // Each event takes its part of the page's share along.
+            let part = jws.len().clamp(1, permit.num_permits().max(1));
+            let global = permit.split(part);
+            if !sink.send(sse("delta", ver, &jws), jws.len(), global).await {
+                return Replay::Closed;
+            }
+            next = ver;
+        }
+    }
+    Replay::Done
 }
 
 async fn feed(
     inner: Shared,
     _guard: SubscriberGuard,
     mut live: broadcast::Receiver<Event>,
-    tx: mpsc::Sender<SseEvent>,
+    tx: mpsc::Sender<Queued>,
     since: Option<u64>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let current = inner.read_current().ver();
+    let sink = Sink {
+        inner,
+        tx,
+        own: Arc::new(Semaphore::new(SUBSCRIBER_QUEUE_BYTES)),
+    };
+    let current = sink.inner.read_current().ver();
     let mut sent = current;
     if let Some(since) = since.filter(|s| *s < current) {
-        // Replay a bounded number of deltas; further behind, a snapshot is cheaper.
-        let replay = if current - since <= MAX_REPLAY {
-            inner
-                .store
-                .deltas(since, current, MAX_REPLAY as usize)
-                .await
-        } else {
-            Ok(None)
-        };
-        match replay {
-            Ok(Some(list)) if list.len() as u64 == current - since => {
-                for (ver, jws) in list {
-                    if tx.send(sse("delta", ver, &jws)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            _ => match send_snapshot(&inner, &tx).await {
-                Some(v) => sent = v,
+        match replay(&sink, since, current).await {
+            Replay::Done => {}
+            Replay::Closed => return,
+            Replay::Snapshot => match send_snapshot(&sink).await {
+                Some(v) => sent = sent.max(v),
                 None => return,
             },
         }
     }
-    let (ver, jws) = inner.checkpoint();
-    if ver >= sent && tx.send(sse("checkpoint", ver, &jws)).await.is_err() {
+    let (ver, jws) = sink.inner.checkpoint();
+    if ver >= sent
+        && !sink
+            .send(sse("checkpoint", ver, &jws), jws.len(), None)
+            .await
+    {
         return;
     }
     loop {
         let event = tokio::select! {
             e = live.recv() => e,
             _ = stop.changed() => return,
-            _ = tx.closed() => return,
+            _ = sink.tx.closed() => return,
         };
         let ok = match event {
             Ok(Event::Delta { ver, jws }) if ver > sent => {
                 sent = ver;
-                tx.send(sse("delta", ver, &jws)).await.is_ok()
+                sink.send(sse("delta", ver, &jws), jws.len(), None).await
             }
             Ok(Event::Checkpoint { ver, jws }) if ver >= sent => {
-                tx.send(sse("checkpoint", ver, &jws)).await.is_ok()
+                sink.send(sse("checkpoint", ver, &jws), jws.len(), None)
+                    .await
             }
             Ok(_) => true,
             Err(broadcast::error::RecvError::Lagged(_)) => {
-                inner.metrics.lagged_subscribers.inc();
+                sink.inner.metrics.lagged_subscribers.inc();
                 tracing::warn!("slow SSE subscriber fell behind; sending a snapshot");
-                match send_snapshot(&inner, &tx).await {
+                match send_snapshot(&sink).await {
                     Some(v) => {
                         sent = sent.max(v);
                         true

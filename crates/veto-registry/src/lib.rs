@@ -113,6 +113,40 @@ pub enum RegistryError {
     /// The data directory belongs to another authority.
     #[error("{0}")]
     Mismatch(String),
+    /// The admin token is too weak to guard the admin API.
+    #[error("{0}")]
+    WeakAdminToken(String),
+}
+
+/// Fewest characters an admin token may have: 32 characters of base64 or
+/// hex from a random source carry at least 128 bits.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
+/// Refuses an admin token that cannot be sent or is easy to guess: it must
+/// be at least [`MIN_ADMIN_TOKEN_CHARS`] visible ASCII characters (what a
+/// bearer header can carry) with at least 8 distinct ones (so `aaaa…` or
+/// `0000…` is refused). `source` names where it came from; the message
+/// never repeats the token.
+pub fn check_admin_token(token: &str, source: &str) -> Result<(), RegistryError> {
+    const MAKE: &str = "generate one with `head -c 32 /dev/urandom | base64`";
+    let len = token.chars().count();
+    let problem = if len < MIN_ADMIN_TOKEN_CHARS {
+        format!("is {len} characters, fewer than the {MIN_ADMIN_TOKEN_CHARS} required")
+    } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        "holds a space, a control or a non-ASCII character, which an `Authorization: Bearer` header cannot carry".to_owned()
+    } else if token
+        .bytes()
+        .collect::<std::collections::HashSet<u8>>()
+        .len()
+        < 8
+    {
+        "repeats fewer than 8 distinct characters: it is not random".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(RegistryError::WeakAdminToken(format!(
+        "the admin token ({source}) {problem}: {MAKE}"
+    )))
 }
 
 /// An event on the push channels.
@@ -165,6 +199,9 @@ pub(crate) struct Inner {
     pub checkpoint: RwLock<Option<(u64, Arc<str>)>>,
     pub issuers: RwLock<Vec<IssuerKey>>,
     pub metrics: Metrics,
+    /// Bytes of deltas and snapshots held for clients at once (replays,
+    /// queued events, delta listings): `api::REPLAY_BUDGET_BYTES`.
+    pub budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// A registry, ready to serve.
@@ -257,14 +294,21 @@ impl Registry {
         }
         let issuers = load_issuers(&store).await?;
         let (token, token_path) = match &config.admin_token {
-            Some(t) => (t.clone(), None),
+            Some(t) => {
+                check_admin_token(t, "VETO_ADMIN_TOKEN")?;
+                (t.clone(), None)
+            }
             None => {
                 let path = dir.join("admin.token");
                 if !path.exists() {
                     keyfile::write_new(&path, random_token()?.as_bytes(), true)?;
                 }
                 let t = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-                (t.trim().to_owned(), Some(path))
+                let t = t.trim().to_owned();
+                // A file written by hand is held to the same rule; the path
+                // goes to the operator only, never to a client.
+                check_admin_token(&t, &format!("in `{}`", path.display()))?;
+                (t, Some(path))
             }
         };
         let loaded = store.load().await?;
@@ -300,6 +344,7 @@ impl Registry {
                 checkpoint: RwLock::new(None),
                 issuers: RwLock::new(issuers),
                 metrics,
+                budget: Arc::new(tokio::sync::Semaphore::new(api::REPLAY_BUDGET_BYTES)),
                 config,
             }),
         })
@@ -419,8 +464,10 @@ impl Inner {
     }
 
     /// The current snapshot, signed anew when the version moved or the
-    /// cached one is older than a minute.
-    pub(crate) async fn snapshot(self: &Arc<Self>) -> Arc<CachedSnapshot> {
+    /// cached one is older than a minute. `None` only when signing failed
+    /// (the signing task died) and no earlier snapshot is cached: never an
+    /// empty body in place of a signed one.
+    pub(crate) async fn snapshot(self: &Arc<Self>) -> Option<Arc<CachedSnapshot>> {
         let mut cache = self.snapshot.lock().await;
         let (ver, head, set) = {
             let c = self.read_current();
@@ -429,7 +476,7 @@ impl Inner {
         let now = self.now();
         if let Some(s) = cache.as_ref() {
             if s.ver == ver && now.saturating_sub(s.iat) < 60 {
-                return s.clone();
+                return Some(s.clone());
             }
         }
         let inner = self.clone();
@@ -449,22 +496,16 @@ impl Inner {
         .await;
         let snap = match built {
             Ok(s) => Arc::new(s),
-            Err(_) => {
-                // The blocking task cannot panic short of a bug; serve what we had.
-                if let Some(s) = cache.as_ref() {
-                    return s.clone();
-                }
-                Arc::new(CachedSnapshot {
-                    ver,
-                    iat: now,
-                    jws: axum::body::Bytes::new(),
-                    gzip: axum::body::Bytes::new(),
-                })
+            Err(e) => {
+                // The blocking task cannot panic short of a bug: serve the
+                // last signed snapshot (older, still valid) or nothing.
+                tracing::error!(error = %e, ver, "signing the snapshot failed");
+                return cache.clone();
             }
         };
         self.metrics.snapshots_signed.inc();
         *cache = Some(snap.clone());
-        snap
+        Some(snap)
     }
 
     /// The trusted issuer keys: not retired, not revoked.
@@ -501,7 +542,7 @@ impl Inner {
         let mut list = Vec::new();
         if first_known != cur + 1 && upto > cur {
             let until = first_known.saturating_sub(1).min(upto);
-            match self.store.deltas(cur, until, usize::MAX).await {
+            match self.store.deltas(cur, until, usize::MAX, usize::MAX).await {
                 Ok(Some(l)) => list = l,
                 Ok(None) => {
                     // Too far behind to replay: reload the whole state.
@@ -615,7 +656,6 @@ async fn writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<WriteJob>) {
 #[derive(Clone, Debug)]
 pub(crate) struct WriteFailed {
     pub kind: Unwritable,
-    pub message: String,
 }
 
 type Reply = oneshot::Sender<Result<Committed, WriteFailed>>;
@@ -665,10 +705,8 @@ async fn commit_group(inner: &Arc<Inner>, jobs: Vec<(Vec<NewEntry>, String, Repl
                 kind = Unwritable::probe(&inner.config.data_dir);
             }
             tracing::error!(error = %e, ?kind, "commit failed; no revocation in this group was acknowledged");
-            let failed = WriteFailed {
-                kind,
-                message: e.to_string(),
-            };
+            // The cause stays in the log above: it may name hosts or files.
+            let failed = WriteFailed { kind };
             for reply in replies {
                 let _ = reply.send(Err(failed.clone()));
             }

@@ -36,6 +36,8 @@ pub(crate) struct Metrics {
     pub bus_published: Counter,
     pub bus_errors: Counter,
     pub outbox: Gauge,
+    /// Bytes of the client budget in use (set when scraped).
+    pub client_buffer_bytes: Gauge,
 }
 
 impl Metrics {
@@ -58,6 +60,7 @@ impl Metrics {
             bus_published: Counter::default(),
             bus_errors: Counter::default(),
             outbox: Gauge::default(),
+            client_buffer_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("version", "Newest committed version", m.version.clone());
@@ -131,6 +134,11 @@ impl Metrics {
             "outbox",
             "Committed deltas not yet accepted by the bus",
             m.outbox.clone(),
+        );
+        registry.register(
+            "client_buffer_bytes",
+            "Bytes of deltas and snapshots held for clients (replays, queued events, delta listings), of a fixed budget",
+            m.client_buffer_bytes.clone(),
         );
         Self { registry, ..m }
     }

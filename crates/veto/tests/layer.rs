@@ -33,7 +33,7 @@ async fn one_layer_enforces_on_an_axum_service() {
     ));
     let mut rc = RegistryConfig::new(&dir);
     rc.heartbeat = Duration::from_secs(1);
-    rc.admin_token = Some("layer-test-token".into());
+    rc.admin_token = Some("layer-test-token-0123456789abcdef".into());
     let registry = Registry::open(rc).await.unwrap();
     let key = registry.authority_key().clone();
     let (l, reg_url) = bind().await;
@@ -65,7 +65,7 @@ async fn one_layer_enforces_on_an_axum_service() {
     }
     let minted: Value = http
         .post(format!("{reg_url}/v1/warrants"))
-        .bearer_auth("layer-test-token")
+        .bearer_auth("layer-test-token-0123456789abcdef")
         .json(&json!({"agent": "billing-bot", "act": ["http:GET:/orders/*"], "ttl": 600}))
         .send()
         .await
@@ -107,7 +107,7 @@ async fn one_layer_enforces_on_an_axum_service() {
 
     let resp = http
         .post(format!("{reg_url}/v1/revocations"))
-        .bearer_auth("layer-test-token")
+        .bearer_auth("layer-test-token-0123456789abcdef")
         .json(&json!({"entries": [{"kind": "warrant", "id": jti, "reason": "superseded"}]}))
         .send()
         .await
@@ -290,7 +290,7 @@ async fn the_disk_cache_is_compacted_and_stays_loadable() {
         veto_core::Clock::now(&veto_core::SystemClock)
     ));
     let mut rc = RegistryConfig::new(dir.join("registry"));
-    rc.admin_token = Some("cache-test-token".into());
+    rc.admin_token = Some("cache-test-token-0123456789abcdef".into());
     let registry = Registry::open(rc).await.unwrap();
     let key = registry.authority_key().clone();
     let (l, reg_url) = bind().await;
@@ -320,7 +320,7 @@ async fn the_disk_cache_is_compacted_and_stays_loadable() {
                 }
                 let resp = http
                     .post(&url)
-                    .bearer_auth("cache-test-token")
+                    .bearer_auth("cache-test-token-0123456789abcdef")
                     .json(&json!({"entries": [{"kind": "warrant", "id": format!("c{i}")}]}))
                     .send()
                     .await

@@ -1190,3 +1190,365 @@ async fn acknowledged_revocations_survive_kill_9() {
     assert_eq!((s, body["version"].as_u64()), (201, Some(v + 1)), "{body}");
     apply_all(&verifier, &mut state, &reg.all_deltas(v).await);
 }
+
+/// The `veto` binary the issue-10 tests run as the registry: this build, or
+/// `VETO_TEST_REGISTRY_BIN` (an older build, for a before figure).
+fn registry_program() -> String {
+    std::env::var("VETO_TEST_REGISTRY_BIN")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| common::VETO.to_owned())
+}
+
+// Issue 10, item 3: a later re-revocation never undoes an earlier one. A
+// permanent agent entry re-revoked with a later cutoff and a short life stays
+// permanent (with the later cutoff); a warrant re-revoked without an expiry
+// loses its expiry. Both outlive the pruner running every second.
+#[tokio::test]
+async fn a_re_revocation_never_shortens_an_earlier_one() {
+    let reg = Registry::start_program(&registry_program(), &[], &["--prune-interval", "1s"]);
+    re_revocation_scenario(&reg).await;
+}
+
+// The same on a PostgreSQL store (its own schema).
+#[tokio::test]
+async fn a_re_revocation_never_shortens_an_earlier_one_on_postgres() {
+    let Ok(base) = std::env::var("VETO_TEST_POSTGRES_URL") else {
+        println!("skipped: VETO_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let schema = common::Schema::create(&base).await;
+    let url = schema.url();
+    let reg = Registry::start_program(
+        &registry_program(),
+        &[],
+        &["--prune-interval", "1s", "--store", &url],
+    );
+    re_revocation_scenario(&reg).await;
+}
+
+async fn re_revocation_scenario(reg: &Registry) {
+    let t0 = now();
+    let first_before = t0 - 10;
+    let (s, body) = reg
+        .revoke(json!([{"kind": "agent", "id": "worker", "before": first_before}]))
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = reg
+        .revoke(json!([{"kind": "agent", "id": "worker", "before": t0, "expires_at": t0 + 3}]))
+        .await;
+    assert_eq!(s, 201, "a later cutoff is a new version: {body}");
+    let (s, body) = reg
+        .revoke(json!([{"kind": "warrant", "id": "w-short", "expires_at": t0 + 4}]))
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let v = body["version"].as_u64().unwrap();
+    let (s, body) = reg
+        .revoke(json!([{"kind": "warrant", "id": "w-short"}]))
+        .await;
+    assert_eq!(s, 200, "only the life grew: no new version: {body}");
+    assert_eq!(body["entries"][0]["created"], json!(false), "{body}");
+    assert_eq!(body["entries"][0]["version"].as_u64(), Some(v), "{body}");
+    // The same in one request, twice over, and across two requests.
+    let (s, body) = reg
+        .revoke(json!([
+            {"kind": "key", "id": "k-1", "expires_at": t0 + 2},
+            {"kind": "key", "id": "k-1"},
+            {"kind": "key", "id": "k-1", "expires_at": t0 + 3}
+        ]))
+        .await;
+    assert_eq!(s, 201, "{body}");
+
+    // Well past every expiry asked for, with the pruner running every second.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while now() < t0 + 6 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let snap = reg.snapshot().await;
+    assert_eq!(
+        listed(&snap.set, EntryKind::Agent, "worker"),
+        Some(t0),
+        "a credential issued at the first cutoff is still revoked"
+    );
+    assert!(listed(&snap.set, EntryKind::Warrant, "w-short").is_some());
+    assert!(listed(&snap.set, EntryKind::Key, "k-1").is_some());
+    let audit = reg.audit_all("").await;
+    let prunes: Vec<&Value> = audit.iter().filter(|a| a["action"] == "prune").collect();
+    assert!(prunes.is_empty(), "nothing may be pruned: {prunes:?}");
+    let extended: Vec<(&str, &str)> = audit
+        .iter()
+        .filter(|a| a["action"] == "revoke_extend")
+        .map(|a| (a["kind"].as_str().unwrap(), a["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(extended, vec![("warrant", "w-short")], "{audit:?}");
+    // The published chain agrees with the snapshot.
+    let mut state = SrlState::new();
+    apply_all(&reg.verifier(), &mut state, &reg.all_deltas(0).await);
+    assert_eq!(state.set(), &snap.set);
+}
+
+// Issue 10, item 8: a weak admin token is refused at start, saying how to
+// make a good one; a README-style token starts; no 401 names where the
+// token is (or repeats what was sent).
+#[tokio::test]
+async fn weak_admin_tokens_are_refused_and_401s_name_no_path() {
+    let tmp = common::TempDir::new("weak-token");
+    let weak = [
+        ("short", "s3cret-but-short".to_owned()),
+        ("one character repeated", "a".repeat(40)),
+        (
+            "with a space",
+            "0123456789abcdef 0123456789abcdef".to_owned(),
+        ),
+    ];
+    for (what, token) in &weak {
+        let data = tmp.path().join(what.replace(' ', "-"));
+        let (code, out) = common::serve_refused(&data, &[("VETO_ADMIN_TOKEN", token)]);
+        assert_ne!(code, Some(0), "{what}: {out}");
+        assert!(
+            out.contains("head -c 32 /dev/urandom | base64"),
+            "{what}: {out}"
+        );
+        assert!(out.contains("VETO_ADMIN_TOKEN"), "{what}: {out}");
+        assert!(
+            !out.contains(token.as_str()),
+            "{what}: the token is echoed: {out}"
+        );
+    }
+    // A hand-written admin.token file is held to the same rule.
+    let data = tmp.path().join("file");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("admin.token"), "hunter2\n").unwrap();
+    let (code, out) = common::serve_refused(&data, &[]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("admin.token") && out.contains("32"), "{out}");
+    assert!(!out.contains("hunter2"), "{out}");
+
+    // The README's token: `head -c 32 /dev/urandom | base64 | tr -d '/+='`.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("head -c 32 /dev/urandom | base64 | tr -d '/+='")
+        .output()
+        .unwrap();
+    let readme_token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let env_reg = Registry::start_env(&[("VETO_ADMIN_TOKEN", &readme_token)], &[]);
+    let (s, body) = env_reg
+        .send(
+            env_reg
+                .http()
+                .get(env_reg.at("/v1/revocations?limit=1"))
+                .bearer_auth(&readme_token),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+
+    let file_reg = Registry::start(&[]);
+    for reg in [&env_reg, &file_reg] {
+        let data_dir = reg.data_dir().display().to_string();
+        let sent_secret = "Bearer wrong-but-distinctive-9f8e7d";
+        for (method, path) in [
+            ("GET", "/v1/revocations"),
+            ("POST", "/v1/revocations"),
+            ("POST", "/v1/warrants"),
+            ("GET", "/v1/issuer-keys"),
+            ("POST", "/v1/issuer-keys"),
+        ] {
+            for auth in [None, Some(sent_secret)] {
+                let mut req = match method {
+                    "GET" => reg.http().get(reg.at(path)),
+                    _ => reg
+                        .http()
+                        .post(reg.at(path))
+                        .header("content-type", "application/json")
+                        .body("{}"),
+                };
+                if let Some(a) = auth {
+                    req = req.header("authorization", a);
+                }
+                let (s, body) = reg.send(req).await;
+                assert_eq!(s, 401, "{method} {path}: {body}");
+                let message = body["message"].as_str().unwrap();
+                for leak in [
+                    data_dir.as_str(),
+                    "admin.token",
+                    "/tmp",
+                    "VETO_ADMIN_TOKEN",
+                    "wrong-but-distinctive",
+                    readme_token.as_str(),
+                ] {
+                    assert!(
+                        !message.contains(leak),
+                        "{method} {path} names `{leak}`: {message}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+// Issue 10, item 6(b): unauthenticated replays cannot grow the registry's
+// memory. A registry holds 1,000 deltas of 250 entries (~85 MB of JWS); ten
+// SSE clients resume from `Last-Event-ID: 0` and three fetch
+// `deltas?since=0`, none of them reading. The registry reads replays a page
+// at a time under a byte budget shared by every client, so its resident
+// memory grows by at most a bounded amount. Set VETO_TEST_REGISTRY_BIN to an
+// older `veto` binary to measure it the same way (it fails the bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unread_replays_and_delta_listings_stay_within_a_memory_budget() {
+    use futures_util::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    const VERSIONS: usize = 1000;
+    const ENTRIES: usize = 250;
+    let program = registry_program();
+    let reg = Arc::new(Registry::start_program(&program, &[], &[]));
+    // An authorizer that only pulls, seldom: its next poll finds tens of MB
+    // of deltas to catch up on, so it must page through byte-capped
+    // prefixes with `since=`.
+    let proxy_dir = common::TempDir::new("replay-proxy");
+    let upstream = common::ok_upstream().await;
+    let proxy = common::Proxy::start(
+        &proxy_dir,
+        &reg,
+        &upstream,
+        &["--no-push", "--poll-interval", "20s"],
+    );
+    let pad = "x".repeat(180);
+    let started = Instant::now();
+    let results: Vec<u16> = futures_util::stream::iter(0..VERSIONS)
+        .map(|v| {
+            let reg = reg.clone();
+            let entries: Vec<Value> = (0..ENTRIES)
+                .map(|i| json!({"kind": "warrant", "id": format!("{pad}-{v}-{i}")}))
+                .collect();
+            async move { reg.revoke(Value::Array(entries)).await.0 }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    assert!(results.iter().all(|s| *s == 201), "{results:?}");
+    assert_eq!(reg.version().await, VERSIONS as u64);
+    println!(
+        "filled {VERSIONS} versions x {ENTRIES} entries in {:?}",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while proxy.health().await["sync"]["version"] != json!(VERSIONS) {
+        assert!(
+            Instant::now() < deadline,
+            "the pulling proxy did not catch up: {}",
+            proxy.health().await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // By deltas (pages), not by a snapshot: only version 0 came as one.
+    let by_delta = proxy
+        .metric("veto_authorizer_applied_objects_total{kind=\"delta\"}")
+        .await;
+    assert_eq!(by_delta, VERSIONS as f64);
+    drop(proxy);
+    // The snapshot any authorizer's first fetch builds (cached), then the
+    // baseline.
+    let _ = reg.snapshot().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = reg.pid();
+    let (rss0, _) = common::rss_kib(pid);
+
+    let addr = reg.addr;
+    let mut held = Vec::new();
+    for i in 0..13 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = if i < 10 {
+            "GET /v1/srl/events HTTP/1.1\r\nHost: veto\r\nAccept: text/event-stream\r\nLast-Event-ID: 0\r\n\r\n"
+        } else {
+            "GET /v1/srl/deltas?since=0 HTTP/1.1\r\nHost: veto\r\n\r\n"
+        };
+        s.write_all(req.as_bytes()).await.unwrap();
+        held.push(s);
+    }
+    let mut peak = rss0;
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        peak = peak.max(common::rss_kib(pid).0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let buffered = async || {
+        let text = reg
+            .http()
+            .get(reg.at("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        common::metric_value(&text, "veto_registry_client_buffer_bytes")
+    };
+    // The attack is held to the budget, and it is what holds it.
+    let in_use = buffered().await;
+    println!("REGISTRY-CLIENT-BUFFER bytes_in_use={in_use}");
+    let growth_mib = (peak.saturating_sub(rss0)) as f64 / 1024.0;
+    println!(
+        "REGISTRY-REPLAY-RSS program={program} rss_before_mib={:.0} rss_peak_mib={:.0} growth_mib={growth_mib:.0} (10 unread SSE Last-Event-ID: 0 + 3 unread deltas?since=0, {VERSIONS} versions x {ENTRIES} entries)",
+        rss0 as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    // While those hold their share, readers still get what they ask for,
+    // in bounded pieces. A listing is a prefix in version order.
+    let resp = reg
+        .http()
+        .get(reg.at("/v1/srl/deltas?since=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let text = resp.text().await.unwrap();
+    println!("REGISTRY-DELTAS-SINCE-0 bytes={}", text.len());
+    assert!(
+        growth_mib < 128.0,
+        "the registry grew by {growth_mib:.0} MiB under unread replays"
+    );
+    assert!(text.len() <= (4 << 20) + (1 << 20), "{} bytes", text.len());
+    assert!(
+        in_use > 0.0 && in_use <= (64 << 20) as f64,
+        "budget in use: {in_use}"
+    );
+    drop(held);
+    // Their shares come back when they go.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while buffered().await > 0.0 {
+        assert!(Instant::now() < deadline, "the budget was not given back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deltas = reg.all_deltas(0).await;
+    assert_eq!(deltas.len(), VERSIONS);
+    let mut state = SrlState::new();
+    apply_all(&reg.verifier(), &mut state, &deltas);
+    assert_eq!(state.ver(), VERSIONS as u64);
+
+    // A reading SSE client from 0 gets deltas 1, 2, … in order, then, past
+    // the replay budget, the current checkpoint (the state is too large to
+    // send inline) from which it catches up by pull.
+    let mut events = EventStream::open(&reg.at("/v1/srl/events"), Some("0")).await;
+    let mut next = 1u64;
+    let end = loop {
+        let e = events.next(EVENT_TIMEOUT).await;
+        if e.event != "delta" {
+            break e;
+        }
+        assert_eq!(e.id.as_deref(), Some(next.to_string().as_str()));
+        next += 1;
+    };
+    assert!(
+        matches!(end.event.as_str(), "checkpoint" | "snapshot"),
+        "{}",
+        end.event
+    );
+    assert_eq!(end.id.as_deref(), Some(VERSIONS.to_string().as_str()));
+    assert!(
+        next <= VERSIONS as u64,
+        "the whole replay ({} deltas) was sent",
+        next - 1
+    );
+}

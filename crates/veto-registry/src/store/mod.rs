@@ -5,6 +5,8 @@
 
 mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -137,7 +139,10 @@ pub struct AuditRecord {
     pub at: u64,
     /// Who.
     pub actor: String,
-    /// What: `revoke`, `prune`, `mint`, `issuer_key_add`, `issuer_key_retire`.
+    /// What: `revoke`, `revoke_existing` (already revoked, nothing changed),
+    /// `revoke_extend` (already revoked; its life grew to `expires_at`,
+    /// absent = never expires), `prune`, `mint`, `issuer_key_add`,
+    /// `issuer_key_retire`.
     pub action: String,
     /// Entry kind, for revocations.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -228,17 +233,52 @@ pub(crate) struct AuditRow {
 pub(crate) struct Plan {
     pub results: Vec<Committed>,
     pub versions: Vec<VersionRow>,
-    /// Entries to upsert, with the version that revoked them.
+    /// Entries to upsert, with the version that last published them: one
+    /// row per (kind, id), holding the join of everything asked for it.
     pub entries: Vec<(Entry, u64)>,
+    /// Live entries published before this group whose life only grew:
+    /// (kind, id, new `expires_at`, `None` = never). No version: expiry is
+    /// registry bookkeeping (authorizers neither store nor apply it; an
+    /// entry leaves their state only through a pruning delta's `rm`).
+    pub extend: Vec<(EntryKind, String, Option<u64>)>,
     pub audit: Vec<AuditRow>,
 }
 
-/// Live entries already stored: (kind, id) → (version, agent cutoff).
-pub(crate) type Existing = HashMap<(EntryKind, String), (u64, Option<u64>)>;
+/// A live entry as stored, for tests: kind, id, cutoff, expiry.
+#[cfg(test)]
+pub(crate) type LiveRow = (EntryKind, String, Option<u64>, Option<u64>);
+
+/// A live entry as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stored {
+    /// The version that last published it.
+    pub ver: u64,
+    /// The agent cutoff (agents only).
+    pub before: Option<u64>,
+    /// When it may be pruned; `None`: never.
+    pub expires_at: Option<u64>,
+}
+
+/// Live entries already stored, by (kind, id).
+pub(crate) type Existing = HashMap<(EntryKind, String), Stored>;
+
+/// The longer of two lives, where `None` (no expiry) is the longest: what
+/// an entry asked for twice keeps (DESIGN 5: no request narrows an
+/// acknowledged revocation).
+pub(crate) fn join_expiry(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        _ => None,
+    }
+}
 
 /// Decides, without I/O, what a group of requests writes on top of version
-/// `ver`/`head`: one version per request that revokes anything new, none
-/// for a request whose entries were all revoked already.
+/// `ver`/`head`. Every (kind, id) keeps the join of all that was asked for
+/// it: the latest agent cutoff, the longest life (no `expires_at` is the
+/// longest). A request whose join moves an agent cutoff later, or revokes
+/// something not live, gets a version of its own; one that only lengthens
+/// a life is answered with the existing version (`created: false`) and
+/// extends the stored expiry; one that changes nothing creates nothing.
 pub(crate) fn plan(
     requests: &[(Vec<NewEntry>, String)],
     existing: &Existing,
@@ -252,50 +292,94 @@ pub(crate) fn plan(
         results: Vec::with_capacity(requests.len()),
         versions: Vec::new(),
         entries: Vec::new(),
+        extend: Vec::new(),
         audit: Vec::new(),
     };
+    // Where each key sits in `plan.entries` / `plan.extend`, so a key asked
+    // for twice in one group is written once, with the join.
+    let mut row_of: HashMap<(EntryKind, String), usize> = HashMap::new();
+    let mut extend_of: HashMap<(EntryKind, String), usize> = HashMap::new();
+    let mut extend: Vec<Option<(EntryKind, String, Option<u64>)>> = Vec::new();
     for (entries, actor) in requests {
         let mut outcomes = Vec::new();
+        // Per outcome: the new expiry when the request lengthened a life.
+        let mut extended: Vec<Option<Option<u64>>> = Vec::new();
         let mut added: Vec<(Entry, Option<String>)> = Vec::new();
         for new in fold_duplicates(entries) {
-            let e = new.entry;
+            let mut e = new.entry;
             let key = (e.kind, e.id.clone());
-            let covered = match live.get(&key) {
-                None => None,
-                Some(&(v, old_before)) => {
-                    (e.kind != EntryKind::Agent || old_before >= e.before).then_some(v)
+            let old = live.get(&key).copied();
+            if let Some(old) = old {
+                e.before = e.before.max(old.before);
+                e.expires_at = join_expiry(e.expires_at, old.expires_at);
+            }
+            match old {
+                Some(old) if old.before == e.before => {
+                    let grew = old.expires_at != e.expires_at;
+                    if grew {
+                        live.insert(
+                            key.clone(),
+                            Stored {
+                                expires_at: e.expires_at,
+                                ..old
+                            },
+                        );
+                        if let Some(&i) = row_of.get(&key) {
+                            plan.entries[i].0.expires_at = e.expires_at;
+                        } else if let Some(x) =
+                            extend_of.get(&key).and_then(|&i| extend[i].as_mut())
+                        {
+                            x.2 = e.expires_at;
+                        } else {
+                            extend_of.insert(key.clone(), extend.len());
+                            extend.push(Some((e.kind, e.id.clone(), e.expires_at)));
+                        }
+                    }
+                    extended.push(grew.then_some(e.expires_at));
+                    outcomes.push(EntryOutcome {
+                        kind: e.kind,
+                        id: e.id,
+                        version: old.ver,
+                        created: false,
+                    });
                 }
-            };
-            match covered {
-                Some(v) => outcomes.push(EntryOutcome {
-                    kind: e.kind,
-                    id: e.id,
-                    version: v,
-                    created: false,
-                }),
-                None => {
-                    live.insert(key, (ver + 1, e.before));
+                _ => {
+                    live.insert(
+                        key,
+                        Stored {
+                            ver: ver + 1,
+                            before: e.before,
+                            expires_at: e.expires_at,
+                        },
+                    );
                     outcomes.push(EntryOutcome {
                         kind: e.kind,
                         id: e.id.clone(),
                         version: ver + 1,
                         created: true,
                     });
+                    extended.push(None);
                     added.push((e, new.note));
                 }
             }
         }
-        // Entries that were revoked already are audited in every case.
-        for o in outcomes.iter().filter(|o| !o.created) {
+        // Entries that were revoked already are audited in every case; one
+        // whose life grew says so, with the expiry it keeps now (absent:
+        // never expires).
+        for (o, grew) in outcomes.iter().zip(&extended).filter(|(o, _)| !o.created) {
             plan.audit.push(AuditRow {
                 at: now,
                 actor: actor.clone(),
-                action: "revoke_existing",
+                action: if grew.is_some() {
+                    "revoke_extend"
+                } else {
+                    "revoke_existing"
+                },
                 kind: Some(o.kind),
                 id: Some(o.id.clone()),
                 reason: None,
                 before: None,
-                expires_at: None,
+                expires_at: grew.flatten(),
                 note: None,
                 ver: Some(o.version),
             });
@@ -330,7 +414,19 @@ pub(crate) fn plan(
                 note,
                 ver: Some(ver),
             });
-            plan.entries.push((e, ver));
+            let key = (e.kind, e.id.clone());
+            // A row published anew carries the whole join, so a pending
+            // expiry-only update of it is folded in.
+            if let Some(i) = extend_of.remove(&key) {
+                extend[i] = None;
+            }
+            match row_of.get(&key) {
+                Some(&i) => plan.entries[i] = (e, ver),
+                None => {
+                    row_of.insert(key, plan.entries.len());
+                    plan.entries.push((e, ver));
+                }
+            }
         }
         head = new_head;
         plan.results.push(Committed {
@@ -339,6 +435,7 @@ pub(crate) fn plan(
             added: published,
         });
     }
+    plan.extend = extend.into_iter().flatten().collect();
     plan
 }
 
@@ -446,6 +543,15 @@ impl Store {
         }
     }
 
+    /// Every live entry as stored: kind, id, cutoff, expiry (tests).
+    #[cfg(test)]
+    pub(crate) async fn live(&self) -> Result<Vec<LiveRow>, StoreError> {
+        match self {
+            Store::Sqlite(s) => blocking!(s, |s| s.live()),
+            Store::Postgres(p) => p.live().await,
+        }
+    }
+
     /// Commits a group of revocation requests in one transaction.
     pub async fn commit(
         &self,
@@ -472,16 +578,19 @@ impl Store {
         }
     }
 
-    /// Deltas `since+1 ..= upto`, at most `limit`; `None` when not retained.
+    /// Deltas `since+1 ..= upto` in version order: a prefix of at most
+    /// `limit` deltas and `max_bytes` of JWS, but never empty when any is
+    /// due (one delta over the budget comes alone); `None` when not retained.
     pub async fn deltas(
         &self,
         since: u64,
         upto: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Option<Vec<(u64, String)>>, StoreError> {
         match self {
-            Store::Sqlite(s) => blocking!(s, |s| s.deltas(since, upto, limit)),
-            Store::Postgres(p) => p.deltas(since, upto, limit).await,
+            Store::Sqlite(s) => blocking!(s, |s| s.deltas(since, upto, limit, max_bytes)),
+            Store::Postgres(p) => p.deltas(since, upto, limit, max_bytes).await,
         }
     }
 

@@ -12,9 +12,11 @@ use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls, Transaction};
 use veto_core::{EntryKind, Head, Removed, SrlSigner};
 
+#[cfg(test)]
+use super::LiveRow;
 use super::{
     keys_of, plan, prune_audit, AuditFilter, AuditRecord, AuditRow, Committed, Existing,
-    IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError,
+    IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError, Stored,
 };
 
 /// Migrations, in order; `veto_meta.schema_version` counts those applied.
@@ -201,6 +203,24 @@ impl PgStore {
         })
     }
 
+    /// Every live entry as stored: kind, id, cutoff, expiry (tests).
+    #[cfg(test)]
+    pub(crate) async fn live(&self) -> Result<Vec<LiveRow>, StoreError> {
+        let rows = self
+            .reader
+            .query(
+                "SELECT kind, id, before, expires_at FROM veto_entries WHERE pruned_ver IS NULL",
+                &[],
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let k: String = r.get(0);
+            out.push((kind_of(&k)?, r.get(1), opt_u64(r.get(2)), opt_u64(r.get(3))));
+        }
+        Ok(out)
+    }
+
     /// Commits a group of revocation requests in one transaction.
     pub async fn commit(
         &self,
@@ -216,7 +236,7 @@ impl PgStore {
         let ids: Vec<&str> = keys.iter().map(|(_, id)| id.as_str()).collect();
         let rows = tx
             .query(
-                "SELECT e.kind, e.id, e.ver, e.before FROM veto_entries e
+                "SELECT e.kind, e.id, e.ver, e.before, e.expires_at FROM veto_entries e
                  JOIN unnest($1::text[], $2::text[]) AS k(kind, id) ON e.kind = k.kind AND e.id = k.id
                  WHERE e.pruned_ver IS NULL",
                 &[&kinds, &ids],
@@ -227,7 +247,11 @@ impl PgStore {
             let k: String = r.get(0);
             existing.insert(
                 (kind_of(&k)?, r.get(1)),
-                (r.get::<_, i64>(2) as u64, opt_u64(r.get(3))),
+                Stored {
+                    ver: r.get::<_, i64>(2) as u64,
+                    before: opt_u64(r.get(3)),
+                    expires_at: opt_u64(r.get(4)),
+                },
             );
         }
         let plan = plan(requests, &existing, ver, head, signer, now);
@@ -268,11 +292,35 @@ impl PgStore {
                 "INSERT INTO veto_entries (kind, id, reason, revoked_at, before, expires_at, ver)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
                  ON CONFLICT (kind, id) DO UPDATE SET reason = excluded.reason, revoked_at = excluded.revoked_at,
-                   before = excluded.before, expires_at = excluded.expires_at, ver = excluded.ver, pruned_ver = NULL",
+                   before = CASE WHEN veto_entries.pruned_ver IS NOT NULL THEN excluded.before
+                                 ELSE GREATEST(veto_entries.before, excluded.before) END,
+                   expires_at = CASE WHEN veto_entries.pruned_ver IS NOT NULL THEN excluded.expires_at
+                                     WHEN veto_entries.expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
+                                     ELSE GREATEST(veto_entries.expires_at, excluded.expires_at) END,
+                   ver = excluded.ver, pruned_ver = NULL",
                 &[&kinds, &ids, &reasons, &revoked_at, &befores, &expires, &evers],
             )
             .await?;
             set_head(&tx, last.ver, last.head).await?;
+        }
+        if !plan.extend.is_empty() {
+            // A longer life for a live entry: never shorter, even if the
+            // plan were wrong (the join again, in SQL).
+            let kinds: Vec<&str> = plan.extend.iter().map(|(k, _, _)| k.as_str()).collect();
+            let ids: Vec<&str> = plan.extend.iter().map(|(_, id, _)| id.as_str()).collect();
+            let expires: Vec<Option<i64>> = plan
+                .extend
+                .iter()
+                .map(|(_, _, x)| x.map(|x| x as i64))
+                .collect();
+            tx.execute(
+                "UPDATE veto_entries e SET expires_at = CASE WHEN e.expires_at IS NULL OR k.expires_at IS NULL THEN NULL
+                                                           ELSE GREATEST(e.expires_at, k.expires_at) END
+                 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(kind, id, expires_at)
+                 WHERE e.kind = k.kind AND e.id = k.id AND e.pruned_ver IS NULL",
+                &[&kinds, &ids, &expires],
+            )
+            .await?;
         }
         insert_audit(&tx, &plan.audit).await?;
         tx.commit().await?;
@@ -340,15 +388,26 @@ impl PgStore {
         since: u64,
         upto: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Option<Vec<(u64, String)>>, StoreError> {
         if since >= upto {
             return Ok(Some(Vec::new()));
         }
+        // The running total is computed by the server, so rows past the
+        // byte budget never cross the wire; the first row always does.
         let rows = self
             .reader
             .query(
-                "SELECT ver, jws FROM veto_versions WHERE ver > $1 AND ver <= $2 ORDER BY ver LIMIT $3",
-                &[&(since as i64), &(upto as i64), &(limit.min(i64::MAX as usize) as i64)],
+                "SELECT ver, jws FROM (
+                   SELECT ver, jws, SUM(octet_length(jws)) OVER (ORDER BY ver) - octet_length(jws) AS before_it
+                   FROM veto_versions WHERE ver > $1 AND ver <= $2 ORDER BY ver LIMIT $3
+                 ) page WHERE before_it = 0 OR before_it + octet_length(jws) <= $4 ORDER BY ver",
+                &[
+                    &(since as i64),
+                    &(upto as i64),
+                    &(limit.min(i64::MAX as usize) as i64),
+                    &(max_bytes.min(i64::MAX as usize) as i64),
+                ],
             )
             .await?;
         let out: Vec<(u64, String)> = rows

@@ -12,9 +12,11 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension as _, Transaction, TransactionBehavior};
 use veto_core::{EntryKind, Head, Removed, SrlSigner};
 
+#[cfg(test)]
+use super::LiveRow;
 use super::{
     keys_of, plan, prune_audit, AuditFilter, AuditRecord, AuditRow, Committed, Existing,
-    IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError,
+    IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError, Stored,
 };
 
 /// The SQLite store.
@@ -197,6 +199,28 @@ impl SqliteStore {
         Ok(Loaded { ver, head, entries })
     }
 
+    /// Every live entry as stored: kind, id, cutoff, expiry (tests).
+    #[cfg(test)]
+    pub(crate) fn live(&self) -> Result<Vec<LiveRow>, StoreError> {
+        let conn = self.r();
+        let mut stmt = conn
+            .prepare("SELECT kind, id, before, expires_at FROM entries WHERE pruned_ver IS NULL")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (k, id, before, expires_at) = row?;
+            out.push((kind_of(&k)?, id, opt_u64(before), opt_u64(expires_at)));
+        }
+        Ok(out)
+    }
+
     /// Commits a group of revocation requests in one transaction (see [`plan`]).
     pub fn commit(
         &self,
@@ -209,13 +233,22 @@ impl SqliteStore {
         let (ver, head) = top(&tx)?;
         let mut existing = Existing::new();
         {
-            let mut stmt = tx.prepare_cached("SELECT ver, before FROM entries WHERE kind = ?1 AND id = ?2 AND pruned_ver IS NULL")?;
+            let mut stmt = tx.prepare_cached("SELECT ver, before, expires_at FROM entries WHERE kind = ?1 AND id = ?2 AND pruned_ver IS NULL")?;
             for (kind, id) in keys_of(requests) {
-                let row: Option<(i64, Option<i64>)> = stmt
-                    .query_row(params![kind.as_str(), id], |r| Ok((r.get(0)?, r.get(1)?)))
+                let row: Option<(i64, Option<i64>, Option<i64>)> = stmt
+                    .query_row(params![kind.as_str(), id], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
                     .optional()?;
-                if let Some((v, before)) = row {
-                    existing.insert((kind, id), (v as u64, opt_u64(before)));
+                if let Some((v, before, expires_at)) = row {
+                    existing.insert(
+                        (kind, id),
+                        Stored {
+                            ver: v as u64,
+                            before: opt_u64(before),
+                            expires_at: opt_u64(expires_at),
+                        },
+                    );
                 }
             }
         }
@@ -236,7 +269,13 @@ impl SqliteStore {
                 "INSERT INTO entries (kind, id, reason, revoked_at, before, expires_at, ver, pruned_ver)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)
                  ON CONFLICT (kind, id) DO UPDATE SET reason = excluded.reason, revoked_at = excluded.revoked_at,
-                   before = excluded.before, expires_at = excluded.expires_at, ver = excluded.ver, pruned_ver = NULL",
+                   before = CASE WHEN entries.pruned_ver IS NOT NULL OR entries.before IS NULL THEN excluded.before
+                                 WHEN excluded.before IS NULL THEN entries.before
+                                 ELSE max(entries.before, excluded.before) END,
+                   expires_at = CASE WHEN entries.pruned_ver IS NOT NULL THEN excluded.expires_at
+                                     WHEN entries.expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
+                                     ELSE max(entries.expires_at, excluded.expires_at) END,
+                   ver = excluded.ver, pruned_ver = NULL",
             )?;
             for (e, ver) in &plan.entries {
                 stmt.execute(params![
@@ -248,6 +287,16 @@ impl SqliteStore {
                     e.expires_at.map(|x| x as i64),
                     *ver as i64
                 ])?;
+            }
+            // A longer life for a live entry: never shorter, even if the
+            // plan were wrong (the join again, in SQL).
+            let mut stmt = tx.prepare_cached(
+                "UPDATE entries SET expires_at = CASE WHEN expires_at IS NULL OR ?3 IS NULL THEN NULL
+                                                      ELSE max(expires_at, ?3) END
+                 WHERE kind = ?1 AND id = ?2 AND pruned_ver IS NULL",
+            )?;
+            for (kind, id, expires_at) in &plan.extend {
+                stmt.execute(params![kind.as_str(), id, expires_at.map(|x| x as i64)])?;
             }
             insert_audit(&tx, &plan.audit)?;
         }
@@ -319,13 +368,15 @@ impl SqliteStore {
         }))
     }
 
-    /// The signed deltas `since+1 ..= upto`, at most `limit`; `None` when
-    /// some of them are no longer retained.
+    /// The signed deltas `since+1 ..= upto`, at most `limit` of them and
+    /// at most `max_bytes` of JWS (but always the first); `None` when some
+    /// of them are no longer retained.
     pub fn deltas(
         &self,
         since: u64,
         upto: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Option<Vec<(u64, String)>>, StoreError> {
         if since >= upto {
             return Ok(Some(Vec::new()));
@@ -337,7 +388,18 @@ impl SqliteStore {
         let rows = stmt.query_map(params![since as i64, upto as i64, limit as i64], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
         })?;
-        let out: Vec<(u64, String)> = rows.collect::<Result<_, _>>()?;
+        // Rows are read one at a time: stop before the one that would pass
+        // the byte budget (the first is always taken, so a page advances).
+        let mut out: Vec<(u64, String)> = Vec::new();
+        let mut bytes = 0usize;
+        for row in rows {
+            let (ver, jws) = row?;
+            bytes = bytes.saturating_add(jws.len());
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push((ver, jws));
+        }
         // Gap-free by construction; a missing first delta means it was
         // dropped by retention.
         if !out.is_empty() && out.first().map(|(v, _)| *v) != Some(since + 1) {

@@ -797,3 +797,84 @@ impl Proxy {
         self.admin("/readyz").await.status().as_u16()
     }
 }
+
+impl Registry {
+    /// Starts a registry on a fresh temporary directory with extra
+    /// environment variables (such as `VETO_ADMIN_TOKEN`).
+    pub fn start_env(envs: &[(&str, &str)], args: &[&str]) -> Self {
+        Self::start_program(VETO, envs, args)
+    }
+
+    /// As [`Registry::start_env`], running the `veto` binary at `program`
+    /// (an older build, for a before/after figure).
+    pub fn start_program(program: &str, envs: &[(&str, &str)], args: &[&str]) -> Self {
+        let dir = Arc::new(TempDir::new("registry"));
+        let data_dir = dir.path().join("data");
+        let log = dir.path().join(format!(
+            "registry-{}.log",
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        // The environment `veto_command` prepares, for another binary.
+        let base = veto_command(dir.path());
+        let mut cmd = Command::new(program);
+        for (k, v) in base.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(args)
+            .envs(envs.iter().copied());
+        let (process, line) = Process::spawn(cmd, "veto serve", &log, |l| {
+            l.starts_with("veto registry listening on http://")
+        });
+        let url = url_in(&line);
+        let addr = url
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap_or_else(|e| panic!("address in `{line}`: {e}"));
+        Self::started(process, url, addr, data_dir, dir)
+    }
+}
+
+/// Runs `veto serve` on `data_dir` with extra environment variables,
+/// expecting it to refuse to start: returns its exit code and everything
+/// it wrote (stdout, then stderr). Panics if it is still running after 20 s.
+pub fn serve_refused(data_dir: &Path, envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let home = data_dir.parent().unwrap_or(data_dir);
+    let mut child = veto_command(home)
+        .arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning veto serve");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while matches!(child.try_wait(), Ok(None)) {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("veto serve started although it should have refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("veto serve output");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
