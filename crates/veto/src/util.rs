@@ -100,3 +100,26 @@ mod tests {
         assert_eq!(rfc3339(1_800_000_000), "2027-01-15T08:00:00Z");
     }
 }
+
+/// Parses a byte size such as `65536`, `512KiB`, `64MiB`, `1GiB` (binary
+/// units; `K`/`M`/`G` and `KB`/`MB`/`GB` are read as the same).
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: usize = num.parse().map_err(|_| {
+        format!("invalid size `{text}`: expected a number with an optional unit KiB, MiB or GiB, such as `64MiB`")
+    })?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("invalid size unit in `{text}`: use KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("size `{text}` must be positive and not overflow"))
+}
