@@ -614,3 +614,80 @@ async fn a_push_stream_without_news_is_reopened_within_the_idle_timeout() {
     }
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+/// A private `nats-server` with JetStream, killed on drop; `None` when the
+/// binary is not installed.
+struct Nats(std::process::Child);
+
+impl Nats {
+    fn start(dir: &std::path::Path) -> Option<(Self, String)> {
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let nats = Self(child);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some((nats, format!("nats://127.0.0.1:{port}")))
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// NATS keeps answering JetStream idle heartbeats after the registry has
+/// stopped publishing: heartbeats are not news, so the push is reopened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_heartbeats_without_news_do_not_keep_the_push_open() {
+    let dir = TempDir::new("memory-nats");
+    let Some((_nats, url)) = Nats::start(&dir.path().join("js")) else {
+        eprintln!("skipped: no nats-server binary");
+        return;
+    };
+    let mut registry = Registry::start(&["--bus", &url, "--heartbeat", "1s"]);
+    let upstream = ok_upstream().await;
+    let proxy = Spawned::start(
+        &dir,
+        &registry.url,
+        &registry.authority_key_file(),
+        &upstream,
+        &["--bus", &url, "--push-idle-timeout", "3s", "--poll-interval", "600s"],
+    );
+    let start = Instant::now();
+    while proxy.metric("veto_authorizer_push_connected").await != 1.0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "NATS push never connected: {}", proxy.process.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Control: with the registry publishing a checkpoint every second, the
+    // push stays open.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle_while_published = proxy.metric(&sync_errors("push_idle")).await;
+    // The registry stops; NATS stays up and keeps heartbeating.
+    registry.kill();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let idle_after = proxy.metric(&sync_errors("push_idle")).await;
+    println!(
+        "MEMORY nats-liveness push_idle_while_published={idle_while_published} push_idle_8s_after_registry_stopped={idle_after} bin={}",
+        veto_bin().display()
+    );
+    assert_eq!(idle_while_published, 0.0, "reopened while news flowed");
+    assert!(idle_after >= 1.0, "heartbeats alone kept the NATS push open for 8 s with a 3 s idle timeout");
+}
