@@ -300,6 +300,10 @@ struct Fake {
     /// Bytes of hostile streamed bodies the proxy pulled.
     pulled: AtomicU64,
     bomb: Bytes,
+    /// Version 1 (its head and set), when the fake is one version ahead of
+    /// its first snapshot and serves an endless page of deltas.
+    v1: Option<(Head, RevocationSet)>,
+    snapshots: AtomicUsize,
 }
 
 type Shared = Arc<Fake>;
@@ -307,7 +311,10 @@ type Shared = Arc<Fake>;
 impl Fake {
     fn checkpoint(&self) -> String {
         let t = now();
-        self.signer.checkpoint(0, Head::ZERO, t, t + 300)
+        match &self.v1 {
+            Some((head, _)) => self.signer.checkpoint(1, *head, t, t + 300),
+            None => self.signer.checkpoint(0, Head::ZERO, t, t + 300),
+        }
     }
 }
 
@@ -348,12 +355,17 @@ async fn jwks(State(f): State<Shared>) -> Response {
 }
 
 async fn snapshot(State(f): State<Shared>) -> Response {
+    let first = f.snapshots.fetch_add(1, Ordering::Relaxed) == 0;
     match f.snapshot {
         Body6c::Honest => {
             let t = now();
-            f.signer
-                .snapshot(0, Head::ZERO, t, t + 300, &RevocationSet::default())
-                .into_response()
+            match (&f.v1, first) {
+                (Some((head, set)), false) => f.signer.snapshot(1, *head, t, t + 300, set),
+                _ => f
+                    .signer
+                    .snapshot(0, Head::ZERO, t, t + 300, &RevocationSet::default()),
+            }
+            .into_response()
         }
         Body6c::Huge => (
             [(header::CONTENT_ENCODING, "gzip")],
@@ -367,8 +379,13 @@ async fn checkpoint(State(f): State<Shared>) -> Response {
     f.checkpoint().into_response()
 }
 
-async fn deltas() -> Response {
-    axum::Json(serde_json::json!({ "deltas": [] })).into_response()
+async fn deltas(State(f): State<Shared>) -> Response {
+    if f.v1.is_none() {
+        return axum::Json(serde_json::json!({ "deltas": [] })).into_response();
+    }
+    // A page of deltas that never ends.
+    let body = endless(f.clone(), "{\"deltas\":[\"", Bytes::from(vec![b'A'; 1 << 20]), None, usize::MAX);
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 fn frame(event: &str, data: &str) -> Bytes {
@@ -436,7 +453,32 @@ struct Rig {
 }
 
 async fn rig(jwks_mode: Body6c, snapshot_mode: Body6c, events_mode: Events, args: &[&str]) -> Rig {
+    rig_with(jwks_mode, snapshot_mode, events_mode, false, args).await
+}
+
+async fn rig_with(
+    jwks_mode: Body6c,
+    snapshot_mode: Body6c,
+    events_mode: Events,
+    gap: bool,
+    args: &[&str],
+) -> Rig {
     let authority = SigningKey::generate().unwrap();
+    let signer = SrlSigner::new(authority.clone(), ISS);
+    let v1 = gap.then(|| {
+        let entry = veto_core::Entry {
+            kind: veto_core::EntryKind::Warrant,
+            id: "w-1".into(),
+            reason: veto_core::Reason::KeyCompromise,
+            revoked_at: now(),
+            before: None,
+            expires_at: None,
+        };
+        let (_, head) = signer.delta(1, Head::ZERO, now(), vec![entry.clone()], vec![]);
+        let mut set = RevocationSet::default();
+        set.insert(entry.kind, entry.digest(), 0);
+        (head, set)
+    });
     let issuer = SigningKey::generate().unwrap();
     let bomb = if snapshot_mode == Body6c::Huge {
         gzip_zeros(512 << 20)
@@ -444,7 +486,7 @@ async fn rig(jwks_mode: Body6c, snapshot_mode: Body6c, events_mode: Events, args
         Bytes::new()
     };
     let fake = Arc::new(Fake {
-        signer: SrlSigner::new(authority.clone(), ISS),
+        signer,
         forger: SrlSigner::new(SigningKey::generate().unwrap(), ISS),
         jwks: jwks_mode,
         snapshot: snapshot_mode,
@@ -453,6 +495,8 @@ async fn rig(jwks_mode: Body6c, snapshot_mode: Body6c, events_mode: Events, args
         connections: AtomicUsize::new(0),
         pulled: AtomicU64::new(0),
         bomb,
+        v1,
+        snapshots: AtomicUsize::new(0),
     });
     let app = Router::new()
         .route("/v1/srl", get(snapshot))
@@ -690,4 +734,33 @@ async fn nats_heartbeats_without_news_do_not_keep_the_push_open() {
     );
     assert_eq!(idle_while_published, 0.0, "reopened while news flowed");
     assert!(idle_after >= 1.0, "heartbeats alone kept the NATS push open for 8 s with a 3 s idle timeout");
+}
+
+/// A page of deltas that never ends is refused at the cap and replaced by
+/// the snapshot (under its own cap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_page_of_deltas_is_refused_and_the_snapshot_fetched_instead() {
+    let r = rig_with(Body6c::Honest, Body6c::Honest, Events::None, true, &[]).await;
+    let pid = r.proxy.pid();
+    let (rss0, _) = rss_kib(pid);
+    let start = Instant::now();
+    while r.proxy.metric("veto_authorizer_applied_version").await != 1.0 && start.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let version = r.proxy.metric("veto_authorizer_applied_version").await;
+    let too_large = r.proxy.metric(&sync_errors("too_large")).await;
+    let (_, hwm) = rss_kib(pid);
+    let pulled = r.fake.pulled.load(Ordering::Relaxed);
+    println!(
+        "MEMORY registry-object deltas-endless-page version={version} too_large_errors={too_large} proxy_rss_mib_start={:.1} peak={:.1} pulled_mib={:.1} bin={}",
+        mib(rss0),
+        mib(hwm),
+        pulled as f64 / 1_048_576.0,
+        veto_bin().display()
+    );
+    assert_eq!(version, 1.0, "the snapshot did not replace the refused page: {}", r.proxy.process.log_text());
+    assert!(too_large >= 1.0);
+    assert!(r.proxy.process.log_text().contains("page of deltas is over the 67108864-byte cap"));
+    assert!(mib(hwm) < 200.0, "peak RSS {:.1} MiB", mib(hwm));
+    assert!(pulled < 128 << 20, "pulled {pulled} bytes");
 }
