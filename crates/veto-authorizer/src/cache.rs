@@ -264,9 +264,7 @@ fn forget(roots: &mut Roots, old: &Entry) {
 
 #[cfg(test)]
 mod tests {
-    use veto_core::{
-        warrant, CheckConfig, Checker, KeySet, LinkSpec, ParsedChain, SigningKey,
-    };
+    use veto_core::{warrant, CheckConfig, Checker, KeySet, LinkSpec, ParsedChain, SigningKey};
 
     use super::*;
 
@@ -280,7 +278,10 @@ mod tests {
     impl World {
         fn new() -> Self {
             let issuer = SigningKey::from_seed(&[7; 32]);
-            let checker = Checker::new(KeySet::new([issuer.public().clone()]), CheckConfig::default());
+            let checker = Checker::new(
+                KeySet::new([issuer.public().clone()]),
+                CheckConfig::default(),
+            );
             Self { issuer, checker }
         }
 
@@ -294,7 +295,10 @@ mod tests {
                 exp: NOW + 3600,
                 holder: Some(holder.public().clone()),
             };
-            (warrant::mint_root(&self.issuer, "veto", spec).unwrap(), holder)
+            (
+                warrant::mint_root(&self.issuer, "veto", spec).unwrap(),
+                holder,
+            )
         }
 
         /// A distinct child of `parent`, padded with `pad` action patterns.
@@ -313,7 +317,11 @@ mod tests {
         }
 
         fn verified(&self, token: &str) -> Arc<VerifiedChain> {
-            Arc::new(self.checker.verify(ParsedChain::parse(token).unwrap()).unwrap())
+            Arc::new(
+                self.checker
+                    .verify(ParsedChain::parse(token).unwrap())
+                    .unwrap(),
+            )
         }
     }
 
@@ -323,9 +331,16 @@ mod tests {
         let (root, holder) = w.root("a");
         let small = w.child(&root, &holder, 1);
         let big = w.child(&root, &holder, 40);
-        let (s, b) = (entry_bytes(&small, &w.verified(&small)), entry_bytes(&big, &w.verified(&big)));
+        let (s, b) = (
+            entry_bytes(&small, &w.verified(&small)),
+            entry_bytes(&big, &w.verified(&big)),
+        );
         assert!(s >= 2 * small.len(), "{s} for a {}-byte token", small.len());
-        assert!(b >= 2 * big.len() + 40 * 200, "{b} for a {}-byte token", big.len());
+        assert!(
+            b >= 2 * big.len() + 40 * 200,
+            "{b} for a {}-byte token",
+            big.len()
+        );
     }
 
     #[test]
@@ -342,7 +357,11 @@ mod tests {
                 assert!(cache.bytes() <= budget, "{} over {budget}", cache.bytes());
             }
         }
-        assert!(cache.len() > 20, "the budget is used: {} chains", cache.len());
+        assert!(
+            cache.len() > 20,
+            "the budget is used: {} chains",
+            cache.len()
+        );
         assert!(cache.bytes() > budget / 2, "{} of {budget}", cache.bytes());
     }
 
@@ -377,7 +396,10 @@ mod tests {
             "one root holds {attacker_bytes} bytes, over its share of {}",
             budget / ROOT_SHARE
         );
-        assert!(attacker_bytes > budget / ROOT_SHARE / 2, "its share is used: {attacker_bytes}");
+        assert!(
+            attacker_bytes > budget / ROOT_SHARE / 2,
+            "its share is used: {attacker_bytes}"
+        );
         for t in &bystanders {
             assert!(cache.get(t).is_some(), "a bystander's chain was evicted");
         }

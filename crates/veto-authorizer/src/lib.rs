@@ -327,7 +327,10 @@ impl Authorizer {
                     .check_verified(&current.state, &chain, action, now);
                 // Revocation is irreversible and expiry final: such a chain
                 // is never allowed again, so it gives its room back.
-                if matches!(decision.reason(), Some(DenyReason::Revoked | DenyReason::Expired)) {
+                if matches!(
+                    decision.reason(),
+                    Some(DenyReason::Revoked | DenyReason::Expired)
+                ) {
                     inner.cache.remove(token);
                 }
                 Outcome {

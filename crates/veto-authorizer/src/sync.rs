@@ -126,7 +126,8 @@ pub(crate) async fn read_capped(
 }
 
 fn utf8(body: Vec<u8>, what: &'static str) -> Result<String, SyncError> {
-    String::from_utf8(body).map_err(|_| SyncError::Stream(format!("the registry's {what} is not UTF-8")))
+    String::from_utf8(body)
+        .map_err(|_| SyncError::Stream(format!("the registry's {what} is not UTF-8")))
 }
 
 async fn get(
@@ -179,7 +180,14 @@ pub(crate) async fn fetch_snapshot(inner: &Arc<Inner>, conditional: bool) -> Res
 }
 
 async fn fetch_checkpoint(inner: &Arc<Inner>) -> Result<bool, SyncError> {
-    let Some(token) = get(inner, "/v1/srl/checkpoint", None, "checkpoint", MAX_CHECKPOINT).await?
+    let Some(token) = get(
+        inner,
+        "/v1/srl/checkpoint",
+        None,
+        "checkpoint",
+        MAX_CHECKPOINT,
+    )
+    .await?
     else {
         return Ok(false);
     };
@@ -421,12 +429,7 @@ impl Liveness {
         Self {
             idle,
             deadline: tokio::time::Instant::now() + idle,
-            newest: inner
-                .current
-                .load()
-                .state
-                .attested()
-                .map_or(0, |a| a.iat),
+            newest: inner.current.load().state.attested().map_or(0, |a| a.iat),
         }
     }
 

@@ -80,27 +80,6 @@ pub fn rfc3339(t: u64) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90"), Ok(90));
-        assert_eq!(parse_duration("15m"), Ok(900));
-        assert_eq!(parse_duration("2d"), Ok(172_800));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("5y").is_err());
-        assert!(parse_duration("h").is_err());
-    }
-
-    #[test]
-    fn times() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_800_000_000), "2027-01-15T08:00:00Z");
-    }
-}
-
 /// Parses a byte size such as `65536`, `512KiB`, `64MiB`, `1GiB` (binary
 /// units; `K`/`M`/`G` and `KB`/`MB`/`GB` are read as the same).
 pub fn parse_bytes(text: &str) -> Result<usize, String> {
@@ -117,9 +96,47 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("invalid size unit in `{text}`: use KiB, MiB or GiB")),
+        _ => {
+            return Err(format!(
+                "invalid size unit in `{text}`: use KiB, MiB or GiB"
+            ))
+        }
     };
     n.checked_mul(mult)
         .filter(|&b| b > 0)
         .ok_or_else(|| format!("size `{text}` must be positive and not overflow"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("15m"), Ok(900));
+        assert_eq!(parse_duration("2d"), Ok(172_800));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("65536"), Ok(65_536));
+        assert_eq!(parse_bytes("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("64mb"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("5TiB").is_err());
+        assert!(parse_bytes("MiB").is_err());
+        assert!(parse_bytes("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_800_000_000), "2027-01-15T08:00:00Z");
+    }
 }

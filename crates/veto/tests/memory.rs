@@ -58,7 +58,13 @@ struct Spawned {
 }
 
 impl Spawned {
-    fn start(dir: &TempDir, registry: &str, key_file: &std::path::Path, upstream: &str, args: &[&str]) -> Self {
+    fn start(
+        dir: &TempDir,
+        registry: &str,
+        key_file: &std::path::Path,
+        upstream: &str,
+        args: &[&str],
+    ) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
         let log = dir
             .path()
@@ -152,17 +158,29 @@ async fn three_thousand_minted_chains_leave_the_proxy_bounded() {
     let registry = Registry::start(&["--heartbeat", "1s"]);
     let upstream = ok_upstream().await;
     let dir = TempDir::new("memory-cache");
-    let proxy = Spawned::start(&dir, &registry.url, &registry.authority_key_file(), &upstream, &[]);
+    let proxy = Spawned::start(
+        &dir,
+        &registry.url,
+        &registry.authority_key_file(),
+        &upstream,
+        &[],
+    );
     let holder = SigningKey::generate().unwrap();
     let (root, _) = registry
         .mint("agent-mint", &["http:GET:/orders/*"], Some(holder.public()))
         .await;
-    let (bystander, _) = registry.mint("agent-bystander", &["http:GET:/orders/*"], None).await;
+    let (bystander, _) = registry
+        .mint("agent-bystander", &["http:GET:/orders/*"], None)
+        .await;
     let http = reqwest::Client::new();
     let target = format!("{}/orders/1", proxy.url);
     let start = Instant::now();
     while get_status(&http, &target, &bystander).await != 200 {
-        assert!(start.elapsed() < Duration::from_secs(15), "never allowed: {}", proxy.process.log_text());
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "never allowed: {}",
+            proxy.process.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Root + three padded children, shared; each request adds a distinct leaf.
@@ -184,8 +202,13 @@ async fn three_thousand_minted_chains_leave_the_proxy_bounded() {
     let allowed = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..16)
         .map(|_| {
-            let (chains, next, allowed, http, target) =
-                (chains.clone(), next.clone(), allowed.clone(), http.clone(), target.clone());
+            let (chains, next, allowed, http, target) = (
+                chains.clone(),
+                next.clone(),
+                allowed.clone(),
+                http.clone(),
+                target.clone(),
+            );
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -215,7 +238,11 @@ async fn three_thousand_minted_chains_leave_the_proxy_bounded() {
 
     // Denied for their action: never kept.
     let (denied_root, _) = registry
-        .mint("agent-narrow", &["http:GET:/other/*"], Some(holder.public()))
+        .mint(
+            "agent-narrow",
+            &["http:GET:/other/*"],
+            Some(holder.public()),
+        )
         .await;
     let before = proxy.metric("veto_authorizer_chain_cache_chains").await;
     for _ in 0..50 {
@@ -236,7 +263,10 @@ async fn three_thousand_minted_chains_leave_the_proxy_bounded() {
     assert!(hits_after > hits, "the bystander's chain was evicted");
     assert_eq!(after, before, "chains denied for their action were cached");
     // One root may use 1/16 of the 64 MiB default budget (estimated).
-    assert!(cache_bytes <= (4 << 20) as f64, "one root holds {cache_bytes} bytes");
+    assert!(
+        cache_bytes <= (4 << 20) as f64,
+        "one root holds {cache_bytes} bytes"
+    );
     assert!(
         rss1.saturating_sub(rss0) < 64 * 1024,
         "the proxy grew by {:.1} MiB",
@@ -345,10 +375,20 @@ fn endless(
 
 async fn jwks(State(f): State<Shared>) -> Response {
     match f.jwks {
-        Body6c::Honest => ([(header::CONTENT_TYPE, "application/json")], f.issuer_jwks.clone()).into_response(),
+        Body6c::Honest => (
+            [(header::CONTENT_TYPE, "application/json")],
+            f.issuer_jwks.clone(),
+        )
+            .into_response(),
         // 300 MB of JSON whitespace inside the key list: parseable if read whole.
         Body6c::Huge => {
-            let body = endless(f.clone(), "{\"keys\":[", Bytes::from(vec![b' '; 1 << 20]), None, 300);
+            let body = endless(
+                f.clone(),
+                "{\"keys\":[",
+                Bytes::from(vec![b' '; 1 << 20]),
+                None,
+                300,
+            );
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
     }
@@ -367,11 +407,7 @@ async fn snapshot(State(f): State<Shared>) -> Response {
             }
             .into_response()
         }
-        Body6c::Huge => (
-            [(header::CONTENT_ENCODING, "gzip")],
-            f.bomb.clone(),
-        )
-            .into_response(),
+        Body6c::Huge => ([(header::CONTENT_ENCODING, "gzip")], f.bomb.clone()).into_response(),
     }
 }
 
@@ -384,7 +420,13 @@ async fn deltas(State(f): State<Shared>) -> Response {
         return axum::Json(serde_json::json!({ "deltas": [] })).into_response();
     }
     // A page of deltas that never ends.
-    let body = endless(f.clone(), "{\"deltas\":[\"", Bytes::from(vec![b'A'; 1 << 20]), None, usize::MAX);
+    let body = endless(
+        f.clone(),
+        "{\"deltas\":[\"",
+        Bytes::from(vec![b'A'; 1 << 20]),
+        None,
+        usize::MAX,
+    );
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -409,14 +451,21 @@ async fn events(State(f): State<Shared>) -> Response {
         Events::Honest => every(f.clone(), Duration::from_secs(1), |f, _| {
             frame("checkpoint", &f.checkpoint())
         }),
-        Events::Comments => every(f.clone(), Duration::from_millis(300), |_, _| Bytes::from(": ping\n\n")),
-        Events::Retry => every(f.clone(), Duration::from_millis(300), |_, _| Bytes::from("retry: 1000\n\n")),
+        Events::Comments => every(f.clone(), Duration::from_millis(300), |_, _| {
+            Bytes::from(": ping\n\n")
+        }),
+        Events::Retry => every(f.clone(), Duration::from_millis(300), |_, _| {
+            Bytes::from("retry: 1000\n\n")
+        }),
         Events::Unknown => every(f.clone(), Duration::from_millis(300), |_, n| {
             frame("heartbeat", &format!("{{\"n\":{n}}}"))
         }),
         Events::Forged => every(f.clone(), Duration::from_millis(1000), |f, _| {
             let t = now();
-            frame("checkpoint", &f.forger.checkpoint(0, Head::ZERO, t, t + 300))
+            frame(
+                "checkpoint",
+                &f.forger.checkpoint(0, Head::ZERO, t, t + 300),
+            )
         }),
         Events::Replayed => {
             let once = frame("checkpoint", &f.checkpoint());
@@ -426,12 +475,30 @@ async fn events(State(f): State<Shared>) -> Response {
             });
             Body::from_stream(s)
         }
-        Events::Dribble => endless(f.clone(), "event: checkpoint\ndata: ", Bytes::from_static(b"e"), Some(Duration::from_millis(200)), usize::MAX),
+        Events::Dribble => endless(
+            f.clone(),
+            "event: checkpoint\ndata: ",
+            Bytes::from_static(b"e"),
+            Some(Duration::from_millis(200)),
+            usize::MAX,
+        ),
         Events::HugeEvent => {
             let line = format!("data: {}\n", "A".repeat(1023));
-            endless(f.clone(), "event: snapshot\n", Bytes::from(line.repeat(64)), None, usize::MAX)
+            endless(
+                f.clone(),
+                "event: snapshot\n",
+                Bytes::from(line.repeat(64)),
+                None,
+                usize::MAX,
+            )
         }
-        Events::EndlessLine => endless(f.clone(), "event: snapshot\ndata: ", Bytes::from(vec![b'A'; 64 << 10]), None, usize::MAX),
+        Events::EndlessLine => endless(
+            f.clone(),
+            "event: snapshot\ndata: ",
+            Bytes::from(vec![b'A'; 64 << 10]),
+            None,
+            usize::MAX,
+        ),
     };
     ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
 }
@@ -537,7 +604,13 @@ async fn until_logged(proxy: &Spawned, needle: &str, within: Duration) -> bool {
 
 /// One hostile object: the peak RSS it caused, the bytes pulled, whether
 /// it was refused with the cap named.
-async fn hostile_object(name: &str, jwks: Body6c, snapshot: Body6c, events: Events, needle: &str) -> (f64, f64, u64, bool) {
+async fn hostile_object(
+    name: &str,
+    jwks: Body6c,
+    snapshot: Body6c,
+    events: Events,
+    needle: &str,
+) -> (f64, f64, u64, bool) {
     let r = rig(jwks, snapshot, events, &[]).await;
     let pid = r.proxy.pid();
     let (rss0, _) = rss_kib(pid);
@@ -548,7 +621,9 @@ async fn hostile_object(name: &str, jwks: Body6c, snapshot: Body6c, events: Even
     // Per connection: a refused push stream is reopened (with backoff), and
     // each session is bounded on its own.
     let connections = match events {
-        Events::HugeEvent | Events::EndlessLine => r.fake.connections.load(Ordering::Relaxed).max(1) as u64,
+        Events::HugeEvent | Events::EndlessLine => {
+            r.fake.connections.load(Ordering::Relaxed).max(1) as u64
+        }
         _ => 1,
     };
     let pulled = r.fake.pulled.load(Ordering::Relaxed) / connections;
@@ -561,7 +636,10 @@ async fn hostile_object(name: &str, jwks: Body6c, snapshot: Body6c, events: Even
         veto_bin().display()
     );
     if refused {
-        assert!(too_large >= 1.0, "{name}: refused but not counted as too_large");
+        assert!(
+            too_large >= 1.0,
+            "{name}: refused but not counted as too_large"
+        );
     }
     (mib(rss0), mib(hwm), pulled, refused)
 }
@@ -590,7 +668,10 @@ async fn oversized_registry_objects_are_refused_at_their_caps() {
     .await;
     // SSE: an event that never ends, and a line that never ends.
     let mut sse = Vec::new();
-    for (name, mode) in [("sse-endless-event", Events::HugeEvent), ("sse-endless-line", Events::EndlessLine)] {
+    for (name, mode) in [
+        ("sse-endless-event", Events::HugeEvent),
+        ("sse-endless-line", Events::EndlessLine),
+    ] {
         sse.push((
             name,
             hostile_object(
@@ -610,12 +691,18 @@ async fn oversized_registry_objects_are_refused_at_their_caps() {
     assert!(pulled < 48 << 20, "pulled {pulled} bytes of the JWKS");
     let (_, peak, _, refused) = bomb;
     assert!(refused, "the gzip bomb was not refused at the snapshot cap");
-    assert!(peak < 160.0, "peak RSS {peak:.1} MiB for a refused gzip bomb");
+    assert!(
+        peak < 160.0,
+        "peak RSS {peak:.1} MiB for a refused gzip bomb"
+    );
     for (name, (_, peak, pulled, refused)) in sse {
         assert!(refused, "{name}: not refused at the event cap");
         assert!(peak < 200.0, "{name}: peak RSS {peak:.1} MiB");
         // The cap, plus what socket buffers and the reader's chunks hold.
-        assert!(pulled < 128 << 20, "{name}: pulled {pulled} bytes in one connection");
+        assert!(
+            pulled < 128 << 20,
+            "{name}: pulled {pulled} bytes in one connection"
+        );
     }
 }
 
@@ -635,7 +722,16 @@ async fn a_push_stream_without_news_is_reopened_within_the_idle_timeout() {
     ];
     let mut rigs = Vec::new();
     for m in modes {
-        rigs.push((m, rig(Body6c::Honest, Body6c::Honest, m, &["--push-idle-timeout", "3s"]).await));
+        rigs.push((
+            m,
+            rig(
+                Body6c::Honest,
+                Body6c::Honest,
+                m,
+                &["--push-idle-timeout", "3s"],
+            )
+            .await,
+        ));
     }
     // 8 s: over two idle timeouts.
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -653,7 +749,9 @@ async fn a_push_stream_without_news_is_reopened_within_the_idle_timeout() {
             connections >= 2 && idle >= 1.0
         };
         if !ok {
-            failures.push(format!("{m:?}: {connections} connections, {idle} idle errors"));
+            failures.push(format!(
+                "{m:?}: {connections} connections, {idle} idle errors"
+            ));
         }
     }
     assert!(failures.is_empty(), "{failures:?}");
@@ -665,9 +763,13 @@ struct Nats(std::process::Child);
 
 impl Nats {
     fn start(dir: &std::path::Path) -> Option<(Self, String)> {
-        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())?;
+        let bin = [
+            "/usr/sbin/nats-server",
+            "/usr/bin/nats-server",
+            "/usr/local/bin/nats-server",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -683,7 +785,10 @@ impl Nats {
         let nats = Self(child);
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "nats-server did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "nats-server did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Some((nats, format!("nats://127.0.0.1:{port}")))
@@ -713,11 +818,22 @@ async fn nats_heartbeats_without_news_do_not_keep_the_push_open() {
         &registry.url,
         &registry.authority_key_file(),
         &upstream,
-        &["--bus", &url, "--push-idle-timeout", "3s", "--poll-interval", "600s"],
+        &[
+            "--bus",
+            &url,
+            "--push-idle-timeout",
+            "3s",
+            "--poll-interval",
+            "600s",
+        ],
     );
     let start = Instant::now();
     while proxy.metric("veto_authorizer_push_connected").await != 1.0 {
-        assert!(start.elapsed() < Duration::from_secs(20), "NATS push never connected: {}", proxy.process.log_text());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "NATS push never connected: {}",
+            proxy.process.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Control: with the registry publishing a checkpoint every second, the
@@ -733,7 +849,10 @@ async fn nats_heartbeats_without_news_do_not_keep_the_push_open() {
         veto_bin().display()
     );
     assert_eq!(idle_while_published, 0.0, "reopened while news flowed");
-    assert!(idle_after >= 1.0, "heartbeats alone kept the NATS push open for 8 s with a 3 s idle timeout");
+    assert!(
+        idle_after >= 1.0,
+        "heartbeats alone kept the NATS push open for 8 s with a 3 s idle timeout"
+    );
 }
 
 /// A page of deltas that never ends is refused at the cap and replaced by
@@ -744,7 +863,9 @@ async fn an_endless_page_of_deltas_is_refused_and_the_snapshot_fetched_instead()
     let pid = r.proxy.pid();
     let (rss0, _) = rss_kib(pid);
     let start = Instant::now();
-    while r.proxy.metric("veto_authorizer_applied_version").await != 1.0 && start.elapsed() < Duration::from_secs(20) {
+    while r.proxy.metric("veto_authorizer_applied_version").await != 1.0
+        && start.elapsed() < Duration::from_secs(20)
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let version = r.proxy.metric("veto_authorizer_applied_version").await;
@@ -758,9 +879,18 @@ async fn an_endless_page_of_deltas_is_refused_and_the_snapshot_fetched_instead()
         pulled as f64 / 1_048_576.0,
         veto_bin().display()
     );
-    assert_eq!(version, 1.0, "the snapshot did not replace the refused page: {}", r.proxy.process.log_text());
+    assert_eq!(
+        version,
+        1.0,
+        "the snapshot did not replace the refused page: {}",
+        r.proxy.process.log_text()
+    );
     assert!(too_large >= 1.0);
-    assert!(r.proxy.process.log_text().contains("page of deltas is over the 67108864-byte cap"));
+    assert!(r
+        .proxy
+        .process
+        .log_text()
+        .contains("page of deltas is over the 67108864-byte cap"));
     assert!(mib(hwm) < 200.0, "peak RSS {:.1} MiB", mib(hwm));
     assert!(pulled < 128 << 20, "pulled {pulled} bytes");
 }
