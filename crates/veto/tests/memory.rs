@@ -334,6 +334,8 @@ struct Fake {
     /// its first snapshot and serves an endless page of deltas.
     v1: Option<(Head, RevocationSet)>,
     snapshots: AtomicUsize,
+    /// `/v1/srl/checkpoint` serves a body that never ends.
+    huge_checkpoint: bool,
 }
 
 type Shared = Arc<Fake>;
@@ -412,6 +414,11 @@ async fn snapshot(State(f): State<Shared>) -> Response {
 }
 
 async fn checkpoint(State(f): State<Shared>) -> Response {
+    if f.huge_checkpoint {
+        let chunk = Bytes::from(vec![b'A'; 64 << 10]);
+        return endless(f.clone(), "eyJhbGciOiJFZERTQSJ9.", chunk, None, usize::MAX)
+            .into_response();
+    }
     f.checkpoint().into_response()
 }
 
@@ -520,7 +527,7 @@ struct Rig {
 }
 
 async fn rig(jwks_mode: Body6c, snapshot_mode: Body6c, events_mode: Events, args: &[&str]) -> Rig {
-    rig_with(jwks_mode, snapshot_mode, events_mode, false, args).await
+    rig_with(jwks_mode, snapshot_mode, events_mode, false, false, args).await
 }
 
 async fn rig_with(
@@ -528,6 +535,7 @@ async fn rig_with(
     snapshot_mode: Body6c,
     events_mode: Events,
     gap: bool,
+    huge_checkpoint: bool,
     args: &[&str],
 ) -> Rig {
     let authority = SigningKey::generate().unwrap();
@@ -564,6 +572,7 @@ async fn rig_with(
         bomb,
         v1,
         snapshots: AtomicUsize::new(0),
+        huge_checkpoint,
     });
     let app = Router::new()
         .route("/v1/srl", get(snapshot))
@@ -604,14 +613,7 @@ async fn until_logged(proxy: &Spawned, needle: &str, within: Duration) -> bool {
 
 /// One hostile object: the peak RSS it caused, the bytes pulled, whether
 /// it was refused with the cap named.
-async fn hostile_object(
-    name: &str,
-    jwks: Body6c,
-    snapshot: Body6c,
-    events: Events,
-    needle: &str,
-) -> (f64, f64, u64, bool) {
-    let r = rig(jwks, snapshot, events, &[]).await;
+async fn hostile_object(name: &str, r: Rig, needle: &str) -> (f64, f64, u64, bool) {
     let pid = r.proxy.pid();
     let (rss0, _) = rss_kib(pid);
     let refused = until_logged(&r.proxy, needle, Duration::from_secs(20)).await;
@@ -620,7 +622,7 @@ async fn hostile_object(
     let (_, hwm) = rss_kib(pid);
     // Per connection: a refused push stream is reopened (with backoff), and
     // each session is bounded on its own.
-    let connections = match events {
+    let connections = match r.fake.events {
         Events::HugeEvent | Events::EndlessLine => {
             r.fake.connections.load(Ordering::Relaxed).max(1) as u64
         }
@@ -651,19 +653,30 @@ async fn oversized_registry_objects_are_refused_at_their_caps() {
     // JWKS: 1 MiB cap; 300 MB offered.
     let jwks = hostile_object(
         "jwks-300MB",
-        Body6c::Huge,
-        Body6c::Honest,
-        Events::None,
+        rig(Body6c::Huge, Body6c::Honest, Events::None, &[]).await,
         "JWKS is over the 1048576-byte cap",
     )
     .await;
     // Snapshot: a gzip bomb (~0.5 MB compressed, 512 MiB of zeros).
     let bomb = hostile_object(
         "snapshot-gzip-bomb-512MiB",
-        Body6c::Honest,
-        Body6c::Huge,
-        Events::None,
+        rig(Body6c::Honest, Body6c::Huge, Events::None, &[]).await,
         "snapshot is over the 67108864-byte cap",
+    )
+    .await;
+    // Checkpoint: 16 KiB cap; a body that never ends.
+    let checkpoint = hostile_object(
+        "checkpoint-endless",
+        rig_with(
+            Body6c::Honest,
+            Body6c::Honest,
+            Events::None,
+            false,
+            true,
+            &[],
+        )
+        .await,
+        "checkpoint is over the 16384-byte cap",
     )
     .await;
     // SSE: an event that never ends, and a line that never ends.
@@ -676,9 +689,7 @@ async fn oversized_registry_objects_are_refused_at_their_caps() {
             name,
             hostile_object(
                 name,
-                Body6c::Honest,
-                Body6c::Honest,
-                mode,
+                rig(Body6c::Honest, Body6c::Honest, mode, &[]).await,
                 "push event is over the 67108864-byte cap",
             )
             .await,
@@ -695,6 +706,13 @@ async fn oversized_registry_objects_are_refused_at_their_caps() {
         peak < 160.0,
         "peak RSS {peak:.1} MiB for a refused gzip bomb"
     );
+    let (_, peak, pulled, refused) = checkpoint;
+    assert!(refused, "the endless checkpoint was not refused at its cap");
+    assert!(
+        peak < 64.0,
+        "peak RSS {peak:.1} MiB for a refused checkpoint"
+    );
+    assert!(pulled < 48 << 20, "pulled {pulled} bytes of the checkpoint");
     for (name, (_, peak, pulled, refused)) in sse {
         assert!(refused, "{name}: not refused at the event cap");
         assert!(peak < 200.0, "{name}: peak RSS {peak:.1} MiB");
@@ -859,7 +877,15 @@ async fn nats_heartbeats_without_news_do_not_keep_the_push_open() {
 /// the snapshot (under its own cap).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_page_of_deltas_is_refused_and_the_snapshot_fetched_instead() {
-    let r = rig_with(Body6c::Honest, Body6c::Honest, Events::None, true, &[]).await;
+    let r = rig_with(
+        Body6c::Honest,
+        Body6c::Honest,
+        Events::None,
+        true,
+        false,
+        &[],
+    )
+    .await;
     let pid = r.proxy.pid();
     let (rss0, _) = rss_kib(pid);
     let start = Instant::now();
