@@ -302,6 +302,9 @@ enum Events {
     Unknown,
     /// Fresh checkpoints signed by another key.
     Forged,
+    /// `checkpoint` events whose data is not a JWS, and lines with fields
+    /// SSE does not define.
+    Garbage,
     /// One fresh checkpoint, then the same bytes again forever.
     Replayed,
     /// A valid-looking event, one byte every 200 ms.
@@ -473,6 +476,11 @@ async fn events(State(f): State<Shared>) -> Response {
                 "checkpoint",
                 &f.forger.checkpoint(0, Head::ZERO, t, t + 300),
             )
+        }),
+        Events::Garbage => every(f.clone(), Duration::from_millis(300), |_, n| {
+            Bytes::from(format!(
+                "x-junk: {n}\nevent: checkpoint\ndata: not.a.jws{n}\n\n"
+            ))
         }),
         Events::Replayed => {
             let once = frame("checkpoint", &f.checkpoint());
@@ -735,6 +743,7 @@ async fn a_push_stream_without_news_is_reopened_within_the_idle_timeout() {
         Events::Retry,
         Events::Unknown,
         Events::Forged,
+        Events::Garbage,
         Events::Replayed,
         Events::Dribble,
     ];
