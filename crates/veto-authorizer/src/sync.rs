@@ -597,3 +597,54 @@ async fn nats_session(inner: &Arc<Inner>, url: &str) -> Result<(), SyncError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn liveness(newest: u64) -> Liveness {
+        let idle = Duration::from_secs(15);
+        Liveness {
+            idle,
+            deadline: tokio::time::Instant::now() + idle,
+            newest,
+        }
+    }
+
+    #[test]
+    fn only_a_newer_verified_object_is_news() {
+        let mut l = liveness(100);
+        let d0 = l.deadline;
+        std::thread::sleep(Duration::from_millis(5));
+        // Not an object that verified and fit (comment, unknown, forged, …).
+        l.saw(None);
+        // Verified and fitting, but no newer than what was known: a replay.
+        l.saw(Some(100));
+        l.saw(Some(99));
+        assert_eq!((l.deadline, l.newest), (d0, 100));
+        l.saw(Some(101));
+        assert!(l.deadline > d0);
+        assert_eq!(l.newest, 101);
+        // The same object again renews nothing.
+        let d1 = l.deadline;
+        std::thread::sleep(Duration::from_millis(5));
+        l.saw(Some(101));
+        assert_eq!(l.deadline, d1);
+    }
+
+    #[test]
+    fn objects_that_do_not_fit_the_chain_are_not_news() {
+        assert!(fits(&Ok(veto_core::Applied::Refreshed)));
+        assert!(fits(&Ok(veto_core::Applied::Ignored)));
+        assert!(fits(&Err(ApplyError::Gap {
+            applied: 1,
+            received: 3
+        })));
+        assert!(!fits(&Err(ApplyError::Equivocation { ver: 1 })));
+        assert!(!fits(&Err(ApplyError::Rollback {
+            applied: 2,
+            received: 1
+        })));
+        assert!(!fits(&Err(ApplyError::BrokenChain { ver: 2 })));
+    }
+}
