@@ -16,7 +16,12 @@
 //! Each test prints a `MEMORY` line with its figures. `VETO_BIN` runs the
 //! same tests against another `veto` binary (to measure the code before a
 //! change); without it they run the binary under test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test: a failed step fails the run"
+)]
 
 mod common;
 
