@@ -366,8 +366,14 @@ impl Authorizer {
                 .check_and_verify(&current.state, parsed, action, now);
         let chain = verified.map(Arc::new);
         // Only a chain that was allowed is worth keeping: one denied for
-        // its action, expiry or revocation is not going to be reused.
-        if let (Some(c), true) = (&chain, decision.is_allowed()) {
+        // its action, expiry or revocation is not going to be reused. A
+        // `stale` denial comes after every other check passed and lasts
+        // only until the registry is heard from again: that chain is kept.
+        let reusable = match &decision {
+            Decision::Allow { .. } => true,
+            Decision::Deny(d) => d.reason == DenyReason::Stale,
+        };
+        if let (Some(c), true) = (&chain, reusable) {
             self.inner.cache.insert(token, c.clone());
         }
         Outcome { decision, chain }
