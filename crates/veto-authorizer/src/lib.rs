@@ -90,11 +90,23 @@ pub struct Config {
     pub check: CheckConfig,
     /// Where the last verified state is kept across restarts.
     pub cache_dir: Option<PathBuf>,
-    /// A push connection silent this long is dropped and reopened
-    /// (default 15 s: three missed heartbeats).
+    /// A push connection that has carried no news this long is dropped and
+    /// reopened (default 15 s: three missed heartbeats). News is a verified
+    /// delta, checkpoint or snapshot that fits the applied chain and was
+    /// signed after the newest one known: comments, unknown events,
+    /// objects that fail to verify and replays renew nothing.
     pub push_idle_timeout: Duration,
     /// Most verified chains cached (default 65,536).
     pub chain_cache_capacity: usize,
+    /// Byte budget of the verified-chain cache (default 64 MiB), counting
+    /// each token and an estimate of its parsed chain. One root's chains
+    /// (a root warrant and every descendant of it) may use at most 1/16.
+    pub chain_cache_bytes: usize,
+    /// Largest snapshot read from the registry (default 64 MiB; a
+    /// 1M-entry snapshot is ~21 MB), counted after gzip decompression.
+    /// The same cap bounds one push event (a snapshot may be pushed) and
+    /// one page of deltas (a larger page is replaced by the snapshot).
+    pub max_snapshot_bytes: usize,
     /// Timeout for each HTTP request to the registry (default 10 s).
     pub request_timeout: Duration,
 }
@@ -119,6 +131,8 @@ impl Config {
             cache_dir: None,
             push_idle_timeout: Duration::from_secs(15),
             chain_cache_capacity: 65_536,
+            chain_cache_bytes: 64 << 20,
+            max_snapshot_bytes: 64 << 20,
             request_timeout: Duration::from_secs(10),
         }
     }
@@ -230,7 +244,11 @@ impl Authorizer {
             .build()
             .map_err(|e| StartError::Http(e.to_string()))?;
         let verifier = SrlVerifier::new(config.authority_keys.clone(), config.iss.clone())
-            .with_skew(config.check.skew);
+            .with_skew(config.check.skew)
+            .with_limits(veto_core::SrlLimits {
+                max_snapshot_bytes: config.max_snapshot_bytes,
+                ..veto_core::SrlLimits::default()
+            });
         let issuers = match &config.issuers {
             Issuers::Pinned(keys) => keys.clone(),
             Issuers::Jwks { .. } => KeySet::default(),
@@ -247,7 +265,7 @@ impl Authorizer {
                 checker,
             }),
             apply_lock: Mutex::new(persist::Objects::default()),
-            cache: ChainCache::new(config.chain_cache_capacity),
+            cache: ChainCache::new(config.chain_cache_capacity, config.chain_cache_bytes),
             metrics: Metrics::new(),
             version_tx,
             catch_up: Notify::new(),
@@ -305,10 +323,19 @@ impl Authorizer {
         let outcome = match inner.cache.get(token) {
             Some(chain) => {
                 inner.metrics.cache_hits.inc();
+                let decision = current
+                    .checker
+                    .check_verified(&current.state, &chain, action, now);
+                // Revocation is irreversible and expiry final: such a chain
+                // is never allowed again, so it gives its room back.
+                if matches!(
+                    decision.reason(),
+                    Some(DenyReason::Revoked | DenyReason::Expired)
+                ) {
+                    inner.cache.remove(token);
+                }
                 Outcome {
-                    decision: current
-                        .checker
-                        .check_verified(&current.state, &chain, action, now),
+                    decision,
                     chain: Some(chain),
                 }
             }
@@ -339,7 +366,15 @@ impl Authorizer {
                 .checker
                 .check_and_verify(&current.state, parsed, action, now);
         let chain = verified.map(Arc::new);
-        if let Some(c) = &chain {
+        // Only a chain that was allowed is worth keeping: one denied for
+        // its action, expiry or revocation is not going to be reused. A
+        // `stale` denial comes after every other check passed and lasts
+        // only until the registry is heard from again: that chain is kept.
+        let reusable = match &decision {
+            Decision::Allow { .. } => true,
+            Decision::Deny(d) => d.reason == DenyReason::Stale,
+        };
+        if let (Some(c), true) = (&chain, reusable) {
             self.inner.cache.insert(token, c.clone());
         }
         Outcome { decision, chain }
@@ -384,6 +419,10 @@ impl Authorizer {
         m.fresh.set(i64::from(s.fresh));
         m.push_connected.set(i64::from(s.push_connected));
         m.version.set(s.version as i64);
+        m.cache_bytes
+            .set(i64::try_from(self.inner.cache.bytes()).unwrap_or(i64::MAX));
+        m.cache_chains
+            .set(i64::try_from(self.inner.cache.len()).unwrap_or(i64::MAX));
         m.encode()
     }
 

@@ -32,6 +32,8 @@ pub(crate) struct Metrics {
     pub applied: Family<Label, Counter>,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
+    pub cache_bytes: Gauge,
+    pub cache_chains: Gauge,
 }
 
 impl Metrics {
@@ -69,6 +71,8 @@ impl Metrics {
             applied: Family::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
+            cache_bytes: Gauge::default(),
+            cache_chains: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -125,6 +129,16 @@ impl Metrics {
             "chain_cache_misses",
             "Verified-chain cache misses",
             m.cache_misses.clone(),
+        );
+        registry.register(
+            "chain_cache_bytes",
+            "Estimated bytes held by the verified-chain cache",
+            m.cache_bytes.clone(),
+        );
+        registry.register(
+            "chain_cache_chains",
+            "Chains held by the verified-chain cache",
+            m.cache_chains.clone(),
         );
         Self { registry, ..m }
     }

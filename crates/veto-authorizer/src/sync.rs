@@ -10,8 +10,19 @@ use veto_core::{ApplyError, KeySet, PublicKey, SrlError, SseParser};
 use crate::metrics::Metrics;
 use crate::{Incoming, Inner};
 
-/// Largest push event accepted (a snapshot of ~15M entries).
-const MAX_EVENT: usize = 320 << 20;
+/// Byte caps on what the authorizer reads from a registry (a stranger on
+/// the path, or a broken registry, must not be able to make it allocate
+/// without bound). Each body is read through [`read_capped`], which stops
+/// at the cap before allocating more; the snapshot cap is configurable
+/// ([`crate::Config::max_snapshot_bytes`]) and also bounds an SSE event (a
+/// resuming subscriber may be sent a snapshot) and one page of deltas
+/// (when the deltas since a version outweigh a snapshot, the snapshot is
+/// fetched instead).
+///
+/// A JWKS: an issuer key is ~150 bytes, so 1 MiB is thousands of keys.
+pub(crate) const MAX_JWKS: usize = 1 << 20;
+/// A checkpoint: ~400 bytes signed; the verifier refuses over 4 KiB.
+pub(crate) const MAX_CHECKPOINT: usize = 16 << 10;
 /// Most delta pages fetched in one catch-up.
 const MAX_PAGES: usize = 1000;
 /// A disk cache with more deltas than this is replaced by a fresh snapshot.
@@ -29,6 +40,8 @@ pub(crate) enum SyncError {
     Idle(Duration),
     #[error("push stream: {0}")]
     Stream(String),
+    #[error("the registry's {what} is over the {cap}-byte cap: refused without reading further")]
+    TooLarge { what: &'static str, cap: usize },
 }
 
 impl SyncError {
@@ -39,6 +52,7 @@ impl SyncError {
             SyncError::Invalid(_) => "invalid_object",
             SyncError::Idle(_) => "push_idle",
             SyncError::Stream(_) => "push_stream",
+            SyncError::TooLarge { .. } => "too_large",
         }
     }
 }
@@ -81,7 +95,48 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(f)
 }
 
-async fn get(inner: &Inner, path: &str, etag: Option<u64>) -> Result<Option<String>, SyncError> {
+/// Reads a response body, refusing it as soon as it is over `cap` bytes:
+/// first by its declared length, then while reading (a chunked or
+/// compressed body declares none; the cap counts decompressed bytes, so a
+/// gzip bomb stops at the cap too).
+pub(crate) async fn read_capped(
+    mut resp: reqwest::Response,
+    what: &'static str,
+    cap: usize,
+) -> Result<Vec<u8>, SyncError> {
+    let too_large = SyncError::TooLarge { what, cap };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > u64::try_from(cap).unwrap_or(u64::MAX))
+    {
+        return Err(too_large);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| SyncError::Connect(e.to_string()))?
+    {
+        if body.len() + chunk.len() > cap {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn utf8(body: Vec<u8>, what: &'static str) -> Result<String, SyncError> {
+    String::from_utf8(body)
+        .map_err(|_| SyncError::Stream(format!("the registry's {what} is not UTF-8")))
+}
+
+async fn get(
+    inner: &Inner,
+    path: &str,
+    etag: Option<u64>,
+    what: &'static str,
+    cap: usize,
+) -> Result<Option<String>, SyncError> {
     let mut req = inner.http.get(format!("{}{path}", inner.config.registry));
     if let Some(v) = etag {
         req = req.header("if-none-match", format!("\"{v}\""));
@@ -91,11 +146,7 @@ async fn get(inner: &Inner, path: &str, etag: Option<u64>) -> Result<Option<Stri
         .await
         .map_err(|e| SyncError::Connect(e.to_string()))?;
     match resp.status().as_u16() {
-        200 => Ok(Some(
-            resp.text()
-                .await
-                .map_err(|e| SyncError::Connect(e.to_string()))?,
-        )),
+        200 => Ok(Some(utf8(read_capped(resp, what, cap).await?, what)?)),
         304 => Ok(None),
         s => Err(SyncError::Status(s)),
     }
@@ -111,7 +162,8 @@ fn apply_logged(inner: &Inner, incoming: Incoming) -> Result<(), ApplyError> {
 pub(crate) async fn fetch_snapshot(inner: &Arc<Inner>, conditional: bool) -> Result<(), SyncError> {
     let ver = inner.current.load().state.ver();
     let etag = (conditional && ver > 0).then_some(ver);
-    let Some(token) = get(inner, "/v1/srl", etag).await? else {
+    let cap = inner.config.max_snapshot_bytes;
+    let Some(token) = get(inner, "/v1/srl", etag, "snapshot", cap).await? else {
         return Ok(());
     };
     let token = token.trim().to_owned();
@@ -128,7 +180,15 @@ pub(crate) async fn fetch_snapshot(inner: &Arc<Inner>, conditional: bool) -> Res
 }
 
 async fn fetch_checkpoint(inner: &Arc<Inner>) -> Result<bool, SyncError> {
-    let Some(token) = get(inner, "/v1/srl/checkpoint", None).await? else {
+    let Some(token) = get(
+        inner,
+        "/v1/srl/checkpoint",
+        None,
+        "checkpoint",
+        MAX_CHECKPOINT,
+    )
+    .await?
+    else {
         return Ok(false);
     };
     let token = token.trim().to_owned();
@@ -165,10 +225,19 @@ pub(crate) async fn catch_up(inner: &Arc<Inner>) -> Result<(), SyncError> {
         struct Deltas {
             deltas: Vec<String>,
         }
-        let body: Deltas = resp
-            .json()
-            .await
-            .map_err(|e| SyncError::Stream(e.to_string()))?;
+        // A page of deltas outweighing a snapshot is refused (and counted);
+        // the snapshot, under its own cap, replaces it.
+        let cap = inner.config.max_snapshot_bytes;
+        let bytes = match read_capped(resp, "page of deltas", cap).await {
+            Err(e @ SyncError::TooLarge { .. }) => {
+                count(inner, &e);
+                tracing::warn!(error = %e, since, "fetching a snapshot instead");
+                return fetch_snapshot(inner, true).await;
+            }
+            other => other?,
+        };
+        let body: Deltas =
+            serde_json::from_slice(&bytes).map_err(|e| SyncError::Stream(e.to_string()))?;
         if body.deltas.is_empty() {
             return Ok(());
         }
@@ -308,38 +377,94 @@ async fn sse_session(inner: &Arc<Inner>, client: &reqwest::Client) -> Result<(),
     }
     inner.push_connected.store(true, Ordering::Relaxed);
     tracing::info!(from = ver, "push stream connected");
-    let mut parser = SseParser::new(MAX_EVENT);
-    let idle = inner.config.push_idle_timeout;
+    // One event may be a snapshot (sent to a subscriber resuming from a
+    // version whose deltas are gone), so an event is capped like one; the
+    // parser's line buffer is under the same cap.
+    let cap = inner.config.max_snapshot_bytes;
+    let mut parser = SseParser::new(cap);
+    let mut live = Liveness::new(inner);
     loop {
-        let chunk = match tokio::time::timeout(idle, resp.chunk()).await {
-            Err(_) => return Err(SyncError::Idle(idle)),
+        let chunk = match tokio::time::timeout_at(live.deadline, resp.chunk()).await {
+            Err(_) => return Err(SyncError::Idle(live.idle)),
             Ok(Err(e)) => return Err(SyncError::Stream(e.to_string())),
             Ok(Ok(None)) => return Ok(()),
             Ok(Ok(Some(c))) => c,
         };
-        let events = parser
-            .feed(&chunk)
-            .map_err(|e| SyncError::Stream(e.to_string()))?;
+        let events = parser.feed(&chunk).map_err(|e| match e {
+            veto_core::SseError::TooLarge(_) => SyncError::TooLarge {
+                what: "push event",
+                cap,
+            },
+            veto_core::SseError::NotUtf8 => SyncError::Stream(e.to_string()),
+        })?;
         for event in events {
-            let result = handle_event(inner, &event.event, event.data).await;
-            if let Err(e) = result {
-                count(inner, &e);
-                tracing::warn!(error = %e, event = %event.event, "refused a pushed object");
+            match handle_event(inner, &event.event, event.data).await {
+                Ok(iat) => live.saw(iat),
+                Err(e) => {
+                    count(inner, &e);
+                    tracing::warn!(error = %e, event = %event.event, "refused a pushed object");
+                }
             }
         }
     }
 }
 
-async fn handle_event(inner: &Arc<Inner>, kind: &str, data: String) -> Result<(), SyncError> {
+/// When a push session is alive. Bytes are not news: comments, `retry:`
+/// lines, unknown events, objects that fail to verify or do not fit the
+/// applied chain, and a verified object replayed (no newer than what this
+/// session already knew) renew nothing. Only a verified object that fits
+/// (applied, a duplicate, or proof of a gap) and was signed after the
+/// newest attestation known when the session opened, or after the last
+/// such object on it, pushes the deadline out: a registry (or a relay)
+/// that replays one checkpoint forever is reopened like a silent one.
+struct Liveness {
+    idle: Duration,
+    deadline: tokio::time::Instant,
+    newest: u64,
+}
+
+impl Liveness {
+    fn new(inner: &Inner) -> Self {
+        let idle = inner.config.push_idle_timeout;
+        Self {
+            idle,
+            deadline: tokio::time::Instant::now() + idle,
+            newest: inner.current.load().state.attested().map_or(0, |a| a.iat),
+        }
+    }
+
+    /// `iat` is that of a verified object that fit, if the event was one.
+    fn saw(&mut self, iat: Option<u64>) {
+        if let Some(iat) = iat.filter(|&iat| iat > self.newest) {
+            self.newest = iat;
+            self.deadline = tokio::time::Instant::now() + self.idle;
+        }
+    }
+}
+
+/// Whether applying a verified object shows the stream is carrying the
+/// registry's chain: applied, a duplicate, or a gap to repair — not a
+/// rollback, a broken chain or an equivocation.
+fn fits(result: &Result<veto_core::Applied, ApplyError>) -> bool {
+    matches!(result, Ok(_) | Err(ApplyError::Gap { .. }))
+}
+
+/// Verifies and applies one pushed object; returns its `iat` when it
+/// verified and fit the applied chain (see [`Liveness`]).
+async fn handle_event(
+    inner: &Arc<Inner>,
+    kind: &str,
+    data: String,
+) -> Result<Option<u64>, SyncError> {
     let now = inner.now();
-    match kind {
+    let (iat, result) = match kind {
         "delta" => {
             let d = inner.verifier.delta(&data, now)?;
-            let _ = inner.apply(Incoming::Delta(d, data));
+            (d.payload.iat, inner.apply(Incoming::Delta(d, data)))
         }
         "checkpoint" => {
             let c = inner.verifier.checkpoint(&data, now)?;
-            let _ = inner.apply(Incoming::Checkpoint(c, data));
+            (c.payload.iat, inner.apply(Incoming::Checkpoint(c, data)))
         }
         "snapshot" => {
             let i = inner.clone();
@@ -347,11 +472,12 @@ async fn handle_event(inner: &Arc<Inner>, kind: &str, data: String) -> Result<()
                 tokio::task::spawn_blocking(move || (i.verifier.snapshot(&data, now), data))
                     .await
                     .map_err(|e| SyncError::Stream(e.to_string()))?;
-            let _ = inner.apply(Incoming::Snapshot(v?, data));
+            let v = v?;
+            (v.iat, inner.apply(Incoming::Snapshot(v, data)))
         }
-        _ => {}
-    }
-    Ok(())
+        _ => return Ok(None),
+    };
+    Ok(fits(&result).then_some(iat))
 }
 
 pub(crate) fn parse_jwks(text: &str) -> Result<KeySet, String> {
@@ -373,7 +499,7 @@ pub(crate) async fn jwks_loop(inner: Arc<Inner>, refresh: Duration) {
     let mut stop = inner.shutdown.subscribe();
     let mut retry = Duration::from_millis(200);
     loop {
-        let wait = match get(&inner, "/.well-known/jwks.json", None).await {
+        let wait = match get(&inner, "/.well-known/jwks.json", None, "JWKS", MAX_JWKS).await {
             Ok(Some(text)) => match parse_jwks(&text) {
                 Ok(keys) => {
                     inner.set_issuers(keys);
@@ -440,12 +566,14 @@ async fn nats_session(inner: &Arc<Inner>, url: &str) -> Result<(), SyncError> {
         .map_err(|e| SyncError::Stream(e.to_string()))?;
     inner.push_connected.store(true, Ordering::Relaxed);
     tracing::info!(url, "NATS push connected");
+    // JetStream idle heartbeats (answered inside `next`) prove the NATS
+    // connection, not the revocation feed: the same liveness rule as SSE.
+    let mut live = Liveness::new(inner);
     loop {
-        let Some(msg) = sub
-            .next()
+        let next = tokio::time::timeout_at(live.deadline, sub.next())
             .await
-            .map_err(|e| SyncError::Stream(e.to_string()))?
-        else {
+            .map_err(|_| SyncError::Idle(live.idle))?;
+        let Some(msg) = next.map_err(|e| SyncError::Stream(e.to_string()))? else {
             return Ok(());
         };
         let kind = match msg.subject.as_str() {
@@ -460,9 +588,63 @@ async fn nats_session(inner: &Arc<Inner>, url: &str) -> Result<(), SyncError> {
             );
             continue;
         };
-        if let Err(e) = handle_event(inner, kind, data).await {
-            count(inner, &e);
-            tracing::warn!(error = %e, kind, "refused a pushed object");
+        match handle_event(inner, kind, data).await {
+            Ok(iat) => live.saw(iat),
+            Err(e) => {
+                count(inner, &e);
+                tracing::warn!(error = %e, kind, "refused a pushed object");
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn liveness(newest: u64) -> Liveness {
+        let idle = Duration::from_secs(15);
+        Liveness {
+            idle,
+            deadline: tokio::time::Instant::now() + idle,
+            newest,
+        }
+    }
+
+    #[test]
+    fn only_a_newer_verified_object_is_news() {
+        let mut l = liveness(100);
+        let d0 = l.deadline;
+        std::thread::sleep(Duration::from_millis(5));
+        // Not an object that verified and fit (comment, unknown, forged, …).
+        l.saw(None);
+        // Verified and fitting, but no newer than what was known: a replay.
+        l.saw(Some(100));
+        l.saw(Some(99));
+        assert_eq!((l.deadline, l.newest), (d0, 100));
+        l.saw(Some(101));
+        assert!(l.deadline > d0);
+        assert_eq!(l.newest, 101);
+        // The same object again renews nothing.
+        let d1 = l.deadline;
+        std::thread::sleep(Duration::from_millis(5));
+        l.saw(Some(101));
+        assert_eq!(l.deadline, d1);
+    }
+
+    #[test]
+    fn objects_that_do_not_fit_the_chain_are_not_news() {
+        assert!(fits(&Ok(veto_core::Applied::Refreshed)));
+        assert!(fits(&Ok(veto_core::Applied::Ignored)));
+        assert!(fits(&Err(ApplyError::Gap {
+            applied: 1,
+            received: 3
+        })));
+        assert!(!fits(&Err(ApplyError::Equivocation { ver: 1 })));
+        assert!(!fits(&Err(ApplyError::Rollback {
+            applied: 2,
+            received: 1
+        })));
+        assert!(!fits(&Err(ApplyError::BrokenChain { ver: 2 })));
     }
 }

@@ -287,13 +287,7 @@ impl Checker {
             StalenessPolicy::FailOpen => Decision::Allow { stale: true },
             StalenessPolicy::FailClosed => Decision::Deny(Denial::new(
                 DenyReason::Stale,
-                match state.age(now) {
-                    Some(age) => format!(
-                        "revocation state is {age} s old, over the {} s limit: the registry has not been heard from",
-                        self.config.max_staleness
-                    ),
-                    None => "no revocation state has been received from the registry yet".into(),
-                },
+                stale_message(state, now, self.config.max_staleness),
             )),
         }
     }
@@ -316,6 +310,34 @@ impl Checker {
             }
         }
         Ok(())
+    }
+}
+
+/// Why a state that is not fresh is not fresh, naming the bound that ran
+/// out: the freshness is `min(exp, iat + max_staleness)` of the newest
+/// attestation, so either the registry's own `exp` (its attestation ttl)
+/// passed first, or the authorizer's `max_staleness` did, or there never
+/// was an attestation. The operator fixes each in a different place.
+fn stale_message(state: &SrlState, now: u64, max_staleness: u64) -> String {
+    let Some(a) = state.attested() else {
+        return "no revocation state has been received from the registry yet \
+                (no signed snapshot or checkpoint has arrived)"
+            .into();
+    };
+    let age = now.saturating_sub(a.iat);
+    if a.exp <= a.iat.saturating_add(max_staleness) {
+        format!(
+            "the newest attestation of the revocation state (version {}, signed {age} s ago) \
+             expired {} s ago: its `exp`, set by the registry's attestation ttl, has passed \
+             and no newer one has arrived",
+            a.ver,
+            now.saturating_sub(a.exp)
+        )
+    } else {
+        format!(
+            "revocation state is {age} s old, over the {max_staleness} s max staleness \
+             configured on this authorizer: the registry has not been heard from"
+        )
     }
 }
 
@@ -349,4 +371,90 @@ fn revocation(state: &SrlState, chain: &ParsedChain) -> Step {
         },
     };
     Err(Denial::new(DenyReason::Revoked, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SigningKey;
+    use crate::srl::{Head, SrlSigner, SrlVerifier};
+    use crate::warrant::{mint_root, LinkSpec};
+
+    const NOW: u64 = 1_800_000_000;
+    const ISS: &str = "veto";
+
+    /// A fail-closed checker, a valid root chain and the state attested
+    /// by a checkpoint signed at `iat` with expiry `exp` (none if `None`).
+    fn deny_message(attestation: Option<(u64, u64)>, max_staleness: u64, now: u64) -> String {
+        let issuer = SigningKey::from_seed(&[1; 32]);
+        let authority = SigningKey::from_seed(&[2; 32]);
+        let checker = Checker::new(
+            KeySet::new([issuer.public().clone()]),
+            CheckConfig {
+                max_staleness,
+                ..CheckConfig::default()
+            },
+        );
+        let mut state = SrlState::new();
+        if let Some((iat, exp)) = attestation {
+            let signer = SrlSigner::new(authority.clone(), ISS);
+            let verifier = SrlVerifier::new(KeySet::new([authority.public().clone()]), ISS);
+            let cp = signer.checkpoint(0, Head::ZERO, iat, exp);
+            state
+                .apply_checkpoint(&verifier.checkpoint(&cp, iat).unwrap())
+                .unwrap();
+        }
+        let chain = mint_root(
+            &issuer,
+            ISS,
+            LinkSpec {
+                sub: "alice".into(),
+                act: vec!["http:GET:/*".into()],
+                iat: NOW - 60,
+                exp: NOW + 3600,
+                holder: None,
+            },
+        )
+        .unwrap();
+        match checker.check_token(&state, &chain, "http:GET:/x", now) {
+            Decision::Deny(d) => {
+                assert_eq!(d.reason, DenyReason::Stale);
+                d.message
+            }
+            other => panic!("expected a stale denial, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn stale_names_the_attestation_exp_when_it_ran_out_first() {
+        // Attestation ttl 30 s, max staleness 300 s: exp binds.
+        let m = deny_message(Some((NOW - 40, NOW - 10)), 300, NOW);
+        assert!(m.contains("`exp`"), "{m}");
+        assert!(m.contains("attestation ttl"), "{m}");
+        assert!(m.contains("expired 10 s ago"), "{m}");
+        assert!(!m.contains("max staleness"), "{m}");
+    }
+
+    #[test]
+    fn stale_names_max_staleness_when_it_ran_out_first() {
+        // Attestation valid for an hour, max staleness 20 s: max staleness binds.
+        let m = deny_message(Some((NOW - 40, NOW + 3600)), 20, NOW);
+        assert!(m.contains("40 s old"), "{m}");
+        assert!(m.contains("20 s max staleness"), "{m}");
+        assert!(!m.contains("`exp`"), "{m}");
+    }
+
+    #[test]
+    fn stale_says_when_no_attestation_ever_arrived() {
+        let m = deny_message(None, 300, NOW);
+        assert!(m.contains("no revocation state has been received"), "{m}");
+        assert!(!m.contains("max staleness") && !m.contains("`exp`"), "{m}");
+    }
+
+    #[test]
+    fn equal_bounds_name_the_exp() {
+        // exp == iat + max_staleness: the registry's ttl is what to look at.
+        let m = deny_message(Some((NOW - 300, NOW)), 300, NOW);
+        assert!(m.contains("`exp`") && m.contains("expired 0 s ago"), "{m}");
+    }
 }

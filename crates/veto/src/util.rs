@@ -80,6 +80,33 @@ pub fn rfc3339(t: u64) -> String {
     )
 }
 
+/// Parses a byte size such as `65536`, `512KiB`, `64MiB`, `1GiB` (binary
+/// units; `K`/`M`/`G` and `KB`/`MB`/`GB` are read as the same).
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: usize = num.parse().map_err(|_| {
+        format!("invalid size `{text}`: expected a number with an optional unit KiB, MiB or GiB, such as `64MiB`")
+    })?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "invalid size unit in `{text}`: use KiB, MiB or GiB"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("size `{text}` must be positive and not overflow"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +119,19 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("65536"), Ok(65_536));
+        assert_eq!(parse_bytes("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("64mb"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("5TiB").is_err());
+        assert!(parse_bytes("MiB").is_err());
+        assert!(parse_bytes("99999999999999999999GiB").is_err());
     }
 
     #[test]

@@ -56,10 +56,19 @@ pub struct ProxyArgs {
     /// Poll interval (fallback and gap repair), jittered ±20%.
     #[arg(long, default_value = "60s", value_parser = util::parse_duration)]
     poll_interval: u64,
-    /// A push connection silent this long (no delta, no heartbeat
-    /// checkpoint) is dropped and reopened: about three registry heartbeats.
+    /// A push connection that carries no news this long (no verified delta
+    /// or heartbeat checkpoint newer than the last one) is dropped and
+    /// reopened: about three registry heartbeats.
     #[arg(long, default_value = "15s", value_parser = util::parse_duration)]
     push_idle_timeout: u64,
+    /// Byte budget of the verified-chain cache; one root warrant and its
+    /// descendants may use at most 1/16 of it.
+    #[arg(long, default_value = "64MiB", value_parser = util::parse_bytes)]
+    chain_cache_bytes: usize,
+    /// Largest snapshot read from the registry (after decompression); also
+    /// caps one push event and one page of deltas.
+    #[arg(long, default_value = "64MiB", value_parser = util::parse_bytes)]
+    max_snapshot_bytes: usize,
     /// A client that has not sent a whole request head within this long is
     /// disconnected.
     #[arg(long, default_value = "30s", value_parser = util::parse_duration)]
@@ -127,6 +136,8 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
     };
     config.poll_interval = Duration::from_secs(a.poll_interval);
     config.push_idle_timeout = Duration::from_secs(a.push_idle_timeout);
+    config.chain_cache_bytes = a.chain_cache_bytes;
+    config.max_snapshot_bytes = a.max_snapshot_bytes;
     config.check.max_staleness = a.max_staleness;
     config.check.skew = a.skew;
     config.check.policy = match a.policy {
