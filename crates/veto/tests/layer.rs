@@ -18,6 +18,9 @@ use veto_authorizer::{AuthorizeLayer, Authorizer, Config, Verified};
 use veto_core::KeySet;
 use veto_registry::{Config as RegistryConfig, Registry};
 
+/// An admin token for the in-process registries (32 or more characters).
+const TOKEN: &str = "layer-test-token-0123456789abcdef";
+
 async fn bind() -> (tokio::net::TcpListener, String) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
@@ -33,7 +36,7 @@ async fn one_layer_enforces_on_an_axum_service() {
     ));
     let mut rc = RegistryConfig::new(&dir);
     rc.heartbeat = Duration::from_secs(1);
-    rc.admin_token = Some("layer-test-token-0123456789abcdef".into());
+    rc.admin_token = Some(TOKEN.into());
     let registry = Registry::open(rc).await.unwrap();
     let key = registry.authority_key().clone();
     let (l, reg_url) = bind().await;
@@ -65,7 +68,7 @@ async fn one_layer_enforces_on_an_axum_service() {
     }
     let minted: Value = http
         .post(format!("{reg_url}/v1/warrants"))
-        .bearer_auth("layer-test-token-0123456789abcdef")
+        .bearer_auth(TOKEN)
         .json(&json!({"agent": "billing-bot", "act": ["http:GET:/orders/*"], "ttl": 600}))
         .send()
         .await
@@ -107,7 +110,7 @@ async fn one_layer_enforces_on_an_axum_service() {
 
     let resp = http
         .post(format!("{reg_url}/v1/revocations"))
-        .bearer_auth("layer-test-token-0123456789abcdef")
+        .bearer_auth(TOKEN)
         .json(&json!({"entries": [{"kind": "warrant", "id": jti, "reason": "superseded"}]}))
         .send()
         .await
@@ -147,7 +150,7 @@ async fn the_layer_answers_each_denial_and_the_staleness_policy() {
     ));
     let mut rc = RegistryConfig::new(&dir);
     rc.heartbeat = Duration::from_secs(1);
-    rc.admin_token = Some("layer-test-token".into());
+    rc.admin_token = Some(TOKEN.into());
     let registry = Registry::open(rc).await.unwrap();
     let key = registry.authority_key().clone();
     let (l, reg_url) = bind().await;
@@ -185,7 +188,7 @@ async fn the_layer_answers_each_denial_and_the_staleness_policy() {
     let http = reqwest::Client::new();
     let minted: Value = http
         .post(format!("{reg_url}/v1/warrants"))
-        .bearer_auth("layer-test-token")
+        .bearer_auth(TOKEN)
         .json(&json!({"agent": "billing-bot", "act": ["http:GET:/orders/*"], "ttl": 600}))
         .send()
         .await
@@ -290,7 +293,7 @@ async fn the_disk_cache_is_compacted_and_stays_loadable() {
         veto_core::Clock::now(&veto_core::SystemClock)
     ));
     let mut rc = RegistryConfig::new(dir.join("registry"));
-    rc.admin_token = Some("cache-test-token-0123456789abcdef".into());
+    rc.admin_token = Some(TOKEN.into());
     let registry = Registry::open(rc).await.unwrap();
     let key = registry.authority_key().clone();
     let (l, reg_url) = bind().await;
@@ -320,7 +323,7 @@ async fn the_disk_cache_is_compacted_and_stays_loadable() {
                 }
                 let resp = http
                     .post(&url)
-                    .bearer_auth("cache-test-token-0123456789abcdef")
+                    .bearer_auth(TOKEN)
                     .json(&json!({"entries": [{"kind": "warrant", "id": format!("c{i}")}]}))
                     .send()
                     .await
