@@ -66,8 +66,82 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // A PostgreSQL schema the registries in this directory used.
+        if let (Ok(name), Ok(base)) = (
+            std::fs::read_to_string(self.0.join(PG_SCHEMA_FILE)),
+            std::env::var("VETO_TEST_POSTGRES_URL"),
+        ) {
+            pg_execute(&base, &format!("DROP SCHEMA IF EXISTS {name} CASCADE"));
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// With `VETO_TEST_REGISTRY_STORE=postgres`, every registry these tests
+/// start runs on PostgreSQL (`VETO_TEST_POSTGRES_URL`, one schema per
+/// registry directory, kept across restarts in that directory) instead of
+/// SQLite, so the same suite covers both stores.
+const REGISTRY_STORE_VAR: &str = "VETO_TEST_REGISTRY_STORE";
+
+/// Where a directory records its PostgreSQL schema.
+const PG_SCHEMA_FILE: &str = "pg-schema";
+
+/// Runs `sql` on the database at `base`, on a runtime of its own (callers
+/// may be inside or outside one).
+fn pg_execute(base: &str, sql: &str) {
+    let (base, sql) = (base.to_owned(), sql.to_owned());
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for PostgreSQL");
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("connecting to VETO_TEST_POSTGRES_URL `{base}`: {e}"));
+            tokio::spawn(conn);
+            client
+                .batch_execute(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("`{sql}`: {e}"));
+        });
+    })
+    .join();
+}
+
+/// A URL for the database at `base` with `schema` as the search path.
+fn schema_url(base: &str, schema: &str) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-csearch_path%3D{schema}")
+}
+
+/// The `--store` URL for a registry in `dir` under
+/// `VETO_TEST_REGISTRY_STORE=postgres`; `None` for the default store.
+fn registry_store(dir: &Path) -> Option<String> {
+    match std::env::var(REGISTRY_STORE_VAR).as_deref() {
+        Ok("postgres") => {}
+        Ok("sqlite") | Ok("") | Err(_) => return None,
+        Ok(other) => panic!("{REGISTRY_STORE_VAR}=`{other}`: use `postgres` or `sqlite`"),
+    }
+    let base = std::env::var("VETO_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| panic!("{REGISTRY_STORE_VAR}=postgres needs VETO_TEST_POSTGRES_URL"));
+    let file = dir.join(PG_SCHEMA_FILE);
+    let name = match std::fs::read_to_string(&file) {
+        Ok(name) => name,
+        Err(_) => {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let name = format!(
+                "veto_r_{}_{}_{}",
+                std::process::id(),
+                now(),
+                N.fetch_add(1, Ordering::Relaxed)
+            );
+            pg_execute(&base, &format!("CREATE SCHEMA {name}"));
+            std::fs::write(&file, &name).expect("recording the schema");
+            name
+        }
+    };
+    Some(schema_url(&base, &name))
 }
 
 /// A child process, killed (SIGKILL) and reaped on drop.
@@ -258,6 +332,11 @@ impl Registry {
             .arg("--data-dir")
             .arg(&data_dir)
             .args(args);
+        if !args.contains(&"--store") {
+            if let Some(store) = registry_store(dir.path()) {
+                cmd.arg("--store").arg(store);
+            }
+        }
         let (process, line) = Process::spawn(cmd, "veto serve", &log, |l| {
             l.starts_with("veto registry listening on http://")
         });
@@ -747,14 +826,7 @@ impl Schema {
             now(),
             N.fetch_add(1, Ordering::Relaxed)
         );
-        let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("connecting to VETO_TEST_POSTGRES_URL `{base}`: {e}"));
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE SCHEMA {name}"))
-            .await
-            .unwrap();
+        pg_execute(base, &format!("CREATE SCHEMA {name}"));
         Self {
             base: base.to_owned(),
             name,
@@ -763,31 +835,13 @@ impl Schema {
 
     /// The URL with this schema as the search path.
     pub fn url(&self) -> String {
-        let sep = if self.base.contains('?') { '&' } else { '?' };
-        format!("{}{sep}options=-csearch_path%3D{}", self.base, self.name)
+        schema_url(&self.base, &self.name)
     }
 }
 
 impl Drop for Schema {
     fn drop(&mut self) {
-        let (base, name) = (self.base.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&base, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP SCHEMA {name} CASCADE"))
-                        .await;
-                }
-            });
-        })
-        .join();
+        pg_execute(&self.base, &format!("DROP SCHEMA {} CASCADE", self.name));
     }
 }
 
