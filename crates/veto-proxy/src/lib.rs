@@ -257,6 +257,29 @@ impl StreamGuard {
             .reset(tokio::time::Instant::now() + wait);
     }
 
+    /// Decides the chain again now; `Some(denial)` (counted as a cut) when
+    /// it is denied.
+    fn check_now(&mut self) -> Option<Denial> {
+        match self.state.authz.recheck(&self.chain, &self.action) {
+            veto_core::Decision::Deny(d) => {
+                self.count_cut(&d);
+                Some(d)
+            }
+            veto_core::Decision::Allow { .. } => None,
+        }
+    }
+
+    fn count_cut(&self, d: &Denial) {
+        self.state
+            .metrics
+            .streams_cut
+            .get_or_create(&CutReason {
+                reason: d.reason.as_str().to_owned(),
+            })
+            .inc();
+        tracing::info!(reason = %d.reason, message = %d.message, "cutting off an open stream");
+    }
+
     /// `Some(denial)` once the chain is denied: revoked, expired, or the
     /// state stale under fail-closed (fail-open allows, so never cuts).
     fn poll_cut(&mut self, cx: &mut Context<'_>) -> Option<Denial> {
@@ -269,17 +292,7 @@ impl StreamGuard {
             if !(recheck || fired) {
                 return None;
             }
-            if let veto_core::Decision::Deny(d) =
-                self.state.authz.recheck(&self.chain, &self.action)
-            {
-                self.state
-                    .metrics
-                    .streams_cut
-                    .get_or_create(&CutReason {
-                        reason: d.reason.as_str().to_owned(),
-                    })
-                    .inc();
-                tracing::info!(reason = %d.reason, message = %d.message, "cutting off an open stream");
+            if let Some(d) = self.check_now() {
                 return Some(d);
             }
             if fired {
@@ -485,6 +498,10 @@ async fn handle(
     } else {
         "allow"
     });
+    // Watch the chain from the decision on: a revocation applied while the
+    // upstream has the request (its body still arriving, its head not sent
+    // yet) ends the request, and one applied after the head ends the stream.
+    let mut guard = StreamGuard::new(state.clone(), chain, action);
 
     let upgrade = !asked_upgrade.is_empty();
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -528,7 +545,21 @@ async fn handle(
     }
 
     let timeout = state.config.upstream_timeout;
-    let mut resp = match tokio::time::timeout(timeout, state.client.request(req)).await {
+    let forwarded = tokio::time::timeout(timeout, state.client.request(req));
+    let cut = std::future::poll_fn(|cx| match guard.poll_cut(cx) {
+        Some(d) => Poll::Ready(d),
+        None => Poll::Pending,
+    });
+    let answer = tokio::select! {
+        answer = forwarded => answer,
+        denial = cut => {
+            // Dropping the upstream request closes its connection: the
+            // upstream gets no more of the body and its answer is never relayed.
+            tracing::info!(reason = %denial.reason, "ending a request the upstream had not answered yet");
+            return Ok(veto_authorizer::deny_response(&denial));
+        }
+    };
+    let mut resp = match answer {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             state.metrics.upstream_errors.inc();
@@ -550,7 +581,11 @@ async fn handle(
             ));
         }
     };
-    let guard = StreamGuard::new(state.clone(), chain, action);
+    // A version applied just as the head arrived: decide again before
+    // relaying anything.
+    if let Some(denial) = guard.check_now() {
+        return Ok(veto_authorizer::deny_response(&denial));
+    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // The upstream may only switch to a protocol the client asked for
         // (and the operator allows).

@@ -810,6 +810,157 @@ async fn a_websocket_tunnel_ends_when_its_chain_expires_or_is_revoked() {
     }
 }
 
+/// An upstream that takes its time: after a request head it reads the
+/// body its `content-length` announces (recording how many bytes came),
+/// waits `delay`, then answers like [`start_stream_upstream`]: 101 and an
+/// echo for a WebSocket upgrade, an endless event stream otherwise.
+async fn start_slow_upstream(delay: Duration) -> (String, Arc<Mutex<Vec<usize>>>) {
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let end = loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end;
+                    }
+                    match c.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                let mut got = buf.len() - end - 4;
+                while got < length {
+                    match c.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got += n,
+                    }
+                }
+                seen.lock().unwrap().push(got);
+                if got < length {
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                if head.contains("\r\nupgrade: websocket") {
+                    let _ = c
+                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
+                        .await;
+                    let (mut rd, mut wr) = c.into_split();
+                    let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                } else {
+                    let _ = c
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                        .await;
+                    for i in 0..600u32 {
+                        let data = format!("data: {i}\n\n");
+                        let frame = format!("{:x}\r\n{data}\r\n", data.len());
+                        if c.write_all(frame.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            });
+        }
+    });
+    (url, bodies)
+}
+
+/// A revocation applied while the upstream holds the request (its head
+/// not sent yet, or the body still arriving) ends the request with the
+/// denial: no tunnel, no stream and no more body follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_while_the_upstream_holds_the_request_ends_it() {
+    let registry = Registry::start(REGISTRY_ARGS);
+    let (upstream, bodies) = start_slow_upstream(Duration::from_millis(2500)).await;
+    let dir = TempDir::new("held-requests");
+    let proxy = Proxy::start(&dir, &registry, &upstream, &["--poll-interval", "3600s"]);
+    let connect = || TcpStream::connect(proxy.url.trim_start_matches("http://").to_owned());
+    wait_synced(&proxy).await;
+    for (what, head, body_len) in [
+        (
+            "an upgrade",
+            "GET /orders/ws HTTP/1.1\r\nhost: proxy\r\nconnection: Upgrade\r\nupgrade: websocket\r\n",
+            0usize,
+        ),
+        ("a stream", "GET /orders/events HTTP/1.1\r\nhost: proxy\r\n", 0),
+        (
+            "a trickled upload",
+            "GET /orders/upload HTTP/1.1\r\nhost: proxy\r\ncontent-length: 1000\r\n",
+            1000,
+        ),
+    ] {
+        let (chain, jti) = registry.mint("held", ROOT_ACT, None).await;
+        let mut c = connect().await.unwrap();
+        c.write_all(format!("{head}{}\r\n\r\n", bearer(&chain)).as_bytes())
+            .await
+            .unwrap();
+        // The upload trickles: 10 bytes every 50 ms, 100 of the 1,000 first.
+        let mut sent = 0;
+        while sent < body_len.min(100) {
+            c.write_all(&[b'x'; 10]).await.unwrap();
+            sent += 10;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        registry.revoke_warrant(&jti).await;
+        let revoked = Instant::now();
+        if body_len > 0 {
+            // Keep sending; the proxy must not pass it on.
+            for _ in 0..20 {
+                if c.write_all(&[b'x'; 10]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let r = tokio::time::timeout(WITHIN, read_response(&mut c))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no answer"));
+        assert_refused(what, &r, 403, "revoked", "is revoked");
+        assert!(
+            revoked.elapsed() < Duration::from_secs(2),
+            "{what}: answered {:?} after the revocation, the upstream's delay is 2.5 s",
+            revoked.elapsed()
+        );
+        if body_len > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let got = *bodies.lock().unwrap().last().unwrap();
+            assert!(got < body_len, "{what}: the upstream got the whole body ({got} B)");
+        }
+    }
+    assert_eq!(
+        proxy
+            .metric("veto_proxy_streams_cut_total{reason=\"revoked\"}")
+            .await,
+        3.0
+    );
+}
+
+/// Waits until the proxy is fresh with its push connected (for an
+/// upstream too slow to probe with [`wait_allowed`]).
+async fn wait_synced(proxy: &Proxy) {
+    let start = Instant::now();
+    loop {
+        let h = proxy.health().await;
+        if h["sync"]["fresh"] == true && h["sync"]["push_connected"] == true {
+            return;
+        }
+        assert!(start.elapsed() < WITHIN, "the proxy never synced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Reads chunks from a streaming response until it ends or fails; returns
 /// when. Panics if it is still flowing after `limit`.
 async fn until_cut(resp: &mut reqwest::Response, limit: Duration) -> Instant {
