@@ -23,11 +23,13 @@ pub fn action_for(method: &Method, path: &str) -> String {
     format!("http:{method}:{path}")
 }
 
-/// The canonical target of a request URI. Origin-form (`/path?query`) and
-/// absolute-form (`http://host/path?query`, whose authority is ignored)
-/// are accepted; asterisk-form (`*`) and authority-form (`host:port`) name
-/// no path and are refused.
-pub fn request_target(uri: &Uri) -> Result<Target, TargetError> {
+/// The canonical target of a request: its method must be uppercase
+/// ([`veto_core::check_method`]); of its URI, origin-form (`/path?query`)
+/// and absolute-form (`http://host/path?query`, whose authority is
+/// ignored) are accepted; asterisk-form (`*`) and authority-form
+/// (`host:port`) name no path and are refused.
+pub fn request_target(method: &Method, uri: &Uri) -> Result<Target, TargetError> {
+    veto_core::check_method(method.as_str())?;
     match uri.path_and_query().map(PathAndQuery::as_str) {
         Some(pq) if pq.starts_with('/') => Target::parse(pq),
         _ => Err(TargetError::NotOriginForm(
@@ -210,7 +212,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let target = match request_target(req.uri()) {
+        let target = match request_target(req.method(), req.uri()) {
             Ok(t) => t,
             Err(e) => return Either::Left(ready(Ok(bad_target_response(&e)))),
         };

@@ -40,5 +40,5 @@ pub use srl::{
 };
 pub use sse::{SseError, SseEvent, SseParser};
 pub use state::{Applied, ApplyError, Attestation, SrlState};
-pub use target::{canonical_path, Target, TargetError};
+pub use target::{canonical_path, check_method, Target, TargetError};
 pub use warrant::{LinkSpec, ParsedChain, VerifiedChain, WarrantError};

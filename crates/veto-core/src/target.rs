@@ -62,6 +62,20 @@ pub enum TargetError {
     /// Another character a path may not hold unencoded.
     #[error("the character `{0}` is not allowed unencoded in a path: percent-encode it")]
     Disallowed(char),
+    /// `%25` followed by two hex digits: an escape, escaped again.
+    #[error("`{0}` is an escape escaped again (double encoding): servers that decode twice would read another path; send it once")]
+    DoubleEncoded(String),
+    /// Escapes that do not decode to UTF-8 (overlong forms of `.` and `/`
+    /// included).
+    #[error("the escapes in path segment `{0}` are not UTF-8 (an overlong or truncated sequence): servers disagree on what they mean")]
+    NotUtf8(String),
+    /// A character that Unicode normalization (NFKC) turns into `.`, `/`
+    /// or `\`.
+    #[error("the path holds U+{0:04X}, which normalizes to `.`, `/` or `\\`: servers that normalize would read another path")]
+    Confusable(u32),
+    /// A method with lowercase letters.
+    #[error("method `{0}` is refused: methods are case-sensitive (RFC 9110 9.1) and servers disagree on lowercase ones; send it in uppercase")]
+    Method(String),
 }
 
 impl TargetError {
@@ -134,6 +148,64 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// Characters NFKC maps to `.`, `/` or `\`: fullwidth and small forms,
+/// leaders and slashes.
+const CONFUSABLES: [char; 10] = [
+    '\u{2024}', // ONE DOT LEADER
+    '\u{FE52}', // SMALL FULL STOP
+    '\u{FF0E}', // FULLWIDTH FULL STOP
+    '\u{2044}', // FRACTION SLASH
+    '\u{2215}', // DIVISION SLASH
+    '\u{29F8}', // BIG SOLIDUS
+    '\u{FF0F}', // FULLWIDTH SOLIDUS
+    '\u{2216}', // SET MINUS
+    '\u{FE68}', // SMALL REVERSE SOLIDUS
+    '\u{FF3C}', // FULLWIDTH REVERSE SOLIDUS
+];
+
+/// Refuses a canonical segment whose remaining escapes are not UTF-8 or
+/// decode to a character that normalizes to `.`, `/` or `\`.
+fn check_escaped_text(seg: &str) -> Result<(), TargetError> {
+    if !seg.contains('%') {
+        return Ok(());
+    }
+    let b = seg.as_bytes();
+    let mut bytes = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                bytes.push(hi * 16 + lo);
+                i += 3;
+            }
+            (c, _, _) => {
+                bytes.push(c);
+                i += 1;
+            }
+        }
+    }
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| TargetError::NotUtf8(seg.chars().take(64).collect()))?;
+    match text.chars().find(|c| CONFUSABLES.contains(c)) {
+        Some(c) => Err(TargetError::Confusable(u32::from(c))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a method that is not in uppercase: `post` and `POST` are
+/// different methods to a strict server and the same to a lenient one, so
+/// neither a route rule nor a warrant could name it reliably.
+pub fn check_method(method: &str) -> Result<(), TargetError> {
+    if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(TargetError::Method(method.chars().take(32).collect()));
+    }
+    Ok(())
+}
+
 fn describe_control(b: u8) -> String {
     format!("byte 0x{b:02X}")
 }
@@ -159,6 +231,12 @@ fn canonical_segment(seg: &str) -> Result<(String, bool), TargetError> {
                     return Err(TargetError::BadEscape(shown));
                 };
                 let v = hi * 16 + lo;
+                if v == b'%'
+                    && bytes.get(i + 3).copied().and_then(hex).is_some()
+                    && bytes.get(i + 4).copied().and_then(hex).is_some()
+                {
+                    return Err(TargetError::DoubleEncoded(seg[i..i + 5].to_owned()));
+                }
                 match v {
                     b'/' => return Err(TargetError::EncodedSlash(escape())),
                     b'\\' => return Err(TargetError::Backslash(escape())),
@@ -186,6 +264,7 @@ fn canonical_segment(seg: &str) -> Result<(String, bool), TargetError> {
             b => return Err(TargetError::Disallowed(char::from(b))),
         }
     }
+    check_escaped_text(&out)?;
     Ok((out, encoded_dot))
 }
 
@@ -303,6 +382,16 @@ mod tests {
             ("/a\0b", |e| matches!(e, E::Control(_))),
             ("/é", |e| *e == E::NonAscii),
             ("/orders//7", |e| *e == E::EmptySegment),
+            ("/orders/%252e%252e/x", |e| matches!(e, E::DoubleEncoded(_))),
+            ("/orders/%252F", |e| matches!(e, E::DoubleEncoded(_))),
+            ("/orders/%c0%ae%c0%ae/x", |e| matches!(e, E::NotUtf8(_))),
+            ("/orders/%e0%80%af", |e| matches!(e, E::NotUtf8(_))),
+            ("/orders/%C3", |e| matches!(e, E::NotUtf8(_))),
+            ("/orders/%EF%BC%8E%EF%BC%8E/x", |e| {
+                *e == E::Confusable(0xFF0E)
+            }),
+            ("/orders/%EF%BC%8F", |e| *e == E::Confusable(0xFF0F)),
+            ("/orders/a%E2%88%95b", |e| *e == E::Confusable(0x2215)),
             ("//orders", |e| *e == E::EmptySegment),
             ("/orders/..;/secret", |e| *e == E::Parameter),
             ("/orders;x=1", |e| *e == E::Parameter),
@@ -393,6 +482,27 @@ mod tests {
             prop_assert_eq!(refused, bad != "%2e%2e", "`{}`", input);
             let input = format!("{prefix}/{bad}{suffix}");
             prop_assert!(Target::parse(&input).is_err(), "`{}`", input);
+        }
+    }
+
+    #[test]
+    fn escaped_text_that_is_fine_stays() {
+        // A lone escaped `%`, UTF-8 text, reserved characters.
+        assert_eq!(ok("/a%25b"), "/a%25b");
+        assert_eq!(ok("/caf%c3%a9"), "/caf%C3%A9");
+        assert_eq!(ok("/a%3Ab"), "/a%3Ab");
+    }
+
+    #[test]
+    fn methods_must_be_uppercase() {
+        for m in ["GET", "POST", "PROPFIND", "M-SEARCH"] {
+            assert_eq!(check_method(m), Ok(()), "{m}");
+        }
+        for m in ["get", "Post", "dELETE"] {
+            assert!(
+                matches!(check_method(m), Err(TargetError::Method(_))),
+                "{m}"
+            );
         }
     }
 }

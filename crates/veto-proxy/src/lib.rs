@@ -359,32 +359,72 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Client headers never forwarded, besides hop-by-hop ones: a method
-/// override would let the upstream run another method than the one
-/// authorized.
-const METHOD_OVERRIDES: [&str; 3] = [
+/// Client headers never forwarded, besides hop-by-hop ones: each restates
+/// the request's method, target or origin, and an upstream (or framework,
+/// such as Symfony or IIS rewrite rules) that honours it would run another
+/// method or serve another path than the one authorized, or trust an
+/// origin the client made up.
+const OVERRIDES: [&str; 19] = [
+    // method
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "x-original-method",
+    "x-forwarded-method",
+    // target
+    "x-original-url",
+    "x-rewrite-url",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-forwarded-prefix",
+    "x-envoy-original-path",
+    // origin (`X-Forwarded-For` is kept and appended to)
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
 ];
 
 /// Removes every client header that could alias or override what the
 /// proxy decided: names with `_` (CGI/WSGI read `Veto_Agent` as
 /// `HTTP_VETO_AGENT`, the same as `Veto-Agent`; nginx drops them too),
-/// every `veto-*` header (the proxy's own namespace), and the method
-/// overrides. All repeats of each go.
+/// every `veto-*` header (the proxy's own namespace), and the
+/// [`OVERRIDES`]. All repeats of each go.
 fn strip_client_headers(headers: &mut HeaderMap) {
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|n| {
             let n = n.as_str();
-            n.contains('_') || n.starts_with("veto-") || METHOD_OVERRIDES.contains(&n)
+            n.contains('_') || n.starts_with("veto-") || OVERRIDES.contains(&n)
         })
         .cloned()
         .collect();
     for name in doomed {
         headers.remove(name);
     }
+}
+
+/// `text` as a header value, every byte outside RFC 3986 `pchar`
+/// (unreserved, sub-delims, `:` and `@`) percent-encoded, `%` included, so
+/// the value is reversible and holds only visible ASCII.
+fn identity_value(text: &str) -> HeaderValue {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    #[expect(
+        clippy::expect_used,
+        reason = "the text holds only visible ASCII, which every header value may"
+    )]
+    HeaderValue::from_str(&out).expect("visible ASCII is a valid header value")
 }
 
 fn local(status: StatusCode, body: serde_json::Value) -> Response<ProxyBody> {
@@ -447,7 +487,7 @@ async fn handle(
     peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let target = match veto_authorizer::request_target(req.uri()) {
+    let target = match veto_authorizer::request_target(req.method(), req.uri()) {
         Ok(t) => t,
         Err(e) => {
             state.metrics.outcome(veto_core::TargetError::CODE);
@@ -529,15 +569,17 @@ async fn handle(
         Some(prev) => format!("{prev}, {}", peer.ip()),
         None => peer.ip().to_string(),
     };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    // Identity is always sent, percent-encoded: a `sub` holding spaces,
+    // control characters or non-ASCII arrives escaped, never dropped and
+    // never trimmed or normalized into another name.
     for (name, value) in [
-        ("x-forwarded-for", xff),
-        ("veto-agent", verified.agent.clone()),
-        ("veto-warrant", verified.warrant.clone()),
+        ("veto-agent", &verified.agent),
+        ("veto-warrant", &verified.warrant),
     ] {
-        headers.remove(name);
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(name, v);
-        }
+        headers.insert(name, identity_value(value));
     }
     // Only the proxy says whether the decision was stale.
     if verified.stale {
@@ -789,6 +831,12 @@ mod tests {
             ("x-http-method-override", "DELETE"),
             ("x-http-method", "DELETE"),
             ("x-method-override", "DELETE"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x-original-method", "DELETE"),
+            ("forwarded", "for=10.0.0.9;host=admin"),
+            ("x-forwarded-host", "admin.internal"),
+            ("x-real-ip", "10.0.0.9"),
             ("x-forwarded-for", "10.0.0.2"),
             ("accept", "*/*"),
         ] {
@@ -798,6 +846,21 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["accept", "x-forwarded-for"]);
+    }
+
+    #[test]
+    fn identity_values_are_escaped_never_dropped() {
+        for (sub, sent) in [
+            ("worker", "worker"),
+            ("billing-bot@team:7", "billing-bot@team:7"),
+            (" admin", "%20admin"),
+            ("ad\r\nmin", "ad%0D%0Amin"),
+            ("a\0b", "a%00b"),
+            ("r\u{202E}lta", "r%E2%80%AElta"),
+            ("100%", "100%25"),
+        ] {
+            assert_eq!(identity_value(sub).to_str().unwrap(), sent, "{sub:?}");
+        }
     }
 
     #[test]

@@ -61,6 +61,11 @@ impl Routes {
             };
             let method = match method {
                 "*" => None,
+                m if veto_core::check_method(m).is_err() => {
+                    return Err(err(format!(
+                    "method `{m}` must be uppercase (requests with lowercase methods are refused)"
+                )))
+                }
                 m => Some(
                     Method::from_bytes(m.as_bytes())
                         .map_err(|_| err(format!("invalid method `{m}`")))?,
@@ -95,13 +100,24 @@ impl Routes {
 
     /// The action for a request; `path` is the canonical path
     /// ([`veto_authorizer::request_target`]).
+    ///
+    /// Rules protect: a request a rule was meant for must not slip past it
+    /// to the default action, whatever the upstream's habits. So a `GET`
+    /// rule also covers `HEAD` (servers answer `HEAD` with their `GET`
+    /// handler), and paths match ignoring ASCII case (Express and ASP.NET
+    /// route `/ADMIN` to `/admin`).
     pub fn action(&self, method: &Method, path: &str) -> String {
+        let p = path.as_bytes();
         for r in &self.rules {
-            let method_ok = r.method.as_ref().is_none_or(|m| m == method);
+            let method_ok = r
+                .method
+                .as_ref()
+                .is_none_or(|m| m == method || (*m == Method::GET && method == Method::HEAD));
+            let rule = r.path.as_bytes();
             let path_ok = if r.prefix {
-                path.starts_with(&r.path)
+                p.len() >= rule.len() && p[..rule.len()].eq_ignore_ascii_case(rule)
             } else {
-                path == r.path
+                p.eq_ignore_ascii_case(rule)
             };
             if method_ok && path_ok {
                 return r.action.clone();
@@ -125,6 +141,23 @@ mod tests {
         assert_eq!(r.action(&Method::GET, "/health"), "http:GET:/health");
         assert!(Routes::parse("GET orders x").is_err());
         assert!(Routes::parse("GET /x").is_err());
+        assert!(Routes::parse("get /x y").is_err());
+    }
+
+    /// A rule is not dodged by `HEAD` for `GET` or by the path's case.
+    #[test]
+    fn rules_cover_head_and_every_case() {
+        let r = Routes::parse("GET /orders/secret* orders:secret\n* /admin* admin:all\n").unwrap();
+        assert_eq!(r.action(&Method::HEAD, "/orders/secret"), "orders:secret");
+        assert_eq!(r.action(&Method::GET, "/Orders/SECRET/1"), "orders:secret");
+        assert_eq!(
+            r.action(&Method::POST, "/orders/secret"),
+            "http:POST:/orders/secret"
+        );
+        for path in ["/ADMIN", "/Admin/users", "/aDmIn"] {
+            assert_eq!(r.action(&Method::GET, path), "admin:all", "{path}");
+        }
+        assert_eq!(r.action(&Method::GET, "/adm"), "http:GET:/adm");
     }
 
     #[test]

@@ -317,6 +317,10 @@ async fn path_spellings_cannot_widen_a_delegated_warrant() {
     // Spellings servers read differently are refused before any decision.
     let cases: &[(&str, &str)] = &[
         ("/orders/%2e%2e/secret.txt", "dot segment"),
+        ("/orders/%252e%252e/secret.txt", "double encoding"),
+        ("/orders/%c0%ae%c0%ae/secret.txt", "not UTF-8"),
+        ("/orders/%e0%80%af", "not UTF-8"),
+        ("/orders/%EF%BC%8E%EF%BC%8E/secret.txt", "normalizes"),
         ("/orders/%2E%2E/secret.txt", "dot segment"),
         ("/orders/.%2e/secret.txt", "dot segment"),
         ("/orders/%2e./secret.txt", "dot segment"),
@@ -389,6 +393,23 @@ async fn route_files_match_the_canonical_path() {
     }
     let r = raw(&proxy, "GET", "/admin%2fusers", &auth).await;
     assert_refused("/admin%2fusers", &r, 400, "bad_target", "encoded `/`");
+    // Neither the path's case (upstreams that route case-insensitively)
+    // nor a lowercase method dodges a rule; HEAD meets the GET rules.
+    for target in ["/ADMIN", "/Admin/users", "/%41dmin"] {
+        let r = raw(&proxy, "GET", target, &auth).await;
+        assert_refused(target, &r, 403, "action_denied", "admin:all");
+        let head = reqwest::Client::new()
+            .head(proxy.at(target))
+            .bearer_auth(&s.root)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status().as_u16(), 403, "HEAD {target}");
+    }
+    for method in ["get", "Get", "post"] {
+        let r = raw(&proxy, method, "/admin", &auth).await;
+        assert_refused(method, &r, 400, "bad_target", "uppercase");
+    }
     assert_eq!(s.upstream.count(), before, "{:?}", s.upstream.targets());
 
     // A route file whose rule is not canonical is refused at start.
@@ -434,6 +455,18 @@ async fn aliased_identity_and_method_override_headers_never_reach_the_upstream()
         "X-HTTP-Method-Override: DELETE".into(),
         "X-HTTP-Method: DELETE".into(),
         "X-Method-Override: DELETE".into(),
+        "X-Original-Method: DELETE".into(),
+        "X-Forwarded-Method: DELETE".into(),
+        "X-Original-URL: /admin".into(),
+        "X-Rewrite-URL: /admin".into(),
+        "X-Forwarded-Uri: /admin".into(),
+        "X-Forwarded-Path: /admin".into(),
+        "X-Forwarded-Prefix: /admin".into(),
+        "X-Envoy-Original-Path: /admin".into(),
+        "Forwarded: for=10.0.0.9;host=admin.internal".into(),
+        "X-Forwarded-Host: admin.internal".into(),
+        "X-Forwarded-Proto: https".into(),
+        "X-Real-IP: 10.0.0.9".into(),
         "X-Kept: yes".into(),
     ];
     let r = raw(&proxy, "GET", "/orders/7", &sent).await;
@@ -461,11 +494,44 @@ async fn aliased_identity_and_method_override_headers_never_reach_the_upstream()
         "x-http-method-override",
         "x-http-method",
         "x-method-override",
+        "x-original-method",
+        "x-forwarded-method",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-forwarded-uri",
+        "x-forwarded-path",
+        "x-forwarded-prefix",
+        "x-envoy-original-path",
+        "forwarded",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
     ] {
         assert!(all(h).is_empty(), "`{h}` reached the upstream");
     }
     assert_eq!(seen.effective_method, "GET");
     assert_eq!(all("x-kept"), ["yes"], "an ordinary header was dropped");
+
+    // An agent id a header cannot carry as is arrives escaped, never
+    // dropped and never trimmed into another name.
+    for (sub, escaped) in [
+        (" admin", "%20admin"),
+        ("ad\r\nmin", "ad%0D%0Amin"),
+        ("wor\u{202E}ker", "wor%E2%80%AEker"),
+    ] {
+        let child = s.child(sub, CHILD_ACT, 600);
+        let r = raw(&proxy, "GET", "/orders/7", &[bearer(&child)]).await;
+        assert_eq!(r.status, 200, "{sub:?}: {} {}", r.head, r.body);
+        let seen = s.upstream.last();
+        let agent: Vec<&str> = seen
+            .headers
+            .get_all("veto-agent")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(agent, [escaped], "{sub:?}");
+        assert_eq!(seen.headers.get_all("veto-warrant").iter().count(), 1);
+    }
 }
 
 // ---------------------------------------------------------------------------
