@@ -212,54 +212,47 @@ async fn every_command_answers_with_its_exit_code_and_output() {
     let parsed = veto_core::ParsedChain::parse(&child).unwrap();
     assert_eq!(parsed.links().len(), 2);
     assert_eq!(parsed.leaf().claims().sub, "worker");
-    let r = run(
-        &reg,
-        cwd,
-        &[
-            "delegate",
-            "--parent",
-            &root,
-            "--holder-key",
+    // Refused delegations: (what, holder key, act, ttl, what the error names).
+    for (what, key, act, ttl, names) in [
+        (
+            "a widening delegation",
             "planner.jwk",
-            "--act",
             "http:*:/*",
-            "--ttl",
             "10m",
-        ],
-    );
-    fails(&r, "a widening delegation", "may only narrow");
-    let r = run(
-        &reg,
-        cwd,
-        &[
-            "delegate",
-            "--parent",
-            &root,
-            "--holder-key",
+            "may only narrow",
+        ),
+        (
+            "an outliving delegation",
             "planner.jwk",
-            "--act",
             "http:GET:/orders/*",
-            "--ttl",
             "10h",
-        ],
-    );
-    fails(&r, "an outliving delegation", "after its parent");
-    let r = run(
-        &reg,
-        cwd,
-        &[
-            "delegate",
-            "--parent",
-            &root,
-            "--holder-key",
+            "after its parent",
+        ),
+        (
+            "delegating with a public key",
             "planner.pub.jwk",
-            "--act",
             "http:GET:/orders/*",
-            "--ttl",
             "1m",
-        ],
-    );
-    fails(&r, "delegating with a public key", "private");
+            "private",
+        ),
+    ] {
+        let r = run(
+            &reg,
+            cwd,
+            &[
+                "delegate",
+                "--parent",
+                &root,
+                "--holder-key",
+                key,
+                "--act",
+                act,
+                "--ttl",
+                ttl,
+            ],
+        );
+        fails(&r, what, names);
+    }
     let r = run(&reg, cwd, &["inspect", &child]);
     ok(&r, "inspect");
     assert!(

@@ -643,59 +643,6 @@ async fn an_upstream_that_never_answers_gets_a_504() {
 // ---------------------------------------------------------------------------
 // 7. Upgrades and open streams.
 
-/// A raw upstream: answers a WebSocket upgrade with 101 and then echoes
-/// bytes; answers anything else with an endless event stream (a chunk
-/// every 100 ms). Counts the request heads it receives.
-async fn start_stream_upstream() -> (String, Arc<Mutex<Vec<String>>>) {
-    let heads = Arc::new(Mutex::new(Vec::new()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let seen = heads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut c, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let end = loop {
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break end;
-                    }
-                    match c.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                };
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                seen.lock().unwrap().push(head.clone());
-                if head.contains("\r\nupgrade: websocket") {
-                    let _ = c
-                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
-                        .await;
-                    let rest = buf[end + 4..].to_vec();
-                    let _ = c.write_all(&rest).await;
-                    let (mut rd, mut wr) = c.into_split();
-                    let _ = tokio::io::copy(&mut rd, &mut wr).await;
-                } else {
-                    let _ = c
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
-                        .await;
-                    for i in 0..600u32 {
-                        let data = format!("data: {i}\n\n");
-                        let frame = format!("{:x}\r\n{data}\r\n", data.len());
-                        if c.write_all(frame.as_bytes()).await.is_err() {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    let _ = c.write_all(b"0\r\n\r\n").await;
-                }
-            });
-        }
-    });
-    (url, heads)
-}
-
 /// Opens a WebSocket-upgraded tunnel through the proxy with `chain`.
 async fn open_tunnel(proxy: &Proxy, chain: &str) -> TcpStream {
     let mut stream = TcpStream::connect(proxy.url.trim_start_matches("http://"))
@@ -747,7 +694,7 @@ async fn until_closed(stream: &mut TcpStream, limit: Duration) -> Instant {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_and_unlisted_upgrades_are_refused() {
     let registry = Registry::start(REGISTRY_ARGS);
-    let (upstream, heads) = start_stream_upstream().await;
+    let (upstream, requests) = start_stream_upstream(Duration::ZERO).await;
     let dir = TempDir::new("upgrades");
     let (root, _) = registry.mint("upgrader", ROOT_ACT, None).await;
     let default = Proxy::start(&dir, &registry, &upstream, &[]);
@@ -764,7 +711,7 @@ async fn h2c_and_unlisted_upgrades_are_refused() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let before = heads.lock().unwrap().len();
+    let before = requests.lock().unwrap().len();
     let h2c = |upgrade: &str| {
         vec![
             bearer(&root),
@@ -797,7 +744,7 @@ async fn h2c_and_unlisted_upgrades_are_refused() {
         }
     }
     assert_eq!(
-        heads.lock().unwrap().len(),
+        requests.lock().unwrap().len(),
         before,
         "a refused upgrade reached the upstream"
     );
@@ -809,7 +756,7 @@ async fn h2c_and_unlisted_upgrades_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_tunnel_ends_when_its_chain_expires_or_is_revoked() {
     let registry = Registry::start(REGISTRY_ARGS);
-    let (upstream, _heads) = start_stream_upstream().await;
+    let (upstream, _requests) = start_stream_upstream(Duration::ZERO).await;
     let dir = TempDir::new("tunnels");
     let proxy = Proxy::start(&dir, &registry, &upstream, &["--poll-interval", "3600s"]);
     let holder = SigningKey::generate().unwrap();
@@ -876,11 +823,12 @@ async fn a_websocket_tunnel_ends_when_its_chain_expires_or_is_revoked() {
     }
 }
 
-/// An upstream that takes its time: after a request head it reads the
-/// body its `content-length` announces (recording how many bytes came),
-/// waits `delay`, then answers like [`start_stream_upstream`]: 101 and an
-/// echo for a WebSocket upgrade, an endless event stream otherwise.
-async fn start_slow_upstream(delay: Duration) -> (String, Arc<Mutex<Vec<usize>>>) {
+/// A raw upstream: after a request head it reads the body its
+/// `content-length` announces (recording how many bytes came, one record
+/// per request), waits `delay`, then answers a WebSocket upgrade with 101
+/// and an echo of everything after the head, anything else with an
+/// endless event stream (a chunk every 100 ms).
+async fn start_stream_upstream(delay: Duration) -> (String, Arc<Mutex<Vec<usize>>>) {
     let bodies = Arc::new(Mutex::new(Vec::new()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -905,7 +853,8 @@ async fn start_slow_upstream(delay: Duration) -> (String, Arc<Mutex<Vec<usize>>>
                     .lines()
                     .find_map(|l| l.strip_prefix("content-length:"))
                     .map_or(0, |v| v.trim().parse().unwrap());
-                let mut got = buf.len() - end - 4;
+                let rest = buf[end + 4..].to_vec();
+                let mut got = rest.len();
                 while got < length {
                     match c.read(&mut chunk).await {
                         Ok(0) | Err(_) => break,
@@ -921,6 +870,7 @@ async fn start_slow_upstream(delay: Duration) -> (String, Arc<Mutex<Vec<usize>>>
                     let _ = c
                         .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
                         .await;
+                    let _ = c.write_all(&rest).await;
                     let (mut rd, mut wr) = c.into_split();
                     let _ = tokio::io::copy(&mut rd, &mut wr).await;
                 } else {
@@ -948,7 +898,7 @@ async fn start_slow_upstream(delay: Duration) -> (String, Arc<Mutex<Vec<usize>>>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_while_the_upstream_holds_the_request_ends_it() {
     let registry = Registry::start(REGISTRY_ARGS);
-    let (upstream, bodies) = start_slow_upstream(Duration::from_millis(2500)).await;
+    let (upstream, bodies) = start_stream_upstream(Duration::from_millis(2500)).await;
     let dir = TempDir::new("held-requests");
     let proxy = Proxy::start(&dir, &registry, &upstream, &["--poll-interval", "3600s"]);
     let connect = || TcpStream::connect(proxy.url.trim_start_matches("http://").to_owned());
@@ -1043,7 +993,7 @@ async fn until_cut(resp: &mut reqwest::Response, limit: Duration) -> Instant {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_streams_are_cut_when_the_state_turns_stale_under_fail_closed_only() {
     let mut registry = Registry::start(REGISTRY_ARGS);
-    let (upstream, _heads) = start_stream_upstream().await;
+    let (upstream, _requests) = start_stream_upstream(Duration::ZERO).await;
     let dir = TempDir::new("stale-streams");
     let common = ["--max-staleness", "3s", "--poll-interval", "1s"];
     let closed = Proxy::start(&dir, &registry, &upstream, &common);
