@@ -437,24 +437,55 @@ async fn partition_grows_staleness_applies_policy_and_converges() {
 }
 
 // ---------------------------------------------------------------------------
+// A proxy that reaches its registry through a relay and polls every 10
+// minutes: only the push path can explain enforcement.
+
+struct PushOnly {
+    reg: Registry,
+    relay: Relay,
+    proxy: Proxy,
+    /// Two chains, the first one allowed.
+    pool: Vec<(String, String)>,
+    _dir: TempDir,
+}
+
+impl PushOnly {
+    async fn start(label: &str) -> Self {
+        let reg = Registry::start(&["--heartbeat", "1s"]);
+        let relay = Relay::start(reg.addr).await;
+        let up = ok_upstream().await;
+        let dir = TempDir::new(label);
+        let proxy = Proxy::start_via(
+            &dir,
+            &reg,
+            &relay.url(),
+            &up,
+            &["--push-idle-timeout", "3s", "--poll-interval", "600s"],
+        );
+        let pool = mint(&reg, 2).await;
+        ready(&proxy, &pool[0].0).await;
+        Self {
+            reg,
+            relay,
+            proxy,
+            pool,
+            _dir: dir,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Half-open push connection.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_half_open_push_connection_is_noticed_within_the_heartbeat_allowance() {
-    let reg = Registry::start(&["--heartbeat", "1s"]);
-    let relay = Relay::start(reg.addr).await;
-    let up = ok_upstream().await;
-    let dir = TempDir::new("faults-halfopen");
-    // Polling every 10 minutes: only the push path can explain enforcement.
-    let proxy = Proxy::start_via(
-        &dir,
-        &reg,
-        &relay.url(),
-        &up,
-        &["--push-idle-timeout", "3s", "--poll-interval", "600s"],
-    );
-    let pool = mint(&reg, 2).await;
-    ready(&proxy, &pool[0].0).await;
+    let PushOnly {
+        reg,
+        relay,
+        proxy,
+        pool,
+        _dir,
+    } = PushOnly::start("faults-halfopen").await;
     let connections = relay.accepted();
 
     relay.set(Fault::HalfOpen);
@@ -509,20 +540,13 @@ async fn a_half_open_push_connection_is_noticed_within_the_heartbeat_allowance()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reset_push_connection_reconnects_and_resumes() {
-    let reg = Registry::start(&["--heartbeat", "1s"]);
-    let relay = Relay::start(reg.addr).await;
-    let up = ok_upstream().await;
-    let dir = TempDir::new("faults-reset");
-    // Polling every 10 minutes: only the push path can explain enforcement.
-    let proxy = Proxy::start_via(
-        &dir,
-        &reg,
-        &relay.url(),
-        &up,
-        &["--push-idle-timeout", "3s", "--poll-interval", "600s"],
-    );
-    let pool = mint(&reg, 2).await;
-    ready(&proxy, &pool[0].0).await;
+    let PushOnly {
+        reg,
+        relay,
+        proxy,
+        pool,
+        _dir,
+    } = PushOnly::start("faults-reset").await;
     let connections = relay.accepted();
 
     relay.set(Fault::Reset);
