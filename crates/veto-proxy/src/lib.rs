@@ -445,6 +445,16 @@ fn refuse(state: &State, status: StatusCode, code: &str, message: String) -> Res
     )
 }
 
+/// Whether `Connection` lists `token` (case-insensitively).
+fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
 /// The protocols an `Upgrade` header asks for, lowercase, without version.
 fn upgrade_protocols(headers: &HeaderMap) -> Vec<String> {
     let mut out = Vec::new();
@@ -543,7 +553,12 @@ async fn handle(
     // yet) ends the request, and one applied after the head ends the stream.
     let mut guard = StreamGuard::new(state.clone(), chain, action);
 
-    let upgrade = !asked_upgrade.is_empty();
+    // An upgrade is asked only as RFC 9110 7.8 says: HTTP/1.1 with
+    // `upgrade` listed in `Connection`. Otherwise `Upgrade` is an ordinary
+    // hop-by-hop header, dropped, and the request is forwarded as it is.
+    let upgrade = !asked_upgrade.is_empty()
+        && req.version() == http::Version::HTTP_11
+        && connection_lists(req.headers(), "upgrade");
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let mut parts = state.config.upstream.clone().into_parts();
     let base = parts

@@ -751,6 +751,30 @@ async fn h2c_and_unlisted_upgrades_are_refused() {
     // A listed protocol passes.
     let mut t = open_tunnel(&default, &root).await;
     assert!(echo(&mut t, 0).await);
+    // `Upgrade` without `upgrade` in `Connection`, or on HTTP/1.0, asks for
+    // no upgrade (RFC 9110 7.8): the request goes through as a plain one.
+    let r = raw(
+        &default,
+        "GET",
+        "/orders/1",
+        &[bearer(&root), "upgrade: websocket".into()],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    let mut c = TcpStream::connect(default.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    c.write_all(
+        format!(
+            "GET /orders/1 HTTP/1.0\r\nhost: proxy\r\n{}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+            bearer(&root)
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let r = read_response(&mut c).await;
+    assert_eq!(r.status, 200, "HTTP/1.0: {}", r.head);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
