@@ -545,3 +545,81 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Migration 2 on databases written before it.
+
+    use veto_core::{
+        Entry, EntryKind, KeySet, Reason, RevocationSet, SigningKey, SrlState, SrlVerifier,
+    };
+
+    use super::*;
+
+    fn request(id: &str) -> Vec<(Vec<NewEntry>, String)> {
+        let entry = Entry {
+            kind: EntryKind::Warrant,
+            id: id.into(),
+            reason: Reason::Unspecified,
+            revoked_at: 100,
+            before: None,
+            expires_at: None,
+        };
+        vec![(vec![NewEntry { entry, note: None }], "admin".into())]
+    }
+
+    /// Takes the database at `path` back to schema 1 (no `head` table).
+    fn back_to_v1(path: &Path) {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch("DROP TABLE head; PRAGMA user_version = 1;")
+            .unwrap();
+    }
+
+    #[test]
+    fn migration_2_seeds_the_head_from_the_newest_delta() {
+        let dir = std::env::temp_dir().join(format!("veto-sqlite-migrate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("veto.db");
+        let key = SigningKey::generate().unwrap();
+        let verifier =
+            SrlVerifier::new(KeySet::new([key.public().clone()]), "veto").with_skew(u64::MAX / 4);
+        let signer = SrlSigner::new(key, "veto");
+
+        // An empty schema-1 database starts at version 0 and the zero head.
+        drop(SqliteStore::open(&path).unwrap());
+        back_to_v1(&path);
+        let store = SqliteStore::open(&path).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.ver, 0);
+        assert!(loaded.head == Head::ZERO);
+
+        // One with versions, some of them dropped by retention, continues
+        // from its newest delta.
+        for i in 0..4 {
+            store
+                .commit(&request(&format!("w{i}")), &signer, 1_000)
+                .unwrap();
+        }
+        assert_eq!(store.drop_old_deltas(1, false).unwrap(), 3);
+        let before = store.load().unwrap();
+        drop(store);
+        back_to_v1(&path);
+        let store = SqliteStore::open(&path).unwrap();
+        let after = store.load().unwrap();
+        assert_eq!(after.ver, 4);
+        assert!(after.head == before.head);
+        assert_eq!(after.entries.len(), 4);
+        let next = store.commit(&request("w4"), &signer, 1_000).unwrap();
+        let (ver, _, jws) = next[0].new_version.clone().unwrap();
+        assert_eq!(ver, 5);
+        // The new delta chains onto the head before the migration.
+        let mut state = SrlState::at(4, before.head, RevocationSet::default());
+        state
+            .apply_delta(&verifier.delta(&jws, 1_000).unwrap())
+            .unwrap();
+        assert_eq!(state.ver(), 5);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
