@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use veto_core::SrlSigner;
+use veto_core::{Head, SrlSigner};
 
 #[cfg(test)]
 use super::LiveRow;
@@ -76,12 +76,16 @@ impl Backend for OnBlockingPool {
         upto: u64,
         limit: usize,
         max_bytes: usize,
-    ) -> StoreFuture<'_, Option<Vec<(u64, String)>>> {
+    ) -> StoreFuture<'_, Vec<(u64, String)>> {
         self.run(move |s| s.deltas(since, upto, limit, max_bytes))
     }
 
-    fn drop_old_deltas(&self, keep: u64, only_published: bool) -> StoreFuture<'_, usize> {
-        self.run(move |s| s.drop_old_deltas(keep, only_published))
+    fn head(&self) -> StoreFuture<'_, (u64, Head)> {
+        self.run(SqliteStore::head)
+    }
+
+    fn drop_deltas(&self, upto: u64, only_published: bool) -> StoreFuture<'_, usize> {
+        self.run(move |s| s.drop_deltas(upto, only_published))
     }
 
     fn audit<'a>(

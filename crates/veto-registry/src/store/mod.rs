@@ -243,16 +243,22 @@ pub(crate) trait Backend: Send + Sync {
     ) -> StoreFuture<'_, Vec<Committed>>;
     /// Prunes up to `limit` expired entries as one new version.
     fn prune(&self, signer: SrlSigner, now: u64, limit: usize) -> StoreFuture<'_, Option<Pruned>>;
-    /// See [`Store::deltas`].
+    /// The current version and head (version 0 and the zero head before
+    /// the first commit).
+    fn head(&self) -> StoreFuture<'_, (u64, Head)>;
+    /// The retained deltas among `since+1 ..= upto` (`since < upto`), in
+    /// version order: at most `limit` of them and `max_bytes` of JWS, but
+    /// always the first.
     fn deltas(
         &self,
         since: u64,
         upto: u64,
         limit: usize,
         max_bytes: usize,
-    ) -> StoreFuture<'_, Option<Vec<(u64, String)>>>;
-    /// See [`Store::drop_old_deltas`].
-    fn drop_old_deltas(&self, keep: u64, only_published: bool) -> StoreFuture<'_, usize>;
+    ) -> StoreFuture<'_, Vec<(u64, String)>>;
+    /// Drops the deltas of versions up to `upto`; with `only_published`,
+    /// only those the bus accepted. Returns how many.
+    fn drop_deltas(&self, upto: u64, only_published: bool) -> StoreFuture<'_, usize>;
     /// Writes an audit record that is not a revocation.
     fn audit<'a>(
         &'a self,
@@ -379,7 +385,13 @@ impl Store {
         if since >= upto {
             return Ok(Some(Vec::new()));
         }
-        self.0.deltas(since, upto, limit, max_bytes).await
+        let page = self.0.deltas(since, upto, limit, max_bytes).await?;
+        // Gap-free by construction; a missing first delta means it was
+        // dropped by retention.
+        if page.first().is_some_and(|(v, _)| *v != since + 1) {
+            return Ok(None);
+        }
+        Ok(Some(page))
     }
 
     /// Drops deltas older than the newest `keep` versions (the newest delta
@@ -389,7 +401,14 @@ impl Store {
         keep: u64,
         only_published: bool,
     ) -> Result<usize, StoreError> {
-        self.0.drop_old_deltas(keep, only_published).await
+        // The newest delta always stays, so a client one version behind
+        // can still catch up by delta. The version only grows, so a head
+        // read before a concurrent commit only keeps more.
+        let (top, _) = self.0.head().await?;
+        match top.checked_sub(keep.max(1)) {
+            Some(upto) if upto > 0 => self.0.drop_deltas(upto, only_published).await,
+            _ => Ok(0),
+        }
     }
 
     /// Writes an audit record that is not a revocation.

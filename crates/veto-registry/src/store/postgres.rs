@@ -108,7 +108,9 @@ impl PgStore {
                 &[],
             )
             .await?
-            .and_then(|r| r.get::<_, String>(0).parse().ok())
+            .map(|r| r.text(0))
+            .transpose()?
+            .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let known = MIGRATIONS.len() as i64;
         if applied > known {
@@ -174,12 +176,7 @@ impl Backend for PgStore {
 
     fn load(&self) -> StoreFuture<'_, Loaded> {
         Box::pin(async move {
-            let (ver, head) = rows::version_head(
-                &self
-                    .reader
-                    .query_one("SELECT ver, head FROM veto_head WHERE id = 1", &[])
-                    .await?,
-            )?;
+            let (ver, head) = self.head().await?;
             // Entries committed after the head was read belong to a later
             // version, which the registry reads as a delta.
             let found = self
@@ -273,7 +270,7 @@ impl Backend for PgStore {
         upto: u64,
         limit: usize,
         max_bytes: usize,
-    ) -> StoreFuture<'_, Option<Vec<(u64, String)>>> {
+    ) -> StoreFuture<'_, Vec<(u64, String)>> {
         Box::pin(async move {
             // The running total is computed by the server, so rows past the
             // byte budget never cross the wire; the first row always does.
@@ -292,29 +289,28 @@ impl Backend for PgStore {
                     ],
                 )
                 .await?;
-            let out = decode_all(&found, rows::delta)?;
-            if !out.is_empty() && out.first().map(|(v, _)| *v) != Some(since + 1) {
-                return Ok(None);
-            }
-            Ok(Some(out))
+            decode_all(&found, rows::delta)
         })
     }
 
-    fn drop_old_deltas(&self, keep: u64, only_published: bool) -> StoreFuture<'_, usize> {
+    fn head(&self) -> StoreFuture<'_, (u64, Head)> {
         Box::pin(async move {
-            let w = self.writer.lock().await;
-            let (top, _) = rows::version_head(
-                &w.query_one("SELECT ver, head FROM veto_head WHERE id = 1", &[])
+            rows::version_head(
+                &self
+                    .reader
+                    .query_one("SELECT ver, head FROM veto_head WHERE id = 1", &[])
                     .await?,
-            )?;
-            let cutoff = int(top) - keep.max(1) as i64;
-            if cutoff <= 0 {
-                return Ok(0);
-            }
-            let n = w
+            )
+        })
+    }
+
+    fn drop_deltas(&self, upto: u64, only_published: bool) -> StoreFuture<'_, usize> {
+        Box::pin(async move {
+            let n = self
+                .reader
                 .execute(
                     "DELETE FROM veto_versions WHERE ver <= $1 AND (published OR NOT $2)",
-                    &[&cutoff, &only_published],
+                    &[&int(upto), &only_published],
                 )
                 .await?;
             Ok(n as usize)

@@ -77,12 +77,14 @@ CREATE TABLE IF NOT EXISTS issuer_keys (
 /// them (`veto_head`): written in the transaction that adds a version, so
 /// they no longer depend on the newest delta's row surviving retention.
 /// Seeded from the newest delta (version 0 and the zero head when none).
+/// And the outbox index PostgreSQL has (`veto_versions_unpublished`).
 const SCHEMA_V2: &str = r#"
 CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 1), ver INTEGER NOT NULL, head BLOB NOT NULL);
 INSERT INTO head (id, ver, head)
 SELECT 1,
        COALESCE((SELECT ver FROM versions ORDER BY ver DESC LIMIT 1), 0),
        COALESCE((SELECT head FROM versions ORDER BY ver DESC LIMIT 1), zeroblob(32));
+CREATE INDEX versions_unpublished ON versions (ver) WHERE published = 0;
 "#;
 
 fn open_conn(path: &Path) -> Result<Connection, StoreError> {
@@ -332,16 +334,16 @@ impl SqliteStore {
         }))
     }
 
-    /// The signed deltas `since+1 ..= upto` (`since < upto`), at most
-    /// `limit` of them and at most `max_bytes` of JWS (but always the
-    /// first); `None` when some of them are no longer retained.
+    /// The retained deltas among `since+1 ..= upto` (`since < upto`), at
+    /// most `limit` of them and at most `max_bytes` of JWS (but always the
+    /// first).
     pub(crate) fn deltas(
         &self,
         since: u64,
         upto: u64,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<Option<Vec<(u64, String)>>, StoreError> {
+    ) -> Result<Vec<(u64, String)>, StoreError> {
         let conn = self.r();
         let mut stmt = conn.prepare_cached(
             "SELECT ver, jws FROM versions WHERE ver > ?1 AND ver <= ?2 ORDER BY ver LIMIT ?3",
@@ -359,35 +361,20 @@ impl SqliteStore {
             }
             out.push((ver, jws));
         }
-        // Gap-free by construction; a missing first delta means it was
-        // dropped by retention.
-        if !out.is_empty() && out.first().map(|(v, _)| *v) != Some(since + 1) {
-            return Ok(None);
-        }
-        Ok(Some(out))
+        Ok(out)
     }
 
-    /// Drops deltas older than the newest `keep` versions (their entries
-    /// stay; clients that far behind get a snapshot).
-    pub(crate) fn drop_old_deltas(
-        &self,
-        keep: u64,
-        only_published: bool,
-    ) -> Result<usize, StoreError> {
-        let conn = self.w();
-        let (top, _) = {
-            let mut stmt = conn.prepare_cached("SELECT ver, head FROM head WHERE id = 1")?;
-            first(&mut stmt, [], rows::version_head)?
-        };
-        // The newest delta always stays, so a client one version behind can
-        // still catch up by delta.
-        let cutoff = int(top) - keep.max(1) as i64;
-        if cutoff <= 0 {
-            return Ok(0);
-        }
-        Ok(conn.execute(
+    /// The current version and head.
+    pub(crate) fn head(&self) -> Result<(u64, Head), StoreError> {
+        top(&self.r())
+    }
+
+    /// Drops the deltas of versions up to `upto` (their entries stay;
+    /// clients that far behind get a snapshot).
+    pub(crate) fn drop_deltas(&self, upto: u64, only_published: bool) -> Result<usize, StoreError> {
+        Ok(self.w().execute(
             "DELETE FROM versions WHERE ver <= ?1 AND (published = 1 OR ?2 = 0)",
-            params![cutoff, only_published],
+            params![int(upto), only_published],
         )?)
     }
 
@@ -491,8 +478,8 @@ impl SqliteStore {
 
 /// The current version and head. Writers hold the write lock already (an
 /// immediate transaction), so a plain read is the serialization point.
-fn top(tx: &Transaction<'_>) -> Result<(u64, Head), StoreError> {
-    let mut stmt = tx.prepare_cached("SELECT ver, head FROM head WHERE id = 1")?;
+fn top(conn: &Connection) -> Result<(u64, Head), StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT ver, head FROM head WHERE id = 1")?;
     first(&mut stmt, [], rows::version_head)
 }
 
@@ -568,11 +555,13 @@ mod tests {
         vec![(vec![NewEntry { entry, note: None }], "admin".into())]
     }
 
-    /// Takes the database at `path` back to schema 1 (no `head` table).
+    /// Takes the database at `path` back to schema 1.
     fn back_to_v1(path: &Path) {
         let conn = Connection::open(path).unwrap();
-        conn.execute_batch("DROP TABLE head; PRAGMA user_version = 1;")
-            .unwrap();
+        conn.execute_batch(
+            "DROP TABLE head; DROP INDEX versions_unpublished; PRAGMA user_version = 1;",
+        )
+        .unwrap();
     }
 
     #[test]
@@ -601,7 +590,7 @@ mod tests {
                 .commit(&request(&format!("w{i}")), &signer, 1_000)
                 .unwrap();
         }
-        assert_eq!(store.drop_old_deltas(1, false).unwrap(), 3);
+        assert_eq!(store.drop_deltas(3, false).unwrap(), 3);
         let before = store.load().unwrap();
         drop(store);
         back_to_v1(&path);
