@@ -1,7 +1,19 @@
 //! The durable store behind the registry: SQLite (the embedded default) or
 //! PostgreSQL (shared by replicas). Both commit a version in the same
 //! transaction as its signed delta and its entries, and both decide what a
-//! group of requests writes with the same pure [`plan`].
+//! group of requests writes with the same pure [`plan()`].
+//!
+//! - [`Store`]: the handle the registry holds, a thin wrapper on one
+//!   [`Backend`]; what is the same for every backend (the delta gap check,
+//!   the retention cutoff) is done here, once.
+//! - `plan`: the pure planner (no I/O), tested on its own in `tests.rs`.
+//! - `rows`: decoding stored columns into veto's types, shared by both.
+//! - `sqlite` + `blocking`: the SQLite store is synchronous; `blocking`
+//!   is the one place its calls move to the blocking pool.
+//! - `postgres`: the PostgreSQL store, natively async.
+//!
+//! Both schemas keep the current version and head in a one-row table
+//! (`head`, `veto_head`) moved in the transaction that adds a version.
 
 mod blocking;
 mod plan;
