@@ -260,13 +260,13 @@ impl Registry {
         let store = match &config.store {
             None => {
                 let path = dir.join("veto.db");
-                Store::Sqlite(Arc::new(
+                Store::sqlite(
                     tokio::task::spawn_blocking(move || SqliteStore::open(&path))
                         .await
                         .map_err(|e| StoreError::Task(e.to_string()))??,
-                ))
+                )
             }
-            Some(url) => Store::Postgres(Arc::new(PgStore::connect(url).await?)),
+            Some(url) => Store::postgres(PgStore::connect(url).await?),
         };
         for (k, v) in [
             ("authority_kid", authority.kid()),
@@ -747,10 +747,9 @@ async fn prune_all(inner: &Arc<Inner>) -> Result<usize, String> {
 /// woken by `NOTIFY`, and every second in case a notification was lost.
 /// Issuer keys added or retired elsewhere are reloaded every few seconds.
 async fn follower(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let Store::Postgres(pg) = &inner.store else {
+    let Some(url) = inner.store.shared_url().map(str::to_owned) else {
         return;
     };
-    let url = pg.url().to_owned();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u64;
@@ -805,7 +804,7 @@ async fn heartbeat(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<boo
 
 /// SQLite only: WAL checkpoints every second, off the commit path.
 async fn checkpointer(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    if !matches!(inner.store, Store::Sqlite(_)) {
+    if !inner.store.needs_checkpoints() {
         return;
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -1,18 +1,37 @@
 //! The durable store behind the registry: SQLite (the embedded default) or
 //! PostgreSQL (shared by replicas). Both commit a version in the same
 //! transaction as its signed delta and its entries, and both decide what a
-//! group of requests writes with the same pure [`plan`].
+//! group of requests writes with the same pure [`plan()`].
+//!
+//! - [`Store`]: the handle the registry holds, a thin wrapper on one
+//!   [`Backend`]; what is the same for every backend (the delta gap check,
+//!   the retention cutoff) is done here, once.
+//! - `plan`: the pure planner (no I/O), tested on its own in `tests.rs`.
+//! - `rows`: decoding stored columns into veto's types, shared by both.
+//! - `sqlite` + `blocking`: the SQLite store is synchronous; `blocking`
+//!   is the one place its calls move to the blocking pool.
+//! - `postgres`: the PostgreSQL store, natively async.
+//!
+//! Both schemas keep the current version and head in a one-row table
+//! (`head`, `veto_head`) moved in the transaction that adds a version.
 
+mod blocking;
+mod plan;
 mod postgres;
+mod rows;
 mod sqlite;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use veto_core::{Entry, EntryKind, Head, Reason, Removed, SrlSigner};
+use futures_util::future::BoxFuture;
+use veto_core::{Entry, EntryKind, Head, Removed, SrlSigner};
 
+use blocking::OnBlockingPool;
+#[cfg(test)]
+use plan::{fold_duplicates, join_expiry};
+pub(crate) use plan::{keys_of, plan, prune_audit, AuditRow, Existing, Stored};
 pub use postgres::{listen, PgStore};
 pub use sqlite::SqliteStore;
 
@@ -207,349 +226,142 @@ pub struct Loaded {
     pub entries: Vec<(EntryKind, String, Option<u64>)>,
 }
 
-/// A version to insert.
-pub(crate) struct VersionRow {
-    pub ver: u64,
-    pub head: Head,
-    pub iat: u64,
-    pub jws: String,
-}
-
-/// An audit record to insert.
-pub(crate) struct AuditRow {
-    pub at: u64,
-    pub actor: String,
-    pub action: &'static str,
-    pub kind: Option<EntryKind>,
-    pub id: Option<String>,
-    pub reason: Option<Reason>,
-    pub before: Option<u64>,
-    pub expires_at: Option<u64>,
-    pub note: Option<String>,
-    pub ver: Option<u64>,
-}
-
-/// What one group of revocation requests writes.
-pub(crate) struct Plan {
-    pub results: Vec<Committed>,
-    pub versions: Vec<VersionRow>,
-    /// Entries to upsert, with the version that last published them: one
-    /// row per (kind, id), holding the join of everything asked for it.
-    pub entries: Vec<(Entry, u64)>,
-    /// Live entries published before this group whose life only grew:
-    /// (kind, id, new `expires_at`, `None` = never). No version: expiry is
-    /// registry bookkeeping (authorizers neither store nor apply it; an
-    /// entry leaves their state only through a pruning delta's `rm`).
-    pub extend: Vec<(EntryKind, String, Option<u64>)>,
-    pub audit: Vec<AuditRow>,
-}
-
 /// A live entry as stored, for tests: kind, id, cutoff, expiry.
 #[cfg(test)]
 pub(crate) type LiveRow = (EntryKind, String, Option<u64>, Option<u64>);
 
-/// A live entry as stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Stored {
-    /// The version that last published it.
-    pub ver: u64,
-    /// The agent cutoff (agents only).
-    pub before: Option<u64>,
-    /// When it may be pruned; `None`: never.
-    pub expires_at: Option<u64>,
-}
+/// A boxed future answering a store call.
+pub(crate) type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 
-/// Live entries already stored, by (kind, id).
-pub(crate) type Existing = HashMap<(EntryKind, String), Stored>;
-
-/// The longer of two lives, where `None` (no expiry) is the longest: what
-/// an entry asked for twice keeps (DESIGN 5: no request narrows an
-/// acknowledged revocation).
-pub(crate) fn join_expiry(a: Option<u64>, b: Option<u64>) -> Option<u64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        _ => None,
+/// What a backend does: every method of [`Store`], as an object-safe trait
+/// with boxed futures. Arguments that a blocking backend must move to
+/// another thread are taken by value.
+pub(crate) trait Backend: Send + Sync {
+    /// Reads a meta value.
+    fn meta<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<String>>;
+    /// Sets a meta value if absent; returns the value now stored.
+    fn meta_or_set<'a>(&'a self, key: &'a str, value: &'a str) -> StoreFuture<'a, String>;
+    /// The newest version and the live entries.
+    fn load(&self) -> StoreFuture<'_, Loaded>;
+    /// Every live entry as stored (tests).
+    #[cfg(test)]
+    fn live(&self) -> StoreFuture<'_, Vec<LiveRow>>;
+    /// Commits a group of revocation requests in one transaction.
+    fn commit(
+        &self,
+        requests: Vec<(Vec<NewEntry>, String)>,
+        signer: SrlSigner,
+        now: u64,
+    ) -> StoreFuture<'_, Vec<Committed>>;
+    /// Prunes up to `limit` expired entries as one new version.
+    fn prune(&self, signer: SrlSigner, now: u64, limit: usize) -> StoreFuture<'_, Option<Pruned>>;
+    /// The current version and head (version 0 and the zero head before
+    /// the first commit).
+    fn head(&self) -> StoreFuture<'_, (u64, Head)>;
+    /// The retained deltas among `since+1 ..= upto` (`since < upto`), in
+    /// version order: at most `limit` of them and `max_bytes` of JWS, but
+    /// always the first.
+    fn deltas(
+        &self,
+        since: u64,
+        upto: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreFuture<'_, Vec<(u64, String)>>;
+    /// Drops the deltas of versions up to `upto`; with `only_published`,
+    /// only those the bus accepted. Returns how many.
+    fn drop_deltas(&self, upto: u64, only_published: bool) -> StoreFuture<'_, usize>;
+    /// Writes an audit record that is not a revocation.
+    fn audit<'a>(
+        &'a self,
+        now: u64,
+        actor: &'a str,
+        action: &'a str,
+        id: Option<&'a str>,
+        note: Option<&'a str>,
+    ) -> StoreFuture<'a, ()>;
+    /// Queries the audit log.
+    fn audit_log(&self, filter: AuditFilter) -> StoreFuture<'_, Vec<AuditRecord>>;
+    /// Every issuer key, oldest first.
+    fn issuer_keys(&self) -> StoreFuture<'_, Vec<IssuerKeyRow>>;
+    /// Adds an issuer key.
+    fn add_issuer_key<'a>(
+        &'a self,
+        kid: &'a str,
+        private_jwk: &'a str,
+        now: u64,
+        actor: &'a str,
+    ) -> StoreFuture<'a, ()>;
+    /// Retires an issuer key; false when no such active key exists.
+    fn retire_issuer_key<'a>(
+        &'a self,
+        kid: &'a str,
+        now: u64,
+        actor: &'a str,
+    ) -> StoreFuture<'a, bool>;
+    /// The oldest deltas not yet accepted by the bus (the outbox).
+    fn unpublished(&self, limit: usize) -> StoreFuture<'_, Vec<(u64, String)>>;
+    /// Marks a delta as accepted by the bus.
+    fn mark_published(&self, ver: u64) -> StoreFuture<'_, ()>;
+    /// Housekeeping the registry runs every second, off the commit path
+    /// (SQLite: a passive WAL checkpoint); `None` when there is none.
+    fn checkpoint(&self) -> Option<StoreFuture<'_, ()>> {
+        None
     }
-}
-
-/// Decides, without I/O, what a group of requests writes on top of version
-/// `ver`/`head`. Every (kind, id) keeps the join of all that was asked for
-/// it: the latest agent cutoff, the longest life (no `expires_at` is the
-/// longest). A request whose join moves an agent cutoff later, or revokes
-/// something not live, gets a version of its own; one that only lengthens
-/// a life is answered with the existing version (`created: false`) and
-/// extends the stored expiry; one that changes nothing creates nothing.
-pub(crate) fn plan(
-    requests: &[(Vec<NewEntry>, String)],
-    existing: &Existing,
-    mut ver: u64,
-    mut head: Head,
-    signer: &SrlSigner,
-    now: u64,
-) -> Plan {
-    let mut live = existing.clone();
-    let mut plan = Plan {
-        results: Vec::with_capacity(requests.len()),
-        versions: Vec::new(),
-        entries: Vec::new(),
-        extend: Vec::new(),
-        audit: Vec::new(),
-    };
-    // Where each key sits in `plan.entries` / `plan.extend`, so a key asked
-    // for twice in one group is written once, with the join.
-    let mut row_of: HashMap<(EntryKind, String), usize> = HashMap::new();
-    let mut extend_of: HashMap<(EntryKind, String), usize> = HashMap::new();
-    let mut extend: Vec<Option<(EntryKind, String, Option<u64>)>> = Vec::new();
-    for (entries, actor) in requests {
-        let mut outcomes = Vec::new();
-        // Per outcome: the new expiry when the request lengthened a life.
-        let mut extended: Vec<Option<Option<u64>>> = Vec::new();
-        let mut added: Vec<(Entry, Option<String>)> = Vec::new();
-        for new in fold_duplicates(entries) {
-            let mut e = new.entry;
-            let key = (e.kind, e.id.clone());
-            let old = live.get(&key).copied();
-            if let Some(old) = old {
-                e.before = e.before.max(old.before);
-                e.expires_at = join_expiry(e.expires_at, old.expires_at);
-            }
-            match old {
-                Some(old) if old.before == e.before => {
-                    let grew = old.expires_at != e.expires_at;
-                    if grew {
-                        live.insert(
-                            key.clone(),
-                            Stored {
-                                expires_at: e.expires_at,
-                                ..old
-                            },
-                        );
-                        if let Some(&i) = row_of.get(&key) {
-                            plan.entries[i].0.expires_at = e.expires_at;
-                        } else if let Some(x) =
-                            extend_of.get(&key).and_then(|&i| extend[i].as_mut())
-                        {
-                            x.2 = e.expires_at;
-                        } else {
-                            extend_of.insert(key.clone(), extend.len());
-                            extend.push(Some((e.kind, e.id.clone(), e.expires_at)));
-                        }
-                    }
-                    extended.push(grew.then_some(e.expires_at));
-                    outcomes.push(EntryOutcome {
-                        kind: e.kind,
-                        id: e.id,
-                        version: old.ver,
-                        created: false,
-                    });
-                }
-                _ => {
-                    live.insert(
-                        key,
-                        Stored {
-                            ver: ver + 1,
-                            before: e.before,
-                            expires_at: e.expires_at,
-                        },
-                    );
-                    outcomes.push(EntryOutcome {
-                        kind: e.kind,
-                        id: e.id.clone(),
-                        version: ver + 1,
-                        created: true,
-                    });
-                    extended.push(None);
-                    added.push((e, new.note));
-                }
-            }
-        }
-        // Entries that were revoked already are audited in every case; one
-        // whose life grew says so, with the expiry it keeps now (absent:
-        // never expires).
-        for (o, grew) in outcomes.iter().zip(&extended).filter(|(o, _)| !o.created) {
-            plan.audit.push(AuditRow {
-                at: now,
-                actor: actor.clone(),
-                action: if grew.is_some() {
-                    "revoke_extend"
-                } else {
-                    "revoke_existing"
-                },
-                kind: Some(o.kind),
-                id: Some(o.id.clone()),
-                reason: None,
-                before: None,
-                expires_at: grew.flatten(),
-                note: None,
-                ver: Some(o.version),
-            });
-        }
-        if added.is_empty() {
-            plan.results.push(Committed {
-                new_version: None,
-                entries: outcomes,
-                added: Vec::new(),
-            });
-            continue;
-        }
-        ver += 1;
-        let published: Vec<Entry> = added.iter().map(|(e, _)| e.clone()).collect();
-        let (jws, new_head) = signer.delta(ver, head, now, published.clone(), Vec::new());
-        plan.versions.push(VersionRow {
-            ver,
-            head: new_head,
-            iat: now,
-            jws: jws.clone(),
-        });
-        for (e, note) in added {
-            plan.audit.push(AuditRow {
-                at: now,
-                actor: actor.clone(),
-                action: "revoke",
-                kind: Some(e.kind),
-                id: Some(e.id.clone()),
-                reason: Some(e.reason),
-                before: e.before,
-                expires_at: e.expires_at,
-                note,
-                ver: Some(ver),
-            });
-            let key = (e.kind, e.id.clone());
-            // A row published anew carries the whole join, so a pending
-            // expiry-only update of it is folded in.
-            if let Some(i) = extend_of.remove(&key) {
-                extend[i] = None;
-            }
-            match row_of.get(&key) {
-                Some(&i) => plan.entries[i] = (e, ver),
-                None => {
-                    row_of.insert(key, plan.entries.len());
-                    plan.entries.push((e, ver));
-                }
-            }
-        }
-        head = new_head;
-        plan.results.push(Committed {
-            new_version: Some((ver, new_head, jws)),
-            entries: outcomes,
-            added: published,
-        });
+    /// Where commits by other replicas are announced (PostgreSQL: the
+    /// connection URL to `LISTEN` on); `None` when this registry is the
+    /// only writer.
+    fn shared_url(&self) -> Option<&str> {
+        None
     }
-    plan.extend = extend.into_iter().flatten().collect();
-    plan
-}
-
-/// The audit records of a pruning version.
-pub(crate) fn prune_audit(removed: &[Removed], now: u64, ver: u64) -> Vec<AuditRow> {
-    removed
-        .iter()
-        .map(|r| AuditRow {
-            at: now,
-            actor: "registry".into(),
-            action: "prune",
-            kind: Some(r.kind),
-            id: Some(r.id.clone()),
-            reason: None,
-            before: None,
-            expires_at: None,
-            note: None,
-            ver: Some(ver),
-        })
-        .collect()
-}
-
-/// The (kind, id) pairs a group of requests touches.
-pub(crate) fn keys_of(requests: &[(Vec<NewEntry>, String)]) -> Vec<(EntryKind, String)> {
-    let mut keys: Vec<(EntryKind, String)> = requests
-        .iter()
-        .flat_map(|(es, _)| es.iter().map(|e| (e.entry.kind, e.entry.id.clone())))
-        .collect();
-    keys.sort();
-    keys.dedup();
-    keys
-}
-
-/// Folds repeats of a (kind, id) in one request into the first, keeping the
-/// latest agent cutoff and the longest life: a repeat must never narrow what
-/// an acknowledged request revoked.
-fn fold_duplicates(entries: &[NewEntry]) -> Vec<NewEntry> {
-    let mut index: HashMap<(EntryKind, &str), usize> = HashMap::with_capacity(entries.len());
-    let mut out: Vec<NewEntry> = Vec::with_capacity(entries.len());
-    for new in entries {
-        match index.get(&(new.entry.kind, new.entry.id.as_str())) {
-            Some(&i) => {
-                let kept = &mut out[i].entry;
-                kept.before = kept.before.max(new.entry.before);
-                kept.expires_at = match (kept.expires_at, new.entry.expires_at) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    _ => None,
-                };
-            }
-            None => {
-                index.insert((new.entry.kind, new.entry.id.as_str()), out.len());
-                out.push(new.clone());
-            }
-        }
-    }
-    out
 }
 
 /// A store: the embedded SQLite file, or a shared PostgreSQL database.
+/// A thin, cheaply cloned handle on one [`Backend`].
 #[derive(Clone)]
-pub enum Store {
-    /// SQLite (blocking; run on the blocking pool).
-    Sqlite(Arc<SqliteStore>),
-    /// PostgreSQL.
-    Postgres(Arc<PgStore>),
-}
-
-macro_rules! blocking {
-    ($s:expr, |$st:ident| $body:expr) => {{
-        let $st = $s.clone();
-        tokio::task::spawn_blocking(move || $body)
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
-    }};
-}
+pub struct Store(Arc<dyn Backend>);
 
 impl Store {
+    /// The embedded SQLite store; its calls run on the blocking pool.
+    pub fn sqlite(store: SqliteStore) -> Self {
+        Self(Arc::new(OnBlockingPool::new(store)))
+    }
+
+    /// A PostgreSQL store, shared with other replicas.
+    pub fn postgres(store: PgStore) -> Self {
+        Self(Arc::new(store))
+    }
+
+    /// Where commits by other replicas are announced (the PostgreSQL URL
+    /// to `LISTEN` on); `None` when this registry is the only writer.
+    pub fn shared_url(&self) -> Option<&str> {
+        self.0.shared_url()
+    }
+
+    /// Whether [`Store::checkpoint`] has work to do (SQLite).
+    pub fn needs_checkpoints(&self) -> bool {
+        self.0.checkpoint().is_some()
+    }
+
     /// Reads a meta value.
     pub async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                let key = key.to_owned();
-                blocking!(s, |s| s.meta(&key))
-            }
-            Store::Postgres(p) => p.meta(key).await,
-        }
+        self.0.meta(key).await
     }
 
     /// Sets a meta value if absent; returns the value now stored.
     pub async fn meta_or_set(&self, key: &str, value: &str) -> Result<String, StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                let (key, value) = (key.to_owned(), value.to_owned());
-                blocking!(s, |s| s.meta_or_set(&key, &value))
-            }
-            Store::Postgres(p) => p.meta_or_set(key, value).await,
-        }
+        self.0.meta_or_set(key, value).await
     }
 
     /// The newest version and the live entries.
     pub async fn load(&self) -> Result<Loaded, StoreError> {
-        match self {
-            Store::Sqlite(s) => blocking!(s, |s| s.load()),
-            Store::Postgres(p) => p.load().await,
-        }
+        self.0.load().await
     }
 
     /// Every live entry as stored: kind, id, cutoff, expiry (tests).
     #[cfg(test)]
     pub(crate) async fn live(&self) -> Result<Vec<LiveRow>, StoreError> {
-        match self {
-            Store::Sqlite(s) => blocking!(s, |s| s.live()),
-            Store::Postgres(p) => p.live().await,
-        }
+        self.0.live().await
     }
 
     /// Commits a group of revocation requests in one transaction.
@@ -559,10 +371,7 @@ impl Store {
         signer: SrlSigner,
         now: u64,
     ) -> Result<Vec<Committed>, StoreError> {
-        match self {
-            Store::Sqlite(s) => blocking!(s, |s| s.commit(&requests, &signer, now)),
-            Store::Postgres(p) => p.commit(&requests, &signer, now).await,
-        }
+        self.0.commit(requests, signer, now).await
     }
 
     /// Prunes up to `limit` expired entries as one new version.
@@ -572,10 +381,7 @@ impl Store {
         now: u64,
         limit: usize,
     ) -> Result<Option<Pruned>, StoreError> {
-        match self {
-            Store::Sqlite(s) => blocking!(s, |s| s.prune(&signer, now, limit)),
-            Store::Postgres(p) => p.prune(&signer, now, limit).await,
-        }
+        self.0.prune(signer, now, limit).await
     }
 
     /// Deltas `since+1 ..= upto` in version order: a prefix of at most
@@ -588,22 +394,32 @@ impl Store {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Option<Vec<(u64, String)>>, StoreError> {
-        match self {
-            Store::Sqlite(s) => blocking!(s, |s| s.deltas(since, upto, limit, max_bytes)),
-            Store::Postgres(p) => p.deltas(since, upto, limit, max_bytes).await,
+        if since >= upto {
+            return Ok(Some(Vec::new()));
         }
+        let page = self.0.deltas(since, upto, limit, max_bytes).await?;
+        // Gap-free by construction; a missing first delta means it was
+        // dropped by retention.
+        if page.first().is_some_and(|(v, _)| *v != since + 1) {
+            return Ok(None);
+        }
+        Ok(Some(page))
     }
 
-    /// Drops deltas older than the newest `keep` versions; with an outbox,
-    /// only those already published.
+    /// Drops deltas older than the newest `keep` versions (the newest delta
+    /// always stays); with an outbox, only those already published.
     pub async fn drop_old_deltas(
         &self,
         keep: u64,
         only_published: bool,
     ) -> Result<usize, StoreError> {
-        match self {
-            Store::Sqlite(s) => blocking!(s, |s| s.drop_old_deltas(keep, only_published)),
-            Store::Postgres(p) => p.drop_old_deltas(keep, only_published).await,
+        // The newest delta always stays, so a client one version behind
+        // can still catch up by delta. The version only grows, so a head
+        // read before a concurrent commit only keeps more.
+        let (top, _) = self.0.head().await?;
+        match top.checked_sub(keep.max(1)) {
+            Some(upto) if upto > 0 => self.0.drop_deltas(upto, only_published).await,
+            _ => Ok(0),
         }
     }
 
@@ -616,40 +432,17 @@ impl Store {
         id: Option<&str>,
         note: Option<&str>,
     ) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                let (actor, action, id, note) = (
-                    actor.to_owned(),
-                    action.to_owned(),
-                    id.map(str::to_owned),
-                    note.map(str::to_owned),
-                );
-                blocking!(s, |s| s.audit(
-                    now,
-                    &actor,
-                    &action,
-                    id.as_deref(),
-                    note.as_deref()
-                ))
-            }
-            Store::Postgres(p) => p.audit(now, actor, action, id, note).await,
-        }
+        self.0.audit(now, actor, action, id, note).await
     }
 
     /// Queries the audit log.
     pub async fn audit_log(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
-        match self {
-            Store::Sqlite(s) => blocking!(s, |s| s.audit_log(&filter)),
-            Store::Postgres(p) => p.audit_log(&filter).await,
-        }
+        self.0.audit_log(filter).await
     }
 
     /// Every issuer key, oldest first.
     pub async fn issuer_keys(&self) -> Result<Vec<IssuerKeyRow>, StoreError> {
-        match self {
-            Store::Sqlite(s) => blocking!(s, |s| s.issuer_keys()),
-            Store::Postgres(p) => p.issuer_keys().await,
-        }
+        self.0.issuer_keys().await
     }
 
     /// Adds an issuer key.
@@ -660,13 +453,7 @@ impl Store {
         now: u64,
         actor: &str,
     ) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                let (kid, jwk, actor) = (kid.to_owned(), private_jwk.to_owned(), actor.to_owned());
-                blocking!(s, |s| s.add_issuer_key(&kid, &jwk, now, &actor))
-            }
-            Store::Postgres(p) => p.add_issuer_key(kid, private_jwk, now, actor).await,
-        }
+        self.0.add_issuer_key(kid, private_jwk, now, actor).await
     }
 
     /// Retires an issuer key; false when no such active key exists.
@@ -676,37 +463,25 @@ impl Store {
         now: u64,
         actor: &str,
     ) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                let (kid, actor) = (kid.to_owned(), actor.to_owned());
-                blocking!(s, |s| s.retire_issuer_key(&kid, now, &actor))
-            }
-            Store::Postgres(p) => p.retire_issuer_key(kid, now, actor).await,
-        }
+        self.0.retire_issuer_key(kid, now, actor).await
     }
 
     /// The oldest deltas not yet accepted by the bus (the outbox).
     pub async fn unpublished(&self, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
-        match self {
-            Store::Sqlite(s) => blocking!(s, |s| s.unpublished(limit)),
-            Store::Postgres(p) => p.unpublished(limit).await,
-        }
+        self.0.unpublished(limit).await
     }
 
     /// Moves committed WAL frames into the database file (SQLite; a no-op
     /// for PostgreSQL).
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => blocking!(s, |s| s.checkpoint()),
-            Store::Postgres(_) => Ok(()),
+        match self.0.checkpoint() {
+            Some(f) => f.await,
+            None => Ok(()),
         }
     }
 
     /// Marks a delta as accepted by the bus.
     pub async fn mark_published(&self, ver: u64) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => blocking!(s, |s| s.mark_published(ver)),
-            Store::Postgres(p) => p.mark_published(ver).await,
-        }
+        self.0.mark_published(ver).await
     }
 }

@@ -10,13 +10,14 @@
 
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls, Transaction};
-use veto_core::{EntryKind, Head, Removed, SrlSigner};
+use veto_core::{Head, SrlSigner};
 
+use super::rows::{self, audit_columns, int, issuer_key_columns, opt_int, Columns};
 #[cfg(test)]
 use super::LiveRow;
 use super::{
-    keys_of, plan, prune_audit, AuditFilter, AuditRecord, AuditRow, Committed, Existing,
-    IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError, Stored,
+    keys_of, plan, prune_audit, AuditFilter, AuditRecord, AuditRow, Backend, Committed, Existing,
+    IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError, StoreFuture,
 };
 
 /// Migrations, in order; `veto_meta.schema_version` counts those applied.
@@ -78,21 +79,6 @@ pub struct PgStore {
     url: String,
 }
 
-fn head_of(bytes: Vec<u8>) -> Result<Head, StoreError> {
-    let arr: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("head is not 32 bytes".into()))?;
-    Ok(Head(arr))
-}
-
-fn kind_of(s: &str) -> Result<EntryKind, StoreError> {
-    EntryKind::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown kind `{s}`")))
-}
-
-fn opt_u64(v: Option<i64>) -> Option<u64> {
-    v.map(|x| x as u64)
-}
-
 /// Connects one client, driving its connection on a task.
 pub(crate) async fn connect(url: &str) -> Result<Client, StoreError> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
@@ -122,7 +108,9 @@ impl PgStore {
                 &[],
             )
             .await?
-            .and_then(|r| r.get::<_, String>(0).parse().ok())
+            .map(|r| r.text(0))
+            .transpose()?
+            .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let known = MIGRATIONS.len() as i64;
         if applied > known {
@@ -147,467 +135,432 @@ impl PgStore {
             url: url.to_owned(),
         })
     }
+}
 
-    /// The connection URL (for the notification listener).
-    pub fn url(&self) -> &str {
-        &self.url
+/// Decodes every row with `decode`.
+fn decode_all<T>(
+    rows: &[tokio_postgres::Row],
+    decode: impl Fn(&tokio_postgres::Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    rows.iter().map(decode).collect()
+}
+
+impl Backend for PgStore {
+    fn shared_url(&self) -> Option<&str> {
+        Some(&self.url)
     }
 
-    /// Reads a meta value.
-    pub async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .reader
-            .query_opt("SELECT value FROM veto_meta WHERE key = $1", &[&key])
-            .await?
-            .map(|r| r.get(0)))
-    }
-
-    /// Sets a meta value if absent; returns the value stored.
-    pub async fn meta_or_set(&self, key: &str, value: &str) -> Result<String, StoreError> {
-        let w = self.writer.lock().await;
-        w.execute(
-            "INSERT INTO veto_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-            &[&key, &value],
-        )
-        .await?;
-        Ok(
-            w.query_one("SELECT value FROM veto_meta WHERE key = $1", &[&key])
+    fn meta<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<String>> {
+        Box::pin(async move {
+            self.reader
+                .query_opt("SELECT value FROM veto_meta WHERE key = $1", &[&key])
                 .await?
-                .get(0),
-        )
-    }
-
-    /// The newest version and the live entries.
-    pub async fn load(&self) -> Result<Loaded, StoreError> {
-        let tx_client = &self.reader;
-        let row = tx_client
-            .query_one("SELECT ver, head FROM veto_head WHERE id = 1", &[])
-            .await?;
-        let ver: i64 = row.get(0);
-        let head = head_of(row.get(1))?;
-        let rows = tx_client
-            .query(
-                "SELECT kind, id, before FROM veto_entries WHERE pruned_ver IS NULL AND ver <= $1",
-                &[&ver],
-            )
-            .await?;
-        let mut entries = Vec::with_capacity(rows.len());
-        for r in rows {
-            let k: String = r.get(0);
-            entries.push((kind_of(&k)?, r.get::<_, String>(1), opt_u64(r.get(2))));
-        }
-        Ok(Loaded {
-            ver: ver as u64,
-            head,
-            entries,
+                .map(|r| r.text(0))
+                .transpose()
         })
     }
 
-    /// Every live entry as stored: kind, id, cutoff, expiry (tests).
+    fn meta_or_set<'a>(&'a self, key: &'a str, value: &'a str) -> StoreFuture<'a, String> {
+        Box::pin(async move {
+            let w = self.writer.lock().await;
+            w.execute(
+                "INSERT INTO veto_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                &[&key, &value],
+            )
+            .await?;
+            w.query_one("SELECT value FROM veto_meta WHERE key = $1", &[&key])
+                .await?
+                .text(0)
+        })
+    }
+
+    fn load(&self) -> StoreFuture<'_, Loaded> {
+        Box::pin(async move {
+            let (ver, head) = self.head().await?;
+            // Entries committed after the head was read belong to a later
+            // version, which the registry reads as a delta.
+            let found = self
+                .reader
+                .query(
+                    "SELECT kind, id, before FROM veto_entries WHERE pruned_ver IS NULL AND ver <= $1",
+                    &[&int(ver)],
+                )
+                .await?;
+            let entries = decode_all(&found, rows::loaded_entry)?;
+            Ok(Loaded { ver, head, entries })
+        })
+    }
+
     #[cfg(test)]
-    pub(crate) async fn live(&self) -> Result<Vec<LiveRow>, StoreError> {
-        let rows = self
-            .reader
-            .query(
-                "SELECT kind, id, before, expires_at FROM veto_entries WHERE pruned_ver IS NULL",
-                &[],
-            )
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let k: String = r.get(0);
-            out.push((kind_of(&k)?, r.get(1), opt_u64(r.get(2)), opt_u64(r.get(3))));
-        }
-        Ok(out)
+    fn live(&self) -> StoreFuture<'_, Vec<LiveRow>> {
+        Box::pin(async move {
+            let found = self
+                .reader
+                .query(
+                    "SELECT kind, id, before, expires_at FROM veto_entries WHERE pruned_ver IS NULL",
+                    &[],
+                )
+                .await?;
+            decode_all(&found, rows::live_row)
+        })
     }
 
-    /// Commits a group of revocation requests in one transaction.
-    pub async fn commit(
+    fn commit(
         &self,
-        requests: &[(Vec<NewEntry>, String)],
-        signer: &SrlSigner,
+        requests: Vec<(Vec<NewEntry>, String)>,
+        signer: SrlSigner,
         now: u64,
-    ) -> Result<Vec<Committed>, StoreError> {
-        let mut w = self.writer.lock().await;
-        let tx = w.transaction().await?;
-        let (ver, head) = lock_head(&tx).await?;
-        let keys = keys_of(requests);
-        let kinds: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
-        let ids: Vec<&str> = keys.iter().map(|(_, id)| id.as_str()).collect();
-        let rows = tx
-            .query(
-                "SELECT e.kind, e.id, e.ver, e.before, e.expires_at FROM veto_entries e
-                 JOIN unnest($1::text[], $2::text[]) AS k(kind, id) ON e.kind = k.kind AND e.id = k.id
-                 WHERE e.pruned_ver IS NULL",
-                &[&kinds, &ids],
-            )
-            .await?;
-        let mut existing = Existing::new();
-        for r in rows {
-            let k: String = r.get(0);
-            existing.insert(
-                (kind_of(&k)?, r.get(1)),
-                Stored {
-                    ver: r.get::<_, i64>(2) as u64,
-                    before: opt_u64(r.get(3)),
-                    expires_at: opt_u64(r.get(4)),
-                },
-            );
-        }
-        let plan = plan(requests, &existing, ver, head, signer, now);
-        if let Some(last) = plan.versions.last() {
-            let vers: Vec<i64> = plan.versions.iter().map(|v| v.ver as i64).collect();
-            let heads: Vec<Vec<u8>> = plan.versions.iter().map(|v| v.head.0.to_vec()).collect();
-            let iats: Vec<i64> = plan.versions.iter().map(|v| v.iat as i64).collect();
-            let jwss: Vec<&str> = plan.versions.iter().map(|v| v.jws.as_str()).collect();
-            tx.execute(
-                "INSERT INTO veto_versions (ver, head, iat, jws) SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::text[])",
-                &[&vers, &heads, &iats, &jwss],
-            )
-            .await?;
-            let kinds: Vec<&str> = plan.entries.iter().map(|(e, _)| e.kind.as_str()).collect();
-            let ids: Vec<&str> = plan.entries.iter().map(|(e, _)| e.id.as_str()).collect();
-            let reasons: Vec<&str> = plan
-                .entries
-                .iter()
-                .map(|(e, _)| e.reason.as_str())
-                .collect();
-            let revoked_at: Vec<i64> = plan
-                .entries
-                .iter()
-                .map(|(e, _)| e.revoked_at as i64)
-                .collect();
-            let befores: Vec<Option<i64>> = plan
-                .entries
-                .iter()
-                .map(|(e, _)| e.before.map(|b| b as i64))
-                .collect();
-            let expires: Vec<Option<i64>> = plan
-                .entries
-                .iter()
-                .map(|(e, _)| e.expires_at.map(|b| b as i64))
-                .collect();
-            let evers: Vec<i64> = plan.entries.iter().map(|(_, v)| *v as i64).collect();
-            tx.execute(
-                "INSERT INTO veto_entries (kind, id, reason, revoked_at, before, expires_at, ver)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
-                 ON CONFLICT (kind, id) DO UPDATE SET reason = excluded.reason, revoked_at = excluded.revoked_at,
-                   before = CASE WHEN veto_entries.pruned_ver IS NOT NULL THEN excluded.before
-                                 ELSE GREATEST(veto_entries.before, excluded.before) END,
-                   expires_at = CASE WHEN veto_entries.pruned_ver IS NOT NULL THEN excluded.expires_at
-                                     WHEN veto_entries.expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
-                                     ELSE GREATEST(veto_entries.expires_at, excluded.expires_at) END,
-                   ver = excluded.ver, pruned_ver = NULL",
-                &[&kinds, &ids, &reasons, &revoked_at, &befores, &expires, &evers],
-            )
-            .await?;
-            set_head(&tx, last.ver, last.head).await?;
-        }
-        if !plan.extend.is_empty() {
-            // A longer life for a live entry: never shorter, even if the
-            // plan were wrong (the join again, in SQL).
-            let kinds: Vec<&str> = plan.extend.iter().map(|(k, _, _)| k.as_str()).collect();
-            let ids: Vec<&str> = plan.extend.iter().map(|(_, id, _)| id.as_str()).collect();
-            let expires: Vec<Option<i64>> = plan
-                .extend
-                .iter()
-                .map(|(_, _, x)| x.map(|x| x as i64))
-                .collect();
-            tx.execute(
-                "UPDATE veto_entries e SET expires_at = CASE WHEN e.expires_at IS NULL OR k.expires_at IS NULL THEN NULL
-                                                           ELSE GREATEST(e.expires_at, k.expires_at) END
-                 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(kind, id, expires_at)
-                 WHERE e.kind = k.kind AND e.id = k.id AND e.pruned_ver IS NULL",
-                &[&kinds, &ids, &expires],
-            )
-            .await?;
-        }
-        insert_audit(&tx, &plan.audit).await?;
-        tx.commit().await?;
-        Ok(plan.results)
+    ) -> StoreFuture<'_, Vec<Committed>> {
+        Box::pin(async move {
+            let mut w = self.writer.lock().await;
+            let tx = w.transaction().await?;
+            let results = commit(&tx, &requests, &signer, now).await?;
+            tx.commit().await?;
+            Ok(results)
+        })
     }
 
-    /// Prunes up to `limit` expired entries as one new version.
-    pub async fn prune(
-        &self,
-        signer: &SrlSigner,
-        now: u64,
-        limit: usize,
-    ) -> Result<Option<Pruned>, StoreError> {
-        let mut w = self.writer.lock().await;
-        let tx = w.transaction().await?;
-        let (ver, head) = lock_head(&tx).await?;
-        let rows = tx
-            .query(
-                "SELECT kind, id FROM veto_entries WHERE pruned_ver IS NULL AND expires_at IS NOT NULL AND expires_at <= $1
-                 ORDER BY expires_at LIMIT $2",
-                &[&(now as i64), &(limit as i64)],
+    fn prune(&self, signer: SrlSigner, now: u64, limit: usize) -> StoreFuture<'_, Option<Pruned>> {
+        Box::pin(async move {
+            let mut w = self.writer.lock().await;
+            let tx = w.transaction().await?;
+            let (ver, head) = lock_head(&tx).await?;
+            let found = tx
+                .query(
+                    "SELECT kind, id FROM veto_entries WHERE pruned_ver IS NULL AND expires_at IS NOT NULL AND expires_at <= $1
+                     ORDER BY expires_at LIMIT $2",
+                    &[&int(now), &(limit as i64)],
+                )
+                .await?;
+            let removed = decode_all(&found, rows::removed)?;
+            if removed.is_empty() {
+                return Ok(None);
+            }
+            let ver = ver + 1;
+            let (jws, new_head) = signer.delta(ver, head, now, Vec::new(), removed.clone());
+            tx.execute(
+                "INSERT INTO veto_versions (ver, head, iat, jws) VALUES ($1, $2, $3, $4)",
+                &[&int(ver), &new_head.0.to_vec(), &int(now), &jws],
             )
             .await?;
-        let mut removed = Vec::with_capacity(rows.len());
-        for r in rows {
-            let k: String = r.get(0);
-            removed.push(Removed {
-                kind: kind_of(&k)?,
-                id: r.get(1),
-            });
-        }
-        if removed.is_empty() {
-            return Ok(None);
-        }
-        let ver = ver + 1;
-        let (jws, new_head) = signer.delta(ver, head, now, Vec::new(), removed.clone());
-        tx.execute(
-            "INSERT INTO veto_versions (ver, head, iat, jws) VALUES ($1, $2, $3, $4)",
-            &[&(ver as i64), &new_head.0.to_vec(), &(now as i64), &jws],
-        )
-        .await?;
-        let kinds: Vec<&str> = removed.iter().map(|r| r.kind.as_str()).collect();
-        let ids: Vec<&str> = removed.iter().map(|r| r.id.as_str()).collect();
-        tx.execute(
-            "UPDATE veto_entries e SET pruned_ver = $3 FROM unnest($1::text[], $2::text[]) AS k(kind, id)
-             WHERE e.kind = k.kind AND e.id = k.id",
-            &[&kinds, &ids, &(ver as i64)],
-        )
-        .await?;
-        set_head(&tx, ver, new_head).await?;
-        let audit = prune_audit(&removed, now, ver);
-        insert_audit(&tx, &audit).await?;
-        tx.commit().await?;
-        Ok(Some(Pruned {
-            ver,
-            head: new_head,
-            jws,
-            removed,
-        }))
+            let kinds: Vec<&str> = removed.iter().map(|r| r.kind.as_str()).collect();
+            let ids: Vec<&str> = removed.iter().map(|r| r.id.as_str()).collect();
+            tx.execute(
+                "UPDATE veto_entries e SET pruned_ver = $3 FROM unnest($1::text[], $2::text[]) AS k(kind, id)
+                 WHERE e.kind = k.kind AND e.id = k.id",
+                &[&kinds, &ids, &int(ver)],
+            )
+            .await?;
+            set_head(&tx, ver, new_head).await?;
+            let audit = prune_audit(&removed, now, ver);
+            insert_audit(&tx, &audit).await?;
+            tx.commit().await?;
+            Ok(Some(Pruned {
+                ver,
+                head: new_head,
+                jws,
+                removed,
+            }))
+        })
     }
 
-    /// Deltas `since+1 ..= upto`, at most `limit`; `None` when not retained.
-    pub async fn deltas(
+    fn deltas(
         &self,
         since: u64,
         upto: u64,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<Option<Vec<(u64, String)>>, StoreError> {
-        if since >= upto {
-            return Ok(Some(Vec::new()));
-        }
-        // The running total is computed by the server, so rows past the
-        // byte budget never cross the wire; the first row always does.
-        let rows = self
-            .reader
-            .query(
-                "SELECT ver, jws FROM (
-                   SELECT ver, jws, SUM(octet_length(jws)) OVER (ORDER BY ver) - octet_length(jws) AS before_it
-                   FROM veto_versions WHERE ver > $1 AND ver <= $2 ORDER BY ver LIMIT $3
-                 ) page WHERE before_it = 0 OR before_it + octet_length(jws) <= $4 ORDER BY ver",
-                &[
-                    &(since as i64),
-                    &(upto as i64),
-                    &(limit.min(i64::MAX as usize) as i64),
-                    &(max_bytes.min(i64::MAX as usize) as i64),
-                ],
-            )
-            .await?;
-        let out: Vec<(u64, String)> = rows
-            .iter()
-            .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
-            .collect();
-        if !out.is_empty() && out.first().map(|(v, _)| *v) != Some(since + 1) {
-            return Ok(None);
-        }
-        Ok(Some(out))
+    ) -> StoreFuture<'_, Vec<(u64, String)>> {
+        Box::pin(async move {
+            // The running total is computed by the server, so rows past the
+            // byte budget never cross the wire; the first row always does.
+            let found = self
+                .reader
+                .query(
+                    "SELECT ver, jws FROM (
+                       SELECT ver, jws, SUM(octet_length(jws)) OVER (ORDER BY ver) - octet_length(jws) AS before_it
+                       FROM veto_versions WHERE ver > $1 AND ver <= $2 ORDER BY ver LIMIT $3
+                     ) page WHERE before_it = 0 OR before_it + octet_length(jws) <= $4 ORDER BY ver",
+                    &[
+                        &int(since),
+                        &int(upto),
+                        &(limit.min(i64::MAX as usize) as i64),
+                        &(max_bytes.min(i64::MAX as usize) as i64),
+                    ],
+                )
+                .await?;
+            decode_all(&found, rows::delta)
+        })
     }
 
-    /// Drops deltas older than the newest `keep` versions.
-    pub async fn drop_old_deltas(
-        &self,
-        keep: u64,
-        only_published: bool,
-    ) -> Result<usize, StoreError> {
-        let w = self.writer.lock().await;
-        let top: i64 = w
-            .query_one("SELECT ver FROM veto_head WHERE id = 1", &[])
-            .await?
-            .get(0);
-        let cutoff = top - keep.max(1) as i64;
-        if cutoff <= 0 {
-            return Ok(0);
-        }
-        let n = w
-            .execute(
-                "DELETE FROM veto_versions WHERE ver <= $1 AND (published OR NOT $2)",
-                &[&cutoff, &only_published],
+    fn head(&self) -> StoreFuture<'_, (u64, Head)> {
+        Box::pin(async move {
+            rows::version_head(
+                &self
+                    .reader
+                    .query_one("SELECT ver, head FROM veto_head WHERE id = 1", &[])
+                    .await?,
             )
-            .await?;
-        Ok(n as usize)
+        })
     }
 
-    /// Writes an audit record that is not a revocation.
-    pub async fn audit(
-        &self,
+    fn drop_deltas(&self, upto: u64, only_published: bool) -> StoreFuture<'_, usize> {
+        Box::pin(async move {
+            let n = self
+                .reader
+                .execute(
+                    "DELETE FROM veto_versions WHERE ver <= $1 AND (published OR NOT $2)",
+                    &[&int(upto), &only_published],
+                )
+                .await?;
+            Ok(n as usize)
+        })
+    }
+
+    fn audit<'a>(
+        &'a self,
         now: u64,
-        actor: &str,
-        action: &str,
-        id: Option<&str>,
-        note: Option<&str>,
-    ) -> Result<(), StoreError> {
-        self.reader
-            .execute(
-                "INSERT INTO veto_audit (at, actor, action, id, note) VALUES ($1, $2, $3, $4, $5)",
-                &[&(now as i64), &actor, &action, &id, &note],
-            )
-            .await?;
-        Ok(())
+        actor: &'a str,
+        action: &'a str,
+        id: Option<&'a str>,
+        note: Option<&'a str>,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.reader
+                .execute(
+                    "INSERT INTO veto_audit (at, actor, action, id, note) VALUES ($1, $2, $3, $4, $5)",
+                    &[&int(now), &actor, &action, &id, &note],
+                )
+                .await?;
+            Ok(())
+        })
     }
 
-    /// Queries the audit log.
-    pub async fn audit_log(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
-        let rows = self
-            .reader
-            .query(
-                "SELECT seq, at, actor, action, kind, id, reason, before, expires_at, note, ver FROM veto_audit
-                 WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR id = $2) AND ($3::bigint IS NULL OR at >= $3)
-                   AND ($4::bigint IS NULL OR at < $4) AND seq > COALESCE($5::bigint, 0)
-                 ORDER BY seq LIMIT $6",
-                &[
-                    &f.kind,
-                    &f.id,
-                    &f.since.map(|x| x as i64),
-                    &f.until.map(|x| x as i64),
-                    &f.after,
-                    &i64::from(f.limit),
-                ],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| AuditRecord {
-                seq: r.get(0),
-                at: r.get::<_, i64>(1) as u64,
-                actor: r.get(2),
-                action: r.get(3),
-                kind: r.get(4),
-                id: r.get(5),
-                reason: r.get(6),
-                before: opt_u64(r.get(7)),
-                expires_at: opt_u64(r.get(8)),
-                note: r.get(9),
-                version: opt_u64(r.get(10)),
-            })
-            .collect())
+    fn audit_log(&self, f: AuditFilter) -> StoreFuture<'_, Vec<AuditRecord>> {
+        Box::pin(async move {
+            let found = self
+                .reader
+                .query(
+                    concat!(
+                        "SELECT ",
+                        audit_columns!(),
+                        " FROM veto_audit
+                         WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR id = $2) AND ($3::bigint IS NULL OR at >= $3)
+                           AND ($4::bigint IS NULL OR at < $4) AND seq > COALESCE($5::bigint, 0)
+                         ORDER BY seq LIMIT $6"
+                    ),
+                    &[
+                        &f.kind,
+                        &f.id,
+                        &opt_int(f.since),
+                        &opt_int(f.until),
+                        &f.after,
+                        &i64::from(f.limit),
+                    ],
+                )
+                .await?;
+            decode_all(&found, rows::audit_record)
+        })
     }
 
-    /// Every issuer key, oldest first.
-    pub async fn issuer_keys(&self) -> Result<Vec<IssuerKeyRow>, StoreError> {
-        let rows = self
-            .reader
-            .query("SELECT kid, private_jwk, added_at, retired_at FROM veto_issuer_keys ORDER BY added_at, kid", &[])
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| IssuerKeyRow {
-                kid: r.get(0),
-                private_jwk: r.get(1),
-                added_at: r.get::<_, i64>(2) as u64,
-                retired_at: opt_u64(r.get(3)),
-            })
-            .collect())
+    fn issuer_keys(&self) -> StoreFuture<'_, Vec<IssuerKeyRow>> {
+        Box::pin(async move {
+            let found = self
+                .reader
+                .query(
+                    concat!(
+                        "SELECT ",
+                        issuer_key_columns!(),
+                        " FROM veto_issuer_keys ORDER BY added_at, kid"
+                    ),
+                    &[],
+                )
+                .await?;
+            decode_all(&found, rows::issuer_key)
+        })
     }
 
-    /// Adds an issuer key.
-    pub async fn add_issuer_key(
-        &self,
-        kid: &str,
-        private_jwk: &str,
+    fn add_issuer_key<'a>(
+        &'a self,
+        kid: &'a str,
+        private_jwk: &'a str,
         now: u64,
-        actor: &str,
-    ) -> Result<(), StoreError> {
-        let mut w = self.writer.lock().await;
-        let tx = w.transaction().await?;
-        tx.execute(
-            "INSERT INTO veto_issuer_keys (kid, private_jwk, added_at) VALUES ($1, $2, $3)",
-            &[&kid, &private_jwk, &(now as i64)],
-        )
-        .await?;
-        tx.execute(
-            "INSERT INTO veto_audit (at, actor, action, id) VALUES ($1, $2, 'issuer_key_add', $3)",
-            &[&(now as i64), &actor, &kid],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Retires an issuer key; false when no such active key exists.
-    pub async fn retire_issuer_key(
-        &self,
-        kid: &str,
-        now: u64,
-        actor: &str,
-    ) -> Result<bool, StoreError> {
-        let mut w = self.writer.lock().await;
-        let tx = w.transaction().await?;
-        let n = tx
-            .execute(
-                "UPDATE veto_issuer_keys SET retired_at = $1 WHERE kid = $2 AND retired_at IS NULL",
-                &[&(now as i64), &kid],
-            )
-            .await?;
-        if n == 1 {
+        actor: &'a str,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut w = self.writer.lock().await;
+            let tx = w.transaction().await?;
             tx.execute(
-                "INSERT INTO veto_audit (at, actor, action, id) VALUES ($1, $2, 'issuer_key_retire', $3)",
-                &[&(now as i64), &actor, &kid],
+                "INSERT INTO veto_issuer_keys (kid, private_jwk, added_at) VALUES ($1, $2, $3)",
+                &[&kid, &private_jwk, &int(now)],
             )
             .await?;
-        }
-        tx.commit().await?;
-        Ok(n == 1)
+            tx.execute(
+                "INSERT INTO veto_audit (at, actor, action, id) VALUES ($1, $2, 'issuer_key_add', $3)",
+                &[&int(now), &actor, &kid],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
-    /// The oldest unpublished deltas, in version order.
-    pub async fn unpublished(&self, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
-        let rows = self
-            .reader
-            .query(
-                "SELECT ver, jws FROM veto_versions WHERE NOT published ORDER BY ver LIMIT $1",
-                &[&(limit as i64)],
-            )
-            .await?;
-        Ok(rows
+    fn retire_issuer_key<'a>(
+        &'a self,
+        kid: &'a str,
+        now: u64,
+        actor: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut w = self.writer.lock().await;
+            let tx = w.transaction().await?;
+            let n = tx
+                .execute(
+                    "UPDATE veto_issuer_keys SET retired_at = $1 WHERE kid = $2 AND retired_at IS NULL",
+                    &[&int(now), &kid],
+                )
+                .await?;
+            if n == 1 {
+                tx.execute(
+                    "INSERT INTO veto_audit (at, actor, action, id) VALUES ($1, $2, 'issuer_key_retire', $3)",
+                    &[&int(now), &actor, &kid],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn unpublished(&self, limit: usize) -> StoreFuture<'_, Vec<(u64, String)>> {
+        Box::pin(async move {
+            let found = self
+                .reader
+                .query(
+                    "SELECT ver, jws FROM veto_versions WHERE NOT published ORDER BY ver LIMIT $1",
+                    &[&(limit as i64)],
+                )
+                .await?;
+            decode_all(&found, rows::delta)
+        })
+    }
+
+    fn mark_published(&self, ver: u64) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.reader
+                .execute(
+                    "UPDATE veto_versions SET published = TRUE WHERE ver = $1",
+                    &[&int(ver)],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+/// A group of revocation requests, written in `tx` (see [`plan`]).
+async fn commit(
+    tx: &Transaction<'_>,
+    requests: &[(Vec<NewEntry>, String)],
+    signer: &SrlSigner,
+    now: u64,
+) -> Result<Vec<Committed>, StoreError> {
+    let (ver, head) = lock_head(tx).await?;
+    let keys = keys_of(requests);
+    let kinds: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+    let ids: Vec<&str> = keys.iter().map(|(_, id)| id.as_str()).collect();
+    let found = tx
+        .query(
+            "SELECT e.kind, e.id, e.ver, e.before, e.expires_at FROM veto_entries e
+             JOIN unnest($1::text[], $2::text[]) AS k(kind, id) ON e.kind = k.kind AND e.id = k.id
+             WHERE e.pruned_ver IS NULL",
+            &[&kinds, &ids],
+        )
+        .await?;
+    let existing: Existing = decode_all(&found, rows::stored)?.into_iter().collect();
+    let plan = plan(requests, &existing, ver, head, signer, now);
+    if let Some(last) = plan.versions.last() {
+        let vers: Vec<i64> = plan.versions.iter().map(|v| int(v.ver)).collect();
+        let heads: Vec<Vec<u8>> = plan.versions.iter().map(|v| v.head.0.to_vec()).collect();
+        let iats: Vec<i64> = plan.versions.iter().map(|v| int(v.iat)).collect();
+        let jwss: Vec<&str> = plan.versions.iter().map(|v| v.jws.as_str()).collect();
+        tx.execute(
+            "INSERT INTO veto_versions (ver, head, iat, jws) SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::text[])",
+            &[&vers, &heads, &iats, &jwss],
+        )
+        .await?;
+        let kinds: Vec<&str> = plan.entries.iter().map(|(e, _)| e.kind.as_str()).collect();
+        let ids: Vec<&str> = plan.entries.iter().map(|(e, _)| e.id.as_str()).collect();
+        let reasons: Vec<&str> = plan
+            .entries
             .iter()
-            .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
-            .collect())
+            .map(|(e, _)| e.reason.as_str())
+            .collect();
+        let revoked_at: Vec<i64> = plan
+            .entries
+            .iter()
+            .map(|(e, _)| int(e.revoked_at))
+            .collect();
+        let befores: Vec<Option<i64>> = plan
+            .entries
+            .iter()
+            .map(|(e, _)| opt_int(e.before))
+            .collect();
+        let expires: Vec<Option<i64>> = plan
+            .entries
+            .iter()
+            .map(|(e, _)| opt_int(e.expires_at))
+            .collect();
+        let evers: Vec<i64> = plan.entries.iter().map(|(_, v)| int(*v)).collect();
+        tx.execute(
+            "INSERT INTO veto_entries (kind, id, reason, revoked_at, before, expires_at, ver)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
+             ON CONFLICT (kind, id) DO UPDATE SET reason = excluded.reason, revoked_at = excluded.revoked_at,
+               before = CASE WHEN veto_entries.pruned_ver IS NOT NULL THEN excluded.before
+                             ELSE GREATEST(veto_entries.before, excluded.before) END,
+               expires_at = CASE WHEN veto_entries.pruned_ver IS NOT NULL THEN excluded.expires_at
+                                 WHEN veto_entries.expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
+                                 ELSE GREATEST(veto_entries.expires_at, excluded.expires_at) END,
+               ver = excluded.ver, pruned_ver = NULL",
+            &[&kinds, &ids, &reasons, &revoked_at, &befores, &expires, &evers],
+        )
+        .await?;
+        set_head(tx, last.ver, last.head).await?;
     }
-
-    /// Marks a delta as accepted by the bus.
-    pub async fn mark_published(&self, ver: u64) -> Result<(), StoreError> {
-        self.reader
-            .execute(
-                "UPDATE veto_versions SET published = TRUE WHERE ver = $1",
-                &[&(ver as i64)],
-            )
-            .await?;
-        Ok(())
+    if !plan.extend.is_empty() {
+        // A longer life for a live entry: never shorter, even if the
+        // plan were wrong (the join again, in SQL).
+        let kinds: Vec<&str> = plan.extend.iter().map(|(k, _, _)| k.as_str()).collect();
+        let ids: Vec<&str> = plan.extend.iter().map(|(_, id, _)| id.as_str()).collect();
+        let expires: Vec<Option<i64>> = plan.extend.iter().map(|(_, _, x)| opt_int(*x)).collect();
+        tx.execute(
+            "UPDATE veto_entries e SET expires_at = CASE WHEN e.expires_at IS NULL OR k.expires_at IS NULL THEN NULL
+                                                       ELSE GREATEST(e.expires_at, k.expires_at) END
+             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(kind, id, expires_at)
+             WHERE e.kind = k.kind AND e.id = k.id AND e.pruned_ver IS NULL",
+            &[&kinds, &ids, &expires],
+        )
+        .await?;
     }
+    insert_audit(tx, &plan.audit).await?;
+    Ok(plan.results)
 }
 
 /// Locks the head row: the serialization point for versions.
 async fn lock_head(tx: &Transaction<'_>) -> Result<(u64, Head), StoreError> {
-    let row = tx
-        .query_one(
+    rows::version_head(
+        &tx.query_one(
             "SELECT ver, head FROM veto_head WHERE id = 1 FOR UPDATE",
             &[],
         )
-        .await?;
-    Ok((row.get::<_, i64>(0) as u64, head_of(row.get(1))?))
+        .await?,
+    )
 }
 
 async fn set_head(tx: &Transaction<'_>, ver: u64, head: Head) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE veto_head SET ver = $1, head = $2 WHERE id = 1",
-        &[&(ver as i64), &head.0.to_vec()],
+        &[&int(ver), &head.0.to_vec()],
     )
     .await?;
     tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &ver.to_string()])
@@ -619,19 +572,16 @@ async fn insert_audit(tx: &Transaction<'_>, rows: &[AuditRow]) -> Result<(), Sto
     if rows.is_empty() {
         return Ok(());
     }
-    let at: Vec<i64> = rows.iter().map(|a| a.at as i64).collect();
+    let at: Vec<i64> = rows.iter().map(|a| int(a.at)).collect();
     let actor: Vec<&str> = rows.iter().map(|a| a.actor.as_str()).collect();
     let action: Vec<&str> = rows.iter().map(|a| a.action).collect();
     let kind: Vec<Option<&str>> = rows.iter().map(|a| a.kind.map(|k| k.as_str())).collect();
     let id: Vec<Option<&str>> = rows.iter().map(|a| a.id.as_deref()).collect();
     let reason: Vec<Option<&str>> = rows.iter().map(|a| a.reason.map(|r| r.as_str())).collect();
-    let before: Vec<Option<i64>> = rows.iter().map(|a| a.before.map(|b| b as i64)).collect();
-    let expires: Vec<Option<i64>> = rows
-        .iter()
-        .map(|a| a.expires_at.map(|b| b as i64))
-        .collect();
+    let before: Vec<Option<i64>> = rows.iter().map(|a| opt_int(a.before)).collect();
+    let expires: Vec<Option<i64>> = rows.iter().map(|a| opt_int(a.expires_at)).collect();
     let note: Vec<Option<&str>> = rows.iter().map(|a| a.note.as_deref()).collect();
-    let ver: Vec<Option<i64>> = rows.iter().map(|a| a.ver.map(|v| v as i64)).collect();
+    let ver: Vec<Option<i64>> = rows.iter().map(|a| opt_int(a.ver)).collect();
     tx.execute(
         "INSERT INTO veto_audit (at, actor, action, kind, id, reason, before, expires_at, note, ver)
          SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::bigint[])",

@@ -9,14 +9,15 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension as _, Transaction, TransactionBehavior};
-use veto_core::{EntryKind, Head, Removed, SrlSigner};
+use rusqlite::{params, Connection, Params, Row, Statement, Transaction, TransactionBehavior};
+use veto_core::{Head, Removed, SrlSigner};
 
+use super::rows::{self, audit_columns, int, issuer_key_columns, opt_int, Columns};
 #[cfg(test)]
 use super::LiveRow;
 use super::{
     keys_of, plan, prune_audit, AuditFilter, AuditRecord, AuditRow, Committed, Existing,
-    IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError, Stored,
+    IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError,
 };
 
 /// The SQLite store.
@@ -27,7 +28,7 @@ pub struct SqliteStore {
 }
 
 /// Migrations, in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,6 +73,20 @@ CREATE TABLE IF NOT EXISTS issuer_keys (
 );
 "#;
 
+/// The current version and head in a one-row table, as PostgreSQL keeps
+/// them (`veto_head`): written in the transaction that adds a version, so
+/// they no longer depend on the newest delta's row surviving retention.
+/// Seeded from the newest delta (version 0 and the zero head when none).
+/// And the outbox index PostgreSQL has (`veto_versions_unpublished`).
+const SCHEMA_V2: &str = r#"
+CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 1), ver INTEGER NOT NULL, head BLOB NOT NULL);
+INSERT INTO head (id, ver, head)
+SELECT 1,
+       COALESCE((SELECT ver FROM versions ORDER BY ver DESC LIMIT 1), 0),
+       COALESCE((SELECT head FROM versions ORDER BY ver DESC LIMIT 1), zeroblob(32));
+CREATE INDEX versions_unpublished ON versions (ver) WHERE published = 0;
+"#;
+
 fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -80,19 +95,31 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-fn kind_of(s: &str) -> Result<EntryKind, StoreError> {
-    EntryKind::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown kind `{s}`")))
+/// Runs a prepared query and decodes every row with `decode`.
+fn collect<'s, T>(
+    stmt: &'s mut Statement<'_>,
+    params: impl Params,
+    decode: impl Fn(&Row<'s>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(decode(row)?);
+    }
+    Ok(out)
 }
 
-fn head_of(bytes: Vec<u8>) -> Result<Head, StoreError> {
-    let arr: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("head is not 32 bytes".into()))?;
-    Ok(Head(arr))
-}
-
-fn opt_u64(v: Option<i64>) -> Option<u64> {
-    v.map(|x| x as u64)
+/// Runs a query expected to answer exactly one row and decodes it.
+fn first<'s, T>(
+    stmt: &'s mut Statement<'_>,
+    params: impl Params,
+    decode: impl Fn(&Row<'s>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut rows = stmt.query(params)?;
+    match rows.next()? {
+        Some(row) => decode(row),
+        None => Err(rusqlite::Error::QueryReturnedNoRows.into()),
+    }
 }
 
 impl SqliteStore {
@@ -115,7 +142,7 @@ impl SqliteStore {
 
     /// Copies committed WAL frames into the database file without blocking
     /// the writer (a passive checkpoint); the registry runs it every second.
-    pub fn checkpoint(&self) -> Result<(), StoreError> {
+    pub(crate) fn checkpoint(&self) -> Result<(), StoreError> {
         let conn = self.checkpointer.lock().unwrap_or_else(|p| p.into_inner());
         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         Ok(())
@@ -130,72 +157,51 @@ impl SqliteStore {
     }
 
     /// Reads a meta value.
-    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .r()
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-            .optional()?)
+    pub(crate) fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?;
+        Ok(collect(&mut stmt, [key], |r| r.text(0))?.pop())
     }
 
     /// Sets a meta value if absent; returns the value stored.
-    pub fn meta_or_set(&self, key: &str, value: &str) -> Result<String, StoreError> {
+    pub(crate) fn meta_or_set(&self, key: &str, value: &str) -> Result<String, StoreError> {
         let conn = self.w();
         conn.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
             [key, value],
         )?;
-        Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))?)
+        let mut stmt = conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?;
+        first(&mut stmt, [key], |r| r.text(0))
     }
 
     /// The oldest unpublished deltas, in version order.
-    pub fn unpublished(&self, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+    pub(crate) fn unpublished(&self, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
         let conn = self.r();
         let mut stmt = conn.prepare_cached(
             "SELECT ver, jws FROM versions WHERE published = 0 ORDER BY ver LIMIT ?1",
         )?;
-        let rows = stmt.query_map([limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        collect(&mut stmt, [limit as i64], rows::delta)
     }
 
     /// Marks a delta as accepted by the bus.
-    pub fn mark_published(&self, ver: u64) -> Result<(), StoreError> {
+    pub(crate) fn mark_published(&self, ver: u64) -> Result<(), StoreError> {
         self.w().execute(
             "UPDATE versions SET published = 1 WHERE ver = ?1",
-            [ver as i64],
+            [int(ver)],
         )?;
         Ok(())
     }
 
-    /// Loads the newest version and the live entries.
-    pub fn load(&self) -> Result<Loaded, StoreError> {
-        let conn = self.r();
-        let top: Option<(i64, Vec<u8>)> = conn
-            .query_row(
-                "SELECT ver, head FROM versions ORDER BY ver DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let (ver, head) = match top {
-            Some((v, h)) => (v as u64, head_of(h)?),
-            None => (0, Head::ZERO),
-        };
-        let mut stmt =
-            conn.prepare("SELECT kind, id, before FROM entries WHERE pruned_ver IS NULL")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-            ))
-        })?;
-        let mut entries = Vec::new();
-        for row in rows {
-            let (k, id, before) = row?;
-            entries.push((kind_of(&k)?, id, opt_u64(before)));
-        }
+    /// Loads the newest version and the live entries it covers, from one
+    /// read snapshot.
+    pub(crate) fn load(&self) -> Result<Loaded, StoreError> {
+        let mut conn = self.r();
+        let tx = conn.transaction()?;
+        let (ver, head) = top(&tx)?;
+        let mut stmt = tx.prepare_cached(
+            "SELECT kind, id, before FROM entries WHERE pruned_ver IS NULL AND ver <= ?1",
+        )?;
+        let entries = collect(&mut stmt, [int(ver)], rows::loaded_entry)?;
         Ok(Loaded { ver, head, entries })
     }
 
@@ -205,24 +211,11 @@ impl SqliteStore {
         let conn = self.r();
         let mut stmt = conn
             .prepare("SELECT kind, id, before, expires_at FROM entries WHERE pruned_ver IS NULL")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (k, id, before, expires_at) = row?;
-            out.push((kind_of(&k)?, id, opt_u64(before), opt_u64(expires_at)));
-        }
-        Ok(out)
+        collect(&mut stmt, [], rows::live_row)
     }
 
     /// Commits a group of revocation requests in one transaction (see [`plan`]).
-    pub fn commit(
+    pub(crate) fn commit(
         &self,
         requests: &[(Vec<NewEntry>, String)],
         signer: &SrlSigner,
@@ -233,23 +226,16 @@ impl SqliteStore {
         let (ver, head) = top(&tx)?;
         let mut existing = Existing::new();
         {
-            let mut stmt = tx.prepare_cached("SELECT ver, before, expires_at FROM entries WHERE kind = ?1 AND id = ?2 AND pruned_ver IS NULL")?;
+            let mut stmt = tx.prepare_cached(
+                "SELECT kind, id, ver, before, expires_at FROM entries
+                 WHERE kind = ?1 AND id = ?2 AND pruned_ver IS NULL",
+            )?;
             for (kind, id) in keys_of(requests) {
-                let row: Option<(i64, Option<i64>, Option<i64>)> = stmt
-                    .query_row(params![kind.as_str(), id], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })
-                    .optional()?;
-                if let Some((v, before, expires_at)) = row {
-                    existing.insert(
-                        (kind, id),
-                        Stored {
-                            ver: v as u64,
-                            before: opt_u64(before),
-                            expires_at: opt_u64(expires_at),
-                        },
-                    );
-                }
+                existing.extend(collect(
+                    &mut stmt,
+                    params![kind.as_str(), id],
+                    rows::stored,
+                )?);
             }
         }
         let plan = plan(requests, &existing, ver, head, signer, now);
@@ -258,12 +244,7 @@ impl SqliteStore {
                 "INSERT INTO versions (ver, head, iat, jws) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for v in &plan.versions {
-                stmt.execute(params![
-                    v.ver as i64,
-                    v.head.0.to_vec(),
-                    v.iat as i64,
-                    v.jws
-                ])?;
+                stmt.execute(params![int(v.ver), v.head.0.to_vec(), int(v.iat), v.jws])?;
             }
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO entries (kind, id, reason, revoked_at, before, expires_at, ver, pruned_ver)
@@ -282,11 +263,14 @@ impl SqliteStore {
                     e.kind.as_str(),
                     e.id,
                     e.reason.as_str(),
-                    e.revoked_at as i64,
-                    e.before.map(|b| b as i64),
-                    e.expires_at.map(|x| x as i64),
-                    *ver as i64
+                    int(e.revoked_at),
+                    opt_int(e.before),
+                    opt_int(e.expires_at),
+                    int(*ver)
                 ])?;
+            }
+            if let Some(last) = plan.versions.last() {
+                set_head(&tx, last.ver, last.head)?;
             }
             // A longer life for a live entry: never shorter, even if the
             // plan were wrong (the join again, in SQL).
@@ -296,7 +280,7 @@ impl SqliteStore {
                  WHERE kind = ?1 AND id = ?2 AND pruned_ver IS NULL",
             )?;
             for (kind, id, expires_at) in &plan.extend {
-                stmt.execute(params![kind.as_str(), id, expires_at.map(|x| x as i64)])?;
+                stmt.execute(params![kind.as_str(), id, opt_int(*expires_at)])?;
             }
             insert_audit(&tx, &plan.audit)?;
         }
@@ -306,7 +290,7 @@ impl SqliteStore {
 
     /// Prunes up to `limit` entries whose `expires_at` has passed, as one
     /// new version.
-    pub fn prune(
+    pub(crate) fn prune(
         &self,
         signer: &SrlSigner,
         now: u64,
@@ -315,48 +299,30 @@ impl SqliteStore {
         let mut conn = self.w();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let removed: Vec<Removed> = {
-            let mut stmt = tx.prepare(
+            let mut stmt = tx.prepare_cached(
                 "SELECT kind, id FROM entries WHERE pruned_ver IS NULL AND expires_at IS NOT NULL AND expires_at <= ?1
                  ORDER BY expires_at LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![now as i64, limit as i64], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (k, id) = row?;
-                out.push(Removed {
-                    kind: kind_of(&k)?,
-                    id,
-                });
-            }
-            out
+            collect(&mut stmt, params![int(now), limit as i64], rows::removed)?
         };
         if removed.is_empty() {
             return Ok(None);
         }
-        let (ver, head) = tx
-            .query_row(
-                "SELECT ver, head FROM versions ORDER BY ver DESC LIMIT 1",
-                [],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
-            )
-            .optional()?
-            .map(|(v, h)| Ok::<_, StoreError>((v as u64, head_of(h)?)))
-            .transpose()?
-            .unwrap_or((0, Head::ZERO));
+        let (ver, head) = top(&tx)?;
         let ver = ver + 1;
         let (jws, new_head) = signer.delta(ver, head, now, Vec::new(), removed.clone());
         tx.execute(
             "INSERT INTO versions (ver, head, iat, jws) VALUES (?1, ?2, ?3, ?4)",
-            params![ver as i64, new_head.0.to_vec(), now as i64, jws],
+            params![int(ver), new_head.0.to_vec(), int(now), jws],
         )?;
-        for r in &removed {
-            tx.execute(
-                "UPDATE entries SET pruned_ver = ?1 WHERE kind = ?2 AND id = ?3",
-                params![ver as i64, r.kind.as_str(), r.id],
-            )?;
+        {
+            let mut stmt = tx
+                .prepare_cached("UPDATE entries SET pruned_ver = ?1 WHERE kind = ?2 AND id = ?3")?;
+            for r in &removed {
+                stmt.execute(params![int(ver), r.kind.as_str(), r.id])?;
+            }
         }
+        set_head(&tx, ver, new_head)?;
         let audit = prune_audit(&removed, now, ver);
         insert_audit(&tx, &audit)?;
         tx.commit()?;
@@ -368,68 +334,52 @@ impl SqliteStore {
         }))
     }
 
-    /// The signed deltas `since+1 ..= upto`, at most `limit` of them and
-    /// at most `max_bytes` of JWS (but always the first); `None` when some
-    /// of them are no longer retained.
-    pub fn deltas(
+    /// The retained deltas among `since+1 ..= upto` (`since < upto`), at
+    /// most `limit` of them and at most `max_bytes` of JWS (but always the
+    /// first).
+    pub(crate) fn deltas(
         &self,
         since: u64,
         upto: u64,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<Option<Vec<(u64, String)>>, StoreError> {
-        if since >= upto {
-            return Ok(Some(Vec::new()));
-        }
+    ) -> Result<Vec<(u64, String)>, StoreError> {
         let conn = self.r();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT ver, jws FROM versions WHERE ver > ?1 AND ver <= ?2 ORDER BY ver LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![since as i64, upto as i64, limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-        })?;
+        let mut found = stmt.query(params![int(since), int(upto), limit as i64])?;
         // Rows are read one at a time: stop before the one that would pass
         // the byte budget (the first is always taken, so a page advances).
         let mut out: Vec<(u64, String)> = Vec::new();
         let mut bytes = 0usize;
-        for row in rows {
-            let (ver, jws) = row?;
+        while let Some(row) = found.next()? {
+            let (ver, jws) = rows::delta(row)?;
             bytes = bytes.saturating_add(jws.len());
             if !out.is_empty() && bytes > max_bytes {
                 break;
             }
             out.push((ver, jws));
         }
-        // Gap-free by construction; a missing first delta means it was
-        // dropped by retention.
-        if !out.is_empty() && out.first().map(|(v, _)| *v) != Some(since + 1) {
-            return Ok(None);
-        }
-        Ok(Some(out))
+        Ok(out)
     }
 
-    /// Drops deltas older than the newest `keep` versions (their entries
-    /// stay; clients that far behind get a snapshot).
-    pub fn drop_old_deltas(&self, keep: u64, only_published: bool) -> Result<usize, StoreError> {
-        let conn = self.w();
-        let top: i64 = conn.query_row("SELECT COALESCE(MAX(ver), 0) FROM versions", [], |r| {
-            r.get(0)
-        })?;
-        // The newest version's row is where `commit`, `prune` and `load` find
-        // the current version and head: dropping it would restart the chain
-        // at version 1 (a rollback and an equivocation). Keep it always.
-        let cutoff = top - keep.max(1) as i64;
-        if cutoff <= 0 {
-            return Ok(0);
-        }
-        Ok(conn.execute(
+    /// The current version and head.
+    pub(crate) fn head(&self) -> Result<(u64, Head), StoreError> {
+        top(&self.r())
+    }
+
+    /// Drops the deltas of versions up to `upto` (their entries stay;
+    /// clients that far behind get a snapshot).
+    pub(crate) fn drop_deltas(&self, upto: u64, only_published: bool) -> Result<usize, StoreError> {
+        Ok(self.w().execute(
             "DELETE FROM versions WHERE ver <= ?1 AND (published = 1 OR ?2 = 0)",
-            params![cutoff, only_published],
+            params![int(upto), only_published],
         )?)
     }
 
     /// Writes an audit record that is not a revocation.
-    pub fn audit(
+    pub(crate) fn audit(
         &self,
         now: u64,
         actor: &str,
@@ -439,67 +389,49 @@ impl SqliteStore {
     ) -> Result<(), StoreError> {
         self.w().execute(
             "INSERT INTO audit (at, actor, action, id, note) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![now as i64, actor, action, id, note],
+            params![int(now), actor, action, id, note],
         )?;
         Ok(())
     }
 
     /// Queries the audit log.
-    pub fn audit_log(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+    pub(crate) fn audit_log(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
         let conn = self.r();
-        let mut stmt = conn.prepare(
-            "SELECT seq, at, actor, action, kind, id, reason, before, expires_at, note, ver FROM audit
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT ",
+            audit_columns!(),
+            " FROM audit
              WHERE (?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR id = ?2) AND (?3 IS NULL OR at >= ?3)
                AND (?4 IS NULL OR at < ?4) AND seq > COALESCE(?5, 0)
-             ORDER BY seq LIMIT ?6",
-        )?;
-        let rows = stmt.query_map(
+             ORDER BY seq LIMIT ?6"
+        ))?;
+        collect(
+            &mut stmt,
             params![
                 f.kind,
                 f.id,
-                f.since.map(|x| x as i64),
-                f.until.map(|x| x as i64),
+                opt_int(f.since),
+                opt_int(f.until),
                 f.after,
-                f.limit as i64
+                i64::from(f.limit)
             ],
-            |r| {
-                Ok(AuditRecord {
-                    seq: r.get(0)?,
-                    at: r.get::<_, i64>(1)? as u64,
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    kind: r.get(4)?,
-                    id: r.get(5)?,
-                    reason: r.get(6)?,
-                    before: opt_u64(r.get(7)?),
-                    expires_at: opt_u64(r.get(8)?),
-                    note: r.get(9)?,
-                    version: opt_u64(r.get(10)?),
-                })
-            },
-        )?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            rows::audit_record,
+        )
     }
 
     /// Every issuer key, oldest first.
-    pub fn issuer_keys(&self) -> Result<Vec<IssuerKeyRow>, StoreError> {
+    pub(crate) fn issuer_keys(&self) -> Result<Vec<IssuerKeyRow>, StoreError> {
         let conn = self.r();
-        let mut stmt = conn.prepare(
-            "SELECT kid, private_jwk, added_at, retired_at FROM issuer_keys ORDER BY added_at, kid",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(IssuerKeyRow {
-                kid: r.get(0)?,
-                private_jwk: r.get(1)?,
-                added_at: r.get::<_, i64>(2)? as u64,
-                retired_at: opt_u64(r.get(3)?),
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT ",
+            issuer_key_columns!(),
+            " FROM issuer_keys ORDER BY added_at, kid"
+        ))?;
+        collect(&mut stmt, [], rows::issuer_key)
     }
 
     /// Adds an issuer key.
-    pub fn add_issuer_key(
+    pub(crate) fn add_issuer_key(
         &self,
         kid: &str,
         private_jwk: &str,
@@ -510,28 +442,33 @@ impl SqliteStore {
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT INTO issuer_keys (kid, private_jwk, added_at) VALUES (?1, ?2, ?3)",
-            params![kid, private_jwk, now as i64],
+            params![kid, private_jwk, int(now)],
         )?;
         tx.execute(
             "INSERT INTO audit (at, actor, action, id) VALUES (?1, ?2, 'issuer_key_add', ?3)",
-            params![now as i64, actor, kid],
+            params![int(now), actor, kid],
         )?;
         tx.commit()?;
         Ok(())
     }
 
     /// Retires an issuer key; returns false when no such active key exists.
-    pub fn retire_issuer_key(&self, kid: &str, now: u64, actor: &str) -> Result<bool, StoreError> {
+    pub(crate) fn retire_issuer_key(
+        &self,
+        kid: &str,
+        now: u64,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.w();
         let tx = conn.transaction()?;
         let n = tx.execute(
             "UPDATE issuer_keys SET retired_at = ?1 WHERE kid = ?2 AND retired_at IS NULL",
-            params![now as i64, kid],
+            params![int(now), kid],
         )?;
         if n == 1 {
             tx.execute(
                 "INSERT INTO audit (at, actor, action, id) VALUES (?1, ?2, 'issuer_key_retire', ?3)",
-                params![now as i64, actor, kid],
+                params![int(now), actor, kid],
             )?;
         }
         tx.commit()?;
@@ -539,16 +476,20 @@ impl SqliteStore {
     }
 }
 
-fn top(tx: &Transaction<'_>) -> Result<(u64, Head), StoreError> {
-    tx.query_row(
-        "SELECT ver, head FROM versions ORDER BY ver DESC LIMIT 1",
-        [],
-        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
-    )
-    .optional()?
-    .map(|(v, h)| Ok((v as u64, head_of(h)?)))
-    .transpose()
-    .map(|t| t.unwrap_or((0, Head::ZERO)))
+/// The current version and head. Writers hold the write lock already (an
+/// immediate transaction), so a plain read is the serialization point.
+fn top(conn: &Connection) -> Result<(u64, Head), StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT ver, head FROM head WHERE id = 1")?;
+    first(&mut stmt, [], rows::version_head)
+}
+
+/// Moves the current version and head, in the transaction that added it.
+fn set_head(tx: &Transaction<'_>, ver: u64, head: Head) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE head SET ver = ?1, head = ?2 WHERE id = 1",
+        params![int(ver), head.0.to_vec()],
+    )?;
+    Ok(())
 }
 
 fn insert_audit(tx: &Transaction<'_>, rows: &[AuditRow]) -> Result<(), StoreError> {
@@ -558,16 +499,16 @@ fn insert_audit(tx: &Transaction<'_>, rows: &[AuditRow]) -> Result<(), StoreErro
     )?;
     for a in rows {
         stmt.execute(params![
-            a.at as i64,
+            int(a.at),
             a.actor,
             a.action,
             a.kind.map(|k| k.as_str()),
             a.id,
             a.reason.map(|r| r.as_str()),
-            a.before.map(|b| b as i64),
-            a.expires_at.map(|x| x as i64),
+            opt_int(a.before),
+            opt_int(a.expires_at),
             a.note,
-            a.ver.map(|v| v as i64)
+            opt_int(a.ver)
         ])?;
     }
     Ok(())
@@ -590,4 +531,84 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         ))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Migration 2 on databases written before it.
+
+    use veto_core::{
+        Entry, EntryKind, KeySet, Reason, RevocationSet, SigningKey, SrlState, SrlVerifier,
+    };
+
+    use super::*;
+
+    fn request(id: &str) -> Vec<(Vec<NewEntry>, String)> {
+        let entry = Entry {
+            kind: EntryKind::Warrant,
+            id: id.into(),
+            reason: Reason::Unspecified,
+            revoked_at: 100,
+            before: None,
+            expires_at: None,
+        };
+        vec![(vec![NewEntry { entry, note: None }], "admin".into())]
+    }
+
+    /// Takes the database at `path` back to schema 1.
+    fn back_to_v1(path: &Path) {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(
+            "DROP TABLE head; DROP INDEX versions_unpublished; PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn migration_2_seeds_the_head_from_the_newest_delta() {
+        let dir = std::env::temp_dir().join(format!("veto-sqlite-migrate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("veto.db");
+        let key = SigningKey::generate().unwrap();
+        let verifier =
+            SrlVerifier::new(KeySet::new([key.public().clone()]), "veto").with_skew(u64::MAX / 4);
+        let signer = SrlSigner::new(key, "veto");
+
+        // An empty schema-1 database starts at version 0 and the zero head.
+        drop(SqliteStore::open(&path).unwrap());
+        back_to_v1(&path);
+        let store = SqliteStore::open(&path).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.ver, 0);
+        assert!(loaded.head == Head::ZERO);
+
+        // One with versions, some of them dropped by retention, continues
+        // from its newest delta.
+        for i in 0..4 {
+            store
+                .commit(&request(&format!("w{i}")), &signer, 1_000)
+                .unwrap();
+        }
+        assert_eq!(store.drop_deltas(3, false).unwrap(), 3);
+        let before = store.load().unwrap();
+        drop(store);
+        back_to_v1(&path);
+        let store = SqliteStore::open(&path).unwrap();
+        let after = store.load().unwrap();
+        assert_eq!(after.ver, 4);
+        assert!(after.head == before.head);
+        assert_eq!(after.entries.len(), 4);
+        let next = store.commit(&request("w4"), &signer, 1_000).unwrap();
+        let (ver, _, jws) = next[0].new_version.clone().unwrap();
+        assert_eq!(ver, 5);
+        // The new delta chains onto the head before the migration.
+        let mut state = SrlState::at(4, before.head, RevocationSet::default());
+        state
+            .apply_delta(&verifier.delta(&jws, 1_000).unwrap())
+            .unwrap();
+        assert_eq!(state.ver(), 5);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -5,7 +5,6 @@
 //! case), and says it was skipped otherwise.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use proptest::prelude::*;
 use veto_core::{
@@ -350,7 +349,7 @@ async fn pg_store(base: &str) -> (Store, impl std::future::Future<Output = ()>) 
         .unwrap();
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
-    let store = Store::Postgres(Arc::new(PgStore::connect(&url).await.unwrap()));
+    let store = Store::postgres(PgStore::connect(&url).await.unwrap());
     let cleanup = async move {
         admin
             .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
@@ -366,7 +365,7 @@ proptest! {
     #[test]
     fn sqlite_never_narrows_a_revocation(ops in proptest::collection::vec(op(), 1..24)) {
         let dir = temp_db();
-        let store = Store::Sqlite(Arc::new(SqliteStore::open(&dir.join("veto.db")).unwrap()));
+        let store = Store::sqlite(SqliteStore::open(&dir.join("veto.db")).unwrap());
         runtime().block_on(run(&store, &ops));
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
@@ -450,7 +449,7 @@ async fn pages_by_bytes(store: &Store) {
 #[test]
 fn sqlite_pages_deltas_by_bytes() {
     let dir = temp_db();
-    let store = Store::Sqlite(Arc::new(SqliteStore::open(&dir.join("veto.db")).unwrap()));
+    let store = Store::sqlite(SqliteStore::open(&dir.join("veto.db")).unwrap());
     runtime().block_on(pages_by_bytes(&store));
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
