@@ -11,6 +11,13 @@
 //!   freshness are checked on every call.
 //! - [`AuthorizeLayer`] enforces on any tower/axum/hyper service.
 //!
+//! Inside: `state` owns the applied state (the checks, the one apply path,
+//! gap tracking, the version channel, freshness) behind methods; `sync`
+//! talks to the registry (push, poll, JWKS, restore from disk) and feeds
+//! `state`; `persist` keeps the signed objects for the disk cache under
+//! its own lock; `cache` is the verified-chain cache; `layer` the tower
+//! layer; `metrics` the Prometheus registry.
+//!
 //! ```no_run
 //! # async fn demo(config: veto_authorizer::Config) -> Result<(), veto_authorizer::StartError> {
 //! let authz = veto_authorizer::Authorizer::start(config).await?;

@@ -313,3 +313,120 @@ impl State {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests: a failed step fails the test")]
+
+    use veto_core::{Head, ManualClock, SigningKey, SrlSigner, SrlVerifier};
+
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000;
+
+    struct World {
+        signer: SrlSigner,
+        verifier: SrlVerifier,
+        state: State,
+        disk: Arc<DiskCache>,
+        _dir: TempDir,
+    }
+
+    /// A directory removed when dropped.
+    struct TempDir(std::path::PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn world() -> World {
+        let key = SigningKey::generate().unwrap();
+        let verifier = SrlVerifier::new(KeySet::new([key.public().clone()]), "veto");
+        let signer = SrlSigner::new(key, "veto");
+        let dir = std::env::temp_dir().join(format!(
+            "veto-authz-state-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let (disk, saved) = DiskCache::open(&dir).unwrap();
+        assert!(saved.is_none());
+        let disk = Arc::new(disk);
+        let state = State::new(
+            CheckConfig::default(),
+            KeySet::default(),
+            Arc::new(ManualClock::new(NOW)),
+            ChainCache::new(16, 1 << 20),
+            Some(disk.clone()),
+        );
+        World {
+            signer,
+            verifier,
+            state,
+            disk,
+            _dir: TempDir(dir),
+        }
+    }
+
+    fn delta(w: &World, ver: u64, prev: Head) -> (Incoming, Head) {
+        let (token, head) = w.signer.delta(ver, prev, NOW, Vec::new(), Vec::new());
+        let d = w.verifier.delta(&token, NOW).unwrap();
+        (Incoming::Delta(d, token), head)
+    }
+
+    #[test]
+    fn apply_advances_records_and_announces_in_order() {
+        let w = world();
+        let mut versions = w.state.subscribe_versions();
+        let (d1, h1) = delta(&w, 1, w.state.current.load().state.head());
+        assert!(matches!(
+            w.state.apply(d1),
+            Ok(Applied::Advanced { from: 0, to: 1 })
+        ));
+        assert_eq!(w.state.version(), 1);
+        assert!(versions.has_changed().unwrap());
+        assert_eq!(*versions.borrow_and_update(), 1);
+        assert_eq!(w.disk.kept_deltas(), 1);
+        assert!(!w.state.gap_pending());
+
+        // A duplicate is ignored: not recorded again, nothing announced.
+        let (d1_again, _) = delta(&w, 1, w.state.current.load().state.head());
+        let _ = w.state.apply(d1_again);
+        assert_eq!(w.disk.kept_deltas(), 1);
+        assert!(!versions.has_changed().unwrap());
+
+        // Delta 3 on top of an unknown 2: a gap to repair, nothing applied.
+        let (d3, _) = delta(&w, 3, h1);
+        assert!(matches!(
+            w.state.apply(d3),
+            Err(ApplyError::Gap {
+                applied: 1,
+                received: 3
+            })
+        ));
+        assert!(w.state.gap_pending());
+        assert_eq!((w.state.version(), w.disk.kept_deltas()), (1, 1));
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_recorded_deltas() {
+        let w = world();
+        let (d1, h1) = delta(&w, 1, w.state.current.load().state.head());
+        w.state.apply(d1).unwrap();
+        let (d2, h2) = delta(&w, 2, h1);
+        w.state.apply(d2).unwrap();
+        assert_eq!(w.disk.kept_deltas(), 2);
+        let token = w.signer.snapshot(
+            3,
+            h2,
+            NOW,
+            NOW + 600,
+            &veto_core::RevocationSet::default(),
+        );
+        let s = w.verifier.snapshot(&token, NOW).unwrap();
+        w.state.apply(Incoming::Snapshot(s, token)).unwrap();
+        assert_eq!((w.state.version(), w.disk.kept_deltas()), (3, 0));
+        assert_eq!(w.state.position().attested, Some(NOW));
+    }
+}
