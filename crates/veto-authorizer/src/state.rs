@@ -316,8 +316,6 @@ impl State {
 
 #[cfg(test)]
 mod tests {
-    #![expect(clippy::unwrap_used, reason = "tests: a failed step fails the test")]
-
     use veto_core::{Head, ManualClock, SigningKey, SrlSigner, SrlVerifier};
 
     use super::*;
@@ -417,13 +415,9 @@ mod tests {
         let (d2, h2) = delta(&w, 2, h1);
         w.state.apply(d2).unwrap();
         assert_eq!(w.disk.kept_deltas(), 2);
-        let token = w.signer.snapshot(
-            3,
-            h2,
-            NOW,
-            NOW + 600,
-            &veto_core::RevocationSet::default(),
-        );
+        let token = w
+            .signer
+            .snapshot(3, h2, NOW, NOW + 600, &veto_core::RevocationSet::default());
         let s = w.verifier.snapshot(&token, NOW).unwrap();
         w.state.apply(Incoming::Snapshot(s, token)).unwrap();
         assert_eq!((w.state.version(), w.disk.kept_deltas()), (3, 0));
