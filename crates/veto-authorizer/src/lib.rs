@@ -11,6 +11,13 @@
 //!   freshness are checked on every call.
 //! - [`AuthorizeLayer`] enforces on any tower/axum/hyper service.
 //!
+//! Inside: `state` owns the applied state (the checks, the one apply path,
+//! gap tracking, the version channel, freshness) behind methods; `sync`
+//! talks to the registry (push, poll, JWKS, restore from disk) and feeds
+//! `state`; `persist` keeps the signed objects for the disk cache under
+//! its own lock; `cache` is the verified-chain cache; `layer` the tower
+//! layer; `metrics` the Prometheus registry.
+//!
 //! ```no_run
 //! # async fn demo(config: veto_authorizer::Config) -> Result<(), veto_authorizer::StartError> {
 //! let authz = veto_authorizer::Authorizer::start(config).await?;
@@ -23,19 +30,15 @@ mod cache;
 mod layer;
 mod metrics;
 mod persist;
+mod state;
 mod sync;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use tokio::sync::{watch, Notify};
-use veto_core::{
-    Applied, ApplyError, CheckConfig, Checker, Clock, Decision, KeySet, ParsedChain, SrlState,
-    SrlVerifier, SystemClock, VerifiedChain, VerifiedCheckpoint, VerifiedDelta, VerifiedSnapshot,
-};
+use tokio::sync::watch;
+use veto_core::{CheckConfig, Clock, Decision, KeySet, SystemClock, VerifiedChain};
 
 pub use layer::{
     action_for, bad_target_response, bearer, deny_response, http_status, request_target,
@@ -44,7 +47,9 @@ pub use layer::{
 pub use veto_core::{DenyReason, StalenessPolicy};
 
 use crate::cache::ChainCache;
-use crate::metrics::Metrics;
+use crate::persist::DiskCache;
+use crate::state::State;
+use crate::sync::Syncer;
 
 /// Where trusted issuer keys come from.
 #[derive(Clone, Debug)]
@@ -186,42 +191,12 @@ pub struct Status {
     pub entries: usize,
 }
 
-pub(crate) struct Current {
-    pub state: SrlState,
-    pub checker: Arc<Checker>,
-}
-
-/// A verified object and its compact form (kept for the disk cache).
-pub(crate) enum Incoming {
-    Snapshot(VerifiedSnapshot, String),
-    Delta(VerifiedDelta, String),
-    Checkpoint(VerifiedCheckpoint, String),
-}
-
-pub(crate) struct Inner {
-    pub config: Config,
-    pub http: reqwest::Client,
-    pub verifier: SrlVerifier,
-    pub clock: Arc<dyn Clock>,
-    pub current: ArcSwap<Current>,
-    pub apply_lock: Mutex<persist::Objects>,
-    pub cache: ChainCache,
-    pub metrics: Metrics,
-    pub version_tx: watch::Sender<u64>,
-    pub catch_up: Notify,
-    /// The highest version a verified object showed to exist: a gap to
-    /// it is repaired even when the checkpoint served on pull lags.
-    pub gap_to: AtomicU64,
-    pub persist_now: Notify,
-    pub push_connected: AtomicBool,
-    pub shutdown: watch::Sender<bool>,
-}
-
 /// An authorizer. Cheap to clone; the sync tasks stop when
 /// [`Authorizer::shutdown`] is called.
 #[derive(Clone)]
 pub struct Authorizer {
-    inner: Arc<Inner>,
+    state: Arc<State>,
+    sync: Arc<Syncer>,
 }
 
 impl Authorizer {
@@ -238,273 +213,71 @@ impl Authorizer {
         if config.authority_keys.is_empty() {
             return Err(StartError::NoAuthorityKey);
         }
-        let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(config.request_timeout)
-            .build()
-            .map_err(|e| StartError::Http(e.to_string()))?;
-        let verifier = SrlVerifier::new(config.authority_keys.clone(), config.iss.clone())
-            .with_skew(config.check.skew)
-            .with_limits(veto_core::SrlLimits {
-                max_snapshot_bytes: config.max_snapshot_bytes,
-                ..veto_core::SrlLimits::default()
-            });
+        let http = sync::client(&config).map_err(StartError::Http)?;
+        let (disk, saved) = match &config.cache_dir {
+            Some(dir) => {
+                let (disk, saved) = DiskCache::open(dir).map_err(|source| StartError::Cache {
+                    path: dir.clone(),
+                    source,
+                })?;
+                (Some(Arc::new(disk)), saved)
+            }
+            None => (None, None),
+        };
         let issuers = match &config.issuers {
             Issuers::Pinned(keys) => keys.clone(),
             Issuers::Jwks { .. } => KeySet::default(),
         };
-        let checker = Arc::new(Checker::new(issuers, config.check.clone()));
-        let (version_tx, _) = watch::channel(0);
-        let (shutdown, _) = watch::channel(false);
-        let inner = Arc::new(Inner {
-            http,
-            verifier,
+        let state = Arc::new(State::new(
+            config.check.clone(),
+            issuers,
             clock,
-            current: ArcSwap::from_pointee(Current {
-                state: SrlState::new(),
-                checker,
-            }),
-            apply_lock: Mutex::new(persist::Objects::default()),
-            cache: ChainCache::new(config.chain_cache_capacity, config.chain_cache_bytes),
-            metrics: Metrics::new(),
-            version_tx,
-            catch_up: Notify::new(),
-            persist_now: Notify::new(),
-            gap_to: AtomicU64::new(0),
-            push_connected: AtomicBool::new(false),
-            shutdown,
-            config,
-        });
-        if let Some(dir) = &inner.config.cache_dir {
-            std::fs::create_dir_all(dir).map_err(|source| StartError::Cache {
-                path: dir.clone(),
-                source,
-            })?;
-            persist::load(&inner, dir);
+            ChainCache::new(config.chain_cache_capacity, config.chain_cache_bytes),
+            disk.clone(),
+        ));
+        let sync = Arc::new(Syncer::new(config, http, state.clone(), disk));
+        if let Some(saved) = saved {
+            sync.restore(saved);
         }
-        let authz = Self { inner };
-        authz.spawn_tasks();
-        Ok(authz)
-    }
-
-    fn spawn_tasks(&self) {
-        let inner = &self.inner;
-        // Issuer keys first, so the first checks can verify chains.
-        if let Issuers::Jwks { refresh } = inner.config.issuers {
-            tokio::spawn(sync::jwks_loop(inner.clone(), refresh));
-        }
-        tokio::spawn(sync::poll_loop(inner.clone()));
-        match &inner.config.push {
-            Push::Sse => {
-                tokio::spawn(sync::sse_loop(inner.clone()));
-            }
-            Push::Nats(url) => {
-                tokio::spawn(sync::nats_loop(inner.clone(), url.clone()));
-            }
-            Push::Off => {}
-        }
-        if let Some(dir) = inner.config.cache_dir.clone() {
-            tokio::spawn(persist::persist_loop(inner.clone(), dir));
-        }
+        sync.spawn();
+        Ok(Self { state, sync })
     }
 
     /// Stops the sync tasks. Checks keep working on the last state (and
     /// become stale in time).
     pub fn shutdown(&self) {
-        let _ = self.inner.shutdown.send(true);
+        self.sync.shutdown();
     }
 
     /// Decides a request: `token` is the chain (without `Bearer `), `action`
     /// the action it asks for, such as `http:GET:/orders/7`.
     pub fn check(&self, token: &str, action: &str) -> Outcome {
-        let inner = &*self.inner;
-        let now = inner.clock.now();
-        let current = inner.current.load();
-        let outcome = match inner.cache.get(token) {
-            Some(chain) => {
-                inner.metrics.cache_hits.inc();
-                let decision = current
-                    .checker
-                    .check_verified(&current.state, &chain, action, now);
-                // Revocation is irreversible and expiry final: such a chain
-                // is never allowed again, so it gives its room back.
-                if matches!(
-                    decision.reason(),
-                    Some(DenyReason::Revoked | DenyReason::Expired)
-                ) {
-                    inner.cache.remove(token);
-                }
-                Outcome {
-                    decision,
-                    chain: Some(chain),
-                }
-            }
-            None => {
-                inner.metrics.cache_misses.inc();
-                self.check_uncached(&current, token, action, now)
-            }
-        };
-        inner.metrics.decision(&outcome.decision);
-        if let Decision::Deny(d) = &outcome.decision {
-            tracing::debug!(reason = %d.reason, message = %d.message, action, "denied");
-        }
-        outcome
-    }
-
-    fn check_uncached(&self, current: &Current, token: &str, action: &str, now: u64) -> Outcome {
-        let parsed = match ParsedChain::parse(token) {
-            Ok(p) => p,
-            Err(d) => {
-                return Outcome {
-                    decision: Decision::Deny(d),
-                    chain: None,
-                }
-            }
-        };
-        let (decision, verified) =
-            current
-                .checker
-                .check_and_verify(&current.state, parsed, action, now);
-        let chain = verified.map(Arc::new);
-        // Only a chain that was allowed is worth keeping: one denied for
-        // its action, expiry or revocation is not going to be reused. A
-        // `stale` denial comes after every other check passed and lasts
-        // only until the registry is heard from again: that chain is kept.
-        let reusable = match &decision {
-            Decision::Allow { .. } => true,
-            Decision::Deny(d) => d.reason == DenyReason::Stale,
-        };
-        if let (Some(c), true) = (&chain, reusable) {
-            self.inner.cache.insert(token, c.clone());
-        }
-        Outcome { decision, chain }
+        self.state.check(token, action)
     }
 
     /// Re-decides a chain verified earlier, against the current state: for
     /// cutting off a long-lived response when its chain becomes revoked.
     pub fn recheck(&self, chain: &VerifiedChain, action: &str) -> Decision {
-        let current = self.inner.current.load();
-        current
-            .checker
-            .check_verified(&current.state, chain, action, self.inner.clock.now())
+        self.state.recheck(chain, action)
     }
 
     /// A channel that changes whenever a newer version is applied.
     pub fn versions(&self) -> watch::Receiver<u64> {
-        self.inner.version_tx.subscribe()
+        self.state.subscribe_versions()
     }
 
     /// The sync state now.
     pub fn status(&self) -> Status {
-        let current = self.inner.current.load();
-        let st = &current.state;
-        let now = self.inner.clock.now();
-        let max = self.inner.config.check.max_staleness;
-        Status {
-            version: st.ver(),
-            head: st.head().to_string(),
-            fresh: st.is_fresh(now, max),
-            fresh_until: st.fresh_until(max),
-            age: st.age(now),
-            push_connected: self.inner.push_connected.load(Ordering::Relaxed),
-            entries: st.set().len(),
-        }
+        self.state.status()
     }
 
     /// Prometheus metrics in the text format.
     pub fn metrics_text(&self) -> String {
-        let s = self.status();
-        let m = &self.inner.metrics;
-        m.staleness.set(s.age.map_or(-1, |a| a as i64));
-        m.fresh.set(i64::from(s.fresh));
-        m.push_connected.set(i64::from(s.push_connected));
-        m.version.set(s.version as i64);
-        m.cache_bytes
-            .set(i64::try_from(self.inner.cache.bytes()).unwrap_or(i64::MAX));
-        m.cache_chains
-            .set(i64::try_from(self.inner.cache.len()).unwrap_or(i64::MAX));
-        m.encode()
+        self.state.metrics_text()
     }
 
     /// Polls the registry once now (checkpoint, then catch-up if needed).
     pub async fn sync_now(&self) {
-        sync::poll_once(&self.inner).await;
-    }
-}
-
-impl Inner {
-    /// The one apply path: push, poll and the disk cache all come here.
-    pub(crate) fn apply(&self, incoming: Incoming) -> Result<Applied, ApplyError> {
-        let mut objects = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.current.load_full();
-        let mut state = current.state.clone();
-        let (kind, result) = match &incoming {
-            Incoming::Snapshot(s, _) => ("snapshot", state.apply_snapshot(s.clone())),
-            Incoming::Delta(d, _) => ("delta", state.apply_delta(d)),
-            Incoming::Checkpoint(c, _) => ("checkpoint", state.apply_checkpoint(c)),
-        };
-        match result {
-            Ok(Applied::Ignored) => {}
-            Ok(applied) => {
-                // Signed objects are kept only to be written to the disk cache.
-                if self.config.cache_dir.is_some() {
-                    objects.record(incoming);
-                }
-                let ver = state.ver();
-                self.current.store(Arc::new(Current {
-                    state,
-                    checker: current.checker.clone(),
-                }));
-                self.metrics
-                    .applied
-                    .get_or_create(&Metrics::label(kind))
-                    .inc();
-                if let Applied::Advanced { from, to } = applied {
-                    tracing::debug!(from, to, kind, "applied");
-                    self.version_tx.send_replace(ver);
-                }
-                self.persist_now.notify_one();
-            }
-            Err(e @ ApplyError::Gap { received, .. }) => {
-                tracing::info!(error = %e, "gap: catching up");
-                self.gap_to.fetch_max(received, Ordering::Relaxed);
-                self.catch_up.notify_one();
-            }
-            Err(e) => {
-                let label = match e {
-                    ApplyError::Equivocation { .. } => {
-                        self.metrics.equivocations.inc();
-                        "equivocation"
-                    }
-                    ApplyError::Rollback { .. } => "rollback",
-                    ApplyError::BrokenChain { .. } => "wrong_prev",
-                    ApplyError::Gap { .. } => "gap",
-                };
-                self.metrics
-                    .rejected
-                    .get_or_create(&Metrics::label(label))
-                    .inc();
-                tracing::error!(error = %e, kind, "refused a signed object from the registry");
-            }
-        }
-        result
-    }
-
-    pub(crate) fn set_issuers(&self, keys: KeySet) {
-        let _guard = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.current.load_full();
-        if current.checker.issuers() == &keys {
-            return;
-        }
-        tracing::info!(keys = keys.keys().len(), "issuer keys updated");
-        self.current.store(Arc::new(Current {
-            state: current.state.clone(),
-            checker: Arc::new(Checker::new(keys, self.config.check.clone())),
-        }));
-        self.cache.clear();
-    }
-
-    pub(crate) fn now(&self) -> u64 {
-        self.clock.now()
+        sync::poll_once(&self.sync).await;
     }
 }

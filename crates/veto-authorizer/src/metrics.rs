@@ -9,7 +9,7 @@ use veto_core::DenyReason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct Label {
-    pub kind: String,
+    kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -17,23 +17,33 @@ struct Outcome {
     outcome: String,
 }
 
+/// What the gauges show, read when the metrics are scraped.
+pub(crate) struct Gauges {
+    pub version: u64,
+    pub age: Option<u64>,
+    pub fresh: bool,
+    pub push_connected: bool,
+    pub cache_bytes: usize,
+    pub cache_chains: usize,
+}
+
 pub(crate) struct Metrics {
     registry: Registry,
     /// allow, allow_stale, then one per deny reason (DenyReason::ALL order).
     decisions: Vec<Counter>,
-    pub version: Gauge,
-    pub staleness: Gauge,
-    pub fresh: Gauge,
-    pub push_connected: Gauge,
-    pub sync_errors: Family<Label, Counter>,
-    pub rejected: Family<Label, Counter>,
-    pub gaps_repaired: Counter,
-    pub equivocations: Counter,
-    pub applied: Family<Label, Counter>,
-    pub cache_hits: Counter,
-    pub cache_misses: Counter,
-    pub cache_bytes: Gauge,
-    pub cache_chains: Gauge,
+    version: Gauge,
+    staleness: Gauge,
+    fresh: Gauge,
+    push_connected: Gauge,
+    sync_errors: Family<Label, Counter>,
+    rejected: Family<Label, Counter>,
+    gaps_repaired: Counter,
+    equivocations: Counter,
+    applied: Family<Label, Counter>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    cache_bytes: Gauge,
+    cache_chains: Gauge,
 }
 
 impl Metrics {
@@ -158,11 +168,50 @@ impl Metrics {
         self.decisions[i].inc();
     }
 
-    pub fn label(kind: &str) -> Label {
+    fn label(kind: &str) -> Label {
         Label { kind: kind.into() }
     }
 
-    pub fn encode(&self) -> String {
+    pub fn cache_hit(&self) {
+        self.cache_hits.inc();
+    }
+
+    pub fn cache_miss(&self) {
+        self.cache_misses.inc();
+    }
+
+    /// A signed object applied (`snapshot`, `delta` or `checkpoint`).
+    pub fn applied(&self, kind: &str) {
+        self.applied.get_or_create(&Self::label(kind)).inc();
+    }
+
+    /// A signed object refused, by why.
+    pub fn rejected(&self, kind: &str) {
+        self.rejected.get_or_create(&Self::label(kind)).inc();
+    }
+
+    pub fn equivocation(&self) {
+        self.equivocations.inc();
+    }
+
+    pub fn sync_error(&self, kind: &str) {
+        self.sync_errors.get_or_create(&Self::label(kind)).inc();
+    }
+
+    pub fn gap_repaired(&self) {
+        self.gaps_repaired.inc();
+    }
+
+    /// The text format, with the gauges set from `now` first.
+    pub fn encode(&self, now: &Gauges) -> String {
+        self.staleness.set(now.age.map_or(-1, |a| a as i64));
+        self.fresh.set(i64::from(now.fresh));
+        self.push_connected.set(i64::from(now.push_connected));
+        self.version.set(now.version as i64);
+        self.cache_bytes
+            .set(i64::try_from(now.cache_bytes).unwrap_or(i64::MAX));
+        self.cache_chains
+            .set(i64::try_from(now.cache_chains).unwrap_or(i64::MAX));
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

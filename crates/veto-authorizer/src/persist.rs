@@ -1,132 +1,153 @@
 //! The last verified state on disk: the signed objects themselves (newest
 //! snapshot, deltas since, newest checkpoint, JWKS), re-verified on start,
 //! so a restart does not begin empty and trusts nothing it cannot verify.
+//!
+//! [`DiskCache`] keeps the objects to write under its own lock, apart from
+//! the apply path's: the apply path records what it applied
+//! ([`DiskCache::record`]) while it holds its own lock, so the recorded
+//! order is the applied order (lock order: the apply lock, then this one;
+//! nothing here takes the apply lock). [`DiskCache::run`] writes them,
+//! coalescing bursts. What was read back ([`Saved`]) is verified and
+//! applied by the sync side, which holds the verifier.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
 
-use crate::{Incoming, Inner};
+use crate::state::Incoming;
 
 const FILE: &str = "veto-authorizer-state.json";
 
+/// The signed objects as kept on disk (compact JWS forms, unverified
+/// until they are verified again).
 #[derive(Default, Serialize, Deserialize)]
-pub(crate) struct Objects {
+pub(crate) struct Saved {
     pub snapshot: Option<String>,
     pub deltas: Vec<String>,
     pub checkpoint: Option<String>,
     #[serde(default)]
     pub jwks: Option<String>,
-    #[serde(skip)]
-    pub dirty: bool,
 }
 
-impl Objects {
-    pub fn record(&mut self, incoming: Incoming) {
-        match incoming {
-            Incoming::Snapshot(_, t) => {
-                self.snapshot = Some(t);
-                self.deltas.clear();
+#[derive(Default)]
+struct Objects {
+    saved: Saved,
+    /// Changed since last written.
+    dirty: bool,
+}
+
+/// The signed objects recorded for the disk cache, and where they go.
+pub(crate) struct DiskCache {
+    dir: PathBuf,
+    objects: Mutex<Objects>,
+    /// Something was recorded: write soon.
+    changed: Notify,
+}
+
+impl DiskCache {
+    /// Creates `dir` if needed, and reads what was kept there (if
+    /// anything readable): the caller verifies it before applying it.
+    pub fn open(dir: &Path) -> std::io::Result<(Self, Option<Saved>)> {
+        std::fs::create_dir_all(dir)?;
+        let cache = Self {
+            dir: dir.to_path_buf(),
+            objects: Mutex::new(Objects::default()),
+            changed: Notify::new(),
+        };
+        let saved = read(&dir.join(FILE));
+        Ok((cache, saved))
+    }
+
+    fn objects(&self) -> MutexGuard<'_, Objects> {
+        self.objects.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records an object that was just applied (called under the apply
+    /// lock). A snapshot replaces everything before it.
+    pub fn record(&self, incoming: Incoming) {
+        {
+            let mut o = self.objects();
+            let saved = &mut o.saved;
+            match incoming {
+                Incoming::Snapshot(_, t) => {
+                    saved.snapshot = Some(t);
+                    saved.deltas.clear();
+                }
+                Incoming::Delta(_, t) => saved.deltas.push(t),
+                Incoming::Checkpoint(_, t) => saved.checkpoint = Some(t),
             }
-            Incoming::Delta(_, t) => self.deltas.push(t),
-            Incoming::Checkpoint(_, t) => self.checkpoint = Some(t),
+            o.dirty = true;
         }
-        self.dirty = true;
+        self.changed.notify_one();
+    }
+
+    /// Keeps the JWKS in use, written with the next change of state.
+    pub fn record_jwks(&self, text: String) {
+        self.objects().saved.jwks = Some(text);
+    }
+
+    /// Asks for a write (of whatever changed).
+    pub fn poke(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Deltas kept since the kept snapshot.
+    pub fn kept_deltas(&self) -> usize {
+        self.objects().saved.deltas.len()
+    }
+
+    /// Writes what changed, at most once a second, until `stop` turns
+    /// true (flushing once more then).
+    pub async fn run(&self, mut stop: watch::Receiver<bool>) {
+        loop {
+            let stopping = tokio::select! {
+                _ = self.changed.notified() => false,
+                _ = stop.changed() => true,
+            };
+            if !stopping {
+                // Coalesce bursts: at most one write a second (but flush at once
+                // when shutting down meanwhile).
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+            self.write_if_dirty().await;
+            if stopping || *stop.borrow() {
+                return;
+            }
+        }
+    }
+
+    async fn write_if_dirty(&self) {
+        let json = {
+            let mut o = self.objects();
+            if !o.dirty {
+                return;
+            }
+            o.dirty = false;
+            serde_json::to_vec(&o.saved)
+        };
+        let Ok(json) = json else { return };
+        let path = self.dir.join(FILE);
+        let result = tokio::task::spawn_blocking(move || write_atomic(&path, &json)).await;
+        if let Ok(Err(e)) = result {
+            tracing::warn!(error = %e, "cannot write the state cache");
+        }
     }
 }
 
-/// Loads and re-verifies the cached objects; anything that fails to
-/// verify is dropped with a warning.
-pub(crate) fn load(inner: &Arc<Inner>, dir: &Path) {
-    let path = dir.join(FILE);
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return;
-    };
-    let objects: Objects = match serde_json::from_str(&text) {
-        Ok(o) => o,
+fn read(path: &Path) -> Option<Saved> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(saved) => Some(saved),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable state cache");
-            return;
+            None
         }
-    };
-    let now = inner.now();
-    let v = &inner.verifier;
-    if let Some(jwks) = &objects.jwks {
-        if let (crate::Issuers::Jwks { .. }, Ok(keys)) =
-            (&inner.config.issuers, crate::sync::parse_jwks(jwks))
-        {
-            inner.set_issuers(keys);
-            if let Ok(mut o) = inner.apply_lock.lock() {
-                o.jwks = Some(jwks.clone());
-            }
-        }
-    }
-    let mut loaded = 0;
-    if let Some(t) = objects.snapshot {
-        match v.snapshot(&t, now) {
-            Ok(s) => loaded += usize::from(inner.apply(Incoming::Snapshot(s, t)).is_ok()),
-            Err(e) => tracing::warn!(error = %e, "cached snapshot does not verify; ignoring it"),
-        }
-    }
-    for t in objects.deltas {
-        match v.delta(&t, now) {
-            Ok(d) => loaded += usize::from(inner.apply(Incoming::Delta(d, t)).is_ok()),
-            Err(e) => tracing::warn!(error = %e, "cached delta does not verify; ignoring it"),
-        }
-    }
-    if let Some(t) = objects.checkpoint {
-        if let Ok(c) = v.checkpoint(&t, now) {
-            let _ = inner.apply(Incoming::Checkpoint(c, t));
-        }
-    }
-    let c = inner.current.load();
-    tracing::info!(
-        version = c.state.ver(),
-        objects = loaded,
-        "loaded the cached revocation state (still subject to staleness)"
-    );
-}
-
-pub(crate) async fn persist_loop(inner: Arc<Inner>, dir: PathBuf) {
-    let mut stop = inner.shutdown.subscribe();
-    loop {
-        let stopping = tokio::select! {
-            _ = inner.persist_now.notified() => false,
-            _ = stop.changed() => true,
-        };
-        if !stopping {
-            // Coalesce bursts: at most one write a second (but flush at once
-            // when shutting down meanwhile).
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = stop.changed() => {}
-            }
-        }
-        write_if_dirty(&inner, &dir).await;
-        if stopping || *stop.borrow() {
-            return;
-        }
-    }
-}
-
-async fn write_if_dirty(inner: &Inner, dir: &Path) {
-    let json = {
-        let Ok(mut o) = inner.apply_lock.lock() else {
-            return;
-        };
-        if !o.dirty {
-            return;
-        }
-        o.dirty = false;
-        serde_json::to_vec(&*o)
-    };
-    let Ok(json) = json else { return };
-    let path = dir.join(FILE);
-    let result = tokio::task::spawn_blocking(move || write_atomic(&path, &json)).await;
-    if let Ok(Err(e)) = result {
-        tracing::warn!(error = %e, "cannot write the state cache");
     }
 }
 

@@ -1,14 +1,19 @@
-//! Keeping the state current: one SSE subscription and a poller, both
-//! feeding [`Inner::apply`]. Nothing here touches the check path.
+//! Keeping the state current: one push subscription (SSE or NATS) and a
+//! poller, both feeding [`State::apply`]; the JWKS refresh; and the
+//! restore from the disk cache. [`Syncer`] holds what talking to the
+//! registry needs (client, verifier, settings); the state it feeds is
+//! reached only through [`State`]'s methods. Nothing here touches the
+//! check path.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use veto_core::{ApplyError, KeySet, PublicKey, SrlError, SseParser};
+use tokio::sync::watch;
+use veto_core::{ApplyError, KeySet, PublicKey, SrlError, SrlVerifier, SseParser};
 
-use crate::metrics::Metrics;
-use crate::{Incoming, Inner};
+use crate::persist::{DiskCache, Saved};
+use crate::state::{Incoming, State};
+use crate::{Config, Issuers, Push};
 
 /// Byte caps on what the authorizer reads from a registry (a stranger on
 /// the path, or a broken registry, must not be able to make it allocate
@@ -27,6 +32,124 @@ pub(crate) const MAX_CHECKPOINT: usize = 16 << 10;
 const MAX_PAGES: usize = 1000;
 /// A disk cache with more deltas than this is replaced by a fresh snapshot.
 const MAX_KEPT_DELTAS: usize = 4096;
+
+/// What keeping the state current needs: the registry's address and
+/// settings, the HTTP client, the verifier of signed objects, the state
+/// it feeds and the disk cache (to keep the JWKS in, and to know how many
+/// deltas it holds).
+pub(crate) struct Syncer {
+    config: Config,
+    http: reqwest::Client,
+    verifier: SrlVerifier,
+    state: Arc<State>,
+    disk: Option<Arc<DiskCache>>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// The HTTP client for the registry, with the configured timeouts.
+pub(crate) fn client(config: &Config) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(config.request_timeout)
+        .connect_timeout(config.request_timeout)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+impl Syncer {
+    pub fn new(
+        config: Config,
+        http: reqwest::Client,
+        state: Arc<State>,
+        disk: Option<Arc<DiskCache>>,
+    ) -> Self {
+        let verifier = SrlVerifier::new(config.authority_keys.clone(), config.iss.clone())
+            .with_skew(config.check.skew)
+            .with_limits(veto_core::SrlLimits {
+                max_snapshot_bytes: config.max_snapshot_bytes,
+                ..veto_core::SrlLimits::default()
+            });
+        let (shutdown, _) = watch::channel(false);
+        Self {
+            config,
+            http,
+            verifier,
+            state,
+            disk,
+            shutdown,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.state.now()
+    }
+
+    /// Verifies and applies what the disk cache kept; anything that fails
+    /// to verify is dropped with a warning.
+    pub fn restore(&self, saved: Saved) {
+        let now = self.now();
+        let v = &self.verifier;
+        if let Some(jwks) = saved.jwks {
+            if let (Issuers::Jwks { .. }, Ok(keys)) = (&self.config.issuers, parse_jwks(&jwks)) {
+                self.state.set_issuers(keys);
+                if let Some(disk) = &self.disk {
+                    disk.record_jwks(jwks);
+                }
+            }
+        }
+        let mut loaded = 0;
+        if let Some(t) = saved.snapshot {
+            match v.snapshot(&t, now) {
+                Ok(s) => loaded += usize::from(self.state.apply(Incoming::Snapshot(s, t)).is_ok()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cached snapshot does not verify; ignoring it")
+                }
+            }
+        }
+        for t in saved.deltas {
+            match v.delta(&t, now) {
+                Ok(d) => loaded += usize::from(self.state.apply(Incoming::Delta(d, t)).is_ok()),
+                Err(e) => tracing::warn!(error = %e, "cached delta does not verify; ignoring it"),
+            }
+        }
+        if let Some(t) = saved.checkpoint {
+            if let Ok(c) = v.checkpoint(&t, now) {
+                let _ = self.state.apply(Incoming::Checkpoint(c, t));
+            }
+        }
+        tracing::info!(
+            version = self.state.version(),
+            objects = loaded,
+            "loaded the cached revocation state (still subject to staleness)"
+        );
+    }
+
+    /// Starts the sync tasks: JWKS refresh (first, so the first checks can
+    /// verify chains), poller, push, and the disk cache's writer.
+    pub fn spawn(self: &Arc<Self>) {
+        if let Issuers::Jwks { refresh } = self.config.issuers {
+            tokio::spawn(jwks_loop(self.clone(), refresh));
+        }
+        tokio::spawn(poll_loop(self.clone()));
+        match &self.config.push {
+            Push::Sse => {
+                tokio::spawn(sse_loop(self.clone()));
+            }
+            Push::Nats(url) => {
+                tokio::spawn(nats_loop(self.clone(), url.clone()));
+            }
+            Push::Off => {}
+        }
+        if let Some(disk) = self.disk.clone() {
+            let stop = self.shutdown.subscribe();
+            tokio::spawn(async move { disk.run(stop).await });
+        }
+    }
+
+    /// Stops the sync tasks (the disk cache is flushed once more).
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SyncError {
@@ -57,18 +180,11 @@ impl SyncError {
     }
 }
 
-fn count(inner: &Inner, e: &SyncError) {
-    inner
-        .metrics
-        .sync_errors
-        .get_or_create(&Metrics::label(e.kind()))
-        .inc();
+fn count(sync: &Syncer, e: &SyncError) {
+    let metrics = sync.state.metrics();
+    metrics.sync_error(e.kind());
     if let SyncError::Invalid(err) = e {
-        inner
-            .metrics
-            .rejected
-            .get_or_create(&Metrics::label(invalid_kind(err)))
-            .inc();
+        metrics.rejected(invalid_kind(err));
     }
 }
 
@@ -131,13 +247,13 @@ fn utf8(body: Vec<u8>, what: &'static str) -> Result<String, SyncError> {
 }
 
 async fn get(
-    inner: &Inner,
+    sync: &Syncer,
     path: &str,
     etag: Option<u64>,
     what: &'static str,
     cap: usize,
 ) -> Result<Option<String>, SyncError> {
-    let mut req = inner.http.get(format!("{}{path}", inner.config.registry));
+    let mut req = sync.http.get(format!("{}{path}", sync.config.registry));
     if let Some(v) = etag {
         req = req.header("if-none-match", format!("\"{v}\""));
     }
@@ -152,22 +268,22 @@ async fn get(
     }
 }
 
-fn apply_logged(inner: &Inner, incoming: Incoming) -> Result<(), ApplyError> {
-    inner.apply(incoming).map(|_| ())
+fn apply_logged(sync: &Syncer, incoming: Incoming) -> Result<(), ApplyError> {
+    sync.state.apply(incoming).map(|_| ())
 }
 
 /// Fetches and applies the current snapshot; `conditional` skips it when
 /// the registry has nothing newer than the applied version (a refresh of
 /// the disk cache must not be skipped: it replaces the kept deltas).
-pub(crate) async fn fetch_snapshot(inner: &Arc<Inner>, conditional: bool) -> Result<(), SyncError> {
-    let ver = inner.current.load().state.ver();
+async fn fetch_snapshot(sync: &Arc<Syncer>, conditional: bool) -> Result<(), SyncError> {
+    let ver = sync.state.version();
     let etag = (conditional && ver > 0).then_some(ver);
-    let cap = inner.config.max_snapshot_bytes;
-    let Some(token) = get(inner, "/v1/srl", etag, "snapshot", cap).await? else {
+    let cap = sync.config.max_snapshot_bytes;
+    let Some(token) = get(sync, "/v1/srl", etag, "snapshot", cap).await? else {
         return Ok(());
     };
     let token = token.trim().to_owned();
-    let i = inner.clone();
+    let i = sync.clone();
     let verified = tokio::task::spawn_blocking(move || {
         let v = i.verifier.snapshot(&token, i.now());
         (v, token)
@@ -175,13 +291,13 @@ pub(crate) async fn fetch_snapshot(inner: &Arc<Inner>, conditional: bool) -> Res
     .await
     .map_err(|e| SyncError::Stream(e.to_string()))?;
     let snapshot = verified.0?;
-    let _ = apply_logged(inner, Incoming::Snapshot(snapshot, verified.1));
+    let _ = apply_logged(sync, Incoming::Snapshot(snapshot, verified.1));
     Ok(())
 }
 
-async fn fetch_checkpoint(inner: &Arc<Inner>) -> Result<bool, SyncError> {
+async fn fetch_checkpoint(sync: &Arc<Syncer>) -> Result<bool, SyncError> {
     let Some(token) = get(
-        inner,
+        sync,
         "/v1/srl/checkpoint",
         None,
         "checkpoint",
@@ -192,23 +308,23 @@ async fn fetch_checkpoint(inner: &Arc<Inner>) -> Result<bool, SyncError> {
         return Ok(false);
     };
     let token = token.trim().to_owned();
-    let cp = inner.verifier.checkpoint(&token, inner.now())?;
+    let cp = sync.verifier.checkpoint(&token, sync.now())?;
     Ok(matches!(
-        inner.apply(Incoming::Checkpoint(cp, token)),
+        sync.state.apply(Incoming::Checkpoint(cp, token)),
         Err(ApplyError::Gap { .. })
     ))
 }
 
 /// Fetches deltas after the applied version until none are left; a
 /// snapshot when they are no longer retained.
-pub(crate) async fn catch_up(inner: &Arc<Inner>) -> Result<(), SyncError> {
+async fn catch_up(sync: &Arc<Syncer>) -> Result<(), SyncError> {
     for _ in 0..MAX_PAGES {
-        let since = inner.current.load().state.ver();
-        let resp = inner
+        let since = sync.state.version();
+        let resp = sync
             .http
             .get(format!(
                 "{}/v1/srl/deltas?since={since}",
-                inner.config.registry
+                sync.config.registry
             ))
             .send()
             .await
@@ -217,7 +333,7 @@ pub(crate) async fn catch_up(inner: &Arc<Inner>) -> Result<(), SyncError> {
             200 => {}
             410 => {
                 tracing::info!(since, "deltas no longer retained; fetching a snapshot");
-                return fetch_snapshot(inner, true).await;
+                return fetch_snapshot(sync, true).await;
             }
             s => return Err(SyncError::Status(s)),
         }
@@ -227,12 +343,12 @@ pub(crate) async fn catch_up(inner: &Arc<Inner>) -> Result<(), SyncError> {
         }
         // A page of deltas outweighing a snapshot is refused (and counted);
         // the snapshot, under its own cap, replaces it.
-        let cap = inner.config.max_snapshot_bytes;
+        let cap = sync.config.max_snapshot_bytes;
         let bytes = match read_capped(resp, "page of deltas", cap).await {
             Err(e @ SyncError::TooLarge { .. }) => {
-                count(inner, &e);
+                count(sync, &e);
                 tracing::warn!(error = %e, since, "fetching a snapshot instead");
-                return fetch_snapshot(inner, true).await;
+                return fetch_snapshot(sync, true).await;
             }
             other => other?,
         };
@@ -242,14 +358,14 @@ pub(crate) async fn catch_up(inner: &Arc<Inner>) -> Result<(), SyncError> {
             return Ok(());
         }
         for token in body.deltas {
-            let delta = inner.verifier.delta(&token, inner.now())?;
-            if let Err(e) = apply_logged(inner, Incoming::Delta(delta, token)) {
+            let delta = sync.verifier.delta(&token, sync.now())?;
+            if let Err(e) = apply_logged(sync, Incoming::Delta(delta, token)) {
                 if !matches!(e, ApplyError::Gap { .. }) {
                     return Err(SyncError::Stream(format!("catch-up stopped: {e}")));
                 }
             }
         }
-        if inner.current.load().state.ver() == since {
+        if sync.state.version() == since {
             return Err(SyncError::Stream("catch-up made no progress".into()));
         }
     }
@@ -257,49 +373,46 @@ pub(crate) async fn catch_up(inner: &Arc<Inner>) -> Result<(), SyncError> {
 }
 
 /// One poll: checkpoint (cheap), and catch up when it shows a gap.
-pub(crate) async fn poll_once(inner: &Arc<Inner>) {
+pub(crate) async fn poll_once(sync: &Arc<Syncer>) {
     let result = async {
-        let (ver, attested) = {
-            let c = inner.current.load();
-            (c.state.ver(), c.state.attested().is_some())
-        };
-        let kept = inner.apply_lock.lock().map(|o| o.deltas.len()).unwrap_or(0);
-        if ver == 0 && !attested {
-            fetch_snapshot(inner, true).await?;
+        let at = sync.state.position();
+        let kept = sync.disk.as_ref().map_or(0, |d| d.kept_deltas());
+        if at.ver == 0 && at.attested.is_none() {
+            fetch_snapshot(sync, true).await?;
         } else if kept > MAX_KEPT_DELTAS {
             // The disk cache holds every delta since its snapshot: start it
             // over from a current snapshot, even one of the same version.
-            fetch_snapshot(inner, false).await?;
+            fetch_snapshot(sync, false).await?;
         }
         // Catch up when the checkpoint shows a gap, or when a pushed
         // object did: a signed delta N+2 proves N+1 exists even if the
         // checkpoint served on pull is older (DESIGN 4: gap → fetch).
-        let shown = fetch_checkpoint(inner).await?;
-        let pushed = inner.gap_to.load(Ordering::Relaxed) > inner.current.load().state.ver();
+        let shown = fetch_checkpoint(sync).await?;
+        let pushed = sync.state.gap_pending();
         if shown || pushed {
-            let before = inner.current.load().state.ver();
-            catch_up(inner).await?;
-            if inner.current.load().state.ver() > before {
-                inner.metrics.gaps_repaired.inc();
+            let before = sync.state.version();
+            catch_up(sync).await?;
+            if sync.state.version() > before {
+                sync.state.metrics().gap_repaired();
             }
-            fetch_checkpoint(inner).await?;
+            fetch_checkpoint(sync).await?;
         }
         Ok::<_, SyncError>(())
     }
     .await;
     if let Err(e) = result {
-        count(inner, &e);
+        count(sync, &e);
         tracing::warn!(error = %e, "poll failed; the state is not refreshed by this poll");
     }
 }
 
-pub(crate) async fn poll_loop(inner: Arc<Inner>) {
-    let mut stop = inner.shutdown.subscribe();
+async fn poll_loop(sync: Arc<Syncer>) {
+    let mut stop = sync.shutdown.subscribe();
     loop {
-        poll_once(&inner).await;
+        poll_once(&sync).await;
         tokio::select! {
-            _ = tokio::time::sleep(jitter(inner.config.poll_interval)) => {}
-            _ = inner.catch_up.notified() => {}
+            _ = tokio::time::sleep(jitter(sync.config.poll_interval)) => {}
+            _ = sync.state.gap_noticed() => {}
             _ = stop.changed() => return,
         }
     }
@@ -307,24 +420,24 @@ pub(crate) async fn poll_loop(inner: Arc<Inner>) {
 
 /// Keeps one push session up: reconnects with exponential backoff and
 /// jitter (reset after a session that lasted), while the poller covers.
-async fn push_loop<F, Fut>(inner: Arc<Inner>, transport: &'static str, mut session: F)
+async fn push_loop<F, Fut>(sync: Arc<Syncer>, transport: &'static str, mut session: F)
 where
-    F: FnMut(Arc<Inner>) -> Fut,
+    F: FnMut(Arc<Syncer>) -> Fut,
     Fut: std::future::Future<Output = Result<(), SyncError>>,
 {
-    let mut stop = inner.shutdown.subscribe();
+    let mut stop = sync.shutdown.subscribe();
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
         let result = tokio::select! {
-            r = session(inner.clone()) => r,
+            r = session(sync.clone()) => r,
             _ = stop.changed() => return,
         };
-        inner.push_connected.store(false, Ordering::Relaxed);
+        sync.state.set_push_connected(false);
         match &result {
             Ok(()) => tracing::info!(transport, "push closed by the server; reconnecting"),
             Err(e) => {
-                count(&inner, e);
+                count(&sync, e);
                 tracing::warn!(transport, error = %e, retry_in = ?backoff, "push down; polling continues meanwhile");
             }
         }
@@ -339,9 +452,9 @@ where
     }
 }
 
-pub(crate) async fn sse_loop(inner: Arc<Inner>) {
+async fn sse_loop(sync: Arc<Syncer>) {
     let client = match reqwest::Client::builder()
-        .connect_timeout(inner.config.request_timeout)
+        .connect_timeout(sync.config.request_timeout)
         .build()
     {
         Ok(c) => c,
@@ -350,22 +463,20 @@ pub(crate) async fn sse_loop(inner: Arc<Inner>) {
             return;
         }
     };
-    push_loop(inner, "SSE", move |i| {
+    push_loop(sync, "SSE", move |i| {
         let client = client.clone();
         async move { sse_session(&i, &client).await }
     })
     .await;
 }
 
-async fn sse_session(inner: &Arc<Inner>, client: &reqwest::Client) -> Result<(), SyncError> {
-    let (ver, attested) = {
-        let c = inner.current.load();
-        (c.state.ver(), c.state.attested().is_some())
-    };
+async fn sse_session(sync: &Arc<Syncer>, client: &reqwest::Client) -> Result<(), SyncError> {
+    let at = sync.state.position();
+    let ver = at.ver;
     let mut req = client
-        .get(format!("{}/v1/srl/events", inner.config.registry))
+        .get(format!("{}/v1/srl/events", sync.config.registry))
         .header("accept", "text/event-stream");
-    if ver > 0 || attested {
+    if ver > 0 || at.attested.is_some() {
         req = req.header("last-event-id", ver.to_string());
     }
     let mut resp = req
@@ -375,14 +486,14 @@ async fn sse_session(inner: &Arc<Inner>, client: &reqwest::Client) -> Result<(),
     if resp.status().as_u16() != 200 {
         return Err(SyncError::Status(resp.status().as_u16()));
     }
-    inner.push_connected.store(true, Ordering::Relaxed);
+    sync.state.set_push_connected(true);
     tracing::info!(from = ver, "push stream connected");
     // One event may be a snapshot (sent to a subscriber resuming from a
     // version whose deltas are gone), so an event is capped like one; the
     // parser's line buffer is under the same cap.
-    let cap = inner.config.max_snapshot_bytes;
+    let cap = sync.config.max_snapshot_bytes;
     let mut parser = SseParser::new(cap);
-    let mut live = Liveness::new(inner);
+    let mut live = Liveness::new(sync);
     loop {
         let chunk = match tokio::time::timeout_at(live.deadline, resp.chunk()).await {
             Err(_) => return Err(SyncError::Idle(live.idle)),
@@ -398,10 +509,10 @@ async fn sse_session(inner: &Arc<Inner>, client: &reqwest::Client) -> Result<(),
             veto_core::SseError::NotUtf8 => SyncError::Stream(e.to_string()),
         })?;
         for event in events {
-            match handle_event(inner, &event.event, event.data).await {
+            match handle_event(sync, &event.event, event.data).await {
                 Ok(iat) => live.saw(iat),
                 Err(e) => {
-                    count(inner, &e);
+                    count(sync, &e);
                     tracing::warn!(error = %e, event = %event.event, "refused a pushed object");
                 }
             }
@@ -424,12 +535,12 @@ struct Liveness {
 }
 
 impl Liveness {
-    fn new(inner: &Inner) -> Self {
-        let idle = inner.config.push_idle_timeout;
+    fn new(sync: &Syncer) -> Self {
+        let idle = sync.config.push_idle_timeout;
         Self {
             idle,
             deadline: tokio::time::Instant::now() + idle,
-            newest: inner.current.load().state.attested().map_or(0, |a| a.iat),
+            newest: sync.state.position().attested.unwrap_or(0),
         }
     }
 
@@ -452,35 +563,38 @@ fn fits(result: &Result<veto_core::Applied, ApplyError>) -> bool {
 /// Verifies and applies one pushed object; returns its `iat` when it
 /// verified and fit the applied chain (see [`Liveness`]).
 async fn handle_event(
-    inner: &Arc<Inner>,
+    sync: &Arc<Syncer>,
     kind: &str,
     data: String,
 ) -> Result<Option<u64>, SyncError> {
-    let now = inner.now();
+    let now = sync.now();
     let (iat, result) = match kind {
         "delta" => {
-            let d = inner.verifier.delta(&data, now)?;
-            (d.payload.iat, inner.apply(Incoming::Delta(d, data)))
+            let d = sync.verifier.delta(&data, now)?;
+            (d.payload.iat, sync.state.apply(Incoming::Delta(d, data)))
         }
         "checkpoint" => {
-            let c = inner.verifier.checkpoint(&data, now)?;
-            (c.payload.iat, inner.apply(Incoming::Checkpoint(c, data)))
+            let c = sync.verifier.checkpoint(&data, now)?;
+            (
+                c.payload.iat,
+                sync.state.apply(Incoming::Checkpoint(c, data)),
+            )
         }
         "snapshot" => {
-            let i = inner.clone();
+            let i = sync.clone();
             let (v, data) =
                 tokio::task::spawn_blocking(move || (i.verifier.snapshot(&data, now), data))
                     .await
                     .map_err(|e| SyncError::Stream(e.to_string()))?;
             let v = v?;
-            (v.iat, inner.apply(Incoming::Snapshot(v, data)))
+            (v.iat, sync.state.apply(Incoming::Snapshot(v, data)))
         }
         _ => return Ok(None),
     };
     Ok(fits(&result).then_some(iat))
 }
 
-pub(crate) fn parse_jwks(text: &str) -> Result<KeySet, String> {
+fn parse_jwks(text: &str) -> Result<KeySet, String> {
     #[derive(serde::Deserialize)]
     struct Jwks {
         keys: Vec<veto_core::Jwk>,
@@ -495,34 +609,30 @@ pub(crate) fn parse_jwks(text: &str) -> Result<KeySet, String> {
     Ok(KeySet::new(keys))
 }
 
-pub(crate) async fn jwks_loop(inner: Arc<Inner>, refresh: Duration) {
-    let mut stop = inner.shutdown.subscribe();
+async fn jwks_loop(sync: Arc<Syncer>, refresh: Duration) {
+    let mut stop = sync.shutdown.subscribe();
     let mut retry = Duration::from_millis(200);
     loop {
-        let wait = match get(&inner, "/.well-known/jwks.json", None, "JWKS", MAX_JWKS).await {
+        let wait = match get(&sync, "/.well-known/jwks.json", None, "JWKS", MAX_JWKS).await {
             Ok(Some(text)) => match parse_jwks(&text) {
                 Ok(keys) => {
-                    inner.set_issuers(keys);
-                    if let Ok(mut o) = inner.apply_lock.lock() {
-                        o.jwks = Some(text);
+                    sync.state.set_issuers(keys);
+                    if let Some(disk) = &sync.disk {
+                        disk.record_jwks(text);
+                        disk.poke();
                     }
-                    inner.persist_now.notify_one();
                     retry = Duration::from_millis(200);
                     jitter(refresh)
                 }
                 Err(e) => {
-                    inner
-                        .metrics
-                        .sync_errors
-                        .get_or_create(&Metrics::label("jwks"))
-                        .inc();
+                    sync.state.metrics().sync_error("jwks");
                     tracing::warn!(error = %e, "refusing the registry's JWKS; keeping the previous issuer keys");
                     refresh
                 }
             },
             Ok(None) => jitter(refresh),
             Err(e) => {
-                count(&inner, &e);
+                count(&sync, &e);
                 tracing::warn!(error = %e, "cannot fetch issuer keys (JWKS); retrying");
                 retry = (retry * 2).min(refresh);
                 retry
@@ -540,22 +650,22 @@ pub(crate) async fn jwks_loop(inner: Arc<Inner>, refresh: Duration) {
 /// applied version is ignored; anything missing shows as a gap and is
 /// fetched over HTTP). Idle heartbeats every 5 s: a silent connection is
 /// noticed within 10 s and reopened.
-pub(crate) async fn nats_loop(inner: Arc<Inner>, url: String) {
-    push_loop(inner, "NATS", move |i| {
+async fn nats_loop(sync: Arc<Syncer>, url: String) {
+    push_loop(sync, "NATS", move |i| {
         let url = url.clone();
         async move { nats_session(&i, &url).await }
     })
     .await;
 }
 
-async fn nats_session(inner: &Arc<Inner>, url: &str) -> Result<(), SyncError> {
+async fn nats_session(sync: &Arc<Syncer>, url: &str) -> Result<(), SyncError> {
     use veto_nats::DeliverFrom;
     let client = veto_nats::Client::connect(url, "veto-authorizer")
         .await
         .map_err(|e| SyncError::Connect(e.to_string()))?;
-    let start = match inner.current.load().state.attested() {
-        Some(a) => {
-            let from = a.iat.saturating_sub(inner.config.check.skew + 5);
+    let start = match sync.state.position().attested {
+        Some(iat) => {
+            let from = iat.saturating_sub(sync.config.check.skew + 5);
             DeliverFrom::StartTime(std::time::UNIX_EPOCH + Duration::from_secs(from))
         }
         None => DeliverFrom::New,
@@ -564,11 +674,11 @@ async fn nats_session(inner: &Arc<Inner>, url: &str) -> Result<(), SyncError> {
         .js_subscribe("VETO_SRL", "veto.srl.>", start, Duration::from_secs(5))
         .await
         .map_err(|e| SyncError::Stream(e.to_string()))?;
-    inner.push_connected.store(true, Ordering::Relaxed);
+    sync.state.set_push_connected(true);
     tracing::info!(url, "NATS push connected");
     // JetStream idle heartbeats (answered inside `next`) prove the NATS
     // connection, not the revocation feed: the same liveness rule as SSE.
-    let mut live = Liveness::new(inner);
+    let mut live = Liveness::new(sync);
     loop {
         let next = tokio::time::timeout_at(live.deadline, sub.next())
             .await
@@ -583,15 +693,15 @@ async fn nats_session(inner: &Arc<Inner>, url: &str) -> Result<(), SyncError> {
         };
         let Ok(data) = String::from_utf8(msg.payload.to_vec()) else {
             count(
-                inner,
+                sync,
                 &SyncError::Stream("a pushed object is not UTF-8".into()),
             );
             continue;
         };
-        match handle_event(inner, kind, data).await {
+        match handle_event(sync, kind, data).await {
             Ok(iat) => live.saw(iat),
             Err(e) => {
-                count(inner, &e);
+                count(sync, &e);
                 tracing::warn!(error = %e, kind, "refused a pushed object");
             }
         }
