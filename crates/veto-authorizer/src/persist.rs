@@ -84,9 +84,18 @@ impl DiskCache {
         self.changed.notify_one();
     }
 
-    /// Keeps the JWKS in use, written with the next change of state.
+    /// Keeps the JWKS in use and, when it changed, writes it soon: a
+    /// restart must not bring back issuer keys the registry has retired.
     pub fn record_jwks(&self, text: String) {
-        self.objects().saved.jwks = Some(text);
+        {
+            let mut o = self.objects();
+            if o.saved.jwks.as_deref() == Some(text.as_str()) {
+                return;
+            }
+            o.saved.jwks = Some(text);
+            o.dirty = true;
+        }
+        self.changed.notify_one();
     }
 
     /// Asks for a write (of whatever changed).
@@ -158,4 +167,33 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new JWKS is written on its own, not only with the next change of
+    /// state: after a restart, a retired issuer key must not come back.
+    #[tokio::test]
+    async fn a_changed_jwks_is_written_without_waiting_for_state() {
+        let dir = std::env::temp_dir().join(format!(
+            "veto-persist-jwks-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (cache, saved) = DiskCache::open(&dir).unwrap();
+        assert!(saved.is_none());
+        cache.record_jwks(r#"{"keys":["old"]}"#.into());
+        cache.write_if_dirty().await;
+        cache.record_jwks(r#"{"keys":["new"]}"#.into());
+        cache.write_if_dirty().await;
+        let read_back = read(&dir.join(FILE)).unwrap();
+        assert_eq!(read_back.jwks.as_deref(), Some(r#"{"keys":["new"]}"#));
+        // The same JWKS again is no change.
+        cache.record_jwks(r#"{"keys":["new"]}"#.into());
+        assert!(!cache.objects().dirty);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
