@@ -97,7 +97,7 @@ impl Process {
 
     /// Starts `cmd` (a `veto serve`) and waits for its banner; returns the
     /// process and its URL.
-    pub(crate) fn start_registry(
+    pub fn start_registry(
         cmd: Command,
         log: &Path,
         timeout: Duration,
@@ -110,7 +110,7 @@ impl Process {
 
     /// Starts `cmd` (a `veto proxy`) and waits for its two banner lines;
     /// returns the process, its URL and its admin URL.
-    pub(crate) fn start_proxy(
+    pub fn start_proxy(
         cmd: Command,
         log: &Path,
         timeout: Duration,
