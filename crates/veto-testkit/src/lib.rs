@@ -70,6 +70,19 @@ pub fn veto_bin() -> &'static Path {
     })
 }
 
+/// The HTTP client a [`Registry`] or [`Proxy`] uses: a 30 s timeout, gzip
+/// decompressed transparently. Panics when it cannot be built.
+#[expect(
+    clippy::expect_used,
+    reason = "a test kit: the test fails at this step"
+)]
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .expect("building an HTTP client")
+}
+
 /// Now, in Unix seconds.
 pub fn now() -> u64 {
     veto_core::SystemClock.now()

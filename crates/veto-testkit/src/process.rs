@@ -230,7 +230,16 @@ pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
 /// A [`veto_bin`](crate::veto_bin) command with a clean environment: no
 /// `VETO_*` variables from the caller, no user config file.
 pub fn veto_command(config_home: &Path) -> Command {
-    let mut cmd = clean_command(crate::veto_bin());
+    program_command(crate::veto_bin(), config_home)
+}
+
+/// As [`veto_command`], running the `veto` binary at `program` (such as an
+/// older build).
+pub(crate) fn program_command(
+    program: &(impl AsRef<std::ffi::OsStr> + ?Sized),
+    config_home: &Path,
+) -> Command {
+    let mut cmd = clean_command(program);
     cmd.env("XDG_CONFIG_HOME", config_home)
         .env("HOME", config_home);
     cmd

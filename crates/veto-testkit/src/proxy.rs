@@ -7,7 +7,6 @@
 )]
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -57,15 +56,11 @@ impl Proxy {
             .args(args);
         let (process, url, admin_url) =
             Process::start_proxy(cmd, &log, READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("building an HTTP client");
         Self {
             process,
             url,
             admin_url,
-            http,
+            http: crate::http_client(),
         }
     }
 

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use serde_json::Value;
 use veto_core::{keyfile, KeySet, PublicKey, SrlVerifier, VerifiedSnapshot};
 
 use crate::pg::registry_store;
-use crate::process::{veto_command, Process, READY_TIMEOUT};
+use crate::process::{program_command, veto_command, Process, READY_TIMEOUT};
 use crate::{now, TempDir};
 
 /// A running `veto serve`.
@@ -33,11 +33,6 @@ pub struct Registry {
     http: reqwest::Client,
     /// Kept last so the directory outlives the process.
     dir: Arc<TempDir>,
-}
-
-/// Starts `cmd` (a `veto serve`) logging into `log`; the process and its URL.
-fn spawn(cmd: Command, log: &Path) -> (Process, String) {
-    Process::start_registry(cmd, log, READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Numbers the log files of the registries and proxies a test starts.
@@ -59,47 +54,54 @@ impl Registry {
 
     /// Starts a registry with its data in `data_dir` and its logs in `dir`.
     pub fn start_with_data(dir: Arc<TempDir>, data_dir: PathBuf, args: &[&str]) -> Self {
+        let store = if args.contains(&"--store") {
+            None
+        } else {
+            registry_store(dir.path())
+        };
+        let listen = "127.0.0.1:0";
+        Self::launch(crate::veto_bin(), dir, data_dir, listen, args, &[], store)
+    }
+
+    /// Runs `PROGRAM serve --listen LISTEN --data-dir DATA_DIR ARGS
+    /// [--store STORE]` with `envs` added to the clean environment, logging
+    /// into `dir`, and waits for its banner.
+    fn launch(
+        program: &(impl AsRef<std::ffi::OsStr> + ?Sized),
+        dir: Arc<TempDir>,
+        data_dir: PathBuf,
+        listen: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        store: Option<String>,
+    ) -> Self {
         let log = dir.path().join(format!(
             "registry-{}.log",
             STARTS.fetch_add(1, Ordering::Relaxed)
         ));
-        let mut cmd = veto_command(dir.path());
+        let mut cmd = program_command(program, dir.path());
         cmd.arg("serve")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(args);
-        if !args.contains(&"--store") {
-            if let Some(store) = registry_store(dir.path()) {
-                cmd.arg("--store").arg(store);
-            }
+            .args(args)
+            .envs(envs.iter().copied());
+        if let Some(store) = store {
+            cmd.arg("--store").arg(store);
         }
-        let (process, url) = spawn(cmd, &log);
+        let (process, url) =
+            Process::start_registry(cmd, &log, READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
         let addr = url
             .trim_start_matches("http://")
             .parse()
             .unwrap_or_else(|e| panic!("address in `{url}`: {e}"));
-        Self::started(process, url, addr, data_dir, dir)
-    }
-
-    fn started(
-        process: Process,
-        url: String,
-        addr: SocketAddr,
-        data_dir: PathBuf,
-        dir: Arc<TempDir>,
-    ) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("building an HTTP client");
         Self {
             process,
             url,
             addr,
             data_dir,
-            http,
+            http: crate::http_client(),
             dir,
         }
     }
@@ -274,24 +276,15 @@ impl Registry {
     /// back where its clients expect it.
     pub fn start_on(dir: Arc<TempDir>, addr: SocketAddr, args: &[&str]) -> Self {
         let data_dir = dir.path().join("data");
-        let log = dir.path().join(format!(
-            "registry-{}.log",
-            STARTS.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut cmd = veto_command(dir.path());
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(args);
-        let (process, url) = spawn(cmd, &log);
+        let listen = addr.to_string();
+        let registry = Self::launch(crate::veto_bin(), dir, data_dir, &listen, args, &[], None);
         assert_eq!(
-            url,
+            registry.url,
             format!("http://{addr}"),
-            "restarted elsewhere: `{url}`"
+            "restarted elsewhere: `{}`",
+            registry.url
         );
-        Self::started(process, url, addr, data_dir, dir)
+        registry
     }
 
     /// The authority public key file authorizers pin (`--authority-key`).
@@ -350,32 +343,7 @@ impl Registry {
     ) -> Self {
         let dir = Arc::new(TempDir::new("registry"));
         let data_dir = dir.path().join("data");
-        let log = dir.path().join(format!(
-            "registry-{}.log",
-            STARTS.fetch_add(1, Ordering::Relaxed)
-        ));
-        // The environment `veto_command` prepares, for another binary.
-        let base = veto_command(dir.path());
-        let mut cmd = Command::new(program);
-        for (k, v) in base.get_envs() {
-            match v {
-                Some(v) => cmd.env(k, v),
-                None => cmd.env_remove(k),
-            };
-        }
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(args)
-            .envs(envs.iter().copied());
-        let (process, url) = spawn(cmd, &log);
-        let addr = url
-            .trim_start_matches("http://")
-            .parse()
-            .unwrap_or_else(|e| panic!("address in `{url}`: {e}"));
-        Self::started(process, url, addr, data_dir, dir)
+        Self::launch(program, dir, data_dir, "127.0.0.1:0", args, envs, None)
     }
 }
 
