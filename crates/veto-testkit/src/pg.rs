@@ -47,6 +47,17 @@ fn pg_execute(base: &str, sql: &str) {
     .join();
 }
 
+/// `<prefix>_<pid>_<now>_<n>`: a schema name no other test or run uses.
+fn unique_name(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        now(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// A URL for the database at `base` with `schema` as the search path.
 pub fn schema_url(base: &str, schema: &str) -> String {
     let sep = if base.contains('?') { '&' } else { '?' };
@@ -67,13 +78,7 @@ pub(crate) fn registry_store(dir: &Path) -> Option<String> {
     let name = match std::fs::read_to_string(&file) {
         Ok(name) => name,
         Err(_) => {
-            static N: AtomicU32 = AtomicU32::new(0);
-            let name = format!(
-                "veto_r_{}_{}_{}",
-                std::process::id(),
-                now(),
-                N.fetch_add(1, Ordering::Relaxed)
-            );
+            let name = unique_name("veto_r");
             pg_execute(&base, &format!("CREATE SCHEMA {name}"));
             std::fs::write(&file, &name).expect("recording the schema");
             name
@@ -102,13 +107,7 @@ pub struct Schema {
 impl Schema {
     /// Creates `veto_t_<pid>_<now>_<n>` in the database at `base`.
     pub async fn create(base: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "veto_t_{}_{}_{}",
-            std::process::id(),
-            now(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = unique_name("veto_t");
         pg_execute(base, &format!("CREATE SCHEMA {name}"));
         Self {
             base: base.to_owned(),
