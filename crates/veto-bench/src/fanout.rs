@@ -26,10 +26,10 @@ use serde_json::json;
 use tokio::sync::{watch, Semaphore};
 use veto_core::SseParser;
 
-use crate::metrics::Metrics;
 use crate::registry::{own_cpu_secs, Registry};
 use crate::stats::{percentile, random_jti, signed_ms, sorted};
 use crate::Common;
+use veto_testkit::Metrics;
 
 const TARGET_P99_MS: f64 = 50.0;
 

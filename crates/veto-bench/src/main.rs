@@ -21,7 +21,6 @@
 
 mod fanout;
 mod forward;
-mod metrics;
 mod overhead;
 mod pg;
 mod propagation;

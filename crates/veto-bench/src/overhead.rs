@@ -32,9 +32,10 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Args;
 
-use crate::proxy::{Proxy, Upstream};
+use crate::proxy::Proxy;
 use crate::registry::{cpu_secs_of_pid, own_cpu_secs, Registry};
 use crate::Common;
+use veto_testkit::Upstream;
 
 const TARGET_RATIO: f64 = 0.70;
 const TARGET_ADDED_P99_MS: f64 = 1.0;
@@ -257,7 +258,7 @@ async fn measure(
     cores: usize,
 ) -> anyhow::Result<()> {
     let upstream = Upstream::start().await?;
-    let proxy = Proxy::start(veto, a.common.keep_data, reg, &upstream.base, &[]).await?;
+    let proxy = Proxy::start(veto, a.common.keep_data, reg, &upstream.url, &[]).await?;
     let result = async {
         let client = reqwest::Client::new();
         let (chain, _) = reg
@@ -281,7 +282,7 @@ async fn measure(
             pin(std::process::id(), 0)?;
             pin(proxy.pid(), 1)?;
         }
-        let direct_url = format!("{}/", upstream.base);
+        let direct_url = format!("{}/", upstream.url);
         let proxy_url = format!("{}/", proxy.base);
         let cpu0 = own_cpu_secs()?;
         let (a2, d_url, c) = (a.clone(), direct_url.clone(), chain.clone());
@@ -290,7 +291,7 @@ async fn measure(
         let plain = if a.no_baseline {
             None
         } else {
-            let fwd = Forwarder::start(&upstream.base)?;
+            let fwd = Forwarder::start(&upstream.url)?;
             let fpid = fwd.child.id();
             if a.pin {
                 pin(fpid, 1)?;

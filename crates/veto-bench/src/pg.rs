@@ -38,8 +38,7 @@ impl Schema {
 
     /// The base URL with `search_path` set to this schema.
     pub(crate) fn url(&self) -> String {
-        let sep = if self.base.contains('?') { '&' } else { '?' };
-        format!("{}{sep}options=-csearch_path%3D{}", self.base, self.name)
+        veto_testkit::schema_url(&self.base, &self.name)
     }
 
     /// Drops the schema and everything in it.

@@ -36,10 +36,11 @@ use veto_core::{keyfile, KeySet};
 
 use crate::fanout::{revoke_sequentially, Sent};
 use crate::pg::Schema;
-use crate::proxy::{Proxy, Upstream};
+use crate::proxy::Proxy;
 use crate::registry::{own_cpu_secs, Registry, ServeOpts};
 use crate::stats::{percentile, random_jti, signed_ms, sorted};
 use crate::Common;
+use veto_testkit::Upstream;
 
 const TARGET_P99_MS: f64 = 100.0;
 /// Authorizers poll this rarely: only push explains a delivery.
@@ -467,7 +468,7 @@ async fn run_proxy(
     if let Some(b) = &a.bus {
         extra.extend(["--bus", b.as_str()]);
     }
-    let proxy = Proxy::start(veto, a.common.keep_data, reg, &upstream.base, &extra).await?;
+    let proxy = Proxy::start(veto, a.common.keep_data, reg, &upstream.url, &extra).await?;
     println!("== veto-bench propagation (--proxy) ==");
     println!(
         "registry        : pid {} at {}; proxy pid {} at {} (push {}, poll every 3600 s); upstream (in-process) {}",
@@ -476,7 +477,7 @@ async fn run_proxy(
         proxy.pid(),
         proxy.base,
         push_name(a.bus.as_deref()),
-        upstream.base
+        upstream.url
     );
     let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let result = async {

@@ -1,60 +1,16 @@
-//! A real `veto proxy` run as a child process, and a tiny in-process
-//! upstream (axum, `GET /` → `200 ok`) for it to front.
+//! A real `veto proxy` run as a child process; the in-process upstream it
+//! fronts is [`veto_testkit::Upstream`].
 
-use std::fs;
-use std::io::{BufRead as _, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use anyhow::{bail, Context as _};
-use tokio::sync::watch;
+use anyhow::anyhow;
+use veto_testkit::{clean_command, wait_ok, Process};
 
-use crate::registry::{fresh_dir, Registry};
+use crate::registry::{fresh_dir, stop_process, Registry, READY_TIMEOUT, START_TIMEOUT};
 
-const BANNER: &str = "veto proxy listening on ";
-const ADMIN: &str = "admin (metrics, health): ";
-
-/// An in-process upstream answering `200 ok` to every request, on its own
-/// loopback port; stops when dropped.
-pub(crate) struct Upstream {
-    /// `http://ADDR`.
-    pub base: String,
-    stop: watch::Sender<bool>,
-}
-
-impl Upstream {
-    pub(crate) async fn start() -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the upstream's port")?;
-        let addr: SocketAddr = listener.local_addr()?;
-        let app = axum::Router::new().fallback(|| async { "ok" });
-        let (stop, mut rx) = watch::channel(false);
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.changed().await;
-                })
-                .await;
-        });
-        Ok(Self {
-            base: format!("http://{addr}"),
-            stop,
-        })
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-/// A running `veto proxy`.
+/// A running `veto proxy` (killed on drop unless stopped).
 pub(crate) struct Proxy {
-    child: Option<Child>,
+    process: Option<Process>,
     /// `http://ADDR` for agents.
     pub base: String,
     /// `http://ADDR` for `/metrics`, `/healthz`, `/readyz`.
@@ -76,8 +32,7 @@ impl Proxy {
         extra: &[&str],
     ) -> anyhow::Result<Self> {
         let dir = fresh_dir("proxy")?;
-        let log = fs::File::create(dir.join("proxy.log")).context("creating the proxy log file")?;
-        let mut cmd = Command::new(veto);
+        let mut cmd = clean_command(veto);
         cmd.arg("proxy")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -90,60 +45,21 @@ impl Proxy {
             .arg("--authority-key")
             .arg(reg.authority_pub())
             .args(extra);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("VETO_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting `{} proxy`", veto.display()))?;
-        let stdout = child
-            .stdout
-            .take()
-            .context("no stdout pipe from the proxy")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            for _ in 0..2 {
-                if let Some(Ok(l)) = lines.next() {
-                    let _ = tx.send(l);
-                }
-            }
-            for _ in lines {}
-        });
-        let mut p = Self {
-            child: Some(child),
-            base: String::new(),
-            admin: String::new(),
+        let log = dir.join("proxy.log");
+        let (process, base, admin) =
+            tokio::task::spawn_blocking(move || Process::start_proxy(cmd, &log, START_TIMEOUT))
+                .await?
+                .map_err(|e| anyhow!("the proxy did not start: {e}"))?;
+        let p = Self {
+            process: Some(process),
+            base,
+            admin,
             dir,
             keep,
         };
-        let lines = tokio::task::spawn_blocking(move || {
-            let a = rx.recv_timeout(Duration::from_secs(60))?;
-            let b = rx.recv_timeout(Duration::from_secs(10))?;
-            Ok::<_, std::sync::mpsc::RecvTimeoutError>((a, b))
-        })
-        .await?;
-        let Ok((first, second)) = lines else {
-            bail!("the proxy did not start; its log:\n{}", p.log_tail());
-        };
-        let (Some(base), Some(admin)) = (
-            first.strip_prefix(BANNER),
-            second.split_once(ADMIN).map(|(_, a)| a),
-        ) else {
-            bail!(
-                "unexpected first lines from the proxy: {first:?}, {second:?}; its log:\n{}",
-                p.log_tail()
-            );
-        };
-        p.base = base.trim().to_owned();
-        p.admin = admin.trim().to_owned();
-        crate::registry::wait_ok(
+        wait_ok(
             &format!("{}/readyz", p.admin),
+            READY_TIMEOUT,
             || format!("the proxy at {} is not ready", p.base),
             || p.log_tail(),
         )
@@ -153,33 +69,23 @@ impl Proxy {
 
     /// The child's process id.
     pub(crate) fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.process.as_ref().map_or(0, Process::id)
     }
 
     /// The last lines of the proxy's log.
     pub(crate) fn log_tail(&self) -> String {
-        let text = fs::read_to_string(self.dir.join("proxy.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        self.process
+            .as_ref()
+            .map(|p| p.log_tail(20))
+            .unwrap_or_default()
     }
 
     /// Stops the proxy (SIGTERM, then SIGKILL after 10 s) and removes its
     /// directory unless asked to keep it.
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
-        match self.child.take() {
-            Some(child) => {
-                crate::registry::stop_child(child, "proxy", self.dir.clone(), self.keep).await
-            }
+        match self.process.take() {
+            Some(process) => stop_process(process, "proxy", self.dir.clone(), self.keep).await,
             None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }

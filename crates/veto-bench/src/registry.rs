@@ -3,14 +3,20 @@
 //! stderr (its logs) kept in `<data-dir>/registry.log`.
 
 use std::fs;
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::{anyhow, bail, Context as _};
+use veto_testkit::{clean_command, vm_rss_kib, wait_ok, Process};
 
-const BANNER: &str = "veto registry listening on ";
+/// How long `veto serve` or `veto proxy` may take to print its banner.
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long it may then take to answer `/healthz` or `/readyz`.
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a graceful stop may take before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How many log lines an error carries.
+const LOG_TAIL: usize = 20;
 
 /// Options for `veto serve` beyond the defaults (SQLite, SSE only).
 #[derive(Clone, Debug, Default)]
@@ -29,23 +35,12 @@ pub(crate) struct ServeOpts {
 
 /// A fresh, empty directory under the system temporary directory.
 pub(crate) fn fresh_dir(label: &str) -> anyhow::Result<PathBuf> {
-    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "veto-bench-{label}-{}-{nanos}-{n}",
-        std::process::id()
-    ));
-    fs::create_dir(&dir).with_context(|| format!("creating the directory `{}`", dir.display()))?;
-    Ok(dir)
+    Ok(veto_testkit::fresh_dir("veto-bench", label)?)
 }
 
-/// A running registry.
+/// A running registry (killed on drop unless stopped).
 pub(crate) struct Registry {
-    child: Option<Child>,
+    process: Option<Process>,
     /// `http://ADDR`.
     pub base: String,
     /// The admin bearer token.
@@ -74,20 +69,13 @@ impl Registry {
             );
         }
         let dir = fresh_dir("registry")?;
-        let log =
-            fs::File::create(dir.join("registry.log")).context("creating the registry log file")?;
-        let mut cmd = Command::new(veto);
+        // Only what this run asks for: no VETO_* settings from the caller.
+        let mut cmd = clean_command(veto);
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(&dir);
-        // Only what this run asks for: no VETO_* settings from the caller.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("VETO_") {
-                cmd.env_remove(k);
-            }
-        }
         if let Some(s) = &opts.store {
             cmd.arg("--store").arg(s);
         }
@@ -103,45 +91,18 @@ impl Registry {
         if let Some(t) = &opts.admin_token {
             cmd.env("VETO_ADMIN_TOKEN", t);
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting `{} serve`", veto.display()))?;
-        let stdout = child
-            .stdout
-            .take()
-            .context("no stdout pipe from the registry")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Read the banner, then keep draining stdout so the child never blocks on it.
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(first)) = lines.next() {
-                let _ = tx.send(first);
-            }
-            for _ in lines {}
-        });
+        let log = dir.join("registry.log");
+        let (process, base) =
+            tokio::task::spawn_blocking(move || Process::start_registry(cmd, &log, START_TIMEOUT))
+                .await?
+                .map_err(|e| anyhow!("the registry did not start: {e}"))?;
         let mut reg = Self {
-            child: Some(child),
-            base: String::new(),
+            process: Some(process),
+            base,
             token: String::new(),
             dir,
             keep,
         };
-        let first =
-            tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60))).await?;
-        let first = match first {
-            Ok(l) => l,
-            Err(_) => bail!("the registry did not start; its log:\n{}", reg.log_tail()),
-        };
-        let Some(addr) = first.strip_prefix(BANNER) else {
-            bail!(
-                "unexpected first line from the registry: {first:?}; its log:\n{}",
-                reg.log_tail()
-            );
-        };
-        reg.base = addr.trim().to_owned();
         reg.token = match &opts.admin_token {
             Some(t) => t.clone(),
             None => fs::read_to_string(reg.dir.join("admin.token"))
@@ -151,6 +112,7 @@ impl Registry {
         };
         wait_ok(
             &format!("{}/healthz", reg.base),
+            READY_TIMEOUT,
             || format!("the registry at {} is not healthy", reg.base),
             || reg.log_tail(),
         )
@@ -196,12 +158,12 @@ impl Registry {
 
     /// The child's process id.
     pub(crate) fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.process.as_ref().map_or(0, Process::id)
     }
 
     /// The registry process's resident set size (`VmRSS`), in KiB.
     pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
-        rss_kib_of_pid(self.pid())
+        Ok(vm_rss_kib(self.pid())?)
     }
 
     /// CPU time (user + system) the registry process has used, in seconds.
@@ -211,43 +173,33 @@ impl Registry {
 
     /// The last lines of the registry's log.
     pub(crate) fn log_tail(&self) -> String {
-        let text = fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        self.process
+            .as_ref()
+            .map(|p| p.log_tail(LOG_TAIL))
+            .unwrap_or_default()
     }
 
     /// Stops the registry (SIGTERM, then SIGKILL after 10 s) and removes
     /// its data directory unless asked to keep it.
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
-        match self.child.take() {
-            Some(child) => stop_child(child, "registry", self.dir.clone(), self.keep).await,
+        match self.process.take() {
+            Some(process) => stop_process(process, "registry", self.dir.clone(), self.keep).await,
             None => Ok(()),
         }
     }
 }
 
-/// Stops `child` gracefully (SIGTERM through kill(1), then SIGKILL after
-/// 10 s) and removes its directory `dir` unless `keep`.
-pub(crate) async fn stop_child(
-    mut child: std::process::Child,
+/// Stops `process` gracefully (SIGTERM, then SIGKILL after 10 s) and
+/// removes its directory `dir` unless `keep`.
+pub(crate) async fn stop_process(
+    process: Process,
     what: &'static str,
     dir: PathBuf,
     keep: bool,
 ) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                eprintln!("warning: the {what} did not stop within 10 s of SIGTERM; killing it");
-                child.kill()?;
-                child.wait()?;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !process.terminate(STOP_GRACE)? {
+            eprintln!("warning: the {what} did not stop within 10 s of SIGTERM; killed it");
         }
         if keep {
             println!("{what} directory kept: {}", dir.display());
@@ -257,17 +209,6 @@ pub(crate) async fn stop_child(
         Ok(())
     })
     .await?
-}
-
-/// The resident set size (`VmRSS`) of process `pid`, in KiB.
-pub(crate) fn rss_kib_of_pid(pid: u32) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmRSS in {path}"))
 }
 
 /// CPU time (user + system) of this process, in seconds.
@@ -326,36 +267,4 @@ fn cpu_secs_of(path: &str) -> anyhow::Result<f64> {
         Ok(v as f64 / 100.0)
     };
     Ok(tick(11)? + tick(12)?)
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        // On an early error: never leave the registry running.
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Polls `url` until it answers 2xx, for at most 30 s; the error names
-/// what was waited for and carries the process's log.
-pub async fn wait_ok(
-    url: &str,
-    what: impl Fn() -> String,
-    log: impl Fn() -> String,
-) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(url).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("{} after 30 s; its log:\n{}", what(), log());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

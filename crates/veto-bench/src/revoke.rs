@@ -21,11 +21,11 @@ use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use crate::metrics::{Histogram, Metrics};
 use crate::pg::Schema;
 use crate::registry::{fresh_dir, local_postgres_cpu_secs, own_cpu_secs, Registry, ServeOpts};
 use crate::stats::{percentile, random_jti, sorted};
 use crate::Common;
+use veto_testkit::{Histogram, Metrics};
 
 /// The registry's per-request limit (`MAX_BATCH`).
 const MAX_BATCH: usize = 10_000;

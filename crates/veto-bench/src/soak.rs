@@ -55,13 +55,14 @@ use hyper::header::{HeaderValue, AUTHORIZATION, HOST};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use crate::metrics::Metrics;
 use crate::overhead::parse_duration_ms;
 use crate::propagation::revoke_id;
-use crate::proxy::{Proxy, Upstream};
-use crate::registry::{rss_kib_of_pid, Registry};
+use crate::proxy::Proxy;
+use crate::registry::Registry;
 use crate::stats::{percentile, signed_ms, sorted};
 use crate::Common;
+use veto_testkit::Metrics;
+use veto_testkit::Upstream;
 
 /// What makes `veto-bench soak` exit non-zero (its `--help` epilogue).
 /// Keep in step with the constants below (a test checks).
@@ -729,7 +730,7 @@ pub(crate) async fn run(a: SoakArgs) -> anyhow::Result<()> {
     let veto = a.common.veto_path()?;
     let reg = Arc::new(Registry::start(&veto, a.common.keep_data).await?);
     let upstream = Upstream::start().await?;
-    let result = match Proxy::start(&veto, a.common.keep_data, &reg, &upstream.base, &[]).await {
+    let result = match Proxy::start(&veto, a.common.keep_data, &reg, &upstream.url, &[]).await {
         Ok(proxy) => {
             let r = soak(&a, &reg, &proxy).await;
             let stopped = proxy.stop().await;
@@ -827,7 +828,7 @@ async fn soak(a: &SoakArgs, reg: &Arc<Registry>, proxy: &Proxy) -> anyhow::Resul
             p50_ms: percentile(&ms, 0.5),
             p99_ms: percentile(&ms, 0.99),
             max_ms: percentile(&ms, 1.0),
-            proxy_kib: rss_kib_of_pid(proxy.pid())?,
+            proxy_kib: veto_testkit::vm_rss_kib(proxy.pid())?,
             registry_kib: reg.rss_kib()?,
             revocations: shared.revocations.load(Ordering::SeqCst),
             applied: shared.applied.load(Ordering::SeqCst),

@@ -8,9 +8,7 @@
 //! The `veto` command line against a real registry: ids that look like
 //! flags, and answers read strictly.
 
-mod common;
-
-use common::{veto_command, Registry};
+use veto_testkit::{veto_command, Registry};
 
 fn veto(reg: &Registry, args: &[&str]) -> std::process::Output {
     veto_command(reg.dir().path())
@@ -76,7 +74,7 @@ async fn ids_that_start_with_a_hyphen_are_values_not_flags() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_without_the_fields_is_an_error() {
     let reg = Registry::start(&[]);
-    let upstream = common::ok_upstream().await;
+    let upstream = veto_testkit::ok_upstream().await;
     let out = veto_command(reg.dir().path())
         .args(["revoke", "warrant", "abc", "--registry", &upstream])
         .args(["--token", "0123456789abcdef0123456789abcdef"])
@@ -121,7 +119,7 @@ fn run(reg: &Registry, cwd: &std::path::Path, args: &[&str]) -> Run {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_answers_with_its_exit_code_and_output() {
     let reg = Registry::start(&[]);
-    let work = common::TempDir::new("cli-work");
+    let work = veto_testkit::TempDir::new("cli-work");
     let cwd = work.path();
     let ok = |r: &Run, what: &str| {
         assert_eq!(r.code, 0, "{what}: {}{}", r.stdout, r.stderr);
@@ -368,7 +366,7 @@ async fn every_command_answers_with_its_exit_code_and_output() {
 /// ending with the child and the parent denied after the revocation.
 #[test]
 fn the_demo_runs_end_to_end() {
-    let home = common::TempDir::new("cli-demo");
+    let home = veto_testkit::TempDir::new("cli-demo");
     let out = veto_command(home.path()).arg("demo").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -1,7 +1,7 @@
 //! Fault scenarios with real processes on loopback: the registry killed
 //! mid-storm, a full or read-only disk, a partition and a half-open
 //! connection between a proxy and the registry (through the relay in
-//! `common::relay`), a subscriber that stops reading, and clock skew.
+//! `veto_testkit::relay`), a subscriber that stops reading, and clock skew.
 //!
 //! Each scenario checks what a user sees and that no revoked chain is
 //! allowed once its revocation was applied (fail-closed), and prints one
@@ -20,8 +20,6 @@
     reason = "tests and benchmarks: a failed step fails the run"
 )]
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -29,11 +27,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::relay::{Fault, Relay};
-use common::{metric_value, now, ok_upstream, rss_kib, EventStream, Proxy, Registry, TempDir};
 use serde_json::{json, Value};
 use veto_authorizer::{Authorizer, Config as AuthzConfig};
 use veto_core::{Clock, DenyReason, KeySet};
+use veto_testkit::relay::{Fault, Relay};
+use veto_testkit::{
+    metric_value, now, ok_upstream, rss_kib, EventStream, Proxy, Registry, TempDir,
+};
 
 const WITHIN: Duration = Duration::from_secs(30);
 const ACT: &[&str] = &["http:GET:/orders/*"];

@@ -16,16 +16,16 @@
     reason = "tests and benchmarks: a failed step fails the run"
 )]
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{metric_value, now, ok_upstream, rss_kib, EventStream, Proxy, Registry, TempDir};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use veto_core::jws::{self, Typ};
 use veto_core::{DenyReason, Head, PublicKey, SigningKey};
+use veto_testkit::{
+    metric_value, now, ok_upstream, rss_kib, EventStream, Proxy, Registry, TempDir,
+};
 
 const REGISTRY_ARGS: &[&str] = &["--heartbeat", "1s"];
 const ACT: &[&str] = &["http:GET:/orders/*"];

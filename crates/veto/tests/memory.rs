@@ -16,14 +16,7 @@
 //! Each test prints a `MEMORY` line with its figures. `VETO_BIN` runs the
 //! same tests against another `veto` binary (to measure the code before a
 //! change); without it they run the binary under test.
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "a test: a failed step fails the run"
-)]
-
-mod common;
+#![expect(clippy::unwrap_used, reason = "a test: a failed step fails the run")]
 
 use std::convert::Infallible;
 use std::io::Write as _;
@@ -38,8 +31,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use common::{metric_value, now, ok_upstream, rss_kib, url_in, Process, Registry, TempDir};
 use veto_core::{keyfile, warrant, Head, LinkSpec, RevocationSet, SigningKey, SrlSigner};
+use veto_testkit::{metric_value, now, ok_upstream, rss_kib, url_in, Process, Registry, TempDir};
 
 const ISS: &str = "veto";
 
@@ -51,7 +44,7 @@ fn mib(kib: u64) -> f64 {
 fn veto_bin() -> PathBuf {
     std::env::var_os("VETO_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(common::VETO))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_veto")))
 }
 
 /// A running `veto proxy` started from [`veto_bin`].

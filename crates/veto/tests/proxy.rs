@@ -13,8 +13,6 @@
     reason = "tests and benchmarks: a failed step fails the run"
 )]
 
-mod common;
-
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,9 +20,9 @@ use std::time::{Duration, Instant};
 use axum::body::{Body, Bytes};
 use axum::http::HeaderMap;
 use axum::routing::get;
-use common::{now, Proxy, Registry, TempDir};
 use serde_json::Value;
 use veto_core::{warrant, DenyReason, LinkSpec, ParsedChain, SigningKey};
+use veto_testkit::{now, Proxy, Registry, TempDir};
 
 /// Heartbeats every second, so `--max-staleness 3s` is reachable.
 const REGISTRY_ARGS: &[&str] = &["--heartbeat", "1s"];

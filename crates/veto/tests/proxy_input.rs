@@ -16,17 +16,15 @@
     reason = "tests and benchmarks: a failed step fails the run"
 )]
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, Method, Uri};
-use common::{now, Proxy, Registry, TempDir};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use veto_core::{warrant, LinkSpec, SigningKey};
+use veto_testkit::{now, Proxy, Registry, TempDir};
 
 const REGISTRY_ARGS: &[&str] = &["--heartbeat", "1s"];
 const ROOT_ACT: &[&str] = &["http:GET:/*"];
@@ -414,7 +412,7 @@ async fn route_files_match_the_canonical_path() {
 
     // A route file whose rule is not canonical is refused at start.
     std::fs::write(&routes, "* /x/../admin* admin:all\n").unwrap();
-    let out = common::veto_command(s.dir.path())
+    let out = veto_testkit::veto_command(s.dir.path())
         .args(["proxy", "--upstream", &s.upstream_url, "--authority-key"])
         .arg(s.registry.authority_key_file())
         .args([

@@ -9,20 +9,18 @@
     reason = "tests and benchmarks: a failed step fails the run"
 )]
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::io::Read as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{now, veto_command, EventStream, Registry};
 use serde_json::{json, Value};
 use veto_core::{
     Applied, CheckConfig, Checker, Decision, DenyReason, Digest, EntryKind, KeySet, ParsedChain,
     PublicKey, SrlState, SrlVerifier, VerifiedDelta,
 };
+use veto_testkit::{now, veto_command, EventStream, Registry};
 
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -1197,7 +1195,7 @@ fn registry_program() -> String {
     std::env::var("VETO_TEST_REGISTRY_BIN")
         .ok()
         .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| common::VETO.to_owned())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_veto").to_owned())
 }
 
 // Issue 10, item 3: a later re-revocation never undoes an earlier one. A
@@ -1217,7 +1215,7 @@ async fn a_re_revocation_never_shortens_an_earlier_one_on_postgres() {
         println!("skipped: VETO_TEST_POSTGRES_URL is not set");
         return;
     };
-    let schema = common::Schema::create(&base).await;
+    let schema = veto_testkit::Schema::create(&base).await;
     let url = schema.url();
     let reg = Registry::start_program(
         &registry_program(),
@@ -1294,7 +1292,7 @@ async fn re_revocation_scenario(reg: &Registry) {
 // token is (or repeats what was sent).
 #[tokio::test]
 async fn weak_admin_tokens_are_refused_and_401s_name_no_path() {
-    let tmp = common::TempDir::new("weak-token");
+    let tmp = veto_testkit::TempDir::new("weak-token");
     let weak = [
         ("short", "s3cret-but-short".to_owned()),
         ("one character repeated", "a".repeat(40)),
@@ -1305,7 +1303,7 @@ async fn weak_admin_tokens_are_refused_and_401s_name_no_path() {
     ];
     for (what, token) in &weak {
         let data = tmp.path().join(what.replace(' ', "-"));
-        let (code, out) = common::serve_refused(&data, &[("VETO_ADMIN_TOKEN", token)]);
+        let (code, out) = veto_testkit::serve_refused(&data, &[("VETO_ADMIN_TOKEN", token)]);
         assert_ne!(code, Some(0), "{what}: {out}");
         assert!(
             out.contains("head -c 32 /dev/urandom | base64"),
@@ -1321,7 +1319,7 @@ async fn weak_admin_tokens_are_refused_and_401s_name_no_path() {
     let data = tmp.path().join("file");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("admin.token"), "hunter2\n").unwrap();
-    let (code, out) = common::serve_refused(&data, &[]);
+    let (code, out) = veto_testkit::serve_refused(&data, &[]);
     assert_ne!(code, Some(0), "{out}");
     assert!(out.contains("admin.token") && out.contains("32"), "{out}");
     assert!(!out.contains("hunter2"), "{out}");
@@ -1406,9 +1404,9 @@ async fn unread_replays_and_delta_listings_stay_within_a_memory_budget() {
     // An authorizer that only pulls, seldom: its next poll finds tens of MB
     // of deltas to catch up on, so it must page through byte-capped
     // prefixes with `since=`.
-    let proxy_dir = common::TempDir::new("replay-proxy");
-    let upstream = common::ok_upstream().await;
-    let proxy = common::Proxy::start(
+    let proxy_dir = veto_testkit::TempDir::new("replay-proxy");
+    let upstream = veto_testkit::ok_upstream().await;
+    let proxy = veto_testkit::Proxy::start(
         &proxy_dir,
         &reg,
         &upstream,
@@ -1453,7 +1451,7 @@ async fn unread_replays_and_delta_listings_stay_within_a_memory_budget() {
     let _ = reg.snapshot().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = reg.pid();
-    let (rss0, _) = common::rss_kib(pid);
+    let (rss0, _) = veto_testkit::rss_kib(pid);
 
     let addr = reg.addr;
     let mut held = Vec::new();
@@ -1470,7 +1468,7 @@ async fn unread_replays_and_delta_listings_stay_within_a_memory_budget() {
     let mut peak = rss0;
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
-        peak = peak.max(common::rss_kib(pid).0);
+        peak = peak.max(veto_testkit::rss_kib(pid).0);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let buffered = async || {
@@ -1483,7 +1481,7 @@ async fn unread_replays_and_delta_listings_stay_within_a_memory_budget() {
             .text()
             .await
             .unwrap();
-        common::metric_value(&text, "veto_registry_client_buffer_bytes")
+        veto_testkit::metric_value(&text, "veto_registry_client_buffer_bytes")
     };
     // The attack is held to the budget, and it is what holds it.
     let in_use = buffered().await;

@@ -12,14 +12,12 @@
     reason = "tests and benchmarks: a failed step fails the run"
 )]
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::{now, Registry, Schema, TempDir};
 use serde_json::json;
 use veto_core::{keyfile, Digest, EntryKind, SigningKey, SrlState};
+use veto_testkit::{now, Registry, Schema, TempDir};
 
 fn postgres_url() -> Option<String> {
     match std::env::var("VETO_TEST_POSTGRES_URL") {

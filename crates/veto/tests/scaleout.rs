@@ -14,18 +14,16 @@
     reason = "tests and benchmarks: a failed step fails the run"
 )]
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{now, Registry, Schema, TempDir};
 use serde_json::json;
 use veto_authorizer::{Authorizer, Config as AuthzConfig, Push};
 use veto_core::{keyfile, Digest, EntryKind, KeySet, SigningKey, SrlState};
+use veto_testkit::{now, Registry, Schema, TempDir};
 
 fn env(name: &str, example: &str) -> Option<String> {
     match std::env::var(name) {

@@ -13,6 +13,11 @@
 //! [`Relay::heal`] lets traffic flow again: silent connections resume
 //! (bytes held back are delivered, as TCP would after a partition heals).
 
+#![allow(
+    clippy::expect_used,
+    reason = "a test kit: a relay that cannot bind fails the test at that step"
+)]
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
