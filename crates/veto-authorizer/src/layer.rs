@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use futures_util::future::{ready, Either, Ready};
 use http::uri::PathAndQuery;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use veto_core::wire::{ErrorBody, ErrorCode};
 use veto_core::{Decision, Denial, DenyReason, Target, TargetError};
 
 use crate::Authorizer;
@@ -40,8 +41,7 @@ pub fn request_target(method: &Method, uri: &Uri) -> Result<Target, TargetError>
 
 /// A 400 `{"error": "bad_target", "message": text}` response.
 pub fn bad_target_response<B: From<String>>(error: &TargetError) -> Response<B> {
-    let body =
-        serde_json::json!({"error": TargetError::CODE, "message": error.to_string()}).to_string();
+    let body = ErrorBody::new(ErrorCode::BadTarget, error.to_string()).to_json();
     let mut resp = Response::new(B::from(body));
     *resp.status_mut() = StatusCode::BAD_REQUEST;
     resp.headers_mut().insert(
@@ -149,8 +149,7 @@ pub(crate) fn decide(
 
 /// A `{"error": reason, "message": text}` response for a denial.
 pub fn deny_response<B: From<String>>(denial: &Denial) -> Response<B> {
-    let body =
-        serde_json::json!({"error": denial.reason.as_str(), "message": denial.message}).to_string();
+    let body = ErrorBody::denial(denial).to_json();
     let mut resp = Response::new(B::from(body));
     *resp.status_mut() = http_status(denial.reason);
     let h = resp.headers_mut();

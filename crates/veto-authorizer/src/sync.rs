@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use veto_core::wire::{nats, path, DeltasPage, EventKind};
 use veto_core::{ApplyError, KeySet, PublicKey, SrlError, SrlVerifier, SseParser};
 
 use crate::persist::{DiskCache, Saved};
@@ -279,7 +280,7 @@ async fn fetch_snapshot(sync: &Arc<Syncer>, conditional: bool) -> Result<(), Syn
     let ver = sync.state.version();
     let etag = (conditional && ver > 0).then_some(ver);
     let cap = sync.config.max_snapshot_bytes;
-    let Some(token) = get(sync, "/v1/srl", etag, "snapshot", cap).await? else {
+    let Some(token) = get(sync, path::SRL, etag, "snapshot", cap).await? else {
         return Ok(());
     };
     let token = token.trim().to_owned();
@@ -298,7 +299,7 @@ async fn fetch_snapshot(sync: &Arc<Syncer>, conditional: bool) -> Result<(), Syn
 async fn fetch_checkpoint(sync: &Arc<Syncer>) -> Result<bool, SyncError> {
     let Some(token) = get(
         sync,
-        "/v1/srl/checkpoint",
+        path::SRL_CHECKPOINT,
         None,
         "checkpoint",
         MAX_CHECKPOINT,
@@ -323,8 +324,9 @@ async fn catch_up(sync: &Arc<Syncer>) -> Result<(), SyncError> {
         let resp = sync
             .http
             .get(format!(
-                "{}/v1/srl/deltas?since={since}",
-                sync.config.registry
+                "{}{}?since={since}",
+                sync.config.registry,
+                path::SRL_DELTAS
             ))
             .send()
             .await
@@ -337,10 +339,6 @@ async fn catch_up(sync: &Arc<Syncer>) -> Result<(), SyncError> {
             }
             s => return Err(SyncError::Status(s)),
         }
-        #[derive(serde::Deserialize)]
-        struct Deltas {
-            deltas: Vec<String>,
-        }
         // A page of deltas outweighing a snapshot is refused (and counted);
         // the snapshot, under its own cap, replaces it.
         let cap = sync.config.max_snapshot_bytes;
@@ -352,7 +350,7 @@ async fn catch_up(sync: &Arc<Syncer>) -> Result<(), SyncError> {
             }
             other => other?,
         };
-        let body: Deltas =
+        let body: DeltasPage =
             serde_json::from_slice(&bytes).map_err(|e| SyncError::Stream(e.to_string()))?;
         if body.deltas.is_empty() {
             return Ok(());
@@ -509,7 +507,12 @@ async fn sse_session(sync: &Arc<Syncer>, client: &reqwest::Client) -> Result<(),
             veto_core::SseError::NotUtf8 => SyncError::Stream(e.to_string()),
         })?;
         for event in events {
-            match handle_event(sync, &event.event, event.data).await {
+            // Other event names (and comments) carry nothing to apply and
+            // renew nothing (see [`Liveness`]).
+            let Some(kind) = EventKind::parse(&event.event) else {
+                continue;
+            };
+            match handle_event(sync, kind, event.data).await {
                 Ok(iat) => live.saw(iat),
                 Err(e) => {
                     count(sync, &e);
@@ -564,23 +567,23 @@ fn fits(result: &Result<veto_core::Applied, ApplyError>) -> bool {
 /// verified and fit the applied chain (see [`Liveness`]).
 async fn handle_event(
     sync: &Arc<Syncer>,
-    kind: &str,
+    kind: EventKind,
     data: String,
 ) -> Result<Option<u64>, SyncError> {
     let now = sync.now();
     let (iat, result) = match kind {
-        "delta" => {
+        EventKind::Delta => {
             let d = sync.verifier.delta(&data, now)?;
             (d.payload.iat, sync.state.apply(Incoming::Delta(d, data)))
         }
-        "checkpoint" => {
+        EventKind::Checkpoint => {
             let c = sync.verifier.checkpoint(&data, now)?;
             (
                 c.payload.iat,
                 sync.state.apply(Incoming::Checkpoint(c, data)),
             )
         }
-        "snapshot" => {
+        EventKind::Snapshot => {
             let i = sync.clone();
             let (v, data) =
                 tokio::task::spawn_blocking(move || (i.verifier.snapshot(&data, now), data))
@@ -589,7 +592,6 @@ async fn handle_event(
             let v = v?;
             (v.iat, sync.state.apply(Incoming::Snapshot(v, data)))
         }
-        _ => return Ok(None),
     };
     Ok(fits(&result).then_some(iat))
 }
@@ -613,7 +615,7 @@ async fn jwks_loop(sync: Arc<Syncer>, refresh: Duration) {
     let mut stop = sync.shutdown.subscribe();
     let mut retry = Duration::from_millis(200);
     loop {
-        let wait = match get(&sync, "/.well-known/jwks.json", None, "JWKS", MAX_JWKS).await {
+        let wait = match get(&sync, path::JWKS, None, "JWKS", MAX_JWKS).await {
             Ok(Some(text)) => match parse_jwks(&text) {
                 Ok(keys) => {
                     sync.state.set_issuers(keys);
@@ -671,7 +673,7 @@ async fn nats_session(sync: &Arc<Syncer>, url: &str) -> Result<(), SyncError> {
         None => DeliverFrom::New,
     };
     let mut sub = client
-        .js_subscribe("VETO_SRL", "veto.srl.>", start, Duration::from_secs(5))
+        .js_subscribe(nats::STREAM, nats::SUBJECTS, start, Duration::from_secs(5))
         .await
         .map_err(|e| SyncError::Stream(e.to_string()))?;
     sync.state.set_push_connected(true);
@@ -686,10 +688,8 @@ async fn nats_session(sync: &Arc<Syncer>, url: &str) -> Result<(), SyncError> {
         let Some(msg) = next.map_err(|e| SyncError::Stream(e.to_string()))? else {
             return Ok(());
         };
-        let kind = match msg.subject.as_str() {
-            "veto.srl.delta" => "delta",
-            "veto.srl.checkpoint" => "checkpoint",
-            _ => continue,
+        let Some(kind) = EventKind::of_subject(&msg.subject) else {
+            continue;
         };
         let Ok(data) = String::from_utf8(msg.payload.to_vec()) else {
             count(
@@ -702,7 +702,7 @@ async fn nats_session(sync: &Arc<Syncer>, url: &str) -> Result<(), SyncError> {
             Ok(iat) => live.saw(iat),
             Err(e) => {
                 count(sync, &e);
-                tracing::warn!(error = %e, kind, "refused a pushed object");
+                tracing::warn!(error = %e, kind = kind.as_str(), "refused a pushed object");
             }
         }
     }

@@ -85,7 +85,7 @@ pub(crate) async fn reset_stream(url: &str) -> anyhow::Result<()> {
     // Answers an error when the stream does not exist: that is fine.
     let _ = nc
         .request(
-            "$JS.API.STREAM.DELETE.VETO_SRL",
+            &format!("$JS.API.STREAM.DELETE.{}", veto_core::wire::nats::STREAM),
             &[],
             b"",
             Duration::from_secs(5),

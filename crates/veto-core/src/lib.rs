@@ -25,6 +25,7 @@ mod sse;
 mod state;
 mod target;
 pub mod warrant;
+pub mod wire;
 
 pub use action::{ActionSet, Pattern, PatternError};
 #[cfg(any(test, feature = "test-util"))]

@@ -80,7 +80,7 @@ pub enum TargetError {
 
 impl TargetError {
     /// The API error code for every refused target.
-    pub const CODE: &'static str = "bad_target";
+    pub const CODE: &'static str = crate::wire::ErrorCode::BadTarget.as_str();
 }
 
 /// A request target in canonical form: the path to authorize and forward,

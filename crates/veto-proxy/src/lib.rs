@@ -62,6 +62,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio_stream::wrappers::WatchStream;
 use veto_authorizer::{Authorizer, Verified};
+use veto_core::wire::{path, ErrorBody, ErrorCode};
 use veto_core::{Denial, VerifiedChain};
 
 /// The default for [`ProxyConfig::upstream_timeout`].
@@ -437,12 +438,26 @@ fn local(status: StatusCode, body: serde_json::Value) -> Response<ProxyBody> {
     r
 }
 
-fn refuse(state: &State, status: StatusCode, code: &str, message: String) -> Response<ProxyBody> {
-    state.metrics.outcome(code);
-    local(
-        status,
-        serde_json::json!({"error": code, "message": message}),
-    )
+/// A `{"error": code, "message": text}` answer.
+fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::from(ErrorBody::new(code, message).to_json()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// An error answer counted in `veto_proxy_requests{outcome}`.
+fn refuse(
+    state: &State,
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+) -> Response<ProxyBody> {
+    state.metrics.outcome(code.as_str());
+    error(status, code, message)
 }
 
 /// Whether `Connection` lists `token` (case-insensitively).
@@ -509,7 +524,7 @@ async fn handle(
         return Ok(refuse(
             &state,
             StatusCode::BAD_REQUEST,
-            "upgrade_refused",
+            ErrorCode::UpgradeRefused,
             message,
         ));
     }
@@ -537,9 +552,10 @@ async fn handle(
             return Ok(veto_authorizer::deny_response(d));
         }
         (veto_core::Decision::Allow { .. }, None) => {
-            return Ok(local(
+            return Ok(error(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                serde_json::json!({"error": "internal", "message": "allowed without a verified chain"}),
+                ErrorCode::Internal,
+                "allowed without a verified chain",
             ));
         }
     };
@@ -569,9 +585,10 @@ async fn handle(
     // Exactly the canonical form that was authorized, query unchanged.
     parts.path_and_query = format!("{base}{target}").parse().ok();
     let Ok(uri) = Uri::from_parts(parts) else {
-        return Ok(local(
+        return Ok(error(
             StatusCode::BAD_REQUEST,
-            serde_json::json!({"error": "bad_request", "message": "cannot form the upstream URI"}),
+            ErrorCode::BadRequest,
+            "cannot form the upstream URI",
         ));
     };
     *req.uri_mut() = uri;
@@ -621,20 +638,22 @@ async fn handle(
         Ok(Err(e)) => {
             state.metrics.upstream_errors.inc();
             tracing::warn!(error = %e, "upstream request failed");
-            return Ok(local(
+            return Ok(error(
                 StatusCode::BAD_GATEWAY,
-                serde_json::json!({"error": "bad_gateway", "message": format!("the upstream could not be reached: {e}")}),
+                ErrorCode::BadGateway,
+                format!("the upstream could not be reached: {e}"),
             ));
         }
         Err(_) => {
             state.metrics.upstream_errors.inc();
             tracing::warn!(?timeout, "upstream sent no response head in time");
-            return Ok(local(
+            return Ok(error(
                 StatusCode::GATEWAY_TIMEOUT,
-                serde_json::json!({"error": "upstream_timeout", "message": format!(
+                ErrorCode::UpstreamTimeout,
+                format!(
                     "the upstream sent no response head within {} ms (--upstream-timeout)",
                     timeout.as_millis()
-                )}),
+                ),
             ));
         }
     };
@@ -650,9 +669,10 @@ async fn handle(
         let agreed = !switched.is_empty() && switched.iter().all(|p| asked_upgrade.contains(p));
         let Some(client_upgrade) = client_upgrade.filter(|_| agreed) else {
             state.metrics.upstream_errors.inc();
-            return Ok(local(
+            return Ok(error(
                 StatusCode::BAD_GATEWAY,
-                serde_json::json!({"error": "bad_gateway", "message": "the upstream switched to a protocol the client did not ask for"}),
+                ErrorCode::BadGateway,
+                "the upstream switched to a protocol the client did not ask for",
             ));
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -798,9 +818,9 @@ async fn serve_admin(
     }
 }
 
-fn admin(state: &State, path: &str) -> Response<ProxyBody> {
-    match path {
-        "/metrics" => {
+fn admin(state: &State, target: &str) -> Response<ProxyBody> {
+    match target {
+        path::METRICS => {
             let mut text = state.authz.metrics_text();
             let _ = prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry);
             let mut r = Response::new(ProxyBody::from(text));
@@ -810,11 +830,11 @@ fn admin(state: &State, path: &str) -> Response<ProxyBody> {
             );
             r
         }
-        "/healthz" => local(
+        path::HEALTHZ => local(
             StatusCode::OK,
             serde_json::json!({"status": "ok", "sync": state.authz.status()}),
         ),
-        "/readyz" => {
+        path::READYZ => {
             let s = state.authz.status();
             let code = if s.fresh {
                 StatusCode::OK
@@ -823,9 +843,10 @@ fn admin(state: &State, path: &str) -> Response<ProxyBody> {
             };
             local(code, serde_json::json!({"ready": s.fresh, "sync": s}))
         }
-        _ => local(
+        _ => error(
             StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "not_found", "message": "admin endpoints: /metrics, /healthz, /readyz"}),
+            ErrorCode::NotFound,
+            "admin endpoints: /metrics, /healthz, /readyz",
         ),
     }
 }

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use veto_core::wire::{path, ErrorBody, ErrorCode, EventKind, RevokeRequest, RevokeResponse};
 use veto_core::{warrant, Entry, EntryKind, Jwk, LinkSpec, PublicKey, Reason, SigningKey};
 
 use crate::metrics::Code;
@@ -66,11 +67,11 @@ type Shared = Arc<Inner>;
 
 pub(crate) struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
-fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+fn err(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
     ApiError {
         status,
         code,
@@ -78,7 +79,7 @@ fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> Ap
     }
 }
 
-fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+fn bad(code: ErrorCode, message: impl Into<String>) -> ApiError {
     err(StatusCode::BAD_REQUEST, code, message)
 }
 
@@ -88,18 +89,14 @@ fn unavailable(e: StoreError) -> ApiError {
     tracing::error!(error = %e, "a read from the store failed");
     err(
         StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
+        ErrorCode::StoreUnavailable,
         "the store did not answer; retry shortly",
     )
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": self.code, "message": self.message})),
-        )
-            .into_response()
+        (self.status, Json(ErrorBody::new(self.code, self.message))).into_response()
     }
 }
 
@@ -132,7 +129,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
             });
             return Err(err(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 match found {
                     Some(t) => format!("the body is declared as `{t}`: send JSON with `Content-Type: application/json`"),
                     None => "the body has no content type: send JSON with `Content-Type: application/json`".into(),
@@ -141,9 +138,9 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                err(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body is over the {MAX_BODY}-byte limit: send fewer entries per request"))
+                err(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::BodyTooLarge, format!("request body is over the {MAX_BODY}-byte limit: send fewer entries per request"))
             } else {
-                bad("bad_body", format!("could not read the request body: {e}"))
+                bad(ErrorCode::BadBody, format!("could not read the request body: {e}"))
             }
         })?;
         parse_json(&bytes).map(JsonBody)
@@ -158,10 +155,10 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
 /// unknown members.
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let tree: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| bad("invalid_json", format!("invalid JSON body: {e}")))?;
+        .map_err(|e| bad(ErrorCode::InvalidJson, format!("invalid JSON body: {e}")))?;
     check_objects(&tree)?;
     serde_json::from_slice(bytes)
-        .map_err(|e| bad("invalid_json", format!("invalid JSON body: {e}")))
+        .map_err(|e| bad(ErrorCode::InvalidJson, format!("invalid JSON body: {e}")))
 }
 
 /// The body, each of its `entries` and its `holder_key` must be JSON
@@ -169,11 +166,11 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 fn check_objects(tree: &serde_json::Value) -> Result<(), ApiError> {
     let body = tree
         .as_object()
-        .ok_or_else(|| bad("invalid_json", "the body must be a JSON object"))?;
+        .ok_or_else(|| bad(ErrorCode::InvalidJson, "the body must be a JSON object"))?;
     if let Some(entries) = body.get("entries").and_then(|e| e.as_array()) {
         if let Some(i) = entries.iter().position(|e| !e.is_object()) {
             return Err(bad(
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 format!(
                     "entry {i} must be a JSON object such as {{\"kind\":\"warrant\",\"id\":\"…\"}}"
                 ),
@@ -181,7 +178,10 @@ fn check_objects(tree: &serde_json::Value) -> Result<(), ApiError> {
         }
     }
     if body.get("holder_key").is_some_and(|k| !k.is_object()) {
-        return Err(bad("invalid_json", "`holder_key` must be a JWK object"));
+        return Err(bad(
+            ErrorCode::InvalidJson,
+            "`holder_key` must be a JWK object",
+        ));
     }
     Ok(())
 }
@@ -210,25 +210,34 @@ pub fn parse_mint_body(body: &[u8]) -> Result<bool, String> {
 
 pub(crate) fn router(inner: Shared, stop: watch::Receiver<bool>) -> Router {
     let admin = Router::new()
-        .route("/v1/revocations", post(revoke).get(audit))
-        .route("/v1/warrants", post(mint))
+        .route(path::REVOCATIONS, post(revoke).get(audit))
+        .route(path::WARRANTS, post(mint))
         .route(
-            "/v1/issuer-keys",
+            path::ISSUER_KEYS,
             post(add_issuer_key).get(list_issuer_keys),
         )
-        .route("/v1/issuer-keys/{kid}", delete(retire_issuer_key))
+        .route(
+            &format!("{}/{{kid}}", path::ISSUER_KEYS),
+            delete(retire_issuer_key),
+        )
         .route_layer(middleware::from_fn_with_state(inner.clone(), require_admin));
     Router::new()
         .merge(admin)
-        .route("/v1/srl", get(snapshot))
-        .route("/v1/srl/deltas", get(deltas))
-        .route("/v1/srl/checkpoint", get(checkpoint))
-        .route("/v1/srl/events", get(events))
-        .route("/.well-known/jwks.json", get(jwks))
-        .route("/v1/authority", get(authority))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .fallback(|| async { err(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .route(path::SRL, get(snapshot))
+        .route(path::SRL_DELTAS, get(deltas))
+        .route(path::SRL_CHECKPOINT, get(checkpoint))
+        .route(path::SRL_EVENTS, get(events))
+        .route(path::JWKS, get(jwks))
+        .route(path::AUTHORITY, get(authority))
+        .route(path::HEALTHZ, get(healthz))
+        .route(path::METRICS, get(metrics))
+        .fallback(|| async {
+            err(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "no such endpoint",
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(close_after_refused_body))
         .layer(axum::Extension(stop))
@@ -278,12 +287,12 @@ async fn require_admin(State(inner): State<Shared>, req: Request, next: Next) ->
             .metrics
             .errors
             .get_or_create(&Code {
-                code: "unauthorized".into(),
+                code: ErrorCode::Unauthorized.as_str().into(),
             })
             .inc();
         err(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             format!("{message}{hint}"),
         )
         .into_response()
@@ -309,39 +318,16 @@ async fn require_admin(State(inner): State<Shared>, req: Request, next: Next) ->
     next.run(req).await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RevokeRequest {
-    entries: Vec<RevokeEntry>,
-    #[serde(default)]
-    actor: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RevokeEntry {
-    kind: String,
-    id: String,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    before: Option<u64>,
-    #[serde(default)]
-    expires_at: Option<u64>,
-    #[serde(default)]
-    note: Option<String>,
-}
-
 fn validate(req: RevokeRequest, now: u64) -> Result<(Vec<NewEntry>, String), ApiError> {
     if req.entries.is_empty() {
         return Err(bad(
-            "no_entries",
+            ErrorCode::NoEntries,
             "`entries` is empty: give at least one entry to revoke",
         ));
     }
     if req.entries.len() > MAX_BATCH {
         return Err(bad(
-            "batch_too_large",
+            ErrorCode::BatchTooLarge,
             format!(
                 "{} entries, over the limit of {MAX_BATCH} per request: split the batch",
                 req.entries.len()
@@ -350,13 +336,16 @@ fn validate(req: RevokeRequest, now: u64) -> Result<(Vec<NewEntry>, String), Api
     }
     let actor = req.actor.unwrap_or_else(|| "admin".into());
     if actor.is_empty() || actor.len() > 128 {
-        return Err(bad("invalid_actor", "`actor` must be 1 to 128 bytes"));
+        return Err(bad(
+            ErrorCode::InvalidActor,
+            "`actor` must be 1 to 128 bytes",
+        ));
     }
     let mut out = Vec::with_capacity(req.entries.len());
     for (i, e) in req.entries.into_iter().enumerate() {
         let kind = EntryKind::parse(&e.kind).ok_or_else(|| {
             bad(
-                "unknown_kind",
+                ErrorCode::UnknownKind,
                 format!(
                     "entry {i}: unknown kind `{}`: expected `warrant`, `agent` or `key`",
                     e.kind
@@ -368,7 +357,7 @@ fn validate(req: RevokeRequest, now: u64) -> Result<(Vec<NewEntry>, String), Api
             Some(r) => Reason::parse(r).ok_or_else(|| {
                 let all: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
                 bad(
-                    "unknown_reason",
+                    ErrorCode::UnknownReason,
                     format!(
                         "entry {i}: unknown reason `{r}`: expected one of {}",
                         all.join(", ")
@@ -377,11 +366,14 @@ fn validate(req: RevokeRequest, now: u64) -> Result<(Vec<NewEntry>, String), Api
             })?,
         };
         if e.id.is_empty() {
-            return Err(bad("invalid_id", format!("entry {i}: `id` is empty")));
+            return Err(bad(
+                ErrorCode::InvalidId,
+                format!("entry {i}: `id` is empty"),
+            ));
         }
         if e.id.len() > veto_core::MAX_ENTRY_ID_BYTES {
             return Err(bad(
-                "invalid_id",
+                ErrorCode::InvalidId,
                 format!(
                     "entry {i}: `id` is {} bytes, over the 256-byte limit",
                     e.id.len()
@@ -390,24 +382,24 @@ fn validate(req: RevokeRequest, now: u64) -> Result<(Vec<NewEntry>, String), Api
         }
         match (kind, e.before) {
             (EntryKind::Agent, None) => {
-                return Err(bad("missing_before", format!("entry {i}: an agent entry needs `before` (revoke credentials issued at or before this Unix time)")))
+                return Err(bad(ErrorCode::MissingBefore, format!("entry {i}: an agent entry needs `before` (revoke credentials issued at or before this Unix time)")))
             }
             (EntryKind::Warrant | EntryKind::Key, Some(_)) => {
-                return Err(bad("unexpected_before", format!("entry {i}: `before` applies only to agent entries")))
+                return Err(bad(ErrorCode::UnexpectedBefore, format!("entry {i}: `before` applies only to agent entries")))
             }
             _ => {}
         }
         if let Some(exp) = e.expires_at {
             if exp <= now {
                 return Err(bad(
-                    "invalid_expires_at",
+                    ErrorCode::InvalidExpiresAt,
                     format!("entry {i}: `expires_at` {exp} is not in the future"),
                 ));
             }
         }
         if e.note.as_ref().is_some_and(|n| n.len() > 1024) {
             return Err(bad(
-                "invalid_note",
+                ErrorCode::InvalidNote,
                 format!("entry {i}: `note` is over 1024 bytes"),
             ));
         }
@@ -435,7 +427,7 @@ async fn revoke(
             .metrics
             .errors
             .get_or_create(&Code {
-                code: e.code.into(),
+                code: e.code.as_str().into(),
             })
             .inc();
     })?;
@@ -451,7 +443,7 @@ async fn revoke(
         .map_err(|_| {
             err(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
+                ErrorCode::ShuttingDown,
                 "the registry is shutting down; retry against another replica",
             )
         })?;
@@ -460,7 +452,7 @@ async fn revoke(
         .map_err(|_| {
             err(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
+                ErrorCode::ShuttingDown,
                 "the registry is shutting down; retry",
             )
         })?
@@ -468,24 +460,26 @@ async fn revoke(
             let (status, code, advice) = match e.kind {
                 Unwritable::Full => (
                     StatusCode::INSUFFICIENT_STORAGE,
-                    "store_full",
+                    ErrorCode::StoreFull,
                     "free space for the registry's database, then retry",
                 ),
                 Unwritable::ReadOnly => (
                     StatusCode::INSUFFICIENT_STORAGE,
-                    "store_read_only",
+                    ErrorCode::StoreReadOnly,
                     "make the registry's database writable again, then retry",
                 ),
                 Unwritable::Other => (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
+                    ErrorCode::StoreUnavailable,
                     "retry once the store is writable",
                 ),
             };
             inner
                 .metrics
                 .errors
-                .get_or_create(&Code { code: code.into() })
+                .get_or_create(&Code {
+                    code: code.as_str().into(),
+                })
                 .inc();
             err(
                 status,
@@ -494,19 +488,23 @@ async fn revoke(
                 format!("the revocation was NOT recorded: {advice}"),
             )
         })?;
-    let body = |version| Json(json!({"version": version, "entries": committed.entries}));
-    Ok(match &committed.new_version {
-        Some((ver, _, _)) => (StatusCode::CREATED, body(*ver)).into_response(),
-        None => {
-            let ver = committed
+    let (status, version) = match &committed.new_version {
+        Some((ver, _, _)) => (StatusCode::CREATED, *ver),
+        None => (
+            StatusCode::OK,
+            committed
                 .entries
                 .iter()
                 .map(|e| e.version)
                 .max()
-                .unwrap_or(0);
-            (StatusCode::OK, body(ver)).into_response()
-        }
-    })
+                .unwrap_or(0),
+        ),
+    };
+    let body = RevokeResponse {
+        version,
+        entries: committed.entries,
+    };
+    Ok((status, Json(body)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -524,18 +522,18 @@ async fn audit(
     State(inner): State<Shared>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| bad("invalid_query", e.body_text()))?;
+    let Query(q) = query.map_err(|e| bad(ErrorCode::InvalidQuery, e.body_text()))?;
     if let Some(k) = &q.kind {
         EntryKind::parse(k).ok_or_else(|| {
             bad(
-                "unknown_kind",
+                ErrorCode::UnknownKind,
                 format!("unknown kind `{k}`: expected `warrant`, `agent` or `key`"),
             )
         })?;
     }
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(bad("invalid_limit", "`limit` must be 1 to 1000"));
+        return Err(bad(ErrorCode::InvalidLimit, "`limit` must be 1 to 1000"));
     }
     let filter = AuditFilter {
         kind: q.kind,
@@ -566,18 +564,21 @@ struct MintRequest {
 /// it binds, if any.
 fn validate_mint(req: &MintRequest) -> Result<Option<PublicKey>, ApiError> {
     if req.agent.is_empty() || req.agent.len() > 256 {
-        return Err(bad("invalid_agent", "`agent` must be 1 to 256 bytes"));
+        return Err(bad(
+            ErrorCode::InvalidAgent,
+            "`agent` must be 1 to 256 bytes",
+        ));
     }
     if req.act.is_empty() {
         return Err(bad(
-            "invalid_act",
+            ErrorCode::InvalidAct,
             "`act` is empty: give at least one action pattern",
         ));
     }
-    veto_core::ActionSet::parse(&req.act).map_err(|e| bad("invalid_act", e.to_string()))?;
+    veto_core::ActionSet::parse(&req.act).map_err(|e| bad(ErrorCode::InvalidAct, e.to_string()))?;
     if req.ttl == 0 || req.ttl > MAX_TTL {
         return Err(bad(
-            "invalid_ttl",
+            ErrorCode::InvalidTtl,
             format!("`ttl` must be 1 to {MAX_TTL} seconds"),
         ));
     }
@@ -585,7 +586,7 @@ fn validate_mint(req: &MintRequest) -> Result<Option<PublicKey>, ApiError> {
         .as_ref()
         .map(PublicKey::from_jwk)
         .transpose()
-        .map_err(|e| bad("invalid_holder_key", format!("`holder_key`: {e}")))
+        .map_err(|e| bad(ErrorCode::InvalidHolderKey, format!("`holder_key`: {e}")))
 }
 
 async fn mint(
@@ -604,7 +605,7 @@ async fn mint(
             .ok_or_else(|| {
                 err(
                     StatusCode::CONFLICT,
-                    "no_issuer_key",
+                    ErrorCode::NoIssuerKey,
                     "no trusted issuer key: add one with `veto keys rotate`",
                 )
             })?;
@@ -619,10 +620,15 @@ async fn mint(
                 holder,
             },
         )
-        .map_err(|e| bad("invalid_warrant", e.to_string()))?
+        .map_err(|e| bad(ErrorCode::InvalidWarrant, e.to_string()))?
     };
-    let parsed = veto_core::ParsedChain::parse(&chain)
-        .map_err(|d| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", d.message))?;
+    let parsed = veto_core::ParsedChain::parse(&chain).map_err(|d| {
+        err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            d.message,
+        )
+    })?;
     let jti = parsed.root().claims().jti.clone();
     if let Err(e) = inner
         .store
@@ -639,8 +645,13 @@ async fn mint(
 }
 
 async fn add_issuer_key(State(inner): State<Shared>) -> Result<Response, ApiError> {
-    let key = SigningKey::generate()
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let key = SigningKey::generate().map_err(|e| {
+        err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        )
+    })?;
     let jwk = key.to_private_jwk().to_json();
     let now = inner.now();
     inner
@@ -697,7 +708,7 @@ async fn retire_issuer_key(
     if !retired {
         return Err(err(
             StatusCode::NOT_FOUND,
-            "unknown_key",
+            ErrorCode::UnknownKey,
             format!("no active issuer key `{kid}`"),
         ));
     }
@@ -720,7 +731,7 @@ async fn snapshot(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     let Some(snap) = inner.snapshot().await else {
         return err(
             StatusCode::SERVICE_UNAVAILABLE,
-            "snapshot_unavailable",
+            ErrorCode::SnapshotUnavailable,
             "the snapshot could not be signed (see the registry's log); retry shortly, or follow the deltas",
         )
         .into_response();
@@ -774,7 +785,7 @@ async fn deltas(
     // gets the same JSON error as a bad value, not a plain-text rejection.
     let Query(q) = query.map_err(|_| {
         bad(
-            "invalid_since",
+            ErrorCode::InvalidSince,
             "`since` must be one non-negative integer version",
         )
     })?;
@@ -783,14 +794,14 @@ async fn deltas(
         .as_deref()
         .ok_or_else(|| {
             bad(
-                "missing_since",
+                ErrorCode::MissingSince,
                 "give `since=N`, the version you have applied",
             )
         })?
         .parse()
         .map_err(|_| {
             bad(
-                "invalid_since",
+                ErrorCode::InvalidSince,
                 "`since` must be a non-negative integer version",
             )
         })?;
@@ -809,19 +820,20 @@ async fn deltas(
     .ok_or_else(|| {
         err(
             StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
+            ErrorCode::Busy,
             "the registry is sending as many deltas as it may hold at once: retry shortly",
         )
     })?;
     let (list, permit) = page.map_err(unavailable)?;
     match list {
         Some(list) => Ok(deltas_body(list, permit)),
-        None => Err(err(StatusCode::GONE, "gone", format!("deltas after version {since} are no longer retained: fetch the snapshot at /v1/srl"))),
+        None => Err(err(StatusCode::GONE, ErrorCode::Gone, format!("deltas after version {since} are no longer retained: fetch the snapshot at /v1/srl"))),
     }
 }
 
-/// `{"deltas": [...]}`, written a delta at a time; the budget share is
-/// held until the last byte was taken (or the client went away).
+/// A [`veto_core::wire::DeltasPage`] (`{"deltas": [...]}`), written a delta at a time; the
+/// budget share is held until the last byte was taken (or the client went
+/// away).
 fn deltas_body(list: Vec<(u64, String)>, permit: OwnedSemaphorePermit) -> Response {
     let mut parts: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
     parts.push_back(Bytes::from_static(b"{\"deltas\":["));
@@ -907,9 +919,9 @@ impl Drop for SubscriberGuard {
     }
 }
 
-fn sse(kind: &str, ver: u64, data: &str) -> SseEvent {
+fn sse(kind: EventKind, ver: u64, data: &str) -> SseEvent {
     SseEvent::default()
-        .event(kind)
+        .event(kind.as_str())
         .id(ver.to_string())
         .data(data)
 }
@@ -926,7 +938,7 @@ async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let Query(q) = query.map_err(|_| {
         bad(
-            "invalid_since",
+            ErrorCode::InvalidSince,
             "`since` must be a non-negative integer version",
         )
     })?;
@@ -937,7 +949,7 @@ async fn events(
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .ok_or_else(|| {
                     bad(
-                        "invalid_last_event_id",
+                        ErrorCode::InvalidLastEventId,
                         "`Last-Event-ID` must be a version number",
                     )
                 })?,
@@ -954,12 +966,12 @@ async fn events(
             .metrics
             .errors
             .get_or_create(&Code {
-                code: "too_many_subscribers".into(),
+                code: ErrorCode::TooManySubscribers.as_str().into(),
             })
             .inc();
         return Err(err(
             StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_subscribers",
+            ErrorCode::TooManySubscribers,
             "the registry is at its subscriber limit: retry later or poll /v1/srl/deltas",
         ));
     }
@@ -1045,14 +1057,14 @@ async fn send_snapshot(sink: &Sink) -> Option<u64> {
     let snap = sink.inner.snapshot().await;
     if let Some(snap) = snap.filter(|s| s.jws.len() <= MAX_SSE_SNAPSHOT_BYTES) {
         let text = std::str::from_utf8(&snap.jws).ok()?;
-        let event = sse("snapshot", snap.ver, text);
+        let event = sse(EventKind::Snapshot, snap.ver, text);
         return sink
             .send(event, snap.jws.len(), None)
             .await
             .then_some(snap.ver);
     }
     let (ver, jws) = sink.inner.checkpoint();
-    let event = sse("checkpoint", ver, &jws);
+    let event = sse(EventKind::Checkpoint, ver, &jws);
     sink.send(event, jws.len(), None).await.then_some(ver)
 }
 
@@ -1157,7 +1169,10 @@ async fn replay(sink: &Sink, since: u64, upto: u64) -> Replay {
             // Each event takes its part of the page's share along.
             let part = jws.len().clamp(1, permit.num_permits().max(1));
             let global = permit.split(part);
-            if !sink.send(sse("delta", ver, &jws), jws.len(), global).await {
+            if !sink
+                .send(sse(EventKind::Delta, ver, &jws), jws.len(), global)
+                .await
+            {
                 return Replay::Closed;
             }
             next = ver;
@@ -1194,7 +1209,7 @@ async fn feed(
     let (ver, jws) = sink.inner.checkpoint();
     if ver >= sent
         && !sink
-            .send(sse("checkpoint", ver, &jws), jws.len(), None)
+            .send(sse(EventKind::Checkpoint, ver, &jws), jws.len(), None)
             .await
     {
         return;
@@ -1208,10 +1223,11 @@ async fn feed(
         let ok = match event {
             Ok(Event::Delta { ver, jws }) if ver > sent => {
                 sent = ver;
-                sink.send(sse("delta", ver, &jws), jws.len(), None).await
+                sink.send(sse(EventKind::Delta, ver, &jws), jws.len(), None)
+                    .await
             }
             Ok(Event::Checkpoint { ver, jws }) if ver >= sent => {
-                sink.send(sse("checkpoint", ver, &jws), jws.len(), None)
+                sink.send(sse(EventKind::Checkpoint, ver, &jws), jws.len(), None)
                     .await
             }
             Ok(_) => true,

@@ -17,12 +17,7 @@ use veto_nats::Client;
 
 use crate::{Event, Inner};
 
-/// The stream.
-pub const STREAM: &str = "VETO_SRL";
-/// Deltas' subject.
-pub const DELTA_SUBJECT: &str = "veto.srl.delta";
-/// Checkpoints' subject.
-pub const CHECKPOINT_SUBJECT: &str = "veto.srl.checkpoint";
+pub use veto_core::wire::nats::{CHECKPOINT_SUBJECT, DELTA_SUBJECT, STREAM};
 /// JetStream's de-duplication window for `Nats-Msg-Id`.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long the stream keeps messages (older clients catch up over HTTP).

@@ -103,7 +103,7 @@ async fn replica_killed_during_a_storm_loses_nothing_and_authorizers_converge() 
         .unwrap();
     let _ = nc
         .request(
-            "$JS.API.STREAM.DELETE.VETO_SRL",
+            &format!("$JS.API.STREAM.DELETE.{}", veto_core::wire::nats::STREAM),
             &[],
             b"",
             Duration::from_secs(5),

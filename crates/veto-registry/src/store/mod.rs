@@ -112,18 +112,7 @@ pub struct NewEntry {
     pub note: Option<String>,
 }
 
-/// The outcome for one entry of a request.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct EntryOutcome {
-    /// Kind.
-    pub kind: EntryKind,
-    /// Id.
-    pub id: String,
-    /// The version it was revoked in.
-    pub version: u64,
-    /// Whether this request created the revocation (false: already revoked).
-    pub created: bool,
-}
+pub use veto_core::wire::EntryOutcome;
 
 /// The outcome of one revocation request.
 #[derive(Clone, Debug)]

@@ -43,7 +43,7 @@ pub fn run(a: IssueArgs) -> anyhow::Result<()> {
         if let Some(p) = &a.holder_key {
             body["holder_key"] = serde_json::to_value(keyfile::read_public_key(p)?.to_jwk())?;
         }
-        let resp = Client::new(&a.registry)?.post("/v1/warrants", &body)?;
+        let resp = Client::new(&a.registry)?.post(veto_core::wire::path::WARRANTS, &body)?;
         let Some(chain) = resp["warrant"].as_str() else {
             bail!("the registry answered without a warrant");
         };

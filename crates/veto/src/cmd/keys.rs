@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Subcommand;
+use veto_core::wire::path;
 use veto_core::{keyfile, SigningKey};
 
 use crate::client::{Client, RegistryArgs};
@@ -58,7 +59,7 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             Ok(())
         }
         KeysCommand::Rotate { registry } => {
-            let resp = Client::new(&registry)?.post("/v1/issuer-keys", &serde_json::json!({}))?;
+            let resp = Client::new(&registry)?.post(path::ISSUER_KEYS, &serde_json::json!({}))?;
             let Some(kid) = resp["kid"].as_str() else {
                 anyhow::bail!("the registry's answer has no `kid`: is `--registry` a veto registry? answer: {resp}");
             };
@@ -67,12 +68,12 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             Ok(())
         }
         KeysCommand::Retire { kid, registry } => {
-            Client::new(&registry)?.delete(&format!("/v1/issuer-keys/{kid}"))?;
+            Client::new(&registry)?.delete(&format!("{}/{kid}", path::ISSUER_KEYS))?;
             println!("retired issuer key {kid}");
             Ok(())
         }
         KeysCommand::List { registry } => {
-            let resp = Client::new(&registry)?.get("/v1/issuer-keys", true)?;
+            let resp = Client::new(&registry)?.get(path::ISSUER_KEYS, true)?;
             println!("{}", serde_json::to_string_pretty(&resp["keys"])?);
             Ok(())
         }

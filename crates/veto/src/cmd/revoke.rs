@@ -1,7 +1,9 @@
 //! `veto revoke` and `veto revocations list`.
 
 use clap::{Args, Subcommand, ValueEnum};
-use serde_json::{json, Value};
+use serde_json::Value;
+use veto_core::wire::{path, RevokeEntry, RevokeRequest, RevokeResponse};
+use veto_core::EntryKind;
 
 use crate::client::{Client, RegistryArgs};
 use crate::util;
@@ -50,34 +52,37 @@ fn parse_time(text: &str) -> anyhow::Result<u64> {
 pub fn run(a: RevokeArgs) -> anyhow::Result<()> {
     let client = Client::new(&a.registry)?;
     let kind = match a.kind {
-        Kind::Warrant => "warrant",
-        Kind::Agent => "agent",
-        Kind::Key => "key",
+        Kind::Warrant => EntryKind::Warrant,
+        Kind::Agent => EntryKind::Agent,
+        Kind::Key => EntryKind::Key,
     };
-    let mut entry = json!({"kind": kind, "id": a.id, "reason": a.reason});
-    if let Kind::Agent = a.kind {
-        entry["before"] = json!(parse_time(a.before.as_deref().unwrap_or("now"))?);
-    } else if a.before.is_some() {
-        anyhow::bail!("--before applies only to agents");
-    }
-    if let Some(x) = a.expires_at {
-        entry["expires_at"] = json!(x);
-    }
-    if let Some(n) = a.note {
-        entry["note"] = json!(n);
-    }
-    let resp = client.post("/v1/revocations", &json!({"entries": [entry]}))?;
-    let first = &resp["entries"][0];
-    let (Some(id), Some(version), Some(created)) = (
-        first["id"].as_str(),
-        first["version"].as_u64(),
-        first["created"].as_bool(),
-    ) else {
+    let before = match a.kind {
+        Kind::Agent => Some(parse_time(a.before.as_deref().unwrap_or("now"))?),
+        _ if a.before.is_some() => anyhow::bail!("--before applies only to agents"),
+        _ => None,
+    };
+    let request = RevokeRequest {
+        entries: vec![RevokeEntry {
+            kind: kind.as_str().to_owned(),
+            id: a.id,
+            reason: Some(a.reason),
+            before,
+            expires_at: a.expires_at,
+            note: a.note,
+        }],
+        actor: None,
+    };
+    let resp = client.post(path::REVOCATIONS, &serde_json::to_value(&request)?)?;
+    let Some(first) = serde_json::from_value::<RevokeResponse>(resp.clone())
+        .ok()
+        .and_then(|r| r.entries.into_iter().next())
+    else {
         anyhow::bail!(
-            "the registry's answer has no `entries[0]` with `id`, `version` and `created`: is `--registry` a veto registry? answer: {resp}"
+            "the registry's answer is not a revocation result with an entry: is `--registry` a veto registry? answer: {resp}"
         );
     };
-    if created {
+    let (kind, id, version) = (first.kind.as_str(), first.id, first.version);
+    if first.created {
         println!("revoked {kind} `{id}` in version {version}");
     } else {
         println!("{kind} `{id}` was already revoked in version {version}");
@@ -135,7 +140,7 @@ pub fn run_list(cmd: RevocationsCommand) -> anyhow::Result<()> {
     if let Some(v) = a.after {
         q.push(format!("after={v}"));
     }
-    let resp = client.get(&format!("/v1/revocations?{}", q.join("&")), true)?;
+    let resp = client.get(&format!("{}?{}", path::REVOCATIONS, q.join("&")), true)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&resp)?);
         return Ok(());

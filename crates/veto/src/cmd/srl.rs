@@ -33,7 +33,7 @@ pub fn run(cmd: SrlCommand) -> anyhow::Result<()> {
     let verifier = SrlVerifier::new(KeySet::new([key]), a.iss);
     let client = Client::new(&a.registry)?;
     let now = util::now();
-    let token = client.get_text("/v1/srl")?;
+    let token = client.get_text(veto_core::wire::path::SRL)?;
     let snapshot = verifier
         .snapshot(token.trim(), now)
         .map_err(|e| anyhow::anyhow!("the snapshot does not verify against the pinned key: {e}"))?;
@@ -41,7 +41,7 @@ pub fn run(cmd: SrlCommand) -> anyhow::Result<()> {
     let (w, ag, k) = snapshot.set.tables();
     let mut state = SrlState::new();
     state.apply_snapshot(snapshot)?;
-    let cp = client.get_text("/v1/srl/checkpoint")?;
+    let cp = client.get_text(veto_core::wire::path::SRL_CHECKPOINT)?;
     let cp = verifier
         .checkpoint(cp.trim(), now)
         .map_err(|e| anyhow::anyhow!("the checkpoint does not verify: {e}"))?;
