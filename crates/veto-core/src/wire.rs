@@ -145,6 +145,8 @@ error_codes! {
     UnexpectedBefore => "unexpected_before",
     /// An unusable `expires_at`.
     InvalidExpiresAt => "invalid_expires_at",
+    /// An unusable `before`.
+    InvalidBefore => "invalid_before",
     /// An oversized or unusable note.
     InvalidNote => "invalid_note",
     /// An actor the request may not set.

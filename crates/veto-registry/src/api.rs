@@ -60,6 +60,9 @@ pub const REPLAY_BUDGET_BYTES: usize = 64 << 20;
 /// How long a delta listing waits for its share of the budget before it is
 /// answered 503.
 const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The latest Unix time an entry may name (9999-12-31T23:59:59Z): every
+/// time the store keeps fits its signed 64-bit integers.
+const MAX_UNIX_TIME: u64 = 253_402_300_799;
 /// Longest warrant lifetime the registry mints.
 pub const MAX_TTL: u64 = 366 * 86_400;
 
@@ -389,11 +392,31 @@ fn validate(req: RevokeRequest, now: u64) -> Result<(Vec<NewEntry>, String), Api
             }
             _ => {}
         }
+        if let Some(before) = e.before.filter(|b| *b > MAX_UNIX_TIME) {
+            return Err(bad(
+                ErrorCode::InvalidBefore,
+                format!("entry {i}: `before` {before} is past 9999-12-31 ({MAX_UNIX_TIME}): give Unix seconds"),
+            ));
+        }
         if let Some(exp) = e.expires_at {
             if exp <= now {
                 return Err(bad(
                     ErrorCode::InvalidExpiresAt,
                     format!("entry {i}: `expires_at` {exp} is not in the future"),
+                ));
+            }
+            if exp > MAX_UNIX_TIME {
+                return Err(bad(
+                    ErrorCode::InvalidExpiresAt,
+                    format!("entry {i}: `expires_at` {exp} is past 9999-12-31 ({MAX_UNIX_TIME}): give Unix seconds, or leave it out for an entry that never expires"),
+                ));
+            }
+            // An agent's credentials issued up to `before` can outlive it:
+            // an expiry at or before the cutoff contradicts the entry.
+            if let Some(before) = e.before.filter(|b| exp <= *b) {
+                return Err(bad(
+                    ErrorCode::InvalidExpiresAt,
+                    format!("entry {i}: `expires_at` {exp} is not after the cutoff `before` {before}: credentials issued up to the cutoff could still be valid when the entry is pruned"),
                 ));
             }
         }

@@ -122,10 +122,16 @@ pub enum RegistryError {
 /// hex from a random source carry at least 128 bits.
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 
+/// Least strength an admin token must show by its text (see
+/// [`check_admin_token`]): a random 32-character hex token shows about 122
+/// bits, a random 32-character base64 one about 147, `12345678` repeated
+/// four times 24.
+pub const MIN_ADMIN_TOKEN_BITS: f64 = 100.0;
+
 /// Refuses an admin token that cannot be sent or is easy to guess: it must
 /// be at least [`MIN_ADMIN_TOKEN_CHARS`] visible ASCII characters (what a
-/// bearer header can carry) with at least 8 distinct ones (so `aaaa…` or
-/// `0000…` is refused). `source` names where it came from; the message
+/// bearer header can carry) and show at least [`MIN_ADMIN_TOKEN_BITS`]
+/// (so `aaaa…`, `0000…` and short patterns repeated are refused). `source` names where it came from; the message
 /// never repeats the token.
 pub fn check_admin_token(token: &str, source: &str) -> Result<(), RegistryError> {
     const MAKE: &str = "generate one with `head -c 32 /dev/urandom | base64`";
@@ -134,19 +140,26 @@ pub fn check_admin_token(token: &str, source: &str) -> Result<(), RegistryError>
         format!("is {len} characters, fewer than the {MIN_ADMIN_TOKEN_CHARS} required")
     } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
         "holds a space, a control or a non-ASCII character, which an `Authorization: Bearer` header cannot carry".to_owned()
-    } else if token
-        .bytes()
-        .collect::<std::collections::HashSet<u8>>()
-        .len()
-        < 8
-    {
-        "repeats fewer than 8 distinct characters: it is not random".to_owned()
+    } else if strength_bits(token) < MIN_ADMIN_TOKEN_BITS {
+        format!("shows under {MIN_ADMIN_TOKEN_BITS} bits (its length, counting one period of a repeated pattern, times log2 of its distinct characters): it is not random")
     } else {
         return Ok(());
     };
     Err(RegistryError::WeakAdminToken(format!(
         "the admin token ({source}) {problem}: {MAKE}"
     )))
+}
+
+/// A token's strength as far as its text shows: the length of its
+/// shortest repeating period times log2 of the distinct characters in it
+/// (`12345678` four times counts as 8 characters of 8 symbols, 24 bits).
+fn strength_bits(token: &str) -> f64 {
+    let b = token.as_bytes();
+    let period = (1..=b.len())
+        .find(|&p| b.len() % p == 0 && b.chunks(p).all(|c| c == &b[..p]))
+        .unwrap_or(b.len());
+    let distinct = b.iter().collect::<std::collections::HashSet<_>>().len();
+    period as f64 * (distinct.max(1) as f64).log2()
 }
 
 /// An event on the push channels.
@@ -852,4 +865,29 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     );
     std::io::Write::write_all(&mut gz, bytes).expect("writing to a Vec cannot fail");
     gz.finish().expect("finishing into a Vec cannot fail")
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn weak_tokens_are_refused_and_random_ones_pass() {
+        for weak in [
+            "12345678123456781234567812345678",
+            "abcdefghabcdefghabcdefghabcdefgh",
+            &"a".repeat(44),
+            &"ab".repeat(20),
+            "11112222333344445555666677778888",
+        ] {
+            assert!(check_admin_token(weak, "test").is_err(), "{weak}");
+        }
+        for strong in [
+            "3f9a1c0e7b2d4a6f8e1c3b5d7a9f0e2c",
+            "Zq3mP0x9T2rW8kL5vN1bC7yH4jF6dS0a",
+            "QWxhZGRpbjpvcGVuIHNlc2FtZSBhbmQgbW9yZSByYW5kb20",
+        ] {
+            assert!(check_admin_token(strong, "test").is_ok(), "{strong}");
+        }
+    }
 }

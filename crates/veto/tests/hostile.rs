@@ -1461,6 +1461,12 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
             json!({"entries": v}).to_string().into_bytes()
         }, 400, "batch_too_large", "10001 entries"),
         ("the last of 3 entries bad", br#"{"entries":[{"kind":"warrant","id":"p1"},{"kind":"warrant","id":"p2"},{"kind":"warrant","id":""}]}"#.to_vec(), 400, "invalid_id", "entry 2"),
+        // Times past what the store's signed integers hold would wrap
+        // negative and be pruned at once: refused, every kind and field.
+        ("`expires_at` 2^63", br#"{"entries":[{"kind":"warrant","id":"w","expires_at":9223372036854775808}]}"#.to_vec(), 400, "invalid_expires_at", "9999-12-31"),
+        ("`expires_at` u64::MAX on a key", br#"{"entries":[{"kind":"key","id":"k","expires_at":18446744073709551615}]}"#.to_vec(), 400, "invalid_expires_at", "9999-12-31"),
+        ("`before` 2^63", br#"{"entries":[{"kind":"agent","id":"a","before":9223372036854775808}]}"#.to_vec(), 400, "invalid_before", "9999-12-31"),
+        ("an agent expiring before its cutoff", format!(r#"{{"entries":[{{"kind":"agent","id":"a","before":{},"expires_at":{}}}]}}"#, now() + 1000, now() + 2).into_bytes(), 400, "invalid_expires_at", "cutoff"),
         ("a body over 1 MiB", huge.into_bytes(), 413, "body_too_large", "1048576-byte limit"),
         ("100,000 nested `[`", nested.into_bytes(), 400, "invalid_json", "recursion limit exceeded"),
         ("a non-UTF-8 id", non_utf8, 400, "invalid_json", "invalid unicode"),
