@@ -8,11 +8,9 @@ use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
@@ -942,11 +940,8 @@ impl Drop for SubscriberGuard {
     }
 }
 
-fn sse(kind: EventKind, ver: u64, data: &str) -> SseEvent {
-    SseEvent::default()
-        .event(kind.as_str())
-        .id(ver.to_string())
-        .data(data)
+fn sse(kind: EventKind, ver: u64, data: &str) -> Bytes {
+    crate::sse_frame(kind, ver, data)
 }
 
 /// SSE: resume from `Last-Event-ID` (or `?since=N`) by replaying missed
@@ -958,7 +953,7 @@ async fn events(
     axum::Extension(stop): axum::Extension<watch::Receiver<bool>>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|_| {
         bad(
             ErrorCode::InvalidSince,
@@ -1004,20 +999,33 @@ async fn events(
     tokio::spawn(feed(inner, guard, live, tx, since, stop));
     // An event's share of the budget is returned when hyper takes it.
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|(e, _share)| (Ok(e), rx))
+        rx.recv()
+            .await
+            .map(|(frame, _share)| (Ok::<_, Infallible>(frame), rx))
     });
-    Ok(Sse::new(stream))
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(resp)
 }
 
 /// An event's hold on memory while it waits for hyper to take it: a share
-/// of the registry-wide budget and of its subscriber's own queue.
+/// of its subscriber's own queue and, for bytes copied for this subscriber
+/// alone (replayed deltas, a snapshot), of the registry-wide budget. Live
+/// events are shared frames ([`crate::Event`]): a subscriber holds a
+/// reference, so they take no share of the budget, and clients that do not
+/// read cannot hold back pushes to those that do.
 struct Share {
-    _global: OwnedSemaphorePermit,
+    _global: Option<OwnedSemaphorePermit>,
     _own: OwnedSemaphorePermit,
 }
 
-/// An event queued for a subscriber, with its share of the byte budget.
-type Queued = (SseEvent, Share);
+/// An event queued for a subscriber (its SSE bytes), with its share.
+type Queued = (Bytes, Share);
 
 /// Where one subscriber's events go.
 struct Sink {
@@ -1044,14 +1052,26 @@ impl Sink {
         }
     }
 
-    /// Queues `event` of `bytes`, charged to `global` when the caller holds
-    /// that share already (a replay page), else to a new one.
-    async fn send(
-        &self,
-        event: SseEvent,
-        bytes: usize,
-        global: Option<OwnedSemaphorePermit>,
-    ) -> bool {
+    /// Queues a frame shared with other subscribers (a live delta or
+    /// checkpoint), charged to this subscriber's own queue only.
+    async fn send_shared(&self, frame: Bytes) -> bool {
+        let Some(own) = self
+            .permits(&self.own, frame.len(), SUBSCRIBER_QUEUE_BYTES)
+            .await
+        else {
+            return false;
+        };
+        let share = Share {
+            _global: None,
+            _own: own,
+        };
+        self.tx.send((frame, share)).await.is_ok()
+    }
+
+    /// Queues `event` of `bytes`, copied for this subscriber alone, charged
+    /// to `global` when the caller holds that share already (a replay
+    /// page), else to a new one.
+    async fn send(&self, event: Bytes, bytes: usize, global: Option<OwnedSemaphorePermit>) -> bool {
         let Some(own) = self.permits(&self.own, bytes, SUBSCRIBER_QUEUE_BYTES).await else {
             return false;
         };
@@ -1066,7 +1086,7 @@ impl Sink {
             },
         };
         let share = Share {
-            _global: global,
+            _global: Some(global),
             _own: own,
         };
         self.tx.send((event, share)).await.is_ok()
@@ -1087,8 +1107,9 @@ async fn send_snapshot(sink: &Sink) -> Option<u64> {
             .then_some(snap.ver);
     }
     let (ver, jws) = sink.inner.checkpoint();
-    let event = sse(EventKind::Checkpoint, ver, &jws);
-    sink.send(event, jws.len(), None).await.then_some(ver)
+    sink.send_shared(sse(EventKind::Checkpoint, ver, &jws))
+        .await
+        .then_some(ver)
 }
 
 /// How a replay ended.
@@ -1229,10 +1250,12 @@ async fn feed(
             },
         }
     }
+    // The first checkpoint (a few hundred bytes) takes no share of the
+    // budget either: a subscriber at the head always hears from the registry.
     let (ver, jws) = sink.inner.checkpoint();
     if ver >= sent
         && !sink
-            .send(sse(EventKind::Checkpoint, ver, &jws), jws.len(), None)
+            .send_shared(sse(EventKind::Checkpoint, ver, &jws))
             .await
     {
         return;
@@ -1244,14 +1267,12 @@ async fn feed(
             _ = sink.tx.closed() => return,
         };
         let ok = match event {
-            Ok(Event::Delta { ver, jws }) if ver > sent => {
+            Ok(Event::Delta { ver, frame, .. }) if ver > sent => {
                 sent = ver;
-                sink.send(sse(EventKind::Delta, ver, &jws), jws.len(), None)
-                    .await
+                sink.send_shared(frame).await
             }
-            Ok(Event::Checkpoint { ver, jws }) if ver >= sent => {
-                sink.send(sse(EventKind::Checkpoint, ver, &jws), jws.len(), None)
-                    .await
+            Ok(Event::Checkpoint { ver, frame, .. }) if ver >= sent => {
+                sink.send_shared(frame).await
             }
             Ok(_) => true,
             Err(broadcast::error::RecvError::Lagged(_)) => {

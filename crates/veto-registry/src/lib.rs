@@ -162,11 +162,55 @@ fn strength_bits(token: &str) -> f64 {
     period as f64 * (distinct.max(1) as f64).log2()
 }
 
-/// An event on the push channels.
+/// An event on the push channels. `frame` is the event rendered once as
+/// server-sent-event bytes, shared (not copied) by every subscriber's
+/// queue: a subscriber that does not read holds references, not copies.
 #[derive(Clone, Debug)]
 pub(crate) enum Event {
-    Delta { ver: u64, jws: Arc<str> },
-    Checkpoint { ver: u64, jws: Arc<str> },
+    Delta {
+        ver: u64,
+        frame: axum::body::Bytes,
+    },
+    Checkpoint {
+        ver: u64,
+        jws: Arc<str>,
+        frame: axum::body::Bytes,
+    },
+}
+
+impl Event {
+    pub(crate) fn delta(ver: u64, jws: &str) -> Self {
+        let frame = sse_frame(veto_core::wire::EventKind::Delta, ver, jws);
+        Self::Delta { ver, frame }
+    }
+
+    pub(crate) fn checkpoint(ver: u64, jws: Arc<str>) -> Self {
+        let frame = sse_frame(veto_core::wire::EventKind::Checkpoint, ver, &jws);
+        Self::Checkpoint { ver, jws, frame }
+    }
+}
+
+/// One server-sent event (WHATWG HTML, event stream format): `event:`,
+/// `id:` = the version, one `data:` line per line of `data` (a compact JWS
+/// has none), and the blank line that dispatches it.
+pub(crate) fn sse_frame(
+    kind: veto_core::wire::EventKind,
+    ver: u64,
+    data: &str,
+) -> axum::body::Bytes {
+    let mut out = String::with_capacity(data.len() + 48);
+    out.push_str("event: ");
+    out.push_str(kind.as_str());
+    out.push_str("\nid: ");
+    out.push_str(&ver.to_string());
+    out.push('\n');
+    for line in data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line.trim_end_matches('\r'));
+        out.push('\n');
+    }
+    out.push('\n');
+    axum::body::Bytes::from(out)
 }
 
 pub(crate) struct IssuerKey {
@@ -610,10 +654,7 @@ impl Inner {
         self.metrics.entries.set(state.set().len() as i64);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = state;
         for (ver, jws) in applied {
-            let _ = self.events.send(Event::Delta {
-                ver,
-                jws: jws.into(),
-            });
+            let _ = self.events.send(Event::delta(ver, &jws));
         }
         if let Some(t) = committed_at {
             self.metrics
@@ -808,7 +849,7 @@ async fn heartbeat(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<boo
                 // pushed before delta N itself.
                 let _order = inner.follow.lock().await;
                 let (ver, jws) = inner.sign_checkpoint();
-                let _ = inner.events.send(Event::Checkpoint { ver, jws });
+                let _ = inner.events.send(Event::checkpoint(ver, jws));
             }
             _ = stop.changed() => return,
         }

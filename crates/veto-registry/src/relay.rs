@@ -69,7 +69,7 @@ async fn session(
         drain(inner, &client).await?;
         tokio::select! {
             event = events.recv() => match event {
-                Ok(Event::Checkpoint { ver, jws }) => {
+                Ok(Event::Checkpoint { ver, jws, .. }) => {
                     drain(inner, &client).await?;
                     // Unique per checkpoint: its signature's tail.
                     let id = format!("cp-{ver}-{}", &jws[jws.len().saturating_sub(16)..]);

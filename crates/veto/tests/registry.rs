@@ -1550,3 +1550,88 @@ async fn unread_replays_and_delta_listings_stay_within_a_memory_budget() {
         next - 1
     );
 }
+
+/// Clients that replay from version 0 and never read can spend the whole
+/// client budget; a subscriber at the head still hears from the registry
+/// at once and gets the next delta by push: live events are frames shared
+/// by every subscriber, outside the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_replays_cannot_hold_back_live_pushes() {
+    use futures_util::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    const VERSIONS: usize = 100;
+    const ENTRIES: usize = 1000;
+    const ATTACKERS: usize = 80;
+    let reg = Arc::new(Registry::start(&["--heartbeat", "1s"]));
+    let pad = "y".repeat(180);
+    let results: Vec<u16> = futures_util::stream::iter(0..VERSIONS)
+        .map(|v| {
+            let reg = reg.clone();
+            let entries: Vec<Value> = (0..ENTRIES)
+                .map(|i| json!({"kind": "warrant", "id": format!("live-{v:04}-{i:04}-{pad}")}))
+                .collect();
+            async move { reg.revoke(Value::Array(entries)).await.0 }
+        })
+        .buffered(4)
+        .collect()
+        .await;
+    assert!(results.iter().all(|s| *s == 201), "{results:?}");
+    let head = reg.version().await;
+
+    // Non-reading replays with tiny receive buffers: each holds its queue
+    // share and a page of the budget until the subscriber timeout.
+    let mut held = Vec::new();
+    for _ in 0..ATTACKERS {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(reg.addr).await.unwrap();
+        s.write_all(b"GET /v1/srl/events HTTP/1.1\r\nHost: veto\r\nAccept: text/event-stream\r\nLast-Event-ID: 0\r\n\r\n")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    let in_use = async || {
+        let text = reg
+            .http()
+            .get(reg.at("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        veto_testkit::metric_value(&text, "veto_registry_client_buffer_bytes")
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut used = in_use().await;
+    while used < f64::from(60u32 << 20) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        used = in_use().await;
+    }
+    println!("REGISTRY-LIVE-UNDER-ATTACK attackers={ATTACKERS} budget_in_use={used}");
+    assert!(
+        used >= f64::from(60u32 << 20),
+        "the attack did not spend the budget ({used} bytes): the test proves nothing"
+    );
+
+    // A subscriber at the head: its first checkpoint, then the next delta.
+    let opened = Instant::now();
+    let mut events = EventStream::open(&reg.at("/v1/srl/events"), Some(&head.to_string())).await;
+    let first = events.next(Duration::from_secs(3)).await;
+    assert_eq!(first.event, "checkpoint");
+    let first_ms = opened.elapsed().as_secs_f64() * 1e3;
+    let ver = reg.revoke_warrant("live-under-attack").await;
+    let acked = Instant::now();
+    let e = events
+        .next_except("checkpoint", Duration::from_secs(3))
+        .await;
+    assert_eq!(
+        (e.event.as_str(), e.id.as_deref()),
+        ("delta", Some(ver.to_string().as_str()))
+    );
+    println!(
+        "REGISTRY-LIVE-UNDER-ATTACK first_checkpoint_ms={first_ms:.1} ack_to_push_ms={:.1}",
+        acked.elapsed().as_secs_f64() * 1e3
+    );
+    drop(held);
+}
