@@ -27,10 +27,20 @@ async fn bind() -> (tokio::net::TcpListener, String) {
     (l, url)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_layer_enforces_on_an_axum_service() {
+/// A registry in this process (SQLite in a fresh temporary directory,
+/// heartbeat 1 s, admin [`TOKEN`]) serving on a loopback port until
+/// `shutdown`: its directory, authority key, URL and serving task.
+async fn serve_registry(
+    label: &str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (
+    std::path::PathBuf,
+    veto_core::PublicKey,
+    String,
+    tokio::task::JoinHandle<Result<(), veto_registry::RegistryError>>,
+) {
     let dir = std::env::temp_dir().join(format!(
-        "veto-layer-{}-{}",
+        "veto-{label}-{}-{}",
         std::process::id(),
         veto_core::Clock::now(&veto_core::SystemClock)
     ));
@@ -39,8 +49,14 @@ async fn one_layer_enforces_on_an_axum_service() {
     rc.admin_token = Some(TOKEN.into());
     let registry = Registry::open(rc).await.unwrap();
     let key = registry.authority_key().clone();
-    let (l, reg_url) = bind().await;
-    tokio::spawn(registry.serve(l, std::future::pending()));
+    let (l, url) = bind().await;
+    let served = tokio::spawn(registry.serve(l, shutdown));
+    (dir, key, url, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_layer_enforces_on_an_axum_service() {
+    let (dir, key, reg_url, _served) = serve_registry("layer", std::future::pending()).await;
 
     let authz = Authorizer::start(Config::new(&reg_url, "veto", KeySet::new([key])))
         .await
@@ -143,21 +159,11 @@ async fn one_layer_enforces_on_an_axum_service() {
 /// while fail-open lets the request through flagged `stale`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_layer_answers_each_denial_and_the_staleness_policy() {
-    let dir = std::env::temp_dir().join(format!(
-        "veto-layer-stale-{}-{}",
-        std::process::id(),
-        veto_core::Clock::now(&veto_core::SystemClock)
-    ));
-    let mut rc = RegistryConfig::new(&dir);
-    rc.heartbeat = Duration::from_secs(1);
-    rc.admin_token = Some(TOKEN.into());
-    let registry = Registry::open(rc).await.unwrap();
-    let key = registry.authority_key().clone();
-    let (l, reg_url) = bind().await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(registry.serve(l, async move {
+    let (dir, key, reg_url, served) = serve_registry("layer-stale", async move {
         let _ = stop_rx.await;
-    }));
+    })
+    .await;
 
     let start = |policy| {
         let mut c = Config::new(&reg_url, "veto", KeySet::new([key.clone()]));

@@ -1395,7 +1395,6 @@ async fn weak_admin_tokens_are_refused_and_401s_name_no_path() {
 // older `veto` binary to measure it the same way (it fails the bound).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unread_replays_and_delta_listings_stay_within_a_memory_budget() {
-    use futures_util::StreamExt as _;
     use tokio::io::AsyncWriteExt as _;
     const VERSIONS: usize = 1000;
     const ENTRIES: usize = 250;
@@ -1412,20 +1411,8 @@ async fn unread_replays_and_delta_listings_stay_within_a_memory_budget() {
         &upstream,
         &["--no-push", "--poll-interval", "20s"],
     );
-    let pad = "x".repeat(180);
     let started = Instant::now();
-    let results: Vec<u16> = futures_util::stream::iter(0..VERSIONS)
-        .map(|v| {
-            let reg = reg.clone();
-            let entries: Vec<Value> = (0..ENTRIES)
-                .map(|i| json!({"kind": "warrant", "id": format!("{pad}-{v}-{i}")}))
-                .collect();
-            async move { reg.revoke(Value::Array(entries)).await.0 }
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
-    assert!(results.iter().all(|s| *s == 201), "{results:?}");
+    fill(&reg, "x", VERSIONS, ENTRIES).await;
     assert_eq!(reg.version().await, VERSIONS as u64);
     println!(
         "filled {VERSIONS} versions x {ENTRIES} entries in {:?}",
@@ -1471,18 +1458,7 @@ async fn unread_replays_and_delta_listings_stay_within_a_memory_budget() {
         peak = peak.max(veto_testkit::rss_kib(pid).0);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let buffered = async || {
-        let text = reg
-            .http()
-            .get(reg.at("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        veto_testkit::metric_value(&text, "veto_registry_client_buffer_bytes")
-    };
+    let buffered = async || client_buffer_bytes(&reg).await;
     // The attack is held to the budget, and it is what holds it.
     let in_use = buffered().await;
     println!("REGISTRY-CLIENT-BUFFER bytes_in_use={in_use}");
@@ -1557,25 +1533,12 @@ async fn unread_replays_and_delta_listings_stay_within_a_memory_budget() {
 /// by every subscriber, outside the budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_replays_cannot_hold_back_live_pushes() {
-    use futures_util::StreamExt as _;
     use tokio::io::AsyncWriteExt as _;
     const VERSIONS: usize = 100;
     const ENTRIES: usize = 1000;
     const ATTACKERS: usize = 80;
     let reg = Arc::new(Registry::start(&["--heartbeat", "1s"]));
-    let pad = "y".repeat(180);
-    let results: Vec<u16> = futures_util::stream::iter(0..VERSIONS)
-        .map(|v| {
-            let reg = reg.clone();
-            let entries: Vec<Value> = (0..ENTRIES)
-                .map(|i| json!({"kind": "warrant", "id": format!("live-{v:04}-{i:04}-{pad}")}))
-                .collect();
-            async move { reg.revoke(Value::Array(entries)).await.0 }
-        })
-        .buffered(4)
-        .collect()
-        .await;
-    assert!(results.iter().all(|s| *s == 201), "{results:?}");
+    fill(&reg, "y", VERSIONS, ENTRIES).await;
     let head = reg.version().await;
 
     // Non-reading replays with tiny receive buffers: each holds its queue
@@ -1590,18 +1553,7 @@ async fn unread_replays_cannot_hold_back_live_pushes() {
             .unwrap();
         held.push(s);
     }
-    let in_use = async || {
-        let text = reg
-            .http()
-            .get(reg.at("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        veto_testkit::metric_value(&text, "veto_registry_client_buffer_bytes")
-    };
+    let in_use = async || client_buffer_bytes(&reg).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut used = in_use().await;
     while used < f64::from(60u32 << 20) && Instant::now() < deadline {
@@ -1634,4 +1586,37 @@ async fn unread_replays_cannot_hold_back_live_pushes() {
         acked.elapsed().as_secs_f64() * 1e3
     );
     drop(held);
+}
+
+/// Commits `versions` revocations of `entries` warrants each, with ids
+/// of about 200 bytes (`tag` keeps them apart), 8 requests at a time.
+async fn fill(reg: &Arc<Registry>, tag: &str, versions: usize, entries: usize) {
+    use futures_util::StreamExt as _;
+    let pad = tag.repeat(180);
+    let results: Vec<u16> = futures_util::stream::iter(0..versions)
+        .map(|v| {
+            let reg = reg.clone();
+            let entries: Vec<Value> = (0..entries)
+                .map(|i| json!({"kind": "warrant", "id": format!("{pad}-{v}-{i}")}))
+                .collect();
+            async move { reg.revoke(Value::Array(entries)).await.0 }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    assert!(results.iter().all(|s| *s == 201), "{results:?}");
+}
+
+/// The registry's `veto_registry_client_buffer_bytes`.
+async fn client_buffer_bytes(reg: &Registry) -> f64 {
+    let text = reg
+        .http()
+        .get(reg.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    veto_testkit::metric_value(&text, "veto_registry_client_buffer_bytes")
 }
