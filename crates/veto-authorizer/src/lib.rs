@@ -27,6 +27,7 @@
 //! ```
 
 mod cache;
+mod incoming;
 mod layer;
 mod metrics;
 mod persist;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
-use crate::state::Incoming;
+use crate::incoming::Incoming;
 
 const FILE: &str = "veto-authorizer-state.json";
 

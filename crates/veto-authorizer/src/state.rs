@@ -12,20 +12,14 @@ use tokio::sync::futures::Notified;
 use tokio::sync::{watch, Notify};
 use veto_core::{
     Applied, ApplyError, CheckConfig, Checker, Clock, Decision, DenyReason, KeySet, ParsedChain,
-    SrlState, VerifiedChain, VerifiedCheckpoint, VerifiedDelta, VerifiedSnapshot,
+    SrlState, VerifiedChain,
 };
 
 use crate::cache::ChainCache;
+use crate::incoming::Incoming;
 use crate::metrics::{Gauges, Metrics};
 use crate::persist::DiskCache;
 use crate::{Outcome, Status};
-
-/// A verified object and its compact form (kept for the disk cache).
-pub(crate) enum Incoming {
-    Snapshot(VerifiedSnapshot, String),
-    Delta(VerifiedDelta, String),
-    Checkpoint(VerifiedCheckpoint, String),
-}
 
 /// The applied version and the `iat` of its newest attestation, read
 /// together: where a push subscription resumes.

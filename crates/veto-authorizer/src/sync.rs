@@ -12,8 +12,9 @@ use tokio::sync::watch;
 use veto_core::wire::{nats, path, DeltasPage, EventKind};
 use veto_core::{ApplyError, KeySet, PublicKey, SrlError, SrlVerifier, SseParser};
 
+use crate::incoming::Incoming;
 use crate::persist::{DiskCache, Saved};
-use crate::state::{Incoming, State};
+use crate::state::State;
 use crate::{Config, Issuers, Push};
 
 /// Byte caps on what the authorizer reads from a registry (a stranger on

@@ -4,7 +4,7 @@
 //! `typ` (domain separation), then the signature over the bytes exactly as
 //! received, and only then is the payload handed out for parsing.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::b64;
 use crate::keys::{KeyResolver, PublicKey, SigningKey};
@@ -90,22 +90,6 @@ pub struct Header {
 }
 
 const MAX_HEADER_BYTES: usize = 1024;
-
-/// The JSON of a value veto writes (signed payloads, JWKs): plain structs
-/// of strings, numbers, lists and options, with no maps keyed by
-/// non-strings and no hand-written `Serialize`, so serialization cannot fail.
-pub(crate) fn to_json<T: Serialize>(value: &T) -> String {
-    #[expect(
-        clippy::expect_used,
-        reason = "serde_json fails only on non-string map keys or a failing Serialize impl; veto's payloads and JWKs have neither"
-    )]
-    serde_json::to_string(value).expect("veto's payloads and JWKs always serialize")
-}
-
-/// The JSON bytes of a payload to sign; see [`to_json`].
-pub(crate) fn payload_bytes<T: Serialize>(payload: &T) -> Vec<u8> {
-    to_json(payload).into_bytes()
-}
 
 /// Signs `payload` as a compact JWS of type `typ`.
 pub fn sign(typ: Typ, key: &SigningKey, payload: &[u8]) -> String {

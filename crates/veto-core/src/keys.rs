@@ -78,7 +78,7 @@ impl Jwk {
     /// The JWK as compact JSON (RFC 7517), private part included when
     /// present: handle the result as a secret when [`Jwk::d`] is set.
     pub fn to_json(&self) -> String {
-        crate::jws::to_json(self)
+        crate::json::to_json(self)
     }
 }
 

@@ -16,6 +16,7 @@ mod b64;
 mod clock;
 mod decision;
 mod entry;
+mod json;
 pub mod jws;
 pub mod keyfile;
 mod keys;

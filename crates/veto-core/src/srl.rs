@@ -204,7 +204,7 @@ impl SrlSigner {
             add,
             rm,
         };
-        let bytes = jws::payload_bytes(&payload);
+        let bytes = crate::json::payload_bytes(&payload);
         (
             jws::sign(Typ::Delta, &self.key, &bytes),
             Head::of_payload(&bytes),
@@ -220,7 +220,11 @@ impl SrlSigner {
             iat,
             exp,
         };
-        jws::sign(Typ::Checkpoint, &self.key, &jws::payload_bytes(&payload))
+        jws::sign(
+            Typ::Checkpoint,
+            &self.key,
+            &crate::json::payload_bytes(&payload),
+        )
     }
 
     /// Signs a snapshot of `set` at `ver`/`head`.
@@ -250,7 +254,11 @@ impl SrlSigner {
             agents: b64::encode(&agent_bytes).into(),
             keys: flat(&keys).into(),
         };
-        jws::sign(Typ::Snapshot, &self.key, &jws::payload_bytes(&payload))
+        jws::sign(
+            Typ::Snapshot,
+            &self.key,
+            &crate::json::payload_bytes(&payload),
+        )
     }
 }
 

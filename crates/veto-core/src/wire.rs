@@ -241,7 +241,7 @@ impl ErrorBody {
 
     /// The body as JSON text.
     pub fn to_json(&self) -> String {
-        crate::jws::to_json(self)
+        crate::json::to_json(self)
     }
 }
 

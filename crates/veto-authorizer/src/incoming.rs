@@ -1,0 +1,11 @@
+//! A verified object on its way to the apply path, with the compact form
+//! it arrived in (what the disk cache keeps).
+
+use veto_core::{VerifiedCheckpoint, VerifiedDelta, VerifiedSnapshot};
+
+/// A verified object and its compact form (kept for the disk cache).
+pub(crate) enum Incoming {
+    Snapshot(VerifiedSnapshot, String),
+    Delta(VerifiedDelta, String),
+    Checkpoint(VerifiedCheckpoint, String),
+}
