@@ -468,3 +468,34 @@ fn postgres_pages_deltas_by_bytes() {
         cleanup.await;
     });
 }
+
+/// PostgreSQL's own errors for a read-only database reach the client as
+/// `store_read_only` (507): the error comes from a real server, refusing a
+/// write in a read-only transaction (SQLSTATE 25006). A full disk (53100)
+/// cannot be made on demand here; it is mapped the same way, by its code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_read_only_errors_are_classified() {
+    let Ok(base) = std::env::var("VETO_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: VETO_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let e = client
+        .batch_execute("BEGIN READ ONLY; CREATE TABLE veto_read_only_probe (a int)")
+        .await
+        .unwrap_err();
+    let _ = client.batch_execute("ROLLBACK").await;
+    let e = super::StoreError::from(e);
+    assert_eq!(e.unwritable(), super::Unwritable::ReadOnly, "{e}");
+    let e = client
+        .batch_execute("SELECT * FROM veto_no_such_table_here")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        super::StoreError::from(e).unwritable(),
+        super::Unwritable::Other
+    );
+}
