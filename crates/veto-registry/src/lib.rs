@@ -95,6 +95,7 @@ impl Config {
 
 /// Why the registry could not start or run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistryError {
     /// A file in the data directory could not be used.
     #[error("data directory `{path}`: {source}")]
@@ -110,9 +111,23 @@ pub enum RegistryError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The data directory belongs to another authority.
-    #[error("{0}")]
-    Mismatch(String),
+    /// The store was written by another authority: its authority key id
+    /// or `iss` differs from this registry's.
+    #[error("the store was written with {what} `{stored}`, not `{ours}`: every replica must use the same authority key and iss; use the original {what}, or a new store")]
+    Mismatch {
+        /// `authority_kid` or `iss`.
+        what: &'static str,
+        /// What the store holds.
+        stored: String,
+        /// What this registry has.
+        ours: String,
+    },
+    /// The operating system's random source failed (for a token or a key).
+    #[error("no randomness available from the operating system: {0}")]
+    Random(String),
+    /// [`Registry::serve`] was called twice on one registry.
+    #[error("this registry is already serving")]
+    AlreadyServing,
     /// The admin token is too weak to guard the admin API.
     #[error("{0}")]
     WeakAdminToken(String),
@@ -274,10 +289,17 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
     }
 }
 
+/// A new signing key from the operating system's randomness.
+fn random_key() -> Result<SigningKey, RegistryError> {
+    SigningKey::generate().map_err(|e| match e {
+        veto_core::KeyError::Random(cause) => RegistryError::Random(cause),
+        other => RegistryError::Random(other.to_string()),
+    })
+}
+
 pub(crate) fn random_token() -> Result<String, RegistryError> {
     let mut bytes = [0u8; 32];
-    getrandom::getrandom(&mut bytes)
-        .map_err(|e| RegistryError::Mismatch(format!("no randomness: {e}")))?;
+    getrandom::getrandom(&mut bytes).map_err(|e| RegistryError::Random(e.to_string()))?;
     use base64::Engine as _;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
@@ -308,10 +330,7 @@ impl Registry {
             .clone()
             .unwrap_or_else(|| dir.join("authority.jwk"));
         if config.authority_key.is_none() && !key_path.exists() {
-            keyfile::write_signing_key(
-                &key_path,
-                &SigningKey::generate().map_err(|e| RegistryError::Mismatch(e.to_string()))?,
-            )?;
+            keyfile::write_signing_key(&key_path, &random_key()?)?;
         }
         let authority = keyfile::read_signing_key(&key_path)?;
         let store = match &config.store {
@@ -331,9 +350,11 @@ impl Registry {
         ] {
             let stored = store.meta_or_set(k, v).await?;
             if stored != v {
-                return Err(RegistryError::Mismatch(format!(
-                    "the store was written with {k} `{stored}`, not `{v}`: every replica must use the same authority key and iss; use the original {k}, or a new store"
-                )));
+                return Err(RegistryError::Mismatch {
+                    what: k,
+                    stored,
+                    ours: v.to_owned(),
+                });
             }
         }
         let now = clock.now();
@@ -343,7 +364,7 @@ impl Registry {
             .iter()
             .all(|k| k.retired_at.is_some())
         {
-            let key = SigningKey::generate().map_err(|e| RegistryError::Mismatch(e.to_string()))?;
+            let key = random_key()?;
             let jwk = key.to_private_jwk().to_json();
             store
                 .add_issuer_key(key.kid(), &jwk, now, "registry")
@@ -440,7 +461,7 @@ impl Registry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
-            .ok_or_else(|| RegistryError::Mismatch("this registry is already serving".into()))?;
+            .ok_or(RegistryError::AlreadyServing)?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let writer = tokio::spawn(writer(self.inner.clone(), rx));
         let heartbeat = tokio::spawn(heartbeat(self.inner.clone(), stop_rx.clone()));
@@ -909,7 +930,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod token_tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -930,5 +951,33 @@ mod token_tests {
         ] {
             assert!(check_admin_token(strong, "test").is_ok(), "{strong}");
         }
+    }
+
+    /// A store written by one authority is refused by a registry of
+    /// another, by name, with what to do.
+    #[tokio::test]
+    async fn a_store_of_another_authority_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!(
+            "veto-registry-mismatch-{}-{}",
+            std::process::id(),
+            veto_core::Clock::now(&veto_core::SystemClock)
+        ));
+        let mut config = Config::new(&dir);
+        config.admin_token = Some("mismatch-test-token-0123456789abcdef".into());
+        drop(Registry::open(config.clone()).await.unwrap());
+        config.iss = "another-authority".into();
+        let Err(e) = Registry::open(config).await else {
+            panic!("a store of another iss was accepted");
+        };
+        assert!(
+            matches!(&e, RegistryError::Mismatch { what: "iss", stored, ours } if stored == "veto" && ours == "another-authority"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains("use the original iss, or a new store"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

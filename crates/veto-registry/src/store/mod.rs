@@ -37,6 +37,7 @@ pub use sqlite::SqliteStore;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// SQLite reported an error.
     #[error("database: {0}")]
