@@ -66,13 +66,15 @@ pub enum Issuers {
 }
 
 /// The push transport.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Push {
     /// Server-Sent Events from `GET /v1/srl/events` (default).
     Sse,
-    /// NATS JetStream (stream `VETO_SRL`) at this URL, such as
-    /// `nats://127.0.0.1:4222`; HTTP polling covers while it is unreachable.
-    Nats(String),
+    /// NATS JetStream (stream `VETO_SRL`) with these settings (servers,
+    /// TLS trust, credentials); HTTP polling covers while it is
+    /// unreachable. The authorizer only subscribes: see the README for the
+    /// permissions its NATS user needs.
+    Nats(veto_bus::NatsSettings),
     /// No push: poll only.
     Off,
 }
@@ -153,6 +155,10 @@ pub enum StartError {
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     Http(String),
+    /// The NATS bus refused the connection for a reason retrying cannot
+    /// fix: its certificate is not trusted, or it refused the credentials.
+    #[error(transparent)]
+    Bus(veto_bus::ConnectError),
     /// The cache directory is unusable.
     #[error("cache directory `{path}`: {source}")]
     Cache {
@@ -215,6 +221,10 @@ impl Authorizer {
             return Err(StartError::NoAuthorityKey);
         }
         let http = sync::client(&config).map_err(StartError::Http)?;
+        let first_bus = match &config.push {
+            Push::Nats(bus) => sync::first_connect(bus).await.map_err(StartError::Bus)?,
+            Push::Sse | Push::Off => None,
+        };
         let (disk, saved) = match &config.cache_dir {
             Some(dir) => {
                 let (disk, saved) = DiskCache::open(dir).map_err(|source| StartError::Cache {
@@ -240,7 +250,7 @@ impl Authorizer {
         if let Some(saved) = saved {
             sync.restore(saved);
         }
-        sync.spawn();
+        sync.spawn(first_bus);
         Ok(Self { state, sync })
     }
 

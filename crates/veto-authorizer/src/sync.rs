@@ -127,7 +127,8 @@ impl Syncer {
 
     /// Starts the sync tasks: JWKS refresh (first, so the first checks can
     /// verify chains), poller, push, and the disk cache's writer.
-    pub fn spawn(self: &Arc<Self>) {
+    /// `first_bus` is the NATS connection opened at start, if any.
+    pub fn spawn(self: &Arc<Self>, first_bus: Option<veto_bus::Client>) {
         if let Issuers::Jwks { refresh } = self.config.issuers {
             tokio::spawn(jwks_loop(self.clone(), refresh));
         }
@@ -136,8 +137,8 @@ impl Syncer {
             Push::Sse => {
                 tokio::spawn(sse_loop(self.clone()));
             }
-            Push::Nats(url) => {
-                tokio::spawn(nats_loop(self.clone(), url.clone()));
+            Push::Nats(bus) => {
+                tokio::spawn(nats_loop(self.clone(), bus.clone(), first_bus));
             }
             Push::Off => {}
         }
@@ -165,6 +166,8 @@ pub(crate) enum SyncError {
     Idle(Duration),
     #[error("push stream: {0}")]
     Stream(String),
+    #[error(transparent)]
+    Bus(#[from] veto_bus::ConnectError),
     #[error("the registry's {what} is over the {cap}-byte cap: refused without reading further")]
     TooLarge { what: &'static str, cap: usize },
 }
@@ -177,6 +180,7 @@ impl SyncError {
             SyncError::Invalid(_) => "invalid_object",
             SyncError::Idle(_) => "push_idle",
             SyncError::Stream(_) => "push_stream",
+            SyncError::Bus(_) => "connect",
             SyncError::TooLarge { .. } => "too_large",
         }
     }
@@ -648,48 +652,111 @@ async fn jwks_loop(sync: Arc<Syncer>, refresh: Duration) {
     }
 }
 
-/// The NATS JetStream push: an ephemeral consumer of `veto.srl.>` that
-/// starts a little before the newest attestation (anything older than the
-/// applied version is ignored; anything missing shows as a gap and is
-/// fetched over HTTP). Idle heartbeats every 5 s: a silent connection is
-/// noticed within 10 s and reopened.
-async fn nats_loop(sync: Arc<Syncer>, url: String) {
+/// Connects to the NATS bus once at start. A certificate or credential
+/// problem cannot heal by retrying: it is returned, so the authorizer
+/// refuses to start and says why. An unreachable server is only logged
+/// (push starts when it is back; polling covers meanwhile).
+pub(crate) async fn first_connect(
+    bus: &veto_bus::NatsSettings,
+) -> Result<Option<veto_bus::Client>, veto_bus::ConnectError> {
+    match bus.connect(NATS_CLIENT_NAME).await {
+        Ok(client) => Ok(Some(client)),
+        Err(e) if e.is_configuration() => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "NATS unreachable at start; polling until it is back");
+            Ok(None)
+        }
+    }
+}
+
+/// The name the authorizer gives its NATS connections.
+const NATS_CLIENT_NAME: &str = "veto-authorizer";
+
+/// The NATS JetStream push: an ordered (ephemeral, in-memory, no acks)
+/// push consumer of `veto.srl.>` on stream `VETO_SRL` that starts a little
+/// before the newest attestation (anything older than the applied version
+/// is ignored; anything missing shows as a gap and is fetched over HTTP).
+/// JetStream's idle heartbeats (every 5 s) and flow control are handled by
+/// the client; they prove the connection, not the feed (see [`Liveness`]).
+///
+/// What the authorizer's NATS user needs (and no more): publish to
+/// `$JS.API.CONSUMER.CREATE.VETO_SRL` (create the consumer) and
+/// `$JS.FC.VETO_SRL.>` (answer flow control); subscribe to `_INBOX.>`
+/// (the deliver subject and API replies). It never publishes to
+/// `veto.srl.>` and never touches the stream's configuration.
+async fn nats_loop(
+    sync: Arc<Syncer>,
+    bus: veto_bus::NatsSettings,
+    first: Option<veto_bus::Client>,
+) {
+    let first = std::sync::Mutex::new(first);
     push_loop(sync, "NATS", move |i| {
-        let url = url.clone();
-        async move { nats_session(&i, &url).await }
+        let bus = bus.clone();
+        let client = first.lock().unwrap_or_else(|p| p.into_inner()).take();
+        async move {
+            let client = match client {
+                Some(c) => c,
+                None => bus.connect(NATS_CLIENT_NAME).await?,
+            };
+            nats_session(&i, &bus, client).await
+        }
     })
     .await;
 }
 
-async fn nats_session(sync: &Arc<Syncer>, url: &str) -> Result<(), SyncError> {
-    use veto_nats::DeliverFrom;
-    let client = veto_nats::Client::connect(url, "veto-authorizer")
-        .await
-        .map_err(|e| SyncError::Connect(e.to_string()))?;
-    let start = match sync.state.position().attested {
+async fn nats_session(
+    sync: &Arc<Syncer>,
+    bus: &veto_bus::NatsSettings,
+    client: veto_bus::Client,
+) -> Result<(), SyncError> {
+    use async_nats::jetstream::consumer::{push::OrderedConfig, DeliverPolicy};
+    use futures_util::StreamExt as _;
+    let js_err =
+        |what: &str, e: &dyn std::fmt::Display| SyncError::Stream(format!("jetstream {what}: {e}"));
+    let deliver_policy = match sync.state.position().attested {
         Some(iat) => {
             let from = iat.saturating_sub(sync.config.check.skew + 5);
-            DeliverFrom::StartTime(std::time::UNIX_EPOCH + Duration::from_secs(from))
+            let start_time = i64::try_from(from)
+                .ok()
+                .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            DeliverPolicy::ByStartTime { start_time }
         }
-        None => DeliverFrom::New,
+        None => DeliverPolicy::New,
     };
-    let mut sub = client
-        .js_subscribe(nats::STREAM, nats::SUBJECTS, start, Duration::from_secs(5))
+    let deliver_subject = client.new_inbox();
+    let js = async_nats::jetstream::new(client);
+    // No STREAM.INFO request: the consumer's creation tells whether the
+    // stream exists, and an authorizer needs no right to read its config.
+    let stream = js
+        .get_stream_no_info(nats::STREAM)
         .await
-        .map_err(|e| SyncError::Stream(e.to_string()))?;
+        .map_err(|e| js_err("stream", &e))?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_subject,
+            filter_subject: nats::SUBJECTS.to_owned(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| js_err("consumer", &e))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| js_err("consumer", &e))?;
     sync.state.set_push_connected(true);
-    tracing::info!(url, "NATS push connected");
-    // JetStream idle heartbeats (answered inside `next`) prove the NATS
-    // connection, not the revocation feed: the same liveness rule as SSE.
+    tracing::info!(servers = bus.servers(), "NATS push connected");
     let mut live = Liveness::new(sync);
     loop {
-        let next = tokio::time::timeout_at(live.deadline, sub.next())
+        let next = tokio::time::timeout_at(live.deadline, messages.next())
             .await
             .map_err(|_| SyncError::Idle(live.idle))?;
-        let Some(msg) = next.map_err(|e| SyncError::Stream(e.to_string()))? else {
+        let Some(msg) = next else {
             return Ok(());
         };
-        let Some(kind) = EventKind::of_subject(&msg.subject) else {
+        let msg = msg.map_err(|e| js_err("push", &e))?;
+        let Some(kind) = EventKind::of_subject(msg.subject.as_str()) else {
             continue;
         };
         let Ok(data) = String::from_utf8(msg.payload.to_vec()) else {

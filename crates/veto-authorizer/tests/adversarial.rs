@@ -306,7 +306,7 @@ async fn start(configure: impl FnOnce(&mut Config)) -> Harness {
     let (fake, url) = start_fake(clock.clone(), &issuer, &revoked_jti).await;
     let mut c = config(&url, &fake);
     configure(&mut c);
-    let push = c.push == Push::Sse;
+    let push = matches!(c.push, Push::Sse);
     let authz = Authorizer::start_with_clock(c, clock.clone())
         .await
         .unwrap();

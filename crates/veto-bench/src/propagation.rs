@@ -62,6 +62,14 @@ pub(crate) struct PropagationArgs {
     /// instead of SSE. The stream `VETO_SRL` is deleted first.
     #[arg(long)]
     bus: Option<String>,
+    /// A PEM bundle of CA certificates for a `tls://` --bus.
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// Start a `nats-server` of the bench's own with TLS (a throwaway CA)
+    /// and JetStream on a free port, and push over `tls://` to it
+    /// (replaces --bus and --ca-file).
+    #[arg(long, conflicts_with_all = ["bus", "ca_file"])]
+    nats_tls: bool,
     /// Keep the registry's state in PostgreSQL (`postgres://...`), in a
     /// fresh schema dropped afterwards.
     #[arg(long)]
@@ -76,23 +84,63 @@ pub(crate) struct PropagationArgs {
     common: Common,
 }
 
-/// Deletes JetStream's `VETO_SRL` stream, so message ids (versions) from
-/// an earlier run are not taken as duplicates of this run's.
-pub(crate) async fn reset_stream(url: &str) -> anyhow::Result<()> {
-    let nc = veto_nats::Client::connect(url, "veto-bench")
+/// Deletes JetStream's `VETO_SRL` stream, so the authorizers start on an
+/// empty one (nothing of an earlier run is replayed to them).
+pub(crate) async fn reset_stream(bus: &veto_bus::NatsSettings) -> anyhow::Result<()> {
+    let nc = bus
+        .connect("veto-bench")
         .await
-        .with_context(|| format!("connecting to NATS at {url}"))?;
+        .with_context(|| format!("connecting to NATS at {}", bus.servers()))?;
     // Answers an error when the stream does not exist: that is fine.
-    let _ = nc
-        .request(
-            &format!("$JS.API.STREAM.DELETE.{}", veto_core::wire::nats::STREAM),
-            &[],
-            b"",
-            Duration::from_secs(5),
-        )
+    let _ = async_nats::jetstream::new(nc)
+        .delete_stream(veto_core::wire::nats::STREAM)
         .await;
-    nc.close();
     Ok(())
+}
+
+/// A TLS `nats-server` with JetStream, its CA file and its `tls://` URL.
+struct TlsNats {
+    server: veto_testkit::NatsServer,
+    ca_file: std::path::PathBuf,
+    dir: veto_testkit::TempDir,
+}
+
+impl TlsNats {
+    fn start() -> anyhow::Result<Self> {
+        let dir = veto_testkit::TempDir::new("bench-nats-tls");
+        let ca = veto_testkit::TestCa::new("veto-bench ca").map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ca_file = ca.write_cert(dir.path(), "ca.pem")?;
+        let cert = ca
+            .issue_server(dir.path(), "nats", &[])
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let server = veto_testkit::NatsServer::start(dir.path(), |port, dir| {
+            format!(
+                "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\ntls {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
+                dir.join("js").display(),
+                cert.cert.display(),
+                cert.key.display()
+            )
+        })
+        .context("--nats-tls needs the nats-server binary")?;
+        Ok(Self {
+            server,
+            ca_file,
+            dir,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("tls://127.0.0.1:{}", self.server.port)
+    }
+}
+
+/// The push transport's short label in result lines.
+fn push_label(bus: Option<&str>) -> &'static str {
+    match bus {
+        Some(u) if u.starts_with("tls://") => "nats-tls",
+        Some(_) => "nats",
+        None => "sse",
+    }
 }
 
 fn push_name(bus: Option<&str>) -> String {
@@ -106,8 +154,25 @@ pub(crate) async fn run(a: PropagationArgs) -> anyhow::Result<()> {
     if a.revocations == 0 || a.authorizers == 0 {
         bail!("--authorizers and --revocations must be at least 1");
     }
+    // --nats-tls: a TLS nats-server of our own, kept up for the run.
+    let tls_nats = if a.nats_tls {
+        Some(TlsNats::start()?)
+    } else {
+        None
+    };
+    let mut a = a;
+    if let Some(t) = &tls_nats {
+        a.bus = Some(t.url());
+        a.ca_file = Some(t.ca_file.clone());
+        eprintln!(
+            "nats-server with TLS at {} (files in {})",
+            t.url(),
+            t.dir.path().display()
+        );
+    }
+    let a = a;
     if let Some(b) = &a.bus {
-        reset_stream(b).await?;
+        reset_stream(&veto_bus::NatsSettings::new(b, a.ca_file.as_deref(), None)?).await?;
     }
     let schema = match &a.store {
         Some(url) => Some(Schema::create(url).await?),
@@ -117,6 +182,7 @@ pub(crate) async fn run(a: PropagationArgs) -> anyhow::Result<()> {
         store: schema.as_ref().map(Schema::url),
         bus: a.bus.clone(),
         heartbeat: Some("1s".into()),
+        ca_file: a.ca_file.clone(),
         ..ServeOpts::default()
     };
     let veto = a.common.veto_path()?;
@@ -175,7 +241,7 @@ async fn run_authorizers(a: &PropagationArgs, reg: &Registry) -> anyhow::Result<
         }
     );
     let push = match &a.bus {
-        Some(u) => Push::Nats(u.clone()),
+        Some(u) => Push::Nats(veto_bus::NatsSettings::new(u, a.ca_file.as_deref(), None)?),
         None => Push::Sse,
     };
     let start = Instant::now();
@@ -331,7 +397,7 @@ async fn run_authorizers(a: &PropagationArgs, reg: &Registry) -> anyhow::Result<
     }
     println!(
         "bench=propagation mode=authorizer push={} authorizers={n} revocations={} interval_ms={} p50_ms={p50:.2} p99_ms={p99:.2} max_ms={max:.2} missed={missed} store={}",
-        if a.bus.is_some() { "nats" } else { "sse" },
+        push_label(a.bus.as_deref()),
         sent.len(),
         a.interval_ms,
         if a.store.is_some() { "postgres" } else { "sqlite" }
@@ -468,6 +534,9 @@ async fn run_proxy(
     if let Some(b) = &a.bus {
         extra.extend(["--bus", b.as_str()]);
     }
+    if let Some(c) = a.ca_file.as_deref().and_then(std::path::Path::to_str) {
+        extra.extend(["--ca-file", c]);
+    }
     let proxy = Proxy::start(veto, a.common.keep_data, reg, &upstream.url, &extra).await?;
     println!("== veto-bench propagation (--proxy) ==");
     println!(
@@ -561,7 +630,7 @@ async fn run_proxy(
     );
     println!(
         "bench=propagation mode=proxy push={} revocations={n} interval_ms={} poll_us={} p50_ms={p50:.2} p99_ms={p99:.2} max_ms={max:.2} rtt_p50_us={:.0}",
-        if a.bus.is_some() { "nats" } else { "sse" },
+        push_label(a.bus.as_deref()),
         a.interval_ms,
         a.poll_us,
         percentile(&rtts, 0.5)

@@ -31,6 +31,8 @@ pub(crate) struct ServeOpts {
     pub admin_token: Option<String>,
     /// `--heartbeat` (such as `1s`).
     pub heartbeat: Option<String>,
+    /// `--ca-file FILE`: a private CA for a `tls://` bus.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A fresh, empty directory under the system temporary directory.
@@ -81,6 +83,9 @@ impl Registry {
         }
         if let Some(b) = &opts.bus {
             cmd.arg("--bus").arg(b);
+        }
+        if let Some(c) = &opts.ca_file {
+            cmd.arg("--ca-file").arg(c);
         }
         if let Some(k) = &opts.authority_key {
             cmd.arg("--authority-key").arg(k);

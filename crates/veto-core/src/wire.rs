@@ -47,6 +47,33 @@ pub mod nats {
     pub const DELTA_SUBJECT: &str = "veto.srl.delta";
     /// Heartbeat checkpoints.
     pub const CHECKPOINT_SUBJECT: &str = "veto.srl.checkpoint";
+
+    /// The `Nats-Msg-Id` of delta `ver` whose compact JWS is `jws`:
+    /// `d-<ver>-<digest>`, where the digest is the first 16 bytes (128 bits)
+    /// of SHA-256 over the compact JWS, base64url without padding.
+    ///
+    /// JetStream drops a message whose id it stored within the stream's
+    /// duplicate window, so an id anyone could predict (the bare version)
+    /// lets whoever may publish to the subject pre-empt real deltas. This
+    /// one names the signed bytes: only the registry's own delta has it,
+    /// and republishing that delta (after a crash, or from another
+    /// replica) yields the same id, which keeps the outbox's
+    /// de-duplication.
+    pub fn delta_msg_id(ver: u64, jws: &str) -> String {
+        msg_id("d", ver, jws)
+    }
+
+    /// The `Nats-Msg-Id` of a checkpoint for `ver`: `c-<ver>-<digest>`, the
+    /// digest as in [`delta_msg_id`].
+    pub fn checkpoint_msg_id(ver: u64, jws: &str) -> String {
+        msg_id("c", ver, jws)
+    }
+
+    fn msg_id(prefix: &str, ver: u64, jws: &str) -> String {
+        use sha2::{Digest as _, Sha256};
+        let digest = Sha256::digest(jws.as_bytes());
+        format!("{prefix}-{ver}-{}", crate::b64::encode(&digest[..16]))
+    }
 }
 
 /// The `event:` of a server-sent event on [`path::SRL_EVENTS`]; its data
@@ -315,6 +342,25 @@ pub struct DeltasPage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nats_msg_ids_name_the_signed_bytes() {
+        let a = nats::delta_msg_id(7, "h.p.s1");
+        // The shape: prefix, version, 22 base64url characters (128 bits).
+        let digest = a.strip_prefix("d-7-").unwrap_or_default();
+        assert_eq!(digest.len(), 22, "{a}");
+        assert!(digest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        // Same bytes, same id (republishing de-duplicates); other bytes of
+        // the same version, another id (no pre-emption by version).
+        assert_eq!(a, nats::delta_msg_id(7, "h.p.s1"));
+        assert_ne!(a, nats::delta_msg_id(7, "h.p.s2"));
+        assert_ne!(a, "7");
+        // A checkpoint never shares a delta's id.
+        assert_ne!(nats::checkpoint_msg_id(7, "h.p.s1"), a);
+        assert!(nats::checkpoint_msg_id(7, "h.p.s1").starts_with("c-7-"));
+    }
 
     #[test]
     fn codes_are_distinct_snake_case() {

@@ -67,9 +67,11 @@ pub struct Config {
     /// A PostgreSQL URL to share the state with other replicas; `None`
     /// keeps it in `<data_dir>/veto.db` (SQLite).
     pub store: Option<String>,
-    /// A NATS URL: publish deltas and checkpoints to JetStream through the
-    /// transactional outbox; `None` pushes over SSE only.
-    pub bus: Option<String>,
+    /// The NATS bus (server URLs, TLS trust, credentials, validated by
+    /// [`veto_bus::NatsSettings::new`]): publish deltas and checkpoints to
+    /// JetStream through the transactional outbox; `None` pushes over SSE
+    /// only.
+    pub bus: Option<veto_bus::NatsSettings>,
 }
 
 impl Config {
@@ -473,7 +475,7 @@ impl Registry {
             .config
             .bus
             .clone()
-            .map(|url| tokio::spawn(relay::relay(self.inner.clone(), url, stop_rx.clone())));
+            .map(|bus| tokio::spawn(relay::relay(self.inner.clone(), bus, stop_rx.clone())));
         let app = api::router(self.inner.clone(), stop_rx.clone());
         let limits = stall::ConnLimits {
             stall: self.inner.config.subscriber_timeout,

@@ -16,6 +16,10 @@
 //! - [`relay`]: a fault-injecting TCP relay (partition, half-open, reset).
 //! - [`rss_kib`] and [`vm_rss_kib`]: a process's memory from `/proc`.
 //! - [`Metrics`], [`Histogram`] and [`metric_value`]: Prometheus text parsing.
+//! - [`TestCa`]: a throwaway CA and server certificates (rcgen, ring) as
+//!   PEM files, for TLS tests.
+//! - [`NatsServer`]: a `nats-server` of the test's own, configured by the
+//!   test (JetStream, TLS, users), on a free port.
 //! - [`Schema`] and [`schema_url`]: PostgreSQL schemas, one per test or run;
 //!   `VETO_TEST_REGISTRY_STORE=postgres` puts every test registry on one.
 //!
@@ -25,11 +29,13 @@
 mod dir;
 mod events;
 mod metrics;
+mod nats;
 mod pg;
 mod process;
 mod proxy;
 mod registry;
 pub mod relay;
+mod tls;
 mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -40,12 +46,14 @@ use veto_core::Clock as _;
 pub use dir::{fresh_dir, TempDir};
 pub use events::EventStream;
 pub use metrics::{metric_value, Histogram, Metrics};
+pub use nats::{nats_server_bin, NatsServer, REQUIRE_NATS_SERVER_VAR};
 pub use pg::{schema_url, Schema};
 pub use process::{
     clean_command, rss_kib, url_in, veto_command, vm_rss_kib, wait_ok, Process, READY_TIMEOUT,
 };
 pub use proxy::Proxy;
 pub use registry::{serve_refused, Registry};
+pub use tls::{CertFiles, TestCa};
 pub use upstream::{ok_upstream, Upstream};
 
 /// The variable naming the `veto` binary to run, when the caller sets it.

@@ -140,3 +140,35 @@ mod tests {
         assert_eq!(rfc3339(1_800_000_000), "2027-01-15T08:00:00Z");
     }
 }
+
+/// The NATS bus flags `veto serve` and `veto proxy` share.
+#[derive(clap::Args, Debug, Default)]
+pub struct BusArgs {
+    /// NATS JetStream server URL(s), comma-separated: `nats://host:4222`
+    /// (TLS when the server asks for it) or `tls://host:4222` (TLS
+    /// required), optionally with `user:password@` or `token@`.
+    #[arg(long, env = "VETO_BUS")]
+    pub bus: Option<String>,
+    /// A PEM bundle of CA certificates trusted beside the webpki roots
+    /// (for servers with certificates from a private CA).
+    #[arg(long, env = "VETO_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// NATS credentials: a `.creds` file (user JWT and NKey seed) or a
+    /// file holding an NKey user seed.
+    #[arg(long, env = "VETO_NATS_CREDS", requires = "bus")]
+    pub nats_creds: Option<std::path::PathBuf>,
+}
+
+impl BusArgs {
+    /// The validated bus settings, `None` without `--bus`; refuses at
+    /// start what cannot be served (another scheme, an unusable CA or
+    /// credentials file), naming it.
+    pub fn settings(&self) -> anyhow::Result<Option<veto_bus::NatsSettings>> {
+        let Some(urls) = &self.bus else {
+            return Ok(None);
+        };
+        veto_bus::NatsSettings::new(urls, self.ca_file.as_deref(), self.nats_creds.as_deref())
+            .map(Some)
+            .context("--bus")
+    }
+}

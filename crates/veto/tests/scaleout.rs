@@ -49,7 +49,7 @@ async fn authorizer(
     poll: Duration,
 ) -> Authorizer {
     let mut c = AuthzConfig::new(registry, "veto", KeySet::new([key.clone()]));
-    c.push = Push::Nats(nats.to_owned());
+    c.push = Push::Nats(veto_bus::NatsSettings::new(nats, None, None).unwrap());
     c.poll_interval = poll;
     Authorizer::start(c).await.unwrap()
 }
@@ -96,18 +96,11 @@ async fn replica_killed_during_a_storm_loses_nothing_and_authorizers_converge() 
     ) else {
         return;
     };
-    // The stream is veto's own; start it empty so no earlier run's message
-    // ids (versions) count as duplicates.
-    let nc = veto_nats::Client::connect(&nats, "veto-test")
-        .await
-        .unwrap();
-    let _ = nc
-        .request(
-            &format!("$JS.API.STREAM.DELETE.{}", veto_core::wire::nats::STREAM),
-            &[],
-            b"",
-            Duration::from_secs(5),
-        )
+    // The stream is veto's own; start it empty, so no earlier run's
+    // messages are replayed to the authorizers.
+    let nc = async_nats::connect(nats.as_str()).await.unwrap();
+    let _ = async_nats::jetstream::new(nc)
+        .delete_stream(veto_core::wire::nats::STREAM)
         .await;
     let schema = Schema::create(&pg).await;
     let keys = TempDir::new("scaleout-keys");

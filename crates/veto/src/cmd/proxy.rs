@@ -95,9 +95,9 @@ pub struct ProxyArgs {
     /// Do not subscribe to pushes: poll only.
     #[arg(long)]
     no_push: bool,
-    /// Take pushes from NATS JetStream (`nats://host:4222`) instead of SSE.
-    #[arg(long, env = "VETO_BUS", conflicts_with = "no_push")]
-    bus: Option<String>,
+    /// Take pushes from NATS JetStream instead of SSE.
+    #[command(flatten)]
+    bus: util::BusArgs,
 }
 
 pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
@@ -119,19 +119,15 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
             .collect::<Result<Vec<_>, _>>()?;
         config.issuers = Issuers::Pinned(KeySet::new(issuers));
     }
-    config.push = match (&a.bus, a.no_push) {
-        (_, true) => Push::Off,
-        (Some(url), false) => {
-            if !url.starts_with("nats://") {
-                anyhow::bail!("--bus must be a nats:// URL");
-            }
-            Push::Nats(url.clone())
-        }
+    config.push = match (a.bus.settings()?, a.no_push) {
+        (Some(_), true) => anyhow::bail!("--bus and --no-push exclude each other"),
+        (None, true) => Push::Off,
+        (Some(bus), false) => Push::Nats(bus),
         (None, false) => Push::Sse,
     };
     let push_name = match &config.push {
         Push::Sse => "SSE".to_owned(),
-        Push::Nats(u) => format!("NATS {u}"),
+        Push::Nats(bus) => format!("NATS {}", bus.servers()),
         Push::Off => "off (polling only)".to_owned(),
     };
     config.poll_interval = Duration::from_secs(a.poll_interval);

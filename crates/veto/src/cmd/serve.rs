@@ -52,10 +52,10 @@ pub struct ServeArgs {
     /// (`postgres://user@host/db`); default: SQLite in the data directory.
     #[arg(long, env = "VETO_STORE")]
     store: Option<String>,
-    /// Also publish deltas and checkpoints to NATS JetStream
-    /// (`nats://host:4222`, stream `VETO_SRL`), through a transactional outbox.
-    #[arg(long, env = "VETO_BUS")]
-    bus: Option<String>,
+    /// Also publish deltas and checkpoints to NATS JetStream (stream
+    /// `VETO_SRL`), through a transactional outbox.
+    #[command(flatten)]
+    bus: util::BusArgs,
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
@@ -81,14 +81,12 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         }
     }
     config.store = a.store.clone();
-    if let Some(url) = &a.bus {
-        if !url.starts_with("nats://") {
-            anyhow::bail!("--bus must be a nats:// URL (SSE push is always on)");
-        }
-    }
-    config.bus = a.bus.clone();
+    config.bus = a.bus.settings()?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
+        if let Some(bus) = &config.bus {
+            first_connect(bus).await?;
+        }
         let registry = Registry::open(config)
             .await
             .with_context(|| format!("opening the registry in `{}`", a.data_dir.display()))?;
@@ -116,4 +114,21 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("registry stopped");
         Ok(())
     })
+}
+
+/// Connects to the NATS bus once before serving: a certificate or
+/// credential problem stops the start (retrying cannot fix it); an
+/// unreachable server does not (deltas wait in the outbox).
+async fn first_connect(bus: &veto_bus::NatsSettings) -> anyhow::Result<()> {
+    match bus.connect("veto-registry").await {
+        Ok(client) => {
+            drop(client);
+            Ok(())
+        }
+        Err(e) if e.is_configuration() => Err(e.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "NATS unreachable at start; deltas wait in the outbox until it is back");
+            Ok(())
+        }
+    }
 }
