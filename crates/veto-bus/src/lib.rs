@@ -179,8 +179,10 @@ pub struct ConnectError {
 impl ConnectError {
     fn new(servers: &str, e: &async_nats::ConnectError) -> Self {
         let detail = chain(e);
+        // A failed handshake comes as an I/O error around rustls's.
+        let tls = matches!(e.kind(), ConnectErrorKind::Tls) || is_rustls(e);
         let (failure, problem) = match e.kind() {
-            ConnectErrorKind::Tls => (
+            _ if tls => (
                 ConnectFailure::Certificate,
                 format!("TLS failed ({detail}); if the server's certificate is issued by a private CA, give its CA bundle with --ca-file"),
             ),
@@ -210,6 +212,27 @@ impl ConnectError {
             ConnectFailure::Certificate | ConnectFailure::Authorization
         )
     }
+}
+
+/// Whether rustls's error is in `e`'s chain (also inside an I/O error,
+/// whose `source` skips the error it wraps).
+fn is_rustls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            if is_rustls(inner) {
+                return true;
+            }
+        }
+        next = err.source();
+    }
+    false
 }
 
 /// An error and its sources, joined with `: `, lowercase as they come.

@@ -316,11 +316,21 @@ async fn message_ids_published_by_an_outsider_do_not_preempt_deltas() {
     // Every delta was stored by JetStream (none counted as a duplicate of
     // the intruder's messages) and reached the proxy by push, not by a
     // repair over HTTP.
-    let published = series(
-        &registry_metrics(&reg).await,
-        "veto_registry_bus_published_total",
-    );
-    assert!(published >= 3.0, "deltas stored by JetStream: {published}");
+    // (The counter moves once the acknowledgement is recorded, which may
+    // be just after the push reached the proxy.)
+    let start = Instant::now();
+    loop {
+        let metrics = registry_metrics(&reg).await;
+        let published = series(&metrics, "veto_registry_bus_published_total");
+        if published >= 3.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < WITHIN,
+            "deltas stored by JetStream: {published} of 3"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(series(&proxy.metrics().await, GAPS_REPAIRED), 0.0);
 }
 
