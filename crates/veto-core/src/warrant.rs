@@ -453,12 +453,24 @@ fn sign_link(
     Ok(jws::sign(Typ::Warrant, key, &payload))
 }
 
-/// Mints a root warrant signed by an issuer key.
+/// Mints a root warrant signed by an issuer key, with a fresh `jti`.
 pub fn mint_root(issuer: &SigningKey, iss: &str, spec: LinkSpec) -> Result<String, WarrantError> {
+    mint_root_with_jti(issuer, iss, spec, new_jti()?)
+}
+
+/// Mints a root warrant with the given `jti`, which must be unique to it
+/// (take one from [`new_jti`]): for a caller that records the `jti`, such
+/// as the registry's audit log.
+pub fn mint_root_with_jti(
+    issuer: &SigningKey,
+    iss: &str,
+    spec: LinkSpec,
+    jti: String,
+) -> Result<String, WarrantError> {
     if iss.is_empty() || iss.len() > limits::MAX_ID_BYTES {
         return Err(WarrantError::Id("iss"));
     }
-    sign_link(issuer, iss, spec, new_jti()?, None)
+    sign_link(issuer, iss, spec, jti, None)
 }
 
 /// Delegates a child under `parent` (a whole chain), signed with the parent

@@ -15,7 +15,9 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use veto_nats::Client;
 
-use crate::{Event, Inner};
+use super::Event;
+use crate::authority::Authority;
+use crate::metrics::Metrics;
 
 pub use veto_core::wire::nats::{CHECKPOINT_SUBJECT, DELTA_SUBJECT, STREAM};
 /// JetStream's de-duplication window for `Nats-Msg-Id`.
@@ -24,15 +26,22 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(crate) async fn relay(inner: Arc<Inner>, url: String, mut stop: watch::Receiver<bool>) {
+/// Runs the relay to the NATS server at `url` until `stop` turns true,
+/// reconnecting with backoff (200 ms doubling to 10 s).
+pub(crate) async fn relay(
+    authority: Arc<Authority>,
+    metrics: Arc<Metrics>,
+    url: String,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let result = session(&inner, &url, &mut stop).await;
-        inner.metrics.bus_connected.set(0);
+        let result = session(&authority, &metrics, &url, &mut stop).await;
+        metrics.bus_connected.set(0);
         match result {
             Ok(()) => return,
             Err(e) => {
-                inner.metrics.bus_errors.inc();
+                metrics.bus_errors.inc();
                 tracing::warn!(error = %e, retry_in = ?backoff, "NATS relay down; deltas wait in the outbox");
             }
         }
@@ -45,7 +54,8 @@ pub(crate) async fn relay(inner: Arc<Inner>, url: String, mut stop: watch::Recei
 }
 
 async fn session(
-    inner: &Arc<Inner>,
+    authority: &Authority,
+    metrics: &Metrics,
     url: &str,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
@@ -61,16 +71,16 @@ async fn session(
         )
         .await
         .map_err(|e| e.to_string())?;
-    inner.metrics.bus_connected.set(1);
+    metrics.bus_connected.set(1);
     tracing::info!(url, "NATS relay connected");
-    let mut events = inner.events.subscribe();
+    let mut events = authority.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        drain(inner, &client).await?;
+        drain(authority, metrics, &client).await?;
         tokio::select! {
             event = events.recv() => match event {
                 Ok(Event::Checkpoint { ver, jws, .. }) => {
-                    drain(inner, &client).await?;
+                    drain(authority, metrics, &client).await?;
                     // Unique per checkpoint: its signature's tail.
                     let id = format!("cp-{ver}-{}", &jws[jws.len().saturating_sub(16)..]);
                     client.js_publish(CHECKPOINT_SUBJECT, &id, jws.as_bytes(), ACK_TIMEOUT).await.map_err(|e| e.to_string())?;
@@ -86,30 +96,25 @@ async fn session(
 }
 
 /// Publishes every unpublished delta, oldest first.
-async fn drain(inner: &Arc<Inner>, client: &Client) -> Result<(), String> {
+async fn drain(authority: &Authority, metrics: &Metrics, client: &Client) -> Result<(), String> {
     loop {
-        let batch = inner
-            .store
-            .unpublished(256)
-            .await
-            .map_err(|e| e.to_string())?;
+        let batch = authority.outbox(256).await.map_err(|e| e.to_string())?;
         if batch.is_empty() {
-            inner.metrics.outbox.set(0);
+            metrics.outbox.set(0);
             return Ok(());
         }
-        inner.metrics.outbox.set(batch.len() as i64);
+        metrics.outbox.set(batch.len() as i64);
         for (ver, jws) in batch {
             let ack = client
                 .js_publish(DELTA_SUBJECT, &ver.to_string(), jws.as_bytes(), ACK_TIMEOUT)
                 .await
                 .map_err(|e| format!("publishing delta {ver}: {e}"))?;
-            inner
-                .store
+            authority
                 .mark_published(ver)
                 .await
                 .map_err(|e| e.to_string())?;
             if !ack.duplicate {
-                inner.metrics.bus_published.inc();
+                metrics.bus_published.inc();
             }
         }
     }
