@@ -201,7 +201,7 @@ fn invalid_kind(e: &SrlError) -> &'static str {
         },
         SrlError::FromFuture { .. } => "from_future",
         SrlError::Issuer { .. } => "wrong_issuer",
-        SrlError::Payload { .. } => "malformed",
+        _ => "malformed",
     }
 }
 
@@ -505,7 +505,7 @@ async fn sse_session(sync: &Arc<Syncer>, client: &reqwest::Client) -> Result<(),
                 what: "push event",
                 cap,
             },
-            veto_core::SseError::NotUtf8 => SyncError::Stream(e.to_string()),
+            _ => SyncError::Stream(e.to_string()),
         })?;
         for event in events {
             // Other event names (and comments) carry nothing to apply and
@@ -597,18 +597,29 @@ async fn handle_event(
     Ok(fits(&result).then_some(iat))
 }
 
-fn parse_jwks(text: &str) -> Result<KeySet, String> {
+/// Why the registry's JWKS (RFC 7517) was refused.
+#[derive(Debug, thiserror::Error)]
+enum JwksError {
+    /// Not a JSON object `{"keys": [JWK, …]}`.
+    #[error("invalid JWKS: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A key is not a usable Ed25519 public key.
+    #[error("invalid JWKS key: {0}")]
+    Key(#[from] veto_core::KeyError),
+}
+
+/// The issuer keys of a JWKS document.
+fn parse_jwks(text: &str) -> Result<KeySet, JwksError> {
     #[derive(serde::Deserialize)]
     struct Jwks {
         keys: Vec<veto_core::Jwk>,
     }
-    let jwks: Jwks = serde_json::from_str(text).map_err(|e| format!("invalid JWKS: {e}"))?;
+    let jwks: Jwks = serde_json::from_str(text)?;
     let keys = jwks
         .keys
         .iter()
         .map(PublicKey::from_jwk)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("invalid JWKS key: {e}"))?;
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(KeySet::new(keys))
 }
 
