@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 use veto_core::keyfile;
 
-use crate::{io_err, Config, RegistryError};
+use crate::config::Config;
+use crate::error::{io_err, RegistryError};
 
 /// Fewest characters an admin token may have: 32 characters of base64 or
 /// hex from a random source carry at least 128 bits.

@@ -23,9 +23,9 @@ use crate::admin::AdminToken;
 use crate::authority::{Authority, MintFailed, RevokeFailed};
 use crate::budget::ClientBudget;
 use crate::bus::sse::{SseHub, TooManySubscribers};
+use crate::error::RegistryError;
 use crate::metrics::Metrics;
 use crate::store::{AuditFilter, NewEntry, StoreError, Unwritable};
-use crate::RegistryError;
 
 /// Largest request body.
 pub const MAX_BODY: usize = 1 << 20;

@@ -20,13 +20,14 @@ use veto_core::{
     RevocationSet, SigningKey, SrlSigner, SrlState, SrlVerifier,
 };
 
-use crate::bus::Event;
+use crate::config::Config;
+use crate::error::RegistryError;
+use crate::event::Event;
 use crate::metrics::{KindReason, Metrics};
 use crate::store::{
     AuditFilter, AuditRecord, Committed, Loaded, NewEntry, PgStore, SqliteStore, Store, StoreError,
     Unwritable,
 };
-use crate::{Config, RegistryError};
 
 /// Most expired entries one pruning version removes.
 const PRUNE_BATCH: usize = 10_000;

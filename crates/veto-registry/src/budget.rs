@@ -15,7 +15,7 @@ use crate::store::StoreError;
 /// the registry holds at once, across every client. A client that does not
 /// read keeps its share until the subscriber timeout closes its
 /// connection; others wait for theirs. (Live events are shared frames and
-/// take no share: see [`crate::bus::Event`].)
+/// take no share: see [`crate::event::Event`].)
 pub const CLIENT_BUDGET_BYTES: usize = 64 << 20;
 
 /// The registry-wide budget of [`CLIENT_BUDGET_BYTES`]; clones share it.

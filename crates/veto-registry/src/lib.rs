@@ -35,6 +35,9 @@ mod api;
 mod authority;
 mod budget;
 mod bus;
+mod config;
+mod error;
+mod event;
 mod metrics;
 mod stall;
 pub mod store;
@@ -43,125 +46,21 @@ mod tasks;
 pub use admin::{check_admin_token, MIN_ADMIN_TOKEN_BITS, MIN_ADMIN_TOKEN_CHARS};
 pub use api::{parse_mint_body, parse_revocation_body, Refusal};
 pub use budget::CLIENT_BUDGET_BYTES;
+pub use config::Config;
+pub use error::RegistryError;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::mpsc;
-use veto_core::{keyfile, Clock, PublicKey, SystemClock};
+use veto_core::{Clock, PublicKey, SystemClock};
 
 use crate::admin::AdminToken;
 use crate::authority::{Authority, WriteJob};
 use crate::budget::ClientBudget;
+use crate::error::io_err;
 use crate::metrics::Metrics;
-use crate::store::StoreError;
-
-/// Registry settings.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Where the database, keys and admin token live.
-    pub data_dir: PathBuf,
-    /// The authority name (`iss`) published in every object.
-    pub iss: String,
-    /// How often a checkpoint is signed and pushed (default 5 s).
-    pub heartbeat: Duration,
-    /// How long a checkpoint or snapshot may be relied on (default 300 s).
-    pub attestation_ttl: u64,
-    /// How many versions of deltas are retained (default 100,000).
-    pub retention: u64,
-    /// How often expired entries are pruned (default 60 s).
-    pub prune_interval: Duration,
-    /// The admin token; generated into the data directory when absent.
-    pub admin_token: Option<String>,
-    /// The authority key file; default `<data_dir>/authority.jwk`, created
-    /// on first start.
-    pub authority_key: Option<PathBuf>,
-    /// Most concurrent SSE subscribers (default 10,000).
-    pub max_subscribers: usize,
-    /// An SSE subscriber that has not taken an event for this long is
-    /// disconnected, freeing its slot; it resumes with `Last-Event-ID`
-    /// (default 30 s).
-    pub subscriber_timeout: Duration,
-    /// A client that has not sent a whole request head this long is
-    /// disconnected (default 30 s).
-    pub header_timeout: Duration,
-    /// A PostgreSQL URL to share the state with other replicas; `None`
-    /// keeps it in `<data_dir>/veto.db` (SQLite).
-    pub store: Option<String>,
-    /// A NATS URL: publish deltas and checkpoints to JetStream through the
-    /// transactional outbox; `None` pushes over SSE only.
-    pub bus: Option<String>,
-}
-
-impl Config {
-    /// Defaults for a data directory.
-    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            data_dir: data_dir.into(),
-            iss: "veto".into(),
-            heartbeat: Duration::from_secs(5),
-            attestation_ttl: 300,
-            retention: 100_000,
-            prune_interval: Duration::from_secs(60),
-            admin_token: None,
-            authority_key: None,
-            max_subscribers: 10_000,
-            subscriber_timeout: Duration::from_secs(30),
-            header_timeout: Duration::from_secs(30),
-            store: None,
-            bus: None,
-        }
-    }
-}
-
-/// Why the registry could not start or run.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RegistryError {
-    /// A file in the data directory could not be used.
-    #[error("data directory `{path}`: {source}")]
-    DataDir {
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A key file could not be used.
-    #[error(transparent)]
-    Key(#[from] keyfile::KeyFileError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The store was written by another authority: its authority key id
-    /// or `iss` differs from this registry's.
-    #[error("the store was written with {what} `{stored}`, not `{ours}`: every replica must use the same authority key and iss; use the original {what}, or a new store")]
-    Mismatch {
-        /// `authority_kid` or `iss`.
-        what: &'static str,
-        /// What the store holds.
-        stored: String,
-        /// What this registry has.
-        ours: String,
-    },
-    /// The operating system's random source failed (for a token or a key).
-    #[error("no randomness available from the operating system: {0}")]
-    Random(String),
-    /// [`Registry::serve`] was called twice on one registry.
-    #[error("this registry is already serving")]
-    AlreadyServing,
-    /// The admin token is too weak to guard the admin API.
-    #[error("{0}")]
-    WeakAdminToken(String),
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
-    move |source| RegistryError::DataDir {
-        path: path.into(),
-        source,
-    }
-}
 
 /// A registry, ready to serve.
 #[derive(Clone)]

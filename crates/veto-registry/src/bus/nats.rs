@@ -15,8 +15,8 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use veto_nats::Client;
 
-use super::Event;
 use crate::authority::Authority;
+use crate::event::Event;
 use crate::metrics::Metrics;
 
 pub use veto_core::wire::nats::{CHECKPOINT_SUBJECT, DELTA_SUBJECT, STREAM};

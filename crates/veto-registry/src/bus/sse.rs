@@ -17,9 +17,9 @@ use futures_util::Stream;
 use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use veto_core::wire::EventKind;
 
-use super::{sse_frame, Event};
 use crate::authority::Authority;
 use crate::budget::ClientBudget;
+use crate::event::{sse_frame, Event};
 use crate::metrics::Metrics;
 
 /// Most deltas replayed to a resuming subscriber before it is sent a
