@@ -473,7 +473,7 @@ async fn sse_session(sync: &Arc<Syncer>, client: &reqwest::Client) -> Result<(),
     let at = sync.state.position();
     let ver = at.ver;
     let mut req = client
-        .get(format!("{}/v1/srl/events", sync.config.registry))
+        .get(format!("{}{}", sync.config.registry, path::SRL_EVENTS))
         .header("accept", "text/event-stream");
     if ver > 0 || at.attested.is_some() {
         req = req.header("last-event-id", ver.to_string());

@@ -32,6 +32,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use serde_json::json;
 use veto_authorizer::{Authorizer, Config, Push};
+use veto_core::wire::{nats, path};
 use veto_core::{keyfile, KeySet};
 
 use crate::fanout::{revoke_sequentially, Sent};
@@ -85,7 +86,7 @@ pub(crate) async fn reset_stream(url: &str) -> anyhow::Result<()> {
     // Answers an error when the stream does not exist: that is fine.
     let _ = nc
         .request(
-            &format!("$JS.API.STREAM.DELETE.{}", veto_core::wire::nats::STREAM),
+            &format!("$JS.API.STREAM.DELETE.{}", nats::STREAM),
             &[],
             b"",
             Duration::from_secs(5),
@@ -350,19 +351,20 @@ pub(crate) async fn revoke_id(
     )?;
     let sent = Instant::now();
     let resp = client
-        .post(format!("{}/v1/revocations", reg.base))
+        .post(format!("{}{}", reg.base, path::REVOCATIONS))
         .bearer_auth(&reg.token)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body)
         .send()
         .await
-        .context("POST /v1/revocations")?;
+        .with_context(|| format!("POST {}", path::REVOCATIONS))?;
     let status = resp.status();
     let text = resp.bytes().await?;
     let acked = Instant::now();
     if status != reqwest::StatusCode::CREATED {
         bail!(
-            "POST /v1/revocations: expected 201 Created, got {status}: {}",
+            "POST {}: expected 201 Created, got {status}: {}",
+            path::REVOCATIONS,
             String::from_utf8_lossy(&text)
         );
     }

@@ -791,7 +791,14 @@ async fn deltas(
     let (list, permit) = page.map_err(unavailable)?;
     match list {
         Some(list) => Ok(deltas_body(list, permit)),
-        None => Err(err(StatusCode::GONE, ErrorCode::Gone, format!("deltas after version {since} are no longer retained: fetch the snapshot at /v1/srl"))),
+        None => Err(err(
+            StatusCode::GONE,
+            ErrorCode::Gone,
+            format!(
+                "deltas after version {since} are no longer retained: fetch the snapshot at {}",
+                path::SRL
+            ),
+        )),
     }
 }
 
@@ -905,7 +912,10 @@ async fn events(
         api.refuse(err(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TooManySubscribers,
-            "the registry is at its subscriber limit: retry later or poll /v1/srl/deltas",
+            format!(
+                "the registry is at its subscriber limit: retry later or poll {}",
+                path::SRL_DELTAS
+            ),
         ))
     })?;
     let mut resp = Response::new(Body::from_stream(stream));
