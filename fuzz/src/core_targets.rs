@@ -286,9 +286,9 @@ pub mod chain {
         let by_token = f.checker.check_token(state, &token, action, NOW);
         let chain = match ParsedChain::parse(&token) {
             Ok(c) => c,
-            Err(d) => {
-                assert_eq!(d.reason, DenyReason::Malformed);
-                assert_eq!(by_token, Decision::Deny(d));
+            Err(e) => {
+                assert_eq!(e.reason(), DenyReason::Malformed);
+                assert_eq!(by_token, Decision::Deny(e.into()));
                 return;
             }
         };

@@ -29,6 +29,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::json;
 use veto_authorizer::{Authorizer, Config};
 use veto_core::warrant::delegate;
+use veto_core::wire::path;
 use veto_core::{KeySet, LinkSpec, SigningKey};
 
 const ACTION: &str = "http:GET:/orders/7";
@@ -86,7 +87,7 @@ fn setup() -> World {
                 body["holder_key"] = serde_json::to_value(k.public().to_jwk()).unwrap();
             }
             let req = http
-                .post(format!("{base}/v1/warrants"))
+                .post(format!("{base}{}", path::WARRANTS))
                 .bearer_auth(&token)
                 .json(&body);
             async move {
@@ -177,7 +178,7 @@ fn revoke_many(w: &World, n: usize) -> (f64, f64) {
                 })
                 .collect();
             let resp = http
-                .post(format!("{}/v1/revocations", w.base))
+                .post(format!("{}{}", w.base, path::REVOCATIONS))
                 .bearer_auth(&w.token)
                 .json(&json!({ "entries": entries }))
                 .send()

@@ -138,7 +138,7 @@ impl State {
             Ok(p) => p,
             Err(d) => {
                 return Outcome {
-                    decision: Decision::Deny(d),
+                    decision: Decision::Deny(d.into()),
                     chain: None,
                 }
             }

@@ -205,7 +205,7 @@ fn invalid_kind(e: &SrlError) -> &'static str {
         },
         SrlError::FromFuture { .. } => "from_future",
         SrlError::Issuer { .. } => "wrong_issuer",
-        SrlError::Payload { .. } => "malformed",
+        _ => "malformed",
     }
 }
 
@@ -477,7 +477,7 @@ async fn sse_session(sync: &Arc<Syncer>, client: &reqwest::Client) -> Result<(),
     let at = sync.state.position();
     let ver = at.ver;
     let mut req = client
-        .get(format!("{}/v1/srl/events", sync.config.registry))
+        .get(format!("{}{}", sync.config.registry, path::SRL_EVENTS))
         .header("accept", "text/event-stream");
     if ver > 0 || at.attested.is_some() {
         req = req.header("last-event-id", ver.to_string());
@@ -509,7 +509,7 @@ async fn sse_session(sync: &Arc<Syncer>, client: &reqwest::Client) -> Result<(),
                 what: "push event",
                 cap,
             },
-            veto_core::SseError::NotUtf8 => SyncError::Stream(e.to_string()),
+            _ => SyncError::Stream(e.to_string()),
         })?;
         for event in events {
             // Other event names (and comments) carry nothing to apply and
@@ -601,18 +601,29 @@ async fn handle_event(
     Ok(fits(&result).then_some(iat))
 }
 
-fn parse_jwks(text: &str) -> Result<KeySet, String> {
+/// Why the registry's JWKS (RFC 7517) was refused.
+#[derive(Debug, thiserror::Error)]
+enum JwksError {
+    /// Not a JSON object `{"keys": [JWK, …]}`.
+    #[error("invalid JWKS: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A key is not a usable Ed25519 public key.
+    #[error("invalid JWKS key: {0}")]
+    Key(#[from] veto_core::KeyError),
+}
+
+/// The issuer keys of a JWKS document.
+fn parse_jwks(text: &str) -> Result<KeySet, JwksError> {
     #[derive(serde::Deserialize)]
     struct Jwks {
         keys: Vec<veto_core::Jwk>,
     }
-    let jwks: Jwks = serde_json::from_str(text).map_err(|e| format!("invalid JWKS: {e}"))?;
+    let jwks: Jwks = serde_json::from_str(text)?;
     let keys = jwks
         .keys
         .iter()
         .map(PublicKey::from_jwk)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("invalid JWKS key: {e}"))?;
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(KeySet::new(keys))
 }
 

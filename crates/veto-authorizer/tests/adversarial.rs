@@ -33,6 +33,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::sync::broadcast;
 use veto_authorizer::{Authorizer, Config, Push, Status};
+use veto_core::wire::{path, DeltasPage, ErrorBody, ErrorCode, EventKind};
 use veto_core::{
     warrant, Clock as _, Decision, DenyReason, Entry, EntryKind, Head, KeySet, LinkSpec,
     ManualClock, ParsedChain, Reason, RevocationSet, SigningKey, SrlSigner, StalenessPolicy,
@@ -132,7 +133,7 @@ impl Fake {
     }
 
     /// Pushes one event to every open `/v1/srl/events` stream.
-    fn push(&self, event: &str, id: u64, data: &str) {
+    fn push(&self, event: EventKind, id: u64, data: &str) {
         let _ = self
             .frames
             .send(format!("event: {event}\nid: {id}\ndata: {data}\n\n"));
@@ -159,7 +160,7 @@ type Shared = Arc<Fake>;
 async fn srl(State(f): State<Shared>) -> Response {
     let body = f.with(|p| p.snapshot.clone());
     let status = if body.is_some() { 200 } else { 503 };
-    f.log(format!("/v1/srl {status}"));
+    f.log(format!("{} {status}", path::SRL));
     match body {
         Some(b) => b.into_response(),
         None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
@@ -169,7 +170,7 @@ async fn srl(State(f): State<Shared>) -> Response {
 async fn checkpoint(State(f): State<Shared>) -> Response {
     let body = f.with(|p| p.checkpoint.clone());
     let status = if body.is_some() { 200 } else { 503 };
-    f.log(format!("/v1/srl/checkpoint {status}"));
+    f.log(format!("{} {status}", path::SRL_CHECKPOINT));
     match body {
         Some(b) => b.into_response(),
         None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
@@ -188,19 +189,19 @@ async fn deltas(State(f): State<Shared>, Query(q): Query<HashMap<String, String>
         )
     });
     if gone {
-        f.log("/v1/srl/deltas 410".into());
-        let body = serde_json::json!({"error": "gone", "message": "not retained"}).to_string();
+        f.log(format!("{} 410", path::SRL_DELTAS));
+        let body = ErrorBody::new(ErrorCode::Gone, "not retained").to_json();
         return (StatusCode::GONE, body).into_response();
     }
-    f.log("/v1/srl/deltas 200".into());
-    axum::Json(serde_json::json!({ "deltas": list })).into_response()
+    f.log(format!("{} 200", path::SRL_DELTAS));
+    axum::Json(DeltasPage { deltas: list }).into_response()
 }
 
 async fn events(State(f): State<Shared>) -> Response {
     // Subscribed before the response head is sent, so once the authorizer
     // reports the push connected, nothing pushed afterwards is missed.
     let rx = f.frames.subscribe();
-    f.log("/v1/srl/events 200".into());
+    f.log(format!("{} 200", path::SRL_EVENTS));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         loop {
             match rx.recv().await {
@@ -242,11 +243,11 @@ async fn start_fake(
     fake.publish_snapshot();
     fake.publish_checkpoint();
     let app = Router::new()
-        .route("/v1/srl", get(srl))
-        .route("/v1/srl/checkpoint", get(checkpoint))
-        .route("/v1/srl/deltas", get(deltas))
-        .route("/v1/srl/events", get(events))
-        .route("/.well-known/jwks.json", get(jwks))
+        .route(path::SRL, get(srl))
+        .route(path::SRL_CHECKPOINT, get(checkpoint))
+        .route(path::SRL_DELTAS, get(deltas))
+        .route(path::SRL_EVENTS, get(events))
+        .route(path::JWKS, get(jwks))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -395,7 +396,7 @@ impl Harness {
         let delta = self.fake.commit(&[&self.victim_jti]);
         self.fake.publish_checkpoint();
         let (ver, _) = self.fake.ver_head();
-        self.fake.push("delta", ver, &delta);
+        self.fake.push(EventKind::Delta, ver, &delta);
         eventually("the honest revocation is applied", || {
             self.reason(&self.victim) == Some(DenyReason::Revoked)
         })
@@ -426,6 +427,9 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A series of the rejected-objects metric. Its `kind` labels (`malformed`,
+/// `bad_signature`, `wrong_typ`, …) are metric labels, not wire codes, so
+/// the tests spell them.
 fn rejected(kind: &str) -> String {
     format!("veto_authorizer_rejected_objects_total{{kind=\"{kind}\"}}")
 }
@@ -488,7 +492,7 @@ async fn a_rolled_back_snapshot_is_refused() {
         .fake
         .signer
         .snapshot(1, head1, h.clock.now(), h.clock.now() + TTL, &set);
-    h.fake.push("snapshot", 1, &old);
+    h.fake.push(EventKind::Snapshot, 1, &old);
     h.assert_refused(&before, &rejected("rollback"), 1.0).await;
     h.revoke_victim_honestly().await;
 }
@@ -502,7 +506,7 @@ async fn forged_signatures_are_refused() {
     // The right delta, signed by another key under the same `iss`.
     let rogue = SrlSigner::new(SigningKey::generate().unwrap(), ISS);
     let (forged, _) = rogue.delta(ver + 1, head, now, vec![entry(&h.victim_jti, now)], vec![]);
-    h.fake.push("delta", ver + 1, &forged);
+    h.fake.push(EventKind::Delta, ver + 1, &forged);
     h.assert_refused(&before, &rejected("bad_signature"), 1.0)
         .await;
     // The authority's header and signature over an empty delta, with the
@@ -510,7 +514,7 @@ async fn forged_signatures_are_refused() {
     let (honest, _) = h.fake.signer.delta(ver + 1, head, now, vec![], vec![]);
     let mut parts: Vec<&str> = honest.split('.').collect();
     parts[1] = payload_segment(&forged);
-    h.fake.push("delta", ver + 1, &parts.join("."));
+    h.fake.push(EventKind::Delta, ver + 1, &parts.join("."));
     h.assert_refused(&before, &rejected("bad_signature"), 2.0)
         .await;
     assert!(h.metric(&sync_errors("invalid_object")) >= 2.0);
@@ -530,7 +534,7 @@ async fn a_delta_with_a_wrong_prev_is_refused() {
         vec![entry(&h.victim_jti, now)],
         vec![],
     );
-    h.fake.push("delta", ver + 1, &broken);
+    h.fake.push(EventKind::Delta, ver + 1, &broken);
     h.assert_refused(&before, &rejected("wrong_prev"), 1.0)
         .await;
     h.revoke_victim_honestly().await;
@@ -547,7 +551,7 @@ async fn equivocation_is_refused_and_raised() {
     let now = h.clock.now();
     let other = Head([9; 32]);
     h.fake.push(
-        "checkpoint",
+        EventKind::Checkpoint,
         ver,
         &h.fake.signer.checkpoint(ver, other, now, now + TTL),
     );
@@ -559,7 +563,7 @@ async fn equivocation_is_refused_and_raised() {
     let e = entry(&h.victim_jti, now);
     set.insert(e.kind, e.digest(), 0);
     h.fake.push(
-        "snapshot",
+        EventKind::Snapshot,
         ver,
         &h.fake.signer.snapshot(ver, other, now, now + TTL, &set),
     );
@@ -582,7 +586,7 @@ async fn objects_from_the_future_are_refused() {
     // Beyond the default 5 s skew allowance.
     let future = h.clock.now() + 60;
     let cp = h.fake.signer.checkpoint(ver, head, future, future + TTL);
-    h.fake.push("checkpoint", ver, &cp);
+    h.fake.push(EventKind::Checkpoint, ver, &cp);
     h.assert_refused(&before, &rejected("from_future"), 1.0)
         .await;
     let (delta, _) = h.fake.signer.delta(
@@ -592,7 +596,7 @@ async fn objects_from_the_future_are_refused() {
         vec![entry(&h.victim_jti, future)],
         vec![],
     );
-    h.fake.push("delta", ver + 1, &delta);
+    h.fake.push(EventKind::Delta, ver + 1, &delta);
     h.assert_refused(&before, &rejected("from_future"), 2.0)
         .await;
     // Served on pull: every poll refuses it.
@@ -619,7 +623,7 @@ async fn objects_of_the_wrong_type_are_refused() {
     let now = h.clock.now();
     // A checkpoint sent as a delta event.
     h.fake.push(
-        "delta",
+        EventKind::Delta,
         ver + 1,
         &h.fake.signer.checkpoint(ver, head, now, now + TTL),
     );
@@ -629,10 +633,10 @@ async fn objects_of_the_wrong_type_are_refused() {
         h.fake
             .signer
             .delta(ver + 1, head, now, vec![entry(&h.victim_jti, now)], vec![]);
-    h.fake.push("checkpoint", ver + 1, &delta);
+    h.fake.push(EventKind::Checkpoint, ver + 1, &delta);
     h.assert_refused(&before, &rejected("wrong_typ"), 2.0).await;
     // A delta sent as a snapshot event.
-    h.fake.push("snapshot", ver + 1, &delta);
+    h.fake.push(EventKind::Snapshot, ver + 1, &delta);
     h.assert_refused(&before, &rejected("wrong_typ"), 3.0).await;
     h.revoke_victim_honestly().await;
 }
@@ -710,7 +714,7 @@ async fn algorithm_confusion_is_refused() {
         format!("{}.{payload}.{signature}", header("Ed25519")),
     ];
     for (i, jws) in forged.iter().enumerate() {
-        h.fake.push("delta", ver + 1, jws);
+        h.fake.push(EventKind::Delta, ver + 1, jws);
         h.assert_refused(&before, &rejected("malformed"), (i + 1) as f64)
             .await;
     }
@@ -726,7 +730,7 @@ async fn algorithm_confusion_is_refused() {
     let cp_input = format!("{cp_header}.{}", payload_segment(&checkpoint));
     let cp_mac = hmac_sha256(key.public().as_bytes(), cp_input.as_bytes());
     h.fake.push(
-        "checkpoint",
+        EventKind::Checkpoint,
         ver,
         &format!("{cp_input}.{}", b64url(&cp_mac)),
     );
@@ -741,7 +745,7 @@ async fn algorithm_confusion_is_refused() {
     );
     let snapshot = h.fake.with(|p| p.snapshot.clone()).unwrap();
     h.fake.push(
-        "snapshot",
+        EventKind::Snapshot,
         ver,
         &format!("{sn_header}.{}.", payload_segment(&snapshot)),
     );
@@ -764,7 +768,7 @@ async fn a_pushed_gap_is_repaired_by_fetching_the_deltas() {
     // The checkpoint served on pull still attests version N: it was
     // signed before the deltas, as a lagging replica or cache would serve
     // it. The signed delta N+2 alone proves the gap.
-    h.fake.push("delta", n + 2, &skipped);
+    h.fake.push(EventKind::Delta, n + 2, &skipped);
     eventually("the gap is repaired", || h.authz.status().version == n + 2).await;
     assert_eq!(h.authz.status().head, h.fake.ver_head().1.to_string());
     assert_eq!(h.reason(&h.victim), Some(DenyReason::Revoked));
@@ -774,11 +778,14 @@ async fn a_pushed_gap_is_repaired_by_fetching_the_deltas() {
     );
     let log = h.fake.requests();
     assert!(
-        log.iter().any(|r| r == "/v1/srl/deltas 200"),
+        log.iter()
+            .any(|r| *r == format!("{} 200", path::SRL_DELTAS)),
         "no delta fetch: {log:?}"
     );
     assert_eq!(
-        log.iter().filter(|r| r.starts_with("/v1/srl ")).count(),
+        log.iter()
+            .filter(|r| r.starts_with(&format!("{} ", path::SRL)))
+            .count(),
         1,
         "a snapshot was fetched for a gap deltas could fill: {log:?}"
     );
@@ -794,7 +801,7 @@ async fn gone_deltas_are_replaced_by_a_snapshot() {
     h.fake.commit(&["unrelated-4"]);
     h.fake.publish_snapshot();
     let cp = h.fake.publish_checkpoint();
-    h.fake.push("checkpoint", n + 3, &cp);
+    h.fake.push(EventKind::Checkpoint, n + 3, &cp);
     eventually("the snapshot is applied", || {
         h.authz.status().version == n + 3
     })
@@ -806,10 +813,12 @@ async fn gone_deltas_are_replaced_by_a_snapshot() {
     let log = h.fake.requests();
     let gone = log
         .iter()
-        .position(|r| r == "/v1/srl/deltas 410")
+        .position(|r| *r == format!("{} 410", path::SRL_DELTAS))
         .unwrap_or_else(|| panic!("no 410: {log:?}"));
     assert!(
-        log[gone..].iter().any(|r| r == "/v1/srl 200"),
+        log[gone..]
+            .iter()
+            .any(|r| *r == format!("{} 200", path::SRL)),
         "no snapshot fetched after the 410: {log:?}"
     );
 }
@@ -856,7 +865,7 @@ async fn staleness(policy: StalenessPolicy, is_stale_decision: impl Fn(&Decision
     assert_eq!(h.metric("veto_authorizer_fresh"), 0.0);
     // Checkpoints resume (pull and push): fresh again.
     let cp = h.fake.publish_checkpoint();
-    h.fake.push("checkpoint", s.version, &cp);
+    h.fake.push(EventKind::Checkpoint, s.version, &cp);
     eventually("fresh again", || h.authz.status().fresh).await;
     assert_eq!(h.decide(&h.victim), Decision::Allow { stale: false });
     assert_eq!(h.metric("veto_authorizer_fresh"), 1.0);
@@ -895,8 +904,8 @@ async fn the_disk_cache_survives_a_restart_without_the_registry() {
     let delta = h.fake.commit(&[&h.victim_jti]);
     let cp = h.fake.publish_checkpoint();
     let (ver, head) = h.fake.ver_head();
-    h.fake.push("delta", ver, &delta);
-    h.fake.push("checkpoint", ver, &cp);
+    h.fake.push(EventKind::Delta, ver, &delta);
+    h.fake.push(EventKind::Checkpoint, ver, &cp);
     eventually("the revocation is applied", || {
         h.reason(&h.victim) == Some(DenyReason::Revoked)
     })

@@ -24,6 +24,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use serde_json::json;
 use tokio::sync::{watch, Semaphore};
+use veto_core::wire::{path, EventKind};
 use veto_core::SseParser;
 
 use crate::registry::{own_cpu_secs, Registry};
@@ -113,11 +114,14 @@ async fn subscriber(
         Ok(r) => {
             let status = r.status();
             let body = r.text().await.unwrap_or_default();
-            progress.fail(format!("GET /v1/srl/events answered {status}: {body}"));
+            progress.fail(format!(
+                "GET {} answered {status}: {body}",
+                path::SRL_EVENTS
+            ));
             return got;
         }
         Err(e) => {
-            progress.fail(format!("cannot open GET /v1/srl/events: {e:#}"));
+            progress.fail(format!("cannot open GET {}: {e:#}", path::SRL_EVENTS));
             return got;
         }
     };
@@ -147,18 +151,18 @@ async fn subscriber(
             }
         };
         for ev in events {
-            match ev.event.as_str() {
-                "checkpoint" if slot.is_some() => {
+            match EventKind::parse(&ev.event) {
+                Some(EventKind::Checkpoint) if slot.is_some() => {
                     slot = None;
                     progress.ready.fetch_add(1, Ordering::SeqCst);
                 }
-                "delta" => {
+                Some(EventKind::Delta) => {
                     if let Some(ver) = ev.id.as_deref().and_then(|v| v.parse().ok()) {
                         got.push((ver, at));
                         progress.deltas.fetch_add(1, Ordering::SeqCst);
                     }
                 }
-                "snapshot" => {
+                Some(EventKind::Snapshot) => {
                     progress.snapshots.fetch_add(1, Ordering::SeqCst);
                 }
                 _ => {}
@@ -191,7 +195,7 @@ pub(crate) fn revoke_sequentially(
         .build()?;
     rt.block_on(async move {
         let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
-        let url = format!("{base}/v1/revocations");
+        let url = format!("{base}{}", path::REVOCATIONS);
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
             tokio::time::sleep(interval).await;
@@ -224,7 +228,7 @@ async fn revoke_once(client: &reqwest::Client, reg: &Registry) -> anyhow::Result
         &json!({"entries": [{"kind": "warrant", "id": random_jti()?, "reason": "superseded"}]}),
     )?;
     client
-        .post(format!("{}/v1/revocations", reg.base))
+        .post(format!("{}{}", reg.base, path::REVOCATIONS))
         .bearer_auth(&reg.token)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body)
@@ -266,7 +270,7 @@ pub(crate) async fn run(a: FanoutArgs) -> anyhow::Result<()> {
     );
     let settle = Duration::from_millis(a.settle_ms);
     let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
-    let url = format!("{}/v1/srl/events", reg.base);
+    let url = format!("{}{}", reg.base, path::SRL_EVENTS);
 
     // Warm-up: first revocation and first subscriber pay one-time costs
     // (lazy allocations, first signature) outside the measurement.

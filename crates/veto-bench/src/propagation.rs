@@ -32,6 +32,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use serde_json::json;
 use veto_authorizer::{Authorizer, Config, Push};
+use veto_core::wire::{nats, path};
 use veto_core::{keyfile, KeySet};
 
 use crate::fanout::{revoke_sequentially, Sent};
@@ -93,7 +94,7 @@ pub(crate) async fn reset_stream(bus: &veto_bus::NatsSettings) -> anyhow::Result
         .with_context(|| format!("connecting to NATS at {}", bus.servers()))?;
     // Answers an error when the stream does not exist: that is fine.
     let _ = async_nats::jetstream::new(nc)
-        .delete_stream(veto_core::wire::nats::STREAM)
+        .delete_stream(nats::STREAM)
         .await;
     Ok(())
 }
@@ -416,19 +417,20 @@ pub(crate) async fn revoke_id(
     )?;
     let sent = Instant::now();
     let resp = client
-        .post(format!("{}/v1/revocations", reg.base))
+        .post(format!("{}{}", reg.base, path::REVOCATIONS))
         .bearer_auth(&reg.token)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body)
         .send()
         .await
-        .context("POST /v1/revocations")?;
+        .with_context(|| format!("POST {}", path::REVOCATIONS))?;
     let status = resp.status();
     let text = resp.bytes().await?;
     let acked = Instant::now();
     if status != reqwest::StatusCode::CREATED {
         bail!(
-            "POST /v1/revocations: expected 201 Created, got {status}: {}",
+            "POST {}: expected 201 Created, got {status}: {}",
+            path::REVOCATIONS,
             String::from_utf8_lossy(&text)
         );
     }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
+use veto_core::wire::path;
 use veto_testkit::{clean_command, wait_ok, Process};
 
 use crate::registry::{fresh_dir, stop_process, Registry, READY_TIMEOUT, START_TIMEOUT};
@@ -58,7 +59,7 @@ impl Proxy {
             keep,
         };
         wait_ok(
-            &format!("{}/readyz", p.admin),
+            &format!("{}{}", p.admin, path::READYZ),
             READY_TIMEOUT,
             || format!("the proxy at {} is not ready", p.base),
             || p.log_tail(),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
+use veto_core::wire::path;
 use veto_testkit::{clean_command, vm_rss_kib, wait_ok, Process};
 
 /// How long `veto serve` or `veto proxy` may take to print its banner.
@@ -116,7 +117,7 @@ impl Registry {
                 .to_owned(),
         };
         wait_ok(
-            &format!("{}/healthz", reg.base),
+            &format!("{}{}", reg.base, path::HEALTHZ),
             READY_TIMEOUT,
             || format!("the registry at {} is not healthy", reg.base),
             || reg.log_tail(),
@@ -140,24 +141,27 @@ impl Registry {
         ttl: u64,
     ) -> anyhow::Result<(String, String)> {
         let resp = client
-            .post(format!("{}/v1/warrants", self.base))
+            .post(format!("{}{}", self.base, path::WARRANTS))
             .bearer_auth(&self.token)
             .json(&serde_json::json!({"agent": agent, "act": act, "ttl": ttl}))
             .send()
             .await
-            .context("POST /v1/warrants")?;
+            .with_context(|| format!("POST {}", path::WARRANTS))?;
         let status = resp.status();
         let text = resp.text().await?;
         if status != reqwest::StatusCode::CREATED {
-            bail!("POST /v1/warrants: expected 201 Created, got {status}: {text}");
+            bail!(
+                "POST {}: expected 201 Created, got {status}: {text}",
+                path::WARRANTS
+            );
         }
         let v: serde_json::Value = serde_json::from_str(&text)?;
         let warrant = v["warrant"]
             .as_str()
-            .context("no `warrant` in the answer to POST /v1/warrants")?;
+            .with_context(|| format!("no `warrant` in the answer to POST {}", path::WARRANTS))?;
         let jti = v["jti"]
             .as_str()
-            .context("no `jti` in the answer to POST /v1/warrants")?;
+            .with_context(|| format!("no `jti` in the answer to POST {}", path::WARRANTS))?;
         Ok((warrant.to_owned(), jti.to_owned()))
     }
 

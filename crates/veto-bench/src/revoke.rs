@@ -20,6 +20,7 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use serde_json::json;
+use veto_core::wire::path;
 
 use crate::pg::Schema;
 use crate::registry::{fresh_dir, local_postgres_cpu_secs, own_cpu_secs, Registry, ServeOpts};
@@ -194,7 +195,7 @@ async fn measure(
         .build()?;
     let urls: Arc<Vec<String>> = Arc::new(
         regs.iter()
-            .map(|r| format!("{}/v1/revocations", r.base))
+            .map(|r| format!("{}{}", r.base, path::REVOCATIONS))
             .collect(),
     );
     let token = regs.first().map(|r| r.token.clone()).unwrap_or_default();

@@ -54,6 +54,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderValue, AUTHORIZATION, HOST};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use veto_core::wire::path;
 
 use crate::overhead::parse_duration_ms;
 use crate::propagation::revoke_id;
@@ -477,7 +478,7 @@ async fn applied_version(client: &reqwest::Client, url: &str) -> anyhow::Result<
         .await?;
     v["sync"]["version"]
         .as_u64()
-        .context("no `sync.version` in the proxy's /healthz")
+        .with_context(|| format!("no `sync.version` in the proxy's {}", path::HEALTHZ))
 }
 
 /// Polls the proxy's `/healthz` every [`WATCH_EVERY`] until `stop`; returns
@@ -493,7 +494,7 @@ fn watch_applied(admin: String, shared: Arc<Shared>) -> anyhow::Result<(Vec<(u64
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(5))
             .build()?;
-        let url = format!("{admin}/healthz");
+        let url = format!("{admin}{}", path::HEALTHZ);
         let (mut seen, mut failed) = (Vec::<(u64, Instant)>::new(), 0u64);
         while !shared.stop.load(Ordering::SeqCst) {
             match applied_version(&client, &url).await {

@@ -14,6 +14,7 @@ pub const MAX_PATTERN_BYTES: usize = 256;
 
 /// Why a pattern was rejected.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PatternError {
     /// The pattern is empty.
     #[error("empty action pattern")]

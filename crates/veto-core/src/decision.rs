@@ -5,67 +5,9 @@ use std::fmt;
 
 use crate::entry::{Digest, EntryKind};
 use crate::keys::KeySet;
+use crate::reason::DenyReason;
 use crate::state::SrlState;
-use crate::warrant::{limits, ParsedChain, VerifiedChain};
-
-/// Why a request was denied. Exhaustive: callers must handle every reason.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DenyReason {
-    /// The credential could not be parsed, or is over a size or depth limit.
-    Malformed,
-    /// A link, agent or key in the chain is revoked.
-    Revoked,
-    /// A link has expired.
-    Expired,
-    /// A link is not valid yet.
-    NotYetValid,
-    /// A signature does not verify.
-    BadSignature,
-    /// The root is not signed by a trusted issuer key.
-    UntrustedIssuer,
-    /// The chain breaks a delegation rule.
-    ChainInvalid,
-    /// The chain does not permit the action.
-    ActionDenied,
-    /// The revocation state is too old to rely on (fail-closed).
-    Stale,
-}
-
-impl DenyReason {
-    /// Every reason.
-    pub const ALL: [DenyReason; 9] = [
-        DenyReason::Malformed,
-        DenyReason::Revoked,
-        DenyReason::Expired,
-        DenyReason::NotYetValid,
-        DenyReason::BadSignature,
-        DenyReason::UntrustedIssuer,
-        DenyReason::ChainInvalid,
-        DenyReason::ActionDenied,
-        DenyReason::Stale,
-    ];
-
-    /// The stable code, as used in HTTP errors and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DenyReason::Malformed => "malformed",
-            DenyReason::Revoked => "revoked",
-            DenyReason::Expired => "expired",
-            DenyReason::NotYetValid => "not_yet_valid",
-            DenyReason::BadSignature => "bad_signature",
-            DenyReason::UntrustedIssuer => "untrusted_issuer",
-            DenyReason::ChainInvalid => "chain_invalid",
-            DenyReason::ActionDenied => "action_denied",
-            DenyReason::Stale => "stale",
-        }
-    }
-}
-
-impl fmt::Display for DenyReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::warrant::{limits, ChainError, ParsedChain, VerifiedChain};
 
 /// A denial: the reason and a message naming what was wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +25,14 @@ impl Denial {
             reason,
             message: message.into(),
         }
+    }
+}
+
+/// A chain that does not parse or verify is denied for its
+/// [`ChainError::reason`], with its message.
+impl From<ChainError> for Denial {
+    fn from(e: ChainError) -> Self {
+        Self::new(e.reason(), e.to_string())
     }
 }
 
@@ -185,7 +135,7 @@ impl Checker {
     pub fn check_token(&self, state: &SrlState, token: &str, action: &str, now: u64) -> Decision {
         match ParsedChain::parse(token) {
             Ok(chain) => self.check(state, &chain, action, now),
-            Err(denial) => Decision::Deny(denial),
+            Err(e) => Decision::Deny(e.into()),
         }
     }
 
@@ -193,7 +143,7 @@ impl Checker {
     pub fn check(&self, state: &SrlState, chain: &ParsedChain, action: &str, now: u64) -> Decision {
         self.decide(state, chain, action, now, || {
             self.check_issuer(chain)?;
-            chain.check_signatures(&self.issuers, self.config.max_depth)
+            Ok(chain.check_signatures(&self.issuers, self.config.max_depth)?)
         })
     }
 
@@ -201,7 +151,7 @@ impl Checker {
     /// chains; [`Checker::check_verified`] then skips only that step.
     pub fn verify(&self, chain: ParsedChain) -> Result<VerifiedChain, Denial> {
         self.check_issuer(&chain)?;
-        chain.verify(&self.issuers, self.config.max_depth)
+        Ok(chain.verify(&self.issuers, self.config.max_depth)?)
     }
 
     /// Checks a chain verified earlier by [`Checker::verify`]: revocation,

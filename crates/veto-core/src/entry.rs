@@ -122,6 +122,7 @@ pub struct Entry {
 
 /// Why an entry is not acceptable.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EntryError {
     /// The id is empty or too long.
     #[error("{kind} entry id must be 1 to 256 bytes, found {len}")]

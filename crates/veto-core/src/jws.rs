@@ -36,6 +36,7 @@ impl Typ {
 
 /// Why a JWS was rejected.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum JwsError {
     /// The input is over the size limit for its kind.
     #[error("{len} bytes, over the limit of {limit} bytes")]

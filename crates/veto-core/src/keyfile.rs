@@ -9,6 +9,7 @@ use crate::keys::{KeyError, PublicKey, SigningKey};
 
 /// Why a key file could not be read or written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyFileError {
     /// The file could not be read or written.
     #[error("key file `{path}`: {source}")]

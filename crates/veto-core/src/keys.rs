@@ -10,6 +10,7 @@ use crate::b64;
 
 /// Why a key could not be made or read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum KeyError {
     /// The JWK text is not valid JSON of the expected shape.
     #[error("invalid JWK: {0}")]

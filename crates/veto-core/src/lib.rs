@@ -20,6 +20,7 @@ mod json;
 pub mod jws;
 pub mod keyfile;
 mod keys;
+mod reason;
 mod set;
 pub mod srl;
 mod sse;
@@ -32,9 +33,10 @@ pub use action::{ActionSet, Pattern, PatternError};
 #[cfg(any(test, feature = "test-util"))]
 pub use clock::ManualClock;
 pub use clock::{Clock, SystemClock};
-pub use decision::{CheckConfig, Checker, Decision, Denial, DenyReason, StalenessPolicy};
+pub use decision::{CheckConfig, Checker, Decision, Denial, StalenessPolicy};
 pub use entry::{Digest, Entry, EntryError, EntryKind, Reason, Removed, MAX_ENTRY_ID_BYTES};
 pub use keys::{thumbprint, Jwk, KeyError, KeyResolver, KeySet, PublicKey, SigningKey};
+pub use reason::DenyReason;
 pub use set::RevocationSet;
 pub use srl::{
     Head, SrlError, SrlLimits, SrlSigner, SrlVerifier, VerifiedCheckpoint, VerifiedDelta,
@@ -43,4 +45,4 @@ pub use srl::{
 pub use sse::{SseError, SseEvent, SseParser};
 pub use state::{Applied, ApplyError, Attestation, SrlState};
 pub use target::{canonical_path, check_method, Target, TargetError};
-pub use warrant::{LinkSpec, ParsedChain, VerifiedChain, WarrantError};
+pub use warrant::{ChainError, LinkError, LinkSpec, ParsedChain, VerifiedChain, WarrantError};

@@ -11,7 +11,16 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 use crate::entry::{Digest, EntryKind};
-use crate::warrant::Probes;
+
+/// What the revocation check looks up for a chain, computed once when the
+/// chain is parsed: one probe per link id, per agent (with the oldest
+/// `iat` of its links), and per key that signs or is bound in the chain.
+#[derive(Clone, Debug, Default)]
+pub struct Probes {
+    pub(crate) warrants: Vec<Digest>,
+    pub(crate) agents: Vec<(Digest, u64)>,
+    pub(crate) keys: Vec<Digest>,
+}
 
 impl Hash for Digest {
     // Digests are uniformly distributed already: their first 8 bytes are the hash.

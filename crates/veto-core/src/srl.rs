@@ -264,6 +264,7 @@ impl SrlSigner {
 
 /// Why a published object was rejected.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SrlError {
     /// The JWS itself is bad (size, structure, `alg`, `typ`, key, signature).
     #[error("{what}: {source}")]

@@ -15,6 +15,7 @@ pub struct SseEvent {
 
 /// Why the stream was rejected.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SseError {
     /// A line or event is over the limit.
     #[error("server-sent event over the {0}-byte limit")]

@@ -28,6 +28,7 @@ use std::fmt;
 
 /// Why a request target was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TargetError {
     /// `*` (asterisk-form) or `host:port` (authority-form).
     #[error("request target `{0}` names no path: only `/path` targets are accepted")]

@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::action::{ActionSet, PatternError};
 use crate::b64;
-use crate::decision::{Denial, DenyReason};
 use crate::entry::{Digest, EntryKind};
-use crate::jws::{self, Typ, UnverifiedJws};
-use crate::keys::{Jwk, KeyResolver, PublicKey, SigningKey};
+use crate::jws::{self, JwsError, Typ, UnverifiedJws};
+use crate::keys::{Jwk, KeyError, KeyResolver, PublicKey, SigningKey};
+use crate::reason::DenyReason;
+use crate::set::Probes;
 
 /// Limits applied while parsing a chain.
 pub mod limits {
@@ -103,16 +104,6 @@ impl Link {
     }
 }
 
-/// What the revocation check looks up for a chain, computed once at parse
-/// time: one probe per link id, per agent (with the link's `iat`), and per
-/// key that signs or is bound in the chain.
-#[derive(Clone, Debug, Default)]
-pub struct Probes {
-    pub(crate) warrants: Vec<Digest>,
-    pub(crate) agents: Vec<(Digest, u64)>,
-    pub(crate) keys: Vec<Digest>,
-}
-
 /// A chain whose structure and claims are parsed, signatures unchecked.
 #[derive(Clone, Debug)]
 pub struct ParsedChain {
@@ -132,16 +123,136 @@ impl VerifiedChain {
     }
 }
 
-fn malformed(message: impl Into<String>) -> Denial {
-    Denial::new(DenyReason::Malformed, message)
+/// Why a chain does not parse or verify. Each names the link (0 = root)
+/// and what was wrong; [`ChainError::reason`] is the denial it means.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainError {
+    /// The chain is over [`limits::MAX_CHAIN_BYTES`].
+    #[error("chain of {bytes} bytes, over the {limit}-byte limit")]
+    TooLarge {
+        /// Bytes presented.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Nothing was presented.
+    #[error("empty chain")]
+    Empty,
+    /// More links than [`limits::MAX_DEPTH`] (`configured` false) or the
+    /// configured depth limit.
+    #[error("chain of {links} links, over the {}limit of {limit}", if *configured { "configured depth " } else { "" })]
+    TooDeep {
+        /// Links presented.
+        links: usize,
+        /// The limit.
+        limit: usize,
+        /// Whether the limit is the configured one.
+        configured: bool,
+    },
+    /// A link does not parse.
+    #[error("link {link}: {error}")]
+    Link {
+        /// Which link (0 = root).
+        link: usize,
+        /// What is wrong with it.
+        error: LinkError,
+    },
+    /// The root names no `kid`, so no issuer key can be looked up.
+    #[error("the root link names no `kid`")]
+    RootWithoutKid,
+    /// No trusted issuer key has the root's `kid`.
+    #[error("root signed by unknown issuer key `{0}`")]
+    UnknownIssuer(String),
+    /// The root carries a `par` claim.
+    #[error("the root link has a `par` claim")]
+    RootWithParent,
+    /// A link that binds no holder key has a child.
+    #[error("link {0} binds no holder key, so it cannot be delegated")]
+    NotDelegable(usize),
+    /// A child names another key than its parent's holder key.
+    #[error("link {link} names key `{named}` but its parent's holder key is `{holder}`")]
+    WrongKey {
+        /// The child link.
+        link: usize,
+        /// The `kid` it names.
+        named: String,
+        /// The parent's holder key id.
+        holder: String,
+    },
+    /// A link's signature does not verify.
+    #[error("link {0}: signature does not verify")]
+    BadSignature(usize),
+    /// A child's `par` is not its parent's `jti`.
+    #[error("link {0}: `par` is not the parent's `jti`")]
+    WrongParent(usize),
+    /// A child expires after its parent.
+    #[error("link {0} outlives its parent")]
+    Outlives(usize),
+    /// A child permits an action its parent does not.
+    #[error("link {link} widens the parent's actions with `{pattern}`")]
+    Widens {
+        /// The child link.
+        link: usize,
+        /// The first of its patterns the parent does not cover.
+        pattern: String,
+    },
 }
 
-fn check_id(what: &str, id: &str, link: usize) -> Result<(), Denial> {
+impl ChainError {
+    /// The denial this error means (DESIGN 4).
+    pub fn reason(&self) -> DenyReason {
+        match self {
+            Self::TooLarge { .. } | Self::Empty | Self::TooDeep { .. } | Self::Link { .. } => {
+                DenyReason::Malformed
+            }
+            Self::RootWithoutKid | Self::UnknownIssuer(_) => DenyReason::UntrustedIssuer,
+            Self::BadSignature(_) => DenyReason::BadSignature,
+            Self::RootWithParent
+            | Self::NotDelegable(_)
+            | Self::WrongKey { .. }
+            | Self::WrongParent(_)
+            | Self::Outlives(_)
+            | Self::Widens { .. } => DenyReason::ChainInvalid,
+        }
+    }
+}
+
+/// Why one link does not parse.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// Not a compact JWS veto accepts.
+    #[error(transparent)]
+    Jws(#[from] JwsError),
+    /// The `typ` is absent (on a child) or not a warrant's.
+    #[error("{}, expected `{}`", match .0 { Some(t) => format!("wrong object type `{t}`"), None => "no object type (`typ`)".to_owned() }, Typ::Warrant.as_str())]
+    Typ(Option<String>),
+    /// The claims are not a warrant's JSON object.
+    #[error("invalid claims: {0}")]
+    Claims(#[source] serde_json::Error),
+    /// An identifier claim is empty or too long.
+    #[error("`{what}` must be 1 to 256 bytes, found {len}")]
+    Id {
+        /// `jti`, `sub`, `iss` or `par`.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// An action pattern is invalid.
+    #[error(transparent)]
+    Actions(#[from] PatternError),
+    /// The holder key (`cnf.jwk`) is not a usable Ed25519 key.
+    #[error("`cnf.jwk`: {0}")]
+    HolderKey(#[from] KeyError),
+}
+
+fn check_id(what: &'static str, id: &str) -> Result<(), LinkError> {
     if id.is_empty() || id.len() > limits::MAX_ID_BYTES {
-        return Err(malformed(format!(
-            "link {link}: `{what}` must be 1 to 256 bytes, found {}",
-            id.len()
-        )));
+        return Err(LinkError::Id {
+            what,
+            len: id.len(),
+        });
     }
     Ok(())
 }
@@ -149,27 +260,27 @@ fn check_id(what: &str, id: &str, link: usize) -> Result<(), Denial> {
 impl ParsedChain {
     /// Parses `root~child~…~leaf` (an optional `Bearer ` prefix is not
     /// accepted here: pass the token itself).
-    pub fn parse(token: &str) -> Result<Self, Denial> {
+    pub fn parse(token: &str) -> Result<Self, ChainError> {
         if token.len() > limits::MAX_CHAIN_BYTES {
-            return Err(malformed(format!(
-                "chain of {} bytes, over the {}-byte limit",
-                token.len(),
-                limits::MAX_CHAIN_BYTES
-            )));
+            return Err(ChainError::TooLarge {
+                bytes: token.len(),
+                limit: limits::MAX_CHAIN_BYTES,
+            });
         }
         if token.is_empty() {
-            return Err(malformed("empty chain"));
+            return Err(ChainError::Empty);
         }
         let depth = token.split('~').count();
         if depth > limits::MAX_DEPTH {
-            return Err(malformed(format!(
-                "chain of {depth} links, over the limit of {}",
-                limits::MAX_DEPTH
-            )));
+            return Err(ChainError::TooDeep {
+                links: depth,
+                limit: limits::MAX_DEPTH,
+                configured: false,
+            });
         }
         let mut links = Vec::with_capacity(depth);
         for (i, part) in token.split('~').enumerate() {
-            links.push(parse_link(part, i)?);
+            links.push(parse_link(part, i).map_err(|error| ChainError::Link { link: i, error })?);
         }
         let probes = probes(&links);
         Ok(Self { links, probes })
@@ -203,7 +314,7 @@ impl ParsedChain {
         self,
         issuers: &dyn KeyResolver,
         max_depth: usize,
-    ) -> Result<VerifiedChain, Denial> {
+    ) -> Result<VerifiedChain, ChainError> {
         self.check_signatures(issuers, max_depth)?;
         Ok(VerifiedChain(self))
     }
@@ -212,125 +323,84 @@ impl ParsedChain {
         &self,
         issuers: &dyn KeyResolver,
         max_depth: usize,
-    ) -> Result<(), Denial> {
+    ) -> Result<(), ChainError> {
         if self.links.len() > max_depth {
-            return Err(malformed(format!(
-                "chain of {} links, over the configured depth limit of {max_depth}",
-                self.links.len()
-            )));
+            return Err(ChainError::TooDeep {
+                links: self.links.len(),
+                limit: max_depth,
+                configured: true,
+            });
         }
         let root = self.root();
-        let kid = root.kid().ok_or_else(|| {
-            Denial::new(DenyReason::UntrustedIssuer, "the root link names no `kid`")
-        })?;
-        let issuer = issuers.resolve(kid).ok_or_else(|| {
-            Denial::new(
-                DenyReason::UntrustedIssuer,
-                format!("root signed by unknown issuer key `{kid}`"),
-            )
-        })?;
+        let kid = root.kid().ok_or(ChainError::RootWithoutKid)?;
+        let issuer = issuers
+            .resolve(kid)
+            .ok_or_else(|| ChainError::UnknownIssuer(kid.to_owned()))?;
         if root.claims.par.is_some() {
-            return Err(Denial::new(
-                DenyReason::ChainInvalid,
-                "the root link has a `par` claim",
-            ));
+            return Err(ChainError::RootWithParent);
         }
         verify_link(root, issuer, 0)?;
         for (i, pair) in self.links.windows(2).enumerate() {
             let (parent, child) = (&pair[0], &pair[1]);
             let n = i + 1;
-            let holder = parent.holder.as_ref().ok_or_else(|| {
-                Denial::new(
-                    DenyReason::ChainInvalid,
-                    format!("link {i} binds no holder key, so it cannot be delegated"),
-                )
-            })?;
-            if child.kid().is_some_and(|k| k != holder.kid()) {
-                return Err(Denial::new(
-                    DenyReason::ChainInvalid,
-                    format!(
-                        "link {n} names key `{}` but its parent's holder key is `{}`",
-                        child.kid().unwrap_or_default(),
-                        holder.kid()
-                    ),
-                ));
+            let holder = parent.holder.as_ref().ok_or(ChainError::NotDelegable(i))?;
+            if let Some(named) = child.kid().filter(|k| *k != holder.kid()) {
+                return Err(ChainError::WrongKey {
+                    link: n,
+                    named: named.to_owned(),
+                    holder: holder.kid().to_owned(),
+                });
             }
             verify_link(child, holder, n)?;
             if child.claims.par.as_deref() != Some(parent.claims.jti.as_str()) {
-                return Err(Denial::new(
-                    DenyReason::ChainInvalid,
-                    format!("link {n}: `par` is not the parent's `jti`"),
-                ));
+                return Err(ChainError::WrongParent(n));
             }
             if child.claims.exp > parent.claims.exp {
-                return Err(Denial::new(
-                    DenyReason::ChainInvalid,
-                    format!("link {n} outlives its parent"),
-                ));
+                return Err(ChainError::Outlives(n));
             }
             if let Some(p) = child.actions.first_uncovered(&parent.actions) {
-                return Err(Denial::new(
-                    DenyReason::ChainInvalid,
-                    format!("link {n} widens the parent's actions with `{p}`"),
-                ));
+                return Err(ChainError::Widens {
+                    link: n,
+                    pattern: p.to_string(),
+                });
             }
         }
         Ok(())
     }
 }
 
-fn verify_link(link: &Link, key: &PublicKey, n: usize) -> Result<(), Denial> {
+fn verify_link(link: &Link, key: &PublicKey, n: usize) -> Result<(), ChainError> {
     if key.verify(link.signing_input.as_bytes(), &link.signature) {
         Ok(())
     } else {
-        Err(Denial::new(
-            DenyReason::BadSignature,
-            format!("link {n}: signature does not verify"),
-        ))
+        Err(ChainError::BadSignature(n))
     }
 }
 
-fn parse_link(part: &str, i: usize) -> Result<Link, Denial> {
-    let jws = UnverifiedJws::parse(part, limits::MAX_LINK_BYTES)
-        .map_err(|e| malformed(format!("link {i}: {e}")))?;
+fn parse_link(part: &str, i: usize) -> Result<Link, LinkError> {
+    let jws = UnverifiedJws::parse(part, limits::MAX_LINK_BYTES)?;
     match (i, jws.header().typ.as_deref()) {
         (_, Some(t)) if t == Typ::Warrant.as_str() => {}
         // A plain JWT from a trusted issuer is a valid root (DESIGN 3.1).
         (0, None) => {}
         (0, Some(t)) if t.eq_ignore_ascii_case("JWT") => {}
-        (_, None) => {
-            return Err(malformed(format!(
-                "link {i}: no object type (`typ`), expected `{}`",
-                Typ::Warrant.as_str()
-            )))
-        }
-        (_, Some(t)) => {
-            return Err(malformed(format!(
-                "link {i}: wrong object type `{t}`, expected `{}`",
-                Typ::Warrant.as_str()
-            )))
-        }
+        (_, t) => return Err(LinkError::Typ(t.map(str::to_owned))),
     }
-    let payload = jws
-        .payload_unverified()
-        .map_err(|e| malformed(format!("link {i}: {e}")))?;
-    let claims: Claims = serde_json::from_slice(&payload)
-        .map_err(|e| malformed(format!("link {i}: invalid claims: {e}")))?;
-    check_id("jti", &claims.jti, i)?;
-    check_id("sub", &claims.sub, i)?;
+    let payload = jws.payload_unverified()?;
+    let claims: Claims = serde_json::from_slice(&payload).map_err(LinkError::Claims)?;
+    check_id("jti", &claims.jti)?;
+    check_id("sub", &claims.sub)?;
     for (what, v) in [("iss", &claims.iss), ("par", &claims.par)] {
         if let Some(v) = v {
-            check_id(what, v, i)?;
+            check_id(what, v)?;
         }
     }
-    let actions = ActionSet::parse(&claims.act)
-        .map_err(|e: PatternError| malformed(format!("link {i}: {e}")))?;
+    let actions = ActionSet::parse(&claims.act)?;
     let holder = claims
         .cnf
         .as_ref()
         .map(|c| PublicKey::from_jwk(&c.jwk))
-        .transpose()
-        .map_err(|e| malformed(format!("link {i}: `cnf.jwk`: {e}")))?;
+        .transpose()?;
     Ok(Link {
         signing_input: jws.signing_input().to_owned(),
         signature: *jws.signature(),
@@ -368,6 +438,7 @@ fn probes(links: &[Link]) -> Probes {
 
 /// Why a warrant could not be minted or delegated.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WarrantError {
     /// An action pattern is invalid.
     #[error(transparent)]
@@ -375,9 +446,12 @@ pub enum WarrantError {
     /// An identifier is empty or too long.
     #[error("`{0}` must be 1 to 256 bytes")]
     Id(&'static str),
-    /// The parent chain is not usable.
+    /// The parent chain does not parse.
     #[error("parent chain: {0}")]
-    Parent(String),
+    Parent(#[from] ChainError),
+    /// The parent's leaf binds no holder key (`cnf`).
+    #[error("parent chain: its leaf binds no holder key (`cnf`), so it cannot be delegated")]
+    ParentNotDelegable,
     /// The given holder key is not the one the parent binds.
     #[error("the holder key `{given}` is not the parent's holder key `{expected}`")]
     WrongHolder {
@@ -449,16 +523,28 @@ fn sign_link(
         cnf: spec.holder.map(|k| Cnf { jwk: k.to_jwk() }),
         par,
     };
-    let payload = serde_json::to_vec(&claims).map_err(|e| WarrantError::Parent(e.to_string()))?;
+    let payload = crate::json::payload_bytes(&claims);
     Ok(jws::sign(Typ::Warrant, key, &payload))
 }
 
-/// Mints a root warrant signed by an issuer key.
+/// Mints a root warrant signed by an issuer key, with a fresh `jti`.
 pub fn mint_root(issuer: &SigningKey, iss: &str, spec: LinkSpec) -> Result<String, WarrantError> {
+    mint_root_with_jti(issuer, iss, spec, new_jti()?)
+}
+
+/// Mints a root warrant with the given `jti`, which must be unique to it
+/// (take one from [`new_jti`]): for a caller that records the `jti`, such
+/// as the registry's audit log.
+pub fn mint_root_with_jti(
+    issuer: &SigningKey,
+    iss: &str,
+    spec: LinkSpec,
+    jti: String,
+) -> Result<String, WarrantError> {
     if iss.is_empty() || iss.len() > limits::MAX_ID_BYTES {
         return Err(WarrantError::Id("iss"));
     }
-    sign_link(issuer, iss, spec, new_jti()?, None)
+    sign_link(issuer, iss, spec, jti, None)
 }
 
 /// Delegates a child under `parent` (a whole chain), signed with the parent
@@ -469,16 +555,12 @@ pub fn delegate(
     holder_key: &SigningKey,
     spec: LinkSpec,
 ) -> Result<String, WarrantError> {
-    let chain = ParsedChain::parse(parent).map_err(|d| WarrantError::Parent(d.message))?;
+    let chain = ParsedChain::parse(parent)?;
     if chain.links.len() + 1 > limits::DEFAULT_DEPTH {
         return Err(WarrantError::TooDeep(chain.links.len() + 1));
     }
     let leaf = chain.leaf();
-    let expected = leaf.holder().ok_or_else(|| {
-        WarrantError::Parent(
-            "its leaf binds no holder key (`cnf`), so it cannot be delegated".into(),
-        )
-    })?;
+    let expected = leaf.holder().ok_or(WarrantError::ParentNotDelegable)?;
     if expected != holder_key.public() {
         return Err(WarrantError::WrongHolder {
             given: holder_key.kid().into(),

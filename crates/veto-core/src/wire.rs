@@ -89,6 +89,9 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 3] = [Self::Delta, Self::Checkpoint, Self::Snapshot];
+
     /// The event name on the wire.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -100,9 +103,7 @@ impl EventKind {
 
     /// The kind named `name`, if veto sends such events.
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::Delta, Self::Checkpoint, Self::Snapshot]
-            .into_iter()
-            .find(|k| k.as_str() == name)
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
     }
 
     /// The kind a message on `subject` (of [`nats`]) carries.
@@ -378,7 +379,7 @@ mod tests {
 
     #[test]
     fn event_kinds_round_trip() {
-        for k in [EventKind::Delta, EventKind::Checkpoint, EventKind::Snapshot] {
+        for k in EventKind::ALL {
             assert_eq!(EventKind::parse(k.as_str()), Some(k));
         }
         assert_eq!(EventKind::parse("message"), None);

@@ -432,6 +432,7 @@ fn verify_kind(e: &SrlError) -> String {
         SrlError::Payload { .. } => "payload",
         SrlError::Issuer { .. } => "wrong_issuer",
         SrlError::FromFuture { .. } => "from_future",
+        _ => "other",
     }
     .to_owned()
 }

@@ -1,5 +1,7 @@
-//! The HTTP surface (DESIGN 6). Every error is `{"error": code, "message":
-//! text}` with a stable code; nothing is written for a refused request.
+//! The HTTP surface (DESIGN 6): translates requests to the authority's
+//! methods and their outcomes to responses. Every error is `{"error":
+//! code, "message": text}` with a stable code ([`ErrorCode`]); nothing is
+//! written for a refused request.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,14 +15,17 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
-use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
-use veto_core::wire::{path, ErrorBody, ErrorCode, EventKind, RevokeRequest, RevokeResponse};
-use veto_core::{warrant, Entry, EntryKind, Jwk, LinkSpec, PublicKey, Reason, SigningKey};
+use tokio::sync::OwnedSemaphorePermit;
+use veto_core::wire::{path, ErrorBody, ErrorCode, RevokeRequest, RevokeResponse};
+use veto_core::{Entry, EntryKind, Jwk, LinkSpec, PublicKey, Reason, WarrantError};
 
-use crate::metrics::Code;
+use crate::admin::AdminToken;
+use crate::authority::{Authority, MintFailed, RevokeFailed};
+use crate::budget::ClientBudget;
+use crate::bus::sse::{SseHub, TooManySubscribers};
+use crate::error::RegistryError;
+use crate::metrics::Metrics;
 use crate::store::{AuditFilter, NewEntry, StoreError, Unwritable};
-use crate::{Event, Inner, IssuerKey, WriteJob};
 
 /// Largest request body.
 pub const MAX_BODY: usize = 1 << 20;
@@ -32,31 +37,8 @@ pub const MAX_DELTAS: usize = 1000;
 /// answer is a prefix in version order (the client pages with `since=`);
 /// a single larger delta comes alone.
 pub const MAX_DELTAS_BYTES: usize = 4 << 20;
-/// Most deltas replayed to a resuming SSE subscriber before it is sent a
-/// snapshot instead.
-pub const MAX_REPLAY: u64 = 10_000;
-/// Most bytes of deltas replayed to one resuming SSE subscriber; further
-/// behind, it is sent a snapshot instead.
-pub const MAX_REPLAY_BYTES: usize = 8 << 20;
-/// The replay is read from the store a page of at most this many bytes at
-/// a time, as the subscriber takes it.
-pub const REPLAY_PAGE_BYTES: usize = 1 << 20;
-/// Largest snapshot sent inline on an event stream; a subscriber that
-/// needs a larger one is sent the current checkpoint, from which it sees
-/// how far behind it is and catches up by pull (`/v1/srl/deltas`, or the
-/// shared `/v1/srl` when those are gone), so no per-subscriber copy of a
-/// big state is ever made.
-pub const MAX_SSE_SNAPSHOT_BYTES: usize = 8 << 20;
-/// Most bytes of events queued for one subscriber (one larger event is
-/// queued alone).
-pub const SUBSCRIBER_QUEUE_BYTES: usize = 1 << 20;
-/// All the bytes of replayed deltas, inline snapshots, live events queued
-/// for subscribers and delta listings the registry holds at once, across
-/// every client. A client that does not read keeps its share until the
-/// subscriber timeout closes its connection; others wait for theirs.
-pub const REPLAY_BUDGET_BYTES: usize = 64 << 20;
-/// How long a delta listing waits for its share of the budget before it is
-/// answered 503.
+/// How long a delta listing waits for its share of the client budget
+/// before it is answered 503.
 const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The latest Unix time an entry may name (9999-12-31T23:59:59Z): every
 /// time the store keeps fits its signed 64-bit integers.
@@ -64,29 +46,83 @@ const MAX_UNIX_TIME: u64 = 253_402_300_799;
 /// Longest warrant lifetime the registry mints.
 pub const MAX_TTL: u64 = 366 * 86_400;
 
-type Shared = Arc<Inner>;
+/// What the handlers share.
+pub(crate) struct Api {
+    authority: Arc<Authority>,
+    admin: AdminToken,
+    budget: ClientBudget,
+    metrics: Arc<Metrics>,
+    sse: SseHub,
+}
 
-pub(crate) struct ApiError {
+impl Api {
+    pub(crate) fn new(
+        authority: Arc<Authority>,
+        admin: AdminToken,
+        budget: ClientBudget,
+        metrics: Arc<Metrics>,
+        sse: SseHub,
+    ) -> Self {
+        Self {
+            authority,
+            admin,
+            budget,
+            metrics,
+            sse,
+        }
+    }
+
+    /// A refusal counted in the `errors` metric.
+    fn refuse(&self, e: Refusal) -> Refusal {
+        self.metrics.refused(e.code);
+        e
+    }
+}
+
+type Shared = Arc<Api>;
+
+/// A request the registry refused: the HTTP status, the stable code and a
+/// message naming what was wrong. `Display` is `code: message`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Refusal {
     status: StatusCode,
     code: ErrorCode,
     message: String,
 }
 
-fn err(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
-    ApiError {
+impl Refusal {
+    /// The HTTP status it is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stable error code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// What was wrong, and what to do.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+fn err(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Refusal {
+    Refusal {
         status,
         code,
         message: message.into(),
     }
 }
 
-fn bad(code: ErrorCode, message: impl Into<String>) -> ApiError {
+fn bad(code: ErrorCode, message: impl Into<String>) -> Refusal {
     err(StatusCode::BAD_REQUEST, code, message)
 }
 
 /// The store failed: the cause (which may name hosts, users or files) goes
 /// to the operator's log, never to the client.
-fn unavailable(e: StoreError) -> ApiError {
+fn unavailable(e: StoreError) -> Refusal {
     tracing::error!(error = %e, "a read from the store failed");
     err(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -95,7 +131,7 @@ fn unavailable(e: StoreError) -> ApiError {
     )
 }
 
-impl IntoResponse for ApiError {
+impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         (self.status, Json(ErrorBody::new(self.code, self.message))).into_response()
     }
@@ -118,9 +154,9 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
 }
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
+    type Rejection = Refusal;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, Refusal> {
         if !is_json(req.headers().get(header::CONTENT_TYPE)) {
             let found = req.headers().get(header::CONTENT_TYPE).map(|v| {
                 String::from_utf8_lossy(v.as_bytes())
@@ -154,7 +190,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
 /// would also read a struct from an array of its fields, and name the Rust
 /// type when it can't), and once into `T`, which refuses duplicate and
 /// unknown members.
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Refusal> {
     let tree: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| bad(ErrorCode::InvalidJson, format!("invalid JSON body: {e}")))?;
     check_objects(&tree)?;
@@ -164,7 +200,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 
 /// The body, each of its `entries` and its `holder_key` must be JSON
 /// objects.
-fn check_objects(tree: &serde_json::Value) -> Result<(), ApiError> {
+fn check_objects(tree: &serde_json::Value) -> Result<(), Refusal> {
     let body = tree
         .as_object()
         .ok_or_else(|| bad(ErrorCode::InvalidJson, "the body must be a JSON object"))?;
@@ -189,27 +225,25 @@ fn check_objects(tree: &serde_json::Value) -> Result<(), ApiError> {
 
 /// Parses and validates a `POST /v1/revocations` body exactly as the
 /// handler does (same JSON reader, same [`validate`] rules), without a
-/// store: the number of entries it would revoke, or `code: message` of the
-/// 400 the handler would answer. For fuzzing and tests.
-pub fn parse_revocation_body(body: &[u8], now: u64) -> Result<usize, String> {
+/// store: the number of entries it would revoke, or the 400 the handler
+/// would answer. For fuzzing and tests.
+pub fn parse_revocation_body(body: &[u8], now: u64) -> Result<usize, Refusal> {
     parse_json::<RevokeRequest>(body)
         .and_then(|req| validate(req, now))
         .map(|(entries, _actor)| entries.len())
-        .map_err(|e| format!("{}: {}", e.code, e.message))
 }
 
 /// Parses and validates a `POST /v1/warrants` body exactly as the handler
 /// does before it signs anything: whether the holder key is present, or
-/// `code: message` of the 400 the handler would answer. For fuzzing and
-/// tests.
-pub fn parse_mint_body(body: &[u8]) -> Result<bool, String> {
+/// the 400 the handler would answer. For fuzzing and tests.
+pub fn parse_mint_body(body: &[u8]) -> Result<bool, Refusal> {
     parse_json::<MintRequest>(body)
         .and_then(|req| validate_mint(&req))
         .map(|holder| holder.is_some())
-        .map_err(|e| format!("{}: {}", e.code, e.message))
 }
 
-pub(crate) fn router(inner: Shared, stop: watch::Receiver<bool>) -> Router {
+/// The registry's routes (DESIGN 6), admin ones behind the admin token.
+pub(crate) fn router(api: Arc<Api>) -> Router {
     let admin = Router::new()
         .route(path::REVOCATIONS, post(revoke).get(audit))
         .route(path::WARRANTS, post(mint))
@@ -221,7 +255,7 @@ pub(crate) fn router(inner: Shared, stop: watch::Receiver<bool>) -> Router {
             &format!("{}/{{kid}}", path::ISSUER_KEYS),
             delete(retire_issuer_key),
         )
-        .route_layer(middleware::from_fn_with_state(inner.clone(), require_admin));
+        .route_layer(middleware::from_fn_with_state(api.clone(), require_admin));
     Router::new()
         .merge(admin)
         .route(path::SRL, get(snapshot))
@@ -241,8 +275,7 @@ pub(crate) fn router(inner: Shared, stop: watch::Receiver<bool>) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(close_after_refused_body))
-        .layer(axum::Extension(stop))
-        .with_state(inner)
+        .with_state(api)
 }
 
 /// A refused request with a body may leave that body unread, and then the
@@ -262,7 +295,7 @@ async fn close_after_refused_body(req: Request, next: Next) -> Response {
     resp
 }
 
-async fn require_admin(State(inner): State<Shared>, req: Request, next: Next) -> Response {
+async fn require_admin(State(api): State<Shared>, req: Request, next: Next) -> Response {
     // The scheme is case-insensitive (RFC 9110 11.1); another scheme is named.
     let value = req
         .headers()
@@ -284,18 +317,11 @@ async fn require_admin(State(inner): State<Shared>, req: Request, next: Next) ->
     // it at start, never to a client (a path tells an attacker what to read).
     let hint = " (the registry's start-up output says where its admin token is)";
     let refuse = |message: String| {
-        inner
-            .metrics
-            .errors
-            .get_or_create(&Code {
-                code: ErrorCode::Unauthorized.as_str().into(),
-            })
-            .inc();
-        err(
+        api.refuse(err(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
             format!("{message}{hint}"),
-        )
+        ))
         .into_response()
     };
     let Some(given) = given else {
@@ -307,19 +333,13 @@ async fn require_admin(State(inner): State<Shared>, req: Request, next: Next) ->
             None => "missing admin token: send `Authorization: Bearer <token>`".into(),
         });
     };
-    // Compare digests in constant time: no early exit on the first differing byte.
-    let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-    let diff = digest
-        .iter()
-        .zip(inner.admin_token_hash.iter())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    if diff != 0 {
+    if !api.admin.matches(given) {
         return refuse("wrong admin token".into());
     }
     next.run(req).await
 }
 
-fn validate(req: RevokeRequest, now: u64) -> Result<(Vec<NewEntry>, String), ApiError> {
+fn validate(req: RevokeRequest, now: u64) -> Result<(Vec<NewEntry>, String), Refusal> {
     if req.entries.is_empty() {
         return Err(bad(
             ErrorCode::NoEntries,
@@ -440,75 +460,15 @@ fn validate(req: RevokeRequest, now: u64) -> Result<(Vec<NewEntry>, String), Api
 }
 
 async fn revoke(
-    State(inner): State<Shared>,
+    State(api): State<Shared>,
     JsonBody(req): JsonBody<RevokeRequest>,
-) -> Result<Response, ApiError> {
-    let (entries, actor) = validate(req, inner.now()).inspect_err(|e| {
-        inner
-            .metrics
-            .errors
-            .get_or_create(&Code {
-                code: e.code.as_str().into(),
-            })
-            .inc();
-    })?;
-    let (reply, rx) = oneshot::channel();
-    inner
-        .writes
-        .send(WriteJob::Revoke {
-            entries,
-            actor,
-            reply,
-        })
+) -> Result<Response, Refusal> {
+    let (entries, actor) = validate(req, api.authority.now()).map_err(|e| api.refuse(e))?;
+    let committed = api
+        .authority
+        .revoke(entries, actor)
         .await
-        .map_err(|_| {
-            err(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::ShuttingDown,
-                "the registry is shutting down; retry against another replica",
-            )
-        })?;
-    let committed = rx
-        .await
-        .map_err(|_| {
-            err(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::ShuttingDown,
-                "the registry is shutting down; retry",
-            )
-        })?
-        .map_err(|e| {
-            let (status, code, advice) = match e.kind {
-                Unwritable::Full => (
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    ErrorCode::StoreFull,
-                    "free space for the registry's database, then retry",
-                ),
-                Unwritable::ReadOnly => (
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    ErrorCode::StoreReadOnly,
-                    "make the registry's database writable again, then retry",
-                ),
-                Unwritable::Other => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::StoreUnavailable,
-                    "retry once the store is writable",
-                ),
-            };
-            inner
-                .metrics
-                .errors
-                .get_or_create(&Code {
-                    code: code.as_str().into(),
-                })
-                .inc();
-            err(
-                status,
-                code,
-                // The cause is in the operator's log (the writer logged it).
-                format!("the revocation was NOT recorded: {advice}"),
-            )
-        })?;
+        .map_err(|e| api.refuse(not_recorded(e)))?;
     let (status, version) = match &committed.new_version {
         Some((ver, _, _)) => (StatusCode::CREATED, *ver),
         None => (
@@ -528,6 +488,38 @@ async fn revoke(
     Ok((status, Json(body)).into_response())
 }
 
+/// Why a revocation was not recorded, as the client hears it (the cause is
+/// in the operator's log: the writer logged it).
+fn not_recorded(e: RevokeFailed) -> Refusal {
+    let (status, code, advice) = match e {
+        RevokeFailed::ShuttingDown => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ShuttingDown,
+            "the registry is shutting down; retry against another replica",
+        ),
+        RevokeFailed::Unwritable(Unwritable::Full) => (
+            StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::StoreFull,
+            "free space for the registry's database, then retry",
+        ),
+        RevokeFailed::Unwritable(Unwritable::ReadOnly) => (
+            StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::StoreReadOnly,
+            "make the registry's database writable again, then retry",
+        ),
+        RevokeFailed::Unwritable(Unwritable::Other) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StoreUnavailable,
+            "retry once the store is writable",
+        ),
+    };
+    err(
+        status,
+        code,
+        format!("the revocation was NOT recorded: {advice}"),
+    )
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
@@ -540,9 +532,9 @@ struct AuditQuery {
 }
 
 async fn audit(
-    State(inner): State<Shared>,
+    State(api): State<Shared>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Refusal> {
     let Query(q) = query.map_err(|e| bad(ErrorCode::InvalidQuery, e.body_text()))?;
     if let Some(k) = &q.kind {
         EntryKind::parse(k).ok_or_else(|| {
@@ -564,7 +556,7 @@ async fn audit(
         after: q.after,
         limit,
     };
-    let items = inner.store.audit_log(filter).await.map_err(unavailable)?;
+    let items = api.authority.audit_log(filter).await.map_err(unavailable)?;
     let next = (items.len() == limit as usize)
         .then(|| items.last().map(|r| r.seq))
         .flatten();
@@ -583,7 +575,7 @@ struct MintRequest {
 
 /// The checks on a mint request before anything is signed: the holder key
 /// it binds, if any.
-fn validate_mint(req: &MintRequest) -> Result<Option<PublicKey>, ApiError> {
+fn validate_mint(req: &MintRequest) -> Result<Option<PublicKey>, Refusal> {
     if req.agent.is_empty() || req.agent.len() > 256 {
         return Err(bad(
             ErrorCode::InvalidAgent,
@@ -611,85 +603,49 @@ fn validate_mint(req: &MintRequest) -> Result<Option<PublicKey>, ApiError> {
 }
 
 async fn mint(
-    State(inner): State<Shared>,
+    State(api): State<Shared>,
     JsonBody(req): JsonBody<MintRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Refusal> {
     let holder = validate_mint(&req)?;
-    let now = inner.now();
-    let chain = {
-        let issuers = inner.issuers.read().unwrap_or_else(|p| p.into_inner());
-        let trusted = inner.trusted_issuers();
-        let key = issuers
-            .iter()
-            .rev()
-            .find(|k| trusted.iter().any(|t| t.kid() == k.key.kid()))
-            .ok_or_else(|| {
-                err(
-                    StatusCode::CONFLICT,
-                    ErrorCode::NoIssuerKey,
-                    "no trusted issuer key: add one with `veto keys rotate`",
-                )
-            })?;
-        warrant::mint_root(
-            &key.key,
-            inner.signer.iss(),
-            LinkSpec {
-                sub: req.agent.clone(),
-                act: req.act,
-                iat: now,
-                exp: now + req.ttl,
-                holder,
-            },
-        )
-        .map_err(|e| bad(ErrorCode::InvalidWarrant, e.to_string()))?
+    let now = api.authority.now();
+    let exp = now + req.ttl;
+    let spec = LinkSpec {
+        sub: req.agent,
+        act: req.act,
+        iat: now,
+        exp,
+        holder,
     };
-    let parsed = veto_core::ParsedChain::parse(&chain).map_err(|d| {
-        err(
+    let (chain, jti) = api.authority.mint(spec).await.map_err(|e| match e {
+        MintFailed::NoIssuerKey => err(
+            StatusCode::CONFLICT,
+            ErrorCode::NoIssuerKey,
+            "no trusted issuer key: add one with `veto keys rotate`",
+        ),
+        MintFailed::Invalid(e @ WarrantError::Random(_)) => err(
             StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Internal,
-            d.message,
-        )
+            e.to_string(),
+        ),
+        MintFailed::Invalid(e) => bad(ErrorCode::InvalidWarrant, e.to_string()),
     })?;
-    let jti = parsed.root().claims().jti.clone();
-    if let Err(e) = inner
-        .store
-        .audit(now, "admin", "mint", Some(&jti), Some(&req.agent))
-        .await
-    {
-        tracing::warn!(error = %e, jti, "minted a warrant but could not write its audit record");
-    }
     Ok((
         StatusCode::CREATED,
-        Json(json!({"warrant": chain, "jti": jti, "exp": now + req.ttl})),
+        Json(json!({"warrant": chain, "jti": jti, "exp": exp})),
     )
         .into_response())
 }
 
-async fn add_issuer_key(State(inner): State<Shared>) -> Result<Response, ApiError> {
-    let key = SigningKey::generate().map_err(|e| {
-        err(
+async fn add_issuer_key(State(api): State<Shared>) -> Result<Response, Refusal> {
+    let public = api.authority.add_issuer_key().await.map_err(|e| match e {
+        RegistryError::Store(e) => unavailable(e),
+        e => err(
             StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Internal,
             e.to_string(),
-        )
+        ),
     })?;
-    let jwk = key.to_private_jwk().to_json();
-    let now = inner.now();
-    inner
-        .store
-        .add_issuer_key(key.kid(), &jwk, now, "admin")
-        .await
-        .map_err(unavailable)?;
-    let public = key.public().to_jwk();
-    inner
-        .issuers
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(IssuerKey {
-            key,
-            added_at: now,
-            retired_at: None,
-        });
+    let public = public.to_jwk();
     Ok((
         StatusCode::CREATED,
         Json(json!({"kid": public.kid, "jwk": public})),
@@ -697,19 +653,17 @@ async fn add_issuer_key(State(inner): State<Shared>) -> Result<Response, ApiErro
         .into_response())
 }
 
-async fn list_issuer_keys(State(inner): State<Shared>) -> Response {
-    let trusted = inner.trusted_issuers();
-    let keys: Vec<_> = inner
-        .issuers
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
+async fn list_issuer_keys(State(api): State<Shared>) -> Response {
+    let keys: Vec<_> = api
+        .authority
+        .issuer_keys()
+        .into_iter()
         .map(|k| {
             json!({
-                "kid": k.key.kid(),
+                "kid": k.kid,
                 "added_at": k.added_at,
                 "retired_at": k.retired_at,
-                "trusted": trusted.iter().any(|t| t.kid() == k.key.kid()),
+                "trusted": k.trusted,
             })
         })
         .collect();
@@ -717,39 +671,28 @@ async fn list_issuer_keys(State(inner): State<Shared>) -> Response {
 }
 
 async fn retire_issuer_key(
-    State(inner): State<Shared>,
+    State(api): State<Shared>,
     axum::extract::Path(kid): axum::extract::Path<String>,
-) -> Result<Response, ApiError> {
-    let now = inner.now();
-    let retired = inner
-        .store
-        .retire_issuer_key(&kid, now, "admin")
+) -> Result<Response, Refusal> {
+    let retired_at = api
+        .authority
+        .retire_issuer_key(&kid)
         .await
-        .map_err(unavailable)?;
-    if !retired {
-        return Err(err(
-            StatusCode::NOT_FOUND,
-            ErrorCode::UnknownKey,
-            format!("no active issuer key `{kid}`"),
-        ));
-    }
-    for k in inner
-        .issuers
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter_mut()
-    {
-        if k.key.kid() == kid {
-            k.retired_at = Some(now);
-        }
-    }
-    Ok(Json(json!({"kid": kid, "retired_at": now})).into_response())
+        .map_err(unavailable)?
+        .ok_or_else(|| {
+            err(
+                StatusCode::NOT_FOUND,
+                ErrorCode::UnknownKey,
+                format!("no active issuer key `{kid}`"),
+            )
+        })?;
+    Ok(Json(json!({"kid": kid, "retired_at": retired_at})).into_response())
 }
 
 const JOSE: &str = "application/jose";
 
-async fn snapshot(State(inner): State<Shared>, headers: HeaderMap) -> Response {
-    let Some(snap) = inner.snapshot().await else {
+async fn snapshot(State(api): State<Shared>, headers: HeaderMap) -> Response {
+    let Some(snap) = api.authority.snapshot().await else {
         return err(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::SnapshotUnavailable,
@@ -799,9 +742,9 @@ struct DeltasQuery {
 }
 
 async fn deltas(
-    State(inner): State<Shared>,
+    State(api): State<Shared>,
     query: Result<Query<DeltasQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Refusal> {
     // A query axum cannot read (a repeated `since`, bad percent-encoding)
     // gets the same JSON error as a bad value, not a plain-text rejection.
     let Query(q) = query.map_err(|_| {
@@ -826,29 +769,36 @@ async fn deltas(
                 "`since` must be a non-negative integer version",
             )
         })?;
-    let upto = inner.read_current().ver();
-    let deadline = tokio::time::Instant::now() + BUDGET_WAIT;
-    let page = budgeted_page(
-        &inner,
-        since,
-        upto,
-        MAX_DELTAS,
-        MAX_DELTAS_BYTES,
-        None,
-        Some(deadline),
-    )
-    .await
-    .ok_or_else(|| {
-        err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Busy,
-            "the registry is sending as many deltas as it may hold at once: retry shortly",
+    let upto = api.authority.version();
+    let page = api
+        .budget
+        .page(
+            &api.authority,
+            since,
+            upto,
+            MAX_DELTAS,
+            MAX_DELTAS_BYTES,
+            tokio::time::sleep(BUDGET_WAIT),
         )
-    })?;
+        .await
+        .ok_or_else(|| {
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Busy,
+                "the registry is sending as many deltas as it may hold at once: retry shortly",
+            )
+        })?;
     let (list, permit) = page.map_err(unavailable)?;
     match list {
         Some(list) => Ok(deltas_body(list, permit)),
-        None => Err(err(StatusCode::GONE, ErrorCode::Gone, format!("deltas after version {since} are no longer retained: fetch the snapshot at /v1/srl"))),
+        None => Err(err(
+            StatusCode::GONE,
+            ErrorCode::Gone,
+            format!(
+                "deltas after version {since} are no longer retained: fetch the snapshot at {}",
+                path::SRL
+            ),
+        )),
     }
 }
 
@@ -884,8 +834,8 @@ fn deltas_body(list: Vec<(u64, String)>, permit: OwnedSemaphorePermit) -> Respon
     resp
 }
 
-async fn checkpoint(State(inner): State<Shared>) -> Response {
-    let (_, jws) = inner.checkpoint();
+async fn checkpoint(State(api): State<Shared>) -> Response {
+    let (_, jws) = api.authority.checkpoint();
     (
         [
             (header::CONTENT_TYPE, JOSE),
@@ -896,8 +846,9 @@ async fn checkpoint(State(inner): State<Shared>) -> Response {
         .into_response()
 }
 
-async fn jwks(State(inner): State<Shared>) -> Response {
-    let keys: Vec<Jwk> = inner
+async fn jwks(State(api): State<Shared>) -> Response {
+    let keys: Vec<Jwk> = api
+        .authority
         .trusted_issuers()
         .iter()
         .map(PublicKey::to_jwk)
@@ -905,24 +856,22 @@ async fn jwks(State(inner): State<Shared>) -> Response {
     Json(json!({"keys": keys})).into_response()
 }
 
-async fn authority(State(inner): State<Shared>) -> Response {
-    Json(json!({"iss": inner.signer.iss(), "keys": [inner.signer.key().public().to_jwk()]}))
-        .into_response()
+async fn authority(State(api): State<Shared>) -> Response {
+    let key = api.authority.authority_key().to_jwk();
+    Json(json!({"iss": api.authority.iss(), "keys": [key]})).into_response()
 }
 
-async fn healthz(State(inner): State<Shared>) -> Response {
-    Json(json!({"status": "ok", "version": inner.read_current().ver()})).into_response()
+async fn healthz(State(api): State<Shared>) -> Response {
+    Json(json!({"status": "ok", "version": api.authority.version()})).into_response()
 }
 
-async fn metrics(State(inner): State<Shared>) -> Response {
-    let free = inner.budget.available_permits();
-    inner
-        .metrics
+async fn metrics(State(api): State<Shared>) -> Response {
+    api.metrics
         .client_buffer_bytes
-        .set(REPLAY_BUDGET_BYTES.saturating_sub(free) as i64);
+        .set(api.budget.in_use() as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        inner.metrics.encode(),
+        api.metrics.encode(),
     )
         .into_response()
 }
@@ -932,28 +881,13 @@ struct EventsQuery {
     since: Option<u64>,
 }
 
-struct SubscriberGuard(Shared);
-
-impl Drop for SubscriberGuard {
-    fn drop(&mut self) {
-        self.0.metrics.subscribers.dec();
-    }
-}
-
-fn sse(kind: EventKind, ver: u64, data: &str) -> Bytes {
-    crate::sse_frame(kind, ver, data)
-}
-
-/// SSE: resume from `Last-Event-ID` (or `?since=N`) by replaying missed
-/// deltas in order, or a snapshot when they are gone; then a checkpoint;
-/// then live deltas and a checkpoint every heartbeat. A subscriber that
-/// falls behind the live buffer is sent a snapshot instead.
+/// `GET /v1/srl/events`: an SSE stream resuming after `Last-Event-ID` (or
+/// `?since=N`); see [`crate::bus::sse`].
 async fn events(
-    State(inner): State<Shared>,
-    axum::Extension(stop): axum::Extension<watch::Receiver<bool>>,
+    State(api): State<Shared>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Refusal> {
     let Query(q) = query.map_err(|_| {
         bad(
             ErrorCode::InvalidSince,
@@ -974,35 +908,16 @@ async fn events(
         ),
         None => q.since,
     };
-    // Take the slot first and give it back when over: a check-then-increment
-    // would let a burst of concurrent connections past the limit.
-    let taken = inner.metrics.subscribers.inc();
-    let guard = SubscriberGuard(inner.clone());
-    if usize::try_from(taken).unwrap_or(usize::MAX) >= inner.config.max_subscribers {
-        drop(guard);
-        inner
-            .metrics
-            .errors
-            .get_or_create(&Code {
-                code: ErrorCode::TooManySubscribers.as_str().into(),
-            })
-            .inc();
-        return Err(err(
+    let stream = api.sse.subscribe(since).map_err(|TooManySubscribers| {
+        api.refuse(err(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TooManySubscribers,
-            "the registry is at its subscriber limit: retry later or poll /v1/srl/deltas",
-        ));
-    }
-    // Subscribe before reading the version, so nothing committed in between is missed.
-    let live = inner.events.subscribe();
-    let (tx, rx) = mpsc::channel::<Queued>(64);
-    tokio::spawn(feed(inner, guard, live, tx, since, stop));
-    // An event's share of the budget is returned when hyper takes it.
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|(frame, _share)| (Ok::<_, Infallible>(frame), rx))
-    });
+            format!(
+                "the registry is at its subscriber limit: retry later or poll {}",
+                path::SRL_DELTAS
+            ),
+        ))
+    })?;
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
     h.insert(
@@ -1011,285 +926,4 @@ async fn events(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(resp)
-}
-
-/// An event's hold on memory while it waits for hyper to take it: a share
-/// of its subscriber's own queue and, for bytes copied for this subscriber
-/// alone (replayed deltas, a snapshot), of the registry-wide budget. Live
-/// events are shared frames ([`crate::Event`]): a subscriber holds a
-/// reference, so they take no share of the budget, and clients that do not
-/// read cannot hold back pushes to those that do.
-struct Share {
-    _global: Option<OwnedSemaphorePermit>,
-    _own: OwnedSemaphorePermit,
-}
-
-/// An event queued for a subscriber (its SSE bytes), with its share.
-type Queued = (Bytes, Share);
-
-/// Where one subscriber's events go.
-struct Sink {
-    inner: Shared,
-    tx: mpsc::Sender<Queued>,
-    /// Bytes this subscriber may have queued: a client that does not read
-    /// holds at most this much (plus one page being sent) of the budget.
-    own: Arc<Semaphore>,
-}
-
-impl Sink {
-    /// Waits for `n` permits of `sem` (at most `cap`), or gives up when the
-    /// subscriber leaves.
-    async fn permits(
-        &self,
-        sem: &Arc<Semaphore>,
-        n: usize,
-        cap: usize,
-    ) -> Option<OwnedSemaphorePermit> {
-        let n = u32::try_from(n.clamp(1, cap)).unwrap_or(u32::MAX);
-        tokio::select! {
-            p = sem.clone().acquire_many_owned(n) => p.ok(),
-            _ = self.tx.closed() => None,
-        }
-    }
-
-    /// Queues a frame shared with other subscribers (a live delta or
-    /// checkpoint), charged to this subscriber's own queue only.
-    async fn send_shared(&self, frame: Bytes) -> bool {
-        let Some(own) = self
-            .permits(&self.own, frame.len(), SUBSCRIBER_QUEUE_BYTES)
-            .await
-        else {
-            return false;
-        };
-        let share = Share {
-            _global: None,
-            _own: own,
-        };
-        self.tx.send((frame, share)).await.is_ok()
-    }
-
-    /// Queues `event` of `bytes`, copied for this subscriber alone, charged
-    /// to `global` when the caller holds that share already (a replay
-    /// page), else to a new one.
-    async fn send(&self, event: Bytes, bytes: usize, global: Option<OwnedSemaphorePermit>) -> bool {
-        let Some(own) = self.permits(&self.own, bytes, SUBSCRIBER_QUEUE_BYTES).await else {
-            return false;
-        };
-        let global = match global {
-            Some(g) => g,
-            None => match self
-                .permits(&self.inner.budget, bytes, REPLAY_BUDGET_BYTES)
-                .await
-            {
-                Some(g) => g,
-                None => return false,
-            },
-        };
-        let share = Share {
-            _global: Some(global),
-            _own: own,
-        };
-        self.tx.send((event, share)).await.is_ok()
-    }
-}
-
-/// Sends the current snapshot, or, when it is too large to copy for one
-/// subscriber, the current checkpoint (the subscriber sees the gap and
-/// pulls). Returns the version the subscriber was brought to.
-async fn send_snapshot(sink: &Sink) -> Option<u64> {
-    let snap = sink.inner.snapshot().await;
-    if let Some(snap) = snap.filter(|s| s.jws.len() <= MAX_SSE_SNAPSHOT_BYTES) {
-        let text = std::str::from_utf8(&snap.jws).ok()?;
-        let event = sse(EventKind::Snapshot, snap.ver, text);
-        return sink
-            .send(event, snap.jws.len(), None)
-            .await
-            .then_some(snap.ver);
-    }
-    let (ver, jws) = sink.inner.checkpoint();
-    sink.send_shared(sse(EventKind::Checkpoint, ver, &jws))
-        .await
-        .then_some(ver)
-}
-
-/// How a replay ended.
-enum Replay {
-    /// Every delta was queued.
-    Done,
-    /// The subscriber is gone.
-    Closed,
-    /// Too far behind, not retained or unreadable: send a snapshot.
-    Snapshot,
-}
-
-/// Reads deltas `since+1 ..= upto`, at most `max_bytes` (a single larger
-/// delta comes alone), holding a share of the budget for what was read.
-/// `None` when the budget was not granted: the subscriber `tx` left, or
-/// `deadline` passed; `Some(Err)` when the store failed.
-async fn budgeted_page(
-    inner: &Shared,
-    since: u64,
-    upto: u64,
-    max_count: usize,
-    max_bytes: usize,
-    tx: Option<&mpsc::Sender<Queued>>,
-    deadline: Option<tokio::time::Instant>,
-) -> Option<Result<(Option<Vec<(u64, String)>>, OwnedSemaphorePermit), StoreError>> {
-    let mut want = max_bytes.clamp(1, REPLAY_BUDGET_BYTES);
-    loop {
-        let n = u32::try_from(want).unwrap_or(u32::MAX);
-        let mut permit = tokio::select! {
-            p = inner.budget.clone().acquire_many_owned(n) => p.ok()?,
-            _ = async {
-                match tx {
-                    Some(tx) => tx.closed().await,
-                    None => std::future::pending().await,
-                }
-            } => return None,
-            _ = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            } => return None,
-        };
-        let page = match inner.store.deltas(since, upto, max_count, want).await {
-            Ok(p) => p,
-            Err(e) => return Some(Err(e)),
-        };
-        let bytes: usize = page
-            .iter()
-            .flatten()
-            .map(|(_, j)| j.len())
-            .sum::<usize>()
-            .max(1);
-        if bytes <= want || want == REPLAY_BUDGET_BYTES {
-            // Give back what the page did not use.
-            if bytes < want {
-                drop(permit.split(want - bytes));
-            }
-            return Some(Ok((page, permit)));
-        }
-        // One delta larger than the page: read it again under a share its size.
-        drop((page, permit));
-        want = bytes.min(REPLAY_BUDGET_BYTES);
-    }
-}
-
-/// Queues the deltas after `since` up to `upto` page by page, each page
-/// read only when the subscriber has taken most of the last, and at most
-/// [`MAX_REPLAY_BYTES`] in all.
-async fn replay(sink: &Sink, since: u64, upto: u64) -> Replay {
-    if upto - since > MAX_REPLAY {
-        return Replay::Snapshot;
-    }
-    let mut next = since;
-    let mut total = 0usize;
-    while next < upto {
-        let page = budgeted_page(
-            &sink.inner,
-            next,
-            upto,
-            256,
-            REPLAY_PAGE_BYTES,
-            Some(&sink.tx),
-            None,
-        )
-        .await;
-        let (list, mut permit) = match page {
-            None => return Replay::Closed,
-            Some(Ok((Some(list), permit))) if !list.is_empty() => (list, permit),
-            Some(Ok(_)) => return Replay::Snapshot,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read deltas to replay; sending a snapshot");
-                return Replay::Snapshot;
-            }
-        };
-        total = total.saturating_add(list.iter().map(|(_, j)| j.len()).sum());
-        if total > MAX_REPLAY_BYTES {
-            return Replay::Snapshot;
-        }
-        for (ver, jws) in list {
-            // Each event takes its part of the page's share along.
-            let part = jws.len().clamp(1, permit.num_permits().max(1));
-            let global = permit.split(part);
-            if !sink
-                .send(sse(EventKind::Delta, ver, &jws), jws.len(), global)
-                .await
-            {
-                return Replay::Closed;
-            }
-            next = ver;
-        }
-    }
-    Replay::Done
-}
-
-async fn feed(
-    inner: Shared,
-    _guard: SubscriberGuard,
-    mut live: broadcast::Receiver<Event>,
-    tx: mpsc::Sender<Queued>,
-    since: Option<u64>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let sink = Sink {
-        inner,
-        tx,
-        own: Arc::new(Semaphore::new(SUBSCRIBER_QUEUE_BYTES)),
-    };
-    let current = sink.inner.read_current().ver();
-    let mut sent = current;
-    if let Some(since) = since.filter(|s| *s < current) {
-        match replay(&sink, since, current).await {
-            Replay::Done => {}
-            Replay::Closed => return,
-            Replay::Snapshot => match send_snapshot(&sink).await {
-                Some(v) => sent = sent.max(v),
-                None => return,
-            },
-        }
-    }
-    // The first checkpoint (a few hundred bytes) takes no share of the
-    // budget either: a subscriber at the head always hears from the registry.
-    let (ver, jws) = sink.inner.checkpoint();
-    if ver >= sent
-        && !sink
-            .send_shared(sse(EventKind::Checkpoint, ver, &jws))
-            .await
-    {
-        return;
-    }
-    loop {
-        let event = tokio::select! {
-            e = live.recv() => e,
-            _ = stop.changed() => return,
-            _ = sink.tx.closed() => return,
-        };
-        let ok = match event {
-            Ok(Event::Delta { ver, frame, .. }) if ver > sent => {
-                sent = ver;
-                sink.send_shared(frame).await
-            }
-            Ok(Event::Checkpoint { ver, frame, .. }) if ver >= sent => {
-                sink.send_shared(frame).await
-            }
-            Ok(_) => true,
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                sink.inner.metrics.lagged_subscribers.inc();
-                tracing::warn!("slow SSE subscriber fell behind; sending a snapshot");
-                match send_snapshot(&sink).await {
-                    Some(v) => {
-                        sent = sent.max(v);
-                        true
-                    }
-                    None => false,
-                }
-            }
-            Err(broadcast::error::RecvError::Closed) => false,
-        };
-        if !ok {
-            return;
-        }
-    }
 }

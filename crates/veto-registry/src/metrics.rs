@@ -143,6 +143,15 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// Counts a request refused with `code`.
+    pub fn refused(&self, code: veto_core::wire::ErrorCode) {
+        self.errors
+            .get_or_create(&Code {
+                code: code.as_str().into(),
+            })
+            .inc();
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use veto_core::wire::EventKind;
+
 /// A server-sent event stream read through [`veto_core::SseParser`].
 pub struct EventStream {
     resp: reqwest::Response,
@@ -70,10 +72,10 @@ impl EventStream {
     }
 
     /// The next event that is not of kind `skip` (such as heartbeat checkpoints).
-    pub async fn next_except(&mut self, skip: &str, timeout: Duration) -> veto_core::SseEvent {
+    pub async fn next_except(&mut self, skip: EventKind, timeout: Duration) -> veto_core::SseEvent {
         loop {
             let e = self.next(timeout).await;
-            if e.event != skip {
+            if e.event != skip.as_str() {
                 return e;
             }
         }

@@ -73,7 +73,7 @@ impl Metrics {
     /// `GET {base}/metrics`.
     pub async fn fetch(client: &reqwest::Client, base: &str) -> reqwest::Result<Self> {
         let text = client
-            .get(format!("{base}/metrics"))
+            .get(format!("{base}{}", veto_core::wire::path::METRICS))
             .send()
             .await?
             .error_for_status()?

@@ -9,6 +9,7 @@
 use std::sync::atomic::Ordering;
 
 use serde_json::Value;
+use veto_core::wire::path;
 
 use crate::metrics::metric_value;
 use crate::process::{veto_command, Process, READY_TIMEOUT};
@@ -90,7 +91,7 @@ impl Proxy {
 
     /// The admin `/healthz` body.
     pub async fn health(&self) -> Value {
-        self.admin("/healthz")
+        self.admin(path::HEALTHZ)
             .await
             .json()
             .await
@@ -99,7 +100,7 @@ impl Proxy {
 
     /// The admin `/metrics` text.
     pub async fn metrics(&self) -> String {
-        self.admin("/metrics")
+        self.admin(path::METRICS)
             .await
             .text()
             .await
@@ -115,6 +116,6 @@ impl Proxy {
 impl Proxy {
     /// The status of the admin `/readyz` (200 fresh, 503 stale).
     pub async fn readyz_status(&self) -> u16 {
-        self.admin("/readyz").await.status().as_u16()
+        self.admin(path::READYZ).await.status().as_u16()
     }
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use veto_core::wire::{path, DeltasPage};
 use veto_core::{keyfile, KeySet, PublicKey, SrlVerifier, VerifiedSnapshot};
 
 use crate::pg::registry_store;
@@ -204,7 +205,7 @@ impl Registry {
     /// `POST /v1/revocations {"entries": entries}`.
     pub async fn revoke(&self, entries: Value) -> (u16, Value) {
         self.admin_post(
-            "/v1/revocations",
+            path::REVOCATIONS,
             &serde_json::json!({ "entries": entries }),
         )
         .await
@@ -212,7 +213,7 @@ impl Registry {
 
     /// The current version, from `/healthz`.
     pub async fn version(&self) -> u64 {
-        let (status, body) = self.get("/healthz").await;
+        let (status, body) = self.get(path::HEALTHZ).await;
         assert_eq!(status, 200, "healthz: {body}");
         body["version"]
             .as_u64()
@@ -223,10 +224,10 @@ impl Registry {
     pub async fn snapshot(&self) -> VerifiedSnapshot {
         let resp = self
             .http
-            .get(self.at("/v1/srl"))
+            .get(self.at(path::SRL))
             .send()
             .await
-            .expect("GET /v1/srl");
+            .unwrap_or_else(|e| panic!("GET {}: {e}", path::SRL));
         assert_eq!(resp.status().as_u16(), 200);
         let text = resp.text().await.expect("snapshot body");
         self.verifier()
@@ -234,14 +235,20 @@ impl Registry {
             .unwrap_or_else(|e| panic!("snapshot does not verify: {e}"))
     }
 
+    /// `GET {SRL_DELTAS}?since={since}`: status and JSON body.
+    pub async fn deltas_since(&self, since: u64) -> (u16, Value) {
+        self.get(&format!("{}?since={since}", path::SRL_DELTAS))
+            .await
+    }
+
     /// Every delta after `since`, following the 1000-per-response pages.
     pub async fn all_deltas(&self, since: u64) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         loop {
             let from = since + out.len() as u64;
-            let (status, body) = self.get(&format!("/v1/srl/deltas?since={from}")).await;
+            let (status, body) = self.deltas_since(from).await;
             assert_eq!(status, 200, "deltas since {from}: {body}");
-            let page: Vec<String> = serde_json::from_value(body["deltas"].clone())
+            let DeltasPage { deltas: page } = serde_json::from_value(body.clone())
                 .unwrap_or_else(|e| panic!("deltas: {e}: {body}"));
             if page.is_empty() {
                 return out;
@@ -258,7 +265,7 @@ impl Registry {
         loop {
             let cursor = after.map(|a| format!("&after={a}")).unwrap_or_default();
             let (status, body) = self
-                .admin_get(&format!("/v1/revocations?limit=1000&{query}{cursor}"))
+                .admin_get(&format!("{}?limit=1000&{query}{cursor}", path::REVOCATIONS))
                 .await;
             assert_eq!(status, 200, "audit log: {body}");
             out.extend(body["items"].as_array().cloned().unwrap_or_default());
@@ -304,7 +311,7 @@ impl Registry {
         if let Some(k) = holder {
             body["holder_key"] = serde_json::to_value(k.to_jwk()).expect("a JWK is JSON");
         }
-        let (status, resp) = self.admin_post("/v1/warrants", &body).await;
+        let (status, resp) = self.admin_post(path::WARRANTS, &body).await;
         assert_eq!(status, 201, "minting a warrant: {resp}");
         let chain = resp["warrant"]
             .as_str()

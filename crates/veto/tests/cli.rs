@@ -8,6 +8,7 @@
 //! The `veto` command line against a real registry: ids that look like
 //! flags, and answers read strictly.
 
+use veto_core::wire::path;
 use veto_testkit::{veto_command, Registry};
 
 fn veto(reg: &Registry, args: &[&str]) -> std::process::Output {
@@ -64,7 +65,9 @@ async fn ids_that_start_with_a_hyphen_are_values_not_flags() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (_, body) = reg.admin_get("/v1/revocations?kind=warrant&id=-h").await;
+    let (_, body) = reg
+        .admin_get(&format!("{}?kind=warrant&id=-h", path::REVOCATIONS))
+        .await;
     let items = body["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{body}");
     assert_eq!(items[0]["note"], "-n", "{body}");

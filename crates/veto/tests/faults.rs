@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use veto_authorizer::{Authorizer, Config as AuthzConfig};
+use veto_core::wire::{path, ErrorCode, EventKind};
 use veto_core::{Clock, DenyReason, KeySet};
 use veto_testkit::relay::{Fault, Relay};
 use veto_testkit::{
@@ -151,7 +152,7 @@ async fn kill_9_mid_storm_loses_nothing_and_the_proxy_converges() {
     // The storm: 8 workers revoke one warrant per request.
     let next = Arc::new(AtomicUsize::new(0));
     let acked: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
-    let url = reg.at("/v1/revocations");
+    let url = reg.at(path::REVOCATIONS);
     let token = reg.token();
     let mut workers = Vec::new();
     for _ in 0..8 {
@@ -186,7 +187,7 @@ async fn kill_9_mid_storm_loses_nothing_and_the_proxy_converges() {
     // figure is the time from the kill to the first answer that shows the
     // loss (an upper bound by at most one poll).
     let watch = {
-        let admin = format!("{}/healthz", proxy.admin_url);
+        let admin = format!("{}{}", proxy.admin_url, path::HEALTHZ);
         tokio::spawn(async move {
             let http = client();
             let start = Instant::now();
@@ -355,7 +356,11 @@ async fn partition_grows_staleness_applies_policy_and_converges() {
         }
         let (s, code) = ask(&http, &closed, &victim.0).await;
         if stale_at.is_some() {
-            assert_eq!((s, code.as_str()), (503, "stale"), "victim while stale");
+            assert_eq!(
+                (s, code.as_str()),
+                (503, DenyReason::Stale.as_str()),
+                "victim while stale"
+            );
             assert_eq!(sl, 503, "live chain while stale");
         } else if s == 200 {
             window_allowed += 1;
@@ -605,10 +610,11 @@ async fn a_subscriber_that_stops_reading_is_cut_and_others_are_unaffected() {
     let mut stuck = std::net::TcpStream::connect(reg.addr).unwrap();
     write!(
         stuck,
-        "GET /v1/srl/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+        "GET {} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+        path::SRL_EVENTS
     )
     .unwrap();
-    let mut healthy = EventStream::open(&reg.at("/v1/srl/events"), Some("0")).await;
+    let mut healthy = EventStream::open(&reg.at(path::SRL_EVENTS), Some("0")).await;
     until("two subscribers", WITHIN, || async {
         metric_value(&metrics(&reg).await, "veto_registry_sse_subscribers") >= 2.0
     })
@@ -629,10 +635,10 @@ async fn a_subscriber_that_stops_reading_is_cut_and_others_are_unaffected() {
         if b == 0 {
             first_ver = ver;
         }
-        let e = healthy.next_except("checkpoint", WITHIN).await;
+        let e = healthy.next_except(EventKind::Checkpoint, WITHIN).await;
         assert_eq!(
             (e.event.as_str(), e.id.as_deref()),
-            ("delta", Some(ver.to_string().as_str()))
+            (EventKind::Delta.as_str(), Some(ver.to_string().as_str()))
         );
         max_delay = max_delay.max(acked.elapsed());
         rss_peak = rss_peak.max(rss_mib(pid));
@@ -661,18 +667,18 @@ async fn a_subscriber_that_stops_reading_is_cut_and_others_are_unaffected() {
         .expect("the stuck subscriber was never seen cut");
     // The healthy one still gets heartbeats.
     let e = healthy.next(Duration::from_secs(5)).await;
-    assert_eq!(e.event, "checkpoint");
+    assert_eq!(e.event, EventKind::Checkpoint.as_str());
     let rss_after = rss_mib(pid);
 
     // Control: the same storm on a registry with one healthy subscriber
     // only, to tell the stuck subscriber's cost from the state's.
     let control = Registry::start(&["--heartbeat", "1s"]);
-    let mut watcher = EventStream::open(&control.at("/v1/srl/events"), Some("0")).await;
+    let mut watcher = EventStream::open(&control.at(path::SRL_EVENTS), Some("0")).await;
     let mut control_peak = rss_mib(control.pid());
     for b in 0..BATCHES {
         let (status, body) = control.revoke(big_batch(b, PER_BATCH)).await;
         assert_eq!(status, 201, "{body}");
-        watcher.next_except("checkpoint", WITHIN).await;
+        watcher.next_except(EventKind::Checkpoint, WITHIN).await;
         control_peak = control_peak.max(rss_mib(control.pid()));
     }
     figure(
@@ -707,7 +713,7 @@ fn reg_pid(reg: &Registry) -> u32 {
 
 async fn metrics(reg: &Registry) -> String {
     reg.http()
-        .get(reg.at("/metrics"))
+        .get(reg.at(path::METRICS))
         .send()
         .await
         .unwrap()
@@ -950,12 +956,12 @@ async fn a_full_disk_refuses_revocations_and_loses_none() {
     let (status, body) = refusal.expect("the disk never filled");
     assert!(!acked.is_empty());
     assert_eq!(status, 507, "{body}");
-    assert_eq!(body["error"], "store_full", "{body}");
+    assert_eq!(body["error"], ErrorCode::StoreFull.as_str(), "{body}");
     let head = reg.version().await;
     // Reads still work while full.
-    assert_eq!(reg.get("/v1/srl/checkpoint").await.0, 200);
+    assert_eq!(reg.get(path::SRL_CHECKPOINT).await.0, 200);
     // Pushes go on while full: a subscriber gets heartbeats for the head.
-    let mut events = EventStream::open(&reg.at("/v1/srl/events"), Some(&head.to_string())).await;
+    let mut events = EventStream::open(&reg.at(path::SRL_EVENTS), Some(&head.to_string())).await;
     // The first checkpoint is sent on connect; the next one is a heartbeat
     // signed while the disk is full.
     let verifier = reg.verifier();
@@ -965,7 +971,10 @@ async fn a_full_disk_refuses_revocations_and_loses_none() {
         let e = events.next(Duration::from_secs(5)).await;
         assert_eq!(
             (e.event.as_str(), e.id.as_deref()),
-            ("checkpoint", Some(head.to_string().as_str())),
+            (
+                EventKind::Checkpoint.as_str(),
+                Some(head.to_string().as_str())
+            ),
             "a heartbeat while the disk is full"
         );
         let c = verifier.checkpoint(&e.data, now()).unwrap();
@@ -980,10 +989,13 @@ async fn a_full_disk_refuses_revocations_and_loses_none() {
         .await;
     if again == 201 {
         // A small entry that still fit is pushed like any other.
-        let e = events.next_except("checkpoint", WITHIN).await;
+        let e = events.next_except(EventKind::Checkpoint, WITHIN).await;
         assert_eq!(
             (e.event.as_str(), e.id.as_deref()),
-            ("delta", Some((head + 1).to_string().as_str()))
+            (
+                EventKind::Delta.as_str(),
+                Some((head + 1).to_string().as_str())
+            )
         );
     }
     // A small entry may still fit; if it was acknowledged it must survive too.
@@ -1105,9 +1117,9 @@ async fn a_data_directory_turned_read_only_refuses_revocations_and_serves_reads(
         .revoke(json!([{"kind": "warrant", "id": "while-ro", "reason": "superseded"}]))
         .await;
     assert_eq!(status, 507, "{body}");
-    assert_eq!(body["error"], "store_read_only", "{body}");
+    assert_eq!(body["error"], ErrorCode::StoreReadOnly.as_str(), "{body}");
     assert_eq!(reg.version().await, head);
-    assert_eq!(reg.get("/v1/srl/checkpoint").await.0, 200);
+    assert_eq!(reg.get(path::SRL_CHECKPOINT).await.0, 200);
     assert_eq!(reg.all_deltas(0).await.len() as u64, head);
 
     drop(frozen);

@@ -15,7 +15,8 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use serde_json::{json, Value};
 use veto_authorizer::{AuthorizeLayer, Authorizer, Config, Verified};
-use veto_core::KeySet;
+use veto_core::wire::path;
+use veto_core::{DenyReason, KeySet};
 use veto_registry::{Config as RegistryConfig, Registry};
 
 /// An admin token for the in-process registries (32 or more characters).
@@ -83,7 +84,7 @@ async fn one_layer_enforces_on_an_axum_service() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let minted: Value = http
-        .post(format!("{reg_url}/v1/warrants"))
+        .post(format!("{reg_url}{}", path::WARRANTS))
         .bearer_auth(TOKEN)
         .json(&json!({"agent": "billing-bot", "act": ["http:GET:/orders/*"], "ttl": 600}))
         .send()
@@ -108,7 +109,10 @@ async fn one_layer_enforces_on_an_axum_service() {
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     let (mut status, mut body) = get(Some(chain)).await;
-    while status == 401 && body.contains("untrusted_issuer") && Instant::now() < deadline {
+    while status == 401
+        && body.contains(DenyReason::UntrustedIssuer.as_str())
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
         (status, body) = get(Some(chain)).await;
     }
@@ -121,11 +125,11 @@ async fn one_layer_enforces_on_an_axum_service() {
     assert_eq!(status, 401);
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap()["error"],
-        "malformed"
+        DenyReason::Malformed.as_str()
     );
 
     let resp = http
-        .post(format!("{reg_url}/v1/revocations"))
+        .post(format!("{reg_url}{}", path::REVOCATIONS))
         .bearer_auth(TOKEN)
         .json(&json!({"entries": [{"kind": "warrant", "id": jti, "reason": "superseded"}]}))
         .send()
@@ -138,7 +142,7 @@ async fn one_layer_enforces_on_an_axum_service() {
         if status == 403 {
             assert_eq!(
                 serde_json::from_str::<Value>(&body).unwrap()["error"],
-                "revoked"
+                DenyReason::Revoked.as_str()
             );
             break;
         }
@@ -193,7 +197,7 @@ async fn the_layer_answers_each_denial_and_the_staleness_policy() {
 
     let http = reqwest::Client::new();
     let minted: Value = http
-        .post(format!("{reg_url}/v1/warrants"))
+        .post(format!("{reg_url}{}", path::WARRANTS))
         .bearer_auth(TOKEN)
         .json(&json!({"agent": "billing-bot", "act": ["http:GET:/orders/*"], "ttl": 600}))
         .send()
@@ -241,7 +245,11 @@ async fn the_layer_answers_each_denial_and_the_staleness_policy() {
     ] {
         let (status, www, body) = call(&closed_url, reqwest::Method::GET, auth.clone()).await;
         assert_eq!(status, 401, "{auth:?}: {body}");
-        assert_eq!(error(&body), "malformed", "{auth:?}: {body}");
+        assert_eq!(
+            error(&body),
+            DenyReason::Malformed.as_str(),
+            "{auth:?}: {body}"
+        );
         assert!(
             www.as_deref().is_some_and(|w| w.starts_with("Bearer")),
             "{auth:?}: WWW-Authenticate {www:?}"
@@ -251,7 +259,7 @@ async fn the_layer_answers_each_denial_and_the_staleness_policy() {
     let (status, www, body) = call(&closed_url, reqwest::Method::DELETE, bearer.clone()).await;
     assert_eq!(
         (status, error(&body)),
-        (403, json!("action_denied")),
+        (403, json!(DenyReason::ActionDenied.as_str())),
         "{body}"
     );
     assert_eq!(www, None);
@@ -263,7 +271,7 @@ async fn the_layer_answers_each_denial_and_the_staleness_policy() {
     loop {
         let (status, _, body) = call(&closed_url, reqwest::Method::GET, bearer.clone()).await;
         if status == 503 {
-            assert_eq!(error(&body), "stale", "{body}");
+            assert_eq!(error(&body), DenyReason::Stale.as_str(), "{body}");
             break;
         }
         assert_eq!(status, 200, "{body}");
@@ -278,7 +286,7 @@ async fn the_layer_answers_each_denial_and_the_staleness_policy() {
     let (status, _, body) = call(&open_url, reqwest::Method::DELETE, bearer).await;
     assert_eq!(
         (status, error(&body)),
-        (403, json!("action_denied")),
+        (403, json!(DenyReason::ActionDenied.as_str())),
         "{body}"
     );
     closed.shutdown();
@@ -319,7 +327,7 @@ async fn the_disk_cache_is_compacted_and_stays_loadable() {
         let (http, next, url) = (
             http.clone(),
             next.clone(),
-            format!("{reg_url}/v1/revocations"),
+            format!("{reg_url}{}", path::REVOCATIONS),
         );
         workers.push(tokio::spawn(async move {
             loop {

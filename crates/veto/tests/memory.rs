@@ -31,6 +31,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use veto_core::wire::{path, DeltasPage, EventKind};
 use veto_core::{keyfile, warrant, Head, LinkSpec, RevocationSet, SigningKey, SrlSigner};
 use veto_testkit::{metric_value, now, ok_upstream, rss_kib, url_in, Process, Registry, TempDir};
 
@@ -105,7 +106,7 @@ impl Spawned {
 
     async fn metrics(&self) -> String {
         self.http
-            .get(format!("{}/metrics", self.admin_url))
+            .get(format!("{}{}", self.admin_url, path::METRICS))
             .send()
             .await
             .unwrap()
@@ -354,12 +355,13 @@ impl Fake {
 /// An endless body of `chunk` repeated, counting what is pulled.
 fn endless(
     fake: Shared,
-    head: &'static str,
+    head: impl Into<Bytes>,
     chunk: Bytes,
     pause: Option<Duration>,
     chunks: usize,
 ) -> Body {
-    let first = futures_util::stream::once(async move { Ok::<_, Infallible>(Bytes::from(head)) });
+    let head = head.into();
+    let first = futures_util::stream::once(async move { Ok::<_, Infallible>(head) });
     let rest = futures_util::stream::unfold(fake, move |f| {
         let chunk = chunk.clone();
         async move {
@@ -425,11 +427,12 @@ async fn checkpoint(State(f): State<Shared>) -> Response {
 
 async fn deltas(State(f): State<Shared>) -> Response {
     if f.v1.is_none() {
-        return axum::Json(serde_json::json!({ "deltas": [] })).into_response();
+        return axum::Json(DeltasPage::default()).into_response();
     }
     // A page of deltas that never ends.
     let body = endless(
         f.clone(),
+        // Hostile: a `DeltasPage` opened by hand and never closed.
         "{\"deltas\":[\"",
         Bytes::from(vec![b'A'; 1 << 20]),
         None,
@@ -457,7 +460,7 @@ async fn events(State(f): State<Shared>) -> Response {
     let body = match f.events {
         Events::None => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
         Events::Honest => every(f.clone(), Duration::from_secs(1), |f, _| {
-            frame("checkpoint", &f.checkpoint())
+            frame(EventKind::Checkpoint.as_str(), &f.checkpoint())
         }),
         Events::Comments => every(f.clone(), Duration::from_millis(300), |_, _| {
             Bytes::from(": ping\n\n")
@@ -466,22 +469,24 @@ async fn events(State(f): State<Shared>) -> Response {
             Bytes::from("retry: 1000\n\n")
         }),
         Events::Unknown => every(f.clone(), Duration::from_millis(300), |_, n| {
+            // Hostile: an event name veto never sends, kept as a literal.
             frame("heartbeat", &format!("{{\"n\":{n}}}"))
         }),
         Events::Forged => every(f.clone(), Duration::from_millis(1000), |f, _| {
             let t = now();
             frame(
-                "checkpoint",
+                EventKind::Checkpoint.as_str(),
                 &f.forger.checkpoint(0, Head::ZERO, t, t + 300),
             )
         }),
         Events::Garbage => every(f.clone(), Duration::from_millis(300), |_, n| {
             Bytes::from(format!(
-                "x-junk: {n}\nevent: checkpoint\ndata: not.a.jws{n}\n\n"
+                "x-junk: {n}\nevent: {}\ndata: not.a.jws{n}\n\n",
+                EventKind::Checkpoint
             ))
         }),
         Events::Replayed => {
-            let once = frame("checkpoint", &f.checkpoint());
+            let once = frame(EventKind::Checkpoint.as_str(), &f.checkpoint());
             let s = futures_util::stream::unfold(once, |b| async move {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 Some((Ok::<_, Infallible>(b.clone()), b))
@@ -490,7 +495,7 @@ async fn events(State(f): State<Shared>) -> Response {
         }
         Events::Dribble => endless(
             f.clone(),
-            "event: checkpoint\ndata: ",
+            format!("event: {}\ndata: ", EventKind::Checkpoint),
             Bytes::from_static(b"e"),
             Some(Duration::from_millis(200)),
             usize::MAX,
@@ -499,7 +504,7 @@ async fn events(State(f): State<Shared>) -> Response {
             let line = format!("data: {}\n", "A".repeat(1023));
             endless(
                 f.clone(),
-                "event: snapshot\n",
+                format!("event: {}\n", EventKind::Snapshot),
                 Bytes::from(line.repeat(64)),
                 None,
                 usize::MAX,
@@ -507,7 +512,7 @@ async fn events(State(f): State<Shared>) -> Response {
         }
         Events::EndlessLine => endless(
             f.clone(),
-            "event: snapshot\ndata: ",
+            format!("event: {}\ndata: ", EventKind::Snapshot),
             Bytes::from(vec![b'A'; 64 << 10]),
             None,
             usize::MAX,
@@ -581,11 +586,11 @@ async fn rig_with(
         huge_checkpoint,
     });
     let app = Router::new()
-        .route("/v1/srl", get(snapshot))
-        .route("/v1/srl/checkpoint", get(checkpoint))
-        .route("/v1/srl/deltas", get(deltas))
-        .route("/v1/srl/events", get(events))
-        .route("/.well-known/jwks.json", get(jwks))
+        .route(path::SRL, get(snapshot))
+        .route(path::SRL_CHECKPOINT, get(checkpoint))
+        .route(path::SRL_DELTAS, get(deltas))
+        .route(path::SRL_EVENTS, get(events))
+        .route(path::JWKS, get(jwks))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -23,7 +23,8 @@ use axum::http::{HeaderMap, Method, Uri};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use veto_core::{warrant, LinkSpec, SigningKey};
+use veto_core::wire::ErrorCode;
+use veto_core::{warrant, DenyReason, LinkSpec, SigningKey};
 use veto_testkit::{now, Proxy, Registry, TempDir};
 
 const REGISTRY_ARGS: &[&str] = &["--heartbeat", "1s"];
@@ -184,7 +185,16 @@ fn bearer(chain: &str) -> String {
 
 /// Asserts `{"error": code, "message": text}` with this status, and that
 /// the message mentions `needle` (case-insensitive).
-fn assert_refused(what: &str, r: &Raw, status: u16, code: &str, needle: &str) {
+fn assert_refused(what: &str, r: &Raw, status: u16, code: ErrorCode, needle: &str) {
+    assert_error_body(what, r, status, code.as_str(), needle);
+}
+
+/// As [`assert_refused`], for a denial.
+fn assert_denied(what: &str, r: &Raw, status: u16, reason: DenyReason, needle: &str) {
+    assert_error_body(what, r, status, reason.as_str(), needle);
+}
+
+fn assert_error_body(what: &str, r: &Raw, status: u16, code: &str, needle: &str) {
     assert_eq!(r.status, status, "{what}: {} {}", r.head, r.body);
     let body = r.json();
     let obj = body.as_object().unwrap();
@@ -306,11 +316,11 @@ async fn path_spellings_cannot_widen_a_delegated_warrant() {
         "http://elsewhere.example/orders/../secret.txt",
     ] {
         let r = raw(&proxy, "GET", target, &auth).await;
-        assert_refused(target, &r, 403, "action_denied", "/secret.txt");
+        assert_denied(target, &r, 403, DenyReason::ActionDenied, "/secret.txt");
     }
     // The same for another method the child does not hold.
     let r = raw(&proxy, "DELETE", "/orders/../orders/1", &auth).await;
-    assert_refused("DELETE", &r, 403, "action_denied", "DELETE");
+    assert_denied("DELETE", &r, 403, DenyReason::ActionDenied, "DELETE");
 
     // Spellings servers read differently are refused before any decision.
     let cases: &[(&str, &str)] = &[
@@ -346,7 +356,7 @@ async fn path_spellings_cannot_widen_a_delegated_warrant() {
     ];
     for (target, needle) in cases {
         let r = raw(&proxy, "GET", target, &auth).await;
-        assert_refused(target, &r, 400, "bad_target", needle);
+        assert_refused(target, &r, 400, ErrorCode::BadTarget, needle);
     }
     // Raw control characters in the request line never reach the proxy's
     // code: the HTTP parser answers a bare 400 itself.
@@ -355,7 +365,7 @@ async fn path_spellings_cannot_widen_a_delegated_warrant() {
         assert_eq!(r.status, 400, "{target:?}: {} {}", r.head, r.body);
     }
     let r = raw(&proxy, "OPTIONS", "*", &auth).await;
-    assert_refused("OPTIONS *", &r, 400, "bad_target", "names no path");
+    assert_refused("OPTIONS *", &r, 400, ErrorCode::BadTarget, "names no path");
     assert_eq!(
         s.upstream.count(),
         before,
@@ -387,15 +397,21 @@ async fn route_files_match_the_canonical_path() {
         "/%61%64%6D%69%6E",
     ] {
         let r = raw(&proxy, "GET", target, &auth).await;
-        assert_refused(target, &r, 403, "action_denied", "admin:all");
+        assert_denied(target, &r, 403, DenyReason::ActionDenied, "admin:all");
     }
     let r = raw(&proxy, "GET", "/admin%2fusers", &auth).await;
-    assert_refused("/admin%2fusers", &r, 400, "bad_target", "encoded `/`");
+    assert_refused(
+        "/admin%2fusers",
+        &r,
+        400,
+        ErrorCode::BadTarget,
+        "encoded `/`",
+    );
     // Neither the path's case (upstreams that route case-insensitively)
     // nor a lowercase method dodges a rule; HEAD meets the GET rules.
     for target in ["/ADMIN", "/Admin/users", "/%41dmin"] {
         let r = raw(&proxy, "GET", target, &auth).await;
-        assert_refused(target, &r, 403, "action_denied", "admin:all");
+        assert_denied(target, &r, 403, DenyReason::ActionDenied, "admin:all");
         let head = reqwest::Client::new()
             .head(proxy.at(target))
             .bearer_auth(&s.root)
@@ -406,7 +422,7 @@ async fn route_files_match_the_canonical_path() {
     }
     for method in ["get", "Get", "post"] {
         let r = raw(&proxy, method, "/admin", &auth).await;
-        assert_refused(method, &r, 400, "bad_target", "uppercase");
+        assert_refused(method, &r, 400, ErrorCode::BadTarget, "uppercase");
     }
     assert_eq!(s.upstream.count(), before, "{:?}", s.upstream.targets());
 
@@ -575,7 +591,13 @@ async fn a_request_with_two_credentials_is_refused() {
     ];
     for (what, headers) in &cases {
         let r = raw(&proxy, "GET", "/orders/1", headers).await;
-        assert_refused(what, &r, 401, "malformed", "more than one credential");
+        assert_denied(
+            what,
+            &r,
+            401,
+            DenyReason::Malformed,
+            "more than one credential",
+        );
     }
     assert_eq!(
         s.upstream.count(),
@@ -628,7 +650,7 @@ async fn an_upstream_that_never_answers_gets_a_504() {
         "silent upstream",
         &r.0,
         504,
-        "upstream_timeout",
+        ErrorCode::UpstreamTimeout,
         "--upstream-timeout",
     );
     assert!(
@@ -721,7 +743,7 @@ async fn h2c_and_unlisted_upgrades_are_refused() {
         for upgrade in ["h2c", "H2C", "websocket, h2c", "h2c/2"] {
             // `connection: close` is added by `raw`; the upgrade still shows.
             let r = raw(proxy, "GET", "/orders/1", &h2c(upgrade)).await;
-            assert_refused(upgrade, &r, 400, "upgrade_refused", "h2c");
+            assert_refused(upgrade, &r, 400, ErrorCode::UpgradeRefused, "h2c");
         }
         for upgrade in ["foo", "TLS/1.0", "websocket, foo/2"] {
             let name = upgrade
@@ -736,7 +758,7 @@ async fn h2c_and_unlisted_upgrades_are_refused() {
                 upgrade,
                 &r,
                 400,
-                "upgrade_refused",
+                ErrorCode::UpgradeRefused,
                 &format!("`{}`", name.to_lowercase()),
             );
         }
@@ -965,7 +987,7 @@ async fn a_revocation_while_the_upstream_holds_the_request_ends_it() {
         let r = tokio::time::timeout(WITHIN, read_response(&mut c))
             .await
             .unwrap_or_else(|_| panic!("{what}: no answer"));
-        assert_refused(what, &r, 403, "revoked", "is revoked");
+        assert_denied(what, &r, 403, DenyReason::Revoked, "is revoked");
         assert!(
             revoked.elapsed() < Duration::from_secs(2),
             "{what}: answered {:?} after the revocation, the upstream's delay is 2.5 s",
@@ -1155,7 +1177,13 @@ async fn the_tower_layer_canonicalizes_and_refuses_like_the_proxy() {
     );
     let before = inner_saw.lock().unwrap().len();
     let r = raw_to(&url, "GET", "/orders/../secret.txt", &auth).await;
-    assert_refused("dot segments", &r, 403, "action_denied", "/secret.txt");
+    assert_denied(
+        "dot segments",
+        &r,
+        403,
+        DenyReason::ActionDenied,
+        "/secret.txt",
+    );
     for (target, needle) in [
         ("/orders/%2e%2e/secret.txt", "dot segment"),
         ("/orders/..%2fsecret.txt", "encoded `/`"),
@@ -1163,7 +1191,7 @@ async fn the_tower_layer_canonicalizes_and_refuses_like_the_proxy() {
         ("/orders//x", "empty path segment"),
     ] {
         let r = raw_to(&url, "GET", target, &auth).await;
-        assert_refused(target, &r, 400, "bad_target", needle);
+        assert_refused(target, &r, 400, ErrorCode::BadTarget, needle);
     }
     for (what, headers) in [
         ("two headers", vec![bearer(&child), bearer(&child)]),
@@ -1173,7 +1201,13 @@ async fn the_tower_layer_canonicalizes_and_refuses_like_the_proxy() {
         ),
     ] {
         let r = raw_to(&url, "GET", "/orders/1", &headers).await;
-        assert_refused(what, &r, 401, "malformed", "more than one credential");
+        assert_denied(
+            what,
+            &r,
+            401,
+            DenyReason::Malformed,
+            "more than one credential",
+        );
     }
     assert_eq!(
         inner_saw.lock().unwrap().len(),

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use veto_core::wire::{path, DeltasPage, ErrorCode, EventKind};
 use veto_core::{
     Applied, CheckConfig, Checker, Decision, DenyReason, Digest, EntryKind, KeySet, ParsedChain,
     PublicKey, SrlState, SrlVerifier, VerifiedDelta,
@@ -35,7 +36,7 @@ fn assert_api_error(
     status: u16,
     body: &Value,
     want_status: u16,
-    code: &str,
+    code: ErrorCode,
     mentions: &str,
 ) {
     assert_eq!(status, want_status, "{what}: status (body {body})");
@@ -43,7 +44,11 @@ fn assert_api_error(
         .as_object()
         .unwrap_or_else(|| panic!("{what}: error body is not a JSON object: {body}"));
     assert_eq!(obj.len(), 2, "{what}: error body has other members: {body}");
-    assert_eq!(body["error"], code, "{what}: error code (body {body})");
+    assert_eq!(
+        body["error"],
+        code.as_str(),
+        "{what}: error code (body {body})"
+    );
     let message = body["message"]
         .as_str()
         .unwrap_or_else(|| panic!("{what}: no message: {body}"));
@@ -214,7 +219,9 @@ async fn revocations_are_versioned_idempotent_and_audited() {
     );
 
     // Audit log: filters.
-    let (s, body) = reg.admin_get("/v1/revocations?kind=warrant&id=w-1").await;
+    let (s, body) = reg
+        .admin_get(&format!("{}?kind=warrant&id=w-1", path::REVOCATIONS))
+        .await;
     assert_eq!(s, 200, "{body}");
     let items = body["items"].as_array().unwrap();
     assert!(items.len() >= 3, "{body}");
@@ -234,7 +241,9 @@ async fn revocations_are_versioned_idempotent_and_audited() {
             .all(|i| i["action"] != "revoke" && i["version"] == 1),
         "re-revokes name the original version: {body}"
     );
-    let (_, body) = reg.admin_get("/v1/revocations?kind=agent").await;
+    let (_, body) = reg
+        .admin_get(&format!("{}?kind=agent", path::REVOCATIONS))
+        .await;
     let agents = body["items"].as_array().unwrap();
     assert!(
         agents
@@ -253,10 +262,14 @@ async fn revocations_are_versioned_idempotent_and_audited() {
         })
         .collect();
     assert_eq!(revokes, vec![(2, 1000), (3, 2000)]);
-    let (_, body) = reg.admin_get("/v1/revocations?kind=key&id=k-1").await;
+    let (_, body) = reg
+        .admin_get(&format!("{}?kind=key&id=k-1", path::REVOCATIONS))
+        .await;
     assert_eq!(body["items"].as_array().unwrap().len(), 1, "{body}");
     assert_eq!(body["items"][0]["reason"], "key_compromise");
-    let (_, body) = reg.admin_get("/v1/revocations?id=nobody").await;
+    let (_, body) = reg
+        .admin_get(&format!("{}?id=nobody", path::REVOCATIONS))
+        .await;
     assert_eq!(body, json!({"items": [], "next": null}));
 
     // Audit log: pagination with `limit`, `after` and `next` walks every record once, in order.
@@ -269,7 +282,7 @@ async fn revocations_are_versioned_idempotent_and_audited() {
             .map(|a: i64| format!("&after={a}"))
             .unwrap_or_default();
         let (s, body) = reg
-            .admin_get(&format!("/v1/revocations?limit=3{cursor}"))
+            .admin_get(&format!("{}?limit=3{cursor}", path::REVOCATIONS))
             .await;
         assert_eq!(s, 200, "{body}");
         let page = body["items"].as_array().unwrap().clone();
@@ -293,21 +306,41 @@ async fn revocations_are_versioned_idempotent_and_audited() {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 
     // The audit log is admin-only, and its parameters are checked.
-    let (s, body) = reg.get("/v1/revocations").await;
+    let (s, body) = reg.get(path::REVOCATIONS).await;
     assert_api_error(
         "audit without token",
         s,
         &body,
         401,
-        "unauthorized",
+        ErrorCode::Unauthorized,
         "token",
     );
-    let (s, body) = reg.admin_get("/v1/revocations?limit=0").await;
-    assert_api_error("limit 0", s, &body, 400, "invalid_limit", "limit");
-    let (s, body) = reg.admin_get("/v1/revocations?limit=1001").await;
-    assert_api_error("limit 1001", s, &body, 400, "invalid_limit", "limit");
-    let (s, body) = reg.admin_get("/v1/revocations?kind=user").await;
-    assert_api_error("audit kind", s, &body, 400, "unknown_kind", "`user`");
+    let (s, body) = reg
+        .admin_get(&format!("{}?limit=0", path::REVOCATIONS))
+        .await;
+    assert_api_error("limit 0", s, &body, 400, ErrorCode::InvalidLimit, "limit");
+    let (s, body) = reg
+        .admin_get(&format!("{}?limit=1001", path::REVOCATIONS))
+        .await;
+    assert_api_error(
+        "limit 1001",
+        s,
+        &body,
+        400,
+        ErrorCode::InvalidLimit,
+        "limit",
+    );
+    let (s, body) = reg
+        .admin_get(&format!("{}?kind=user", path::REVOCATIONS))
+        .await;
+    assert_api_error(
+        "audit kind",
+        s,
+        &body,
+        400,
+        ErrorCode::UnknownKind,
+        "`user`",
+    );
 
     // Repeats in one batch fold into one entry, and never narrow it: the
     // latest agent cutoff asked for is the one published.
@@ -360,27 +393,27 @@ async fn bad_input_is_refused_by_name_and_writes_nothing() {
     assert!(huge.len() > 1 << 20);
     let long_id = "i".repeat(257);
     // (what, body, token, status, code, the message must mention)
-    type Case<'a> = (&'a str, String, Option<&'a str>, u16, &'a str, &'a str);
+    type Case<'a> = (&'a str, String, Option<&'a str>, u16, ErrorCode, &'a str);
     let cases: Vec<Case> = vec![
-        ("malformed JSON", r#"{"entries": [{"kind": "warrant", "id": "m"#.into(), Some(&token), 400, "invalid_json", "json"),
-        ("not JSON at all", "revoke everything".into(), Some(&token), 400, "invalid_json", "json"),
-        ("unknown kind", entries(json!([{"kind": "user", "id": "u"}])), Some(&token), 400, "unknown_kind", "`user`"),
-        ("unknown reason", entries(json!([{"kind": "warrant", "id": "r", "reason": "bored"}])), Some(&token), 400, "unknown_reason", "`bored`"),
-        ("empty id", entries(json!([{"kind": "warrant", "id": ""}])), Some(&token), 400, "invalid_id", "empty"),
-        ("id of 257 bytes", entries(json!([{"kind": "warrant", "id": long_id}])), Some(&token), 400, "invalid_id", "257"),
-        ("10,001 entries", entries(Value::Array(many)), Some(&token), 400, "batch_too_large", "10001"),
-        ("body over 1 MiB", huge, Some(&token), 413, "body_too_large", "limit"),
-        ("missing token", entries(json!([warrant("t")])), None, 401, "unauthorized", "missing"),
-        ("wrong token", entries(json!([warrant("t")])), Some("not-the-token"), 401, "unauthorized", "wrong"),
-        ("agent without before", entries(json!([{"kind": "agent", "id": "a"}])), Some(&token), 400, "missing_before", "`before`"),
-        ("before on a warrant", entries(json!([{"kind": "warrant", "id": "w", "before": 5}])), Some(&token), 400, "unexpected_before", "`before`"),
-        ("before on a key", entries(json!([{"kind": "key", "id": "k", "before": 5}])), Some(&token), 400, "unexpected_before", "`before`"),
+        ("malformed JSON", r#"{"entries": [{"kind": "warrant", "id": "m"#.into(), Some(&token), 400, ErrorCode::InvalidJson, "json"),
+        ("not JSON at all", "revoke everything".into(), Some(&token), 400, ErrorCode::InvalidJson, "json"),
+        ("unknown kind", entries(json!([{"kind": "user", "id": "u"}])), Some(&token), 400, ErrorCode::UnknownKind, "`user`"),
+        ("unknown reason", entries(json!([{"kind": "warrant", "id": "r", "reason": "bored"}])), Some(&token), 400, ErrorCode::UnknownReason, "`bored`"),
+        ("empty id", entries(json!([{"kind": "warrant", "id": ""}])), Some(&token), 400, ErrorCode::InvalidId, "empty"),
+        ("id of 257 bytes", entries(json!([{"kind": "warrant", "id": long_id}])), Some(&token), 400, ErrorCode::InvalidId, "257"),
+        ("10,001 entries", entries(Value::Array(many)), Some(&token), 400, ErrorCode::BatchTooLarge, "10001"),
+        ("body over 1 MiB", huge, Some(&token), 413, ErrorCode::BodyTooLarge, "limit"),
+        ("missing token", entries(json!([warrant("t")])), None, 401, ErrorCode::Unauthorized, "missing"),
+        ("wrong token", entries(json!([warrant("t")])), Some("not-the-token"), 401, ErrorCode::Unauthorized, "wrong"),
+        ("agent without before", entries(json!([{"kind": "agent", "id": "a"}])), Some(&token), 400, ErrorCode::MissingBefore, "`before`"),
+        ("before on a warrant", entries(json!([{"kind": "warrant", "id": "w", "before": 5}])), Some(&token), 400, ErrorCode::UnexpectedBefore, "`before`"),
+        ("before on a key", entries(json!([{"kind": "key", "id": "k", "before": 5}])), Some(&token), 400, ErrorCode::UnexpectedBefore, "`before`"),
         (
             "duplicate key in an entry",
             r#"{"entries": [{"kind": "warrant", "id": "d1", "id": "d2"}]}"#.into(),
             Some(&token),
             400,
-            "invalid_json",
+            ErrorCode::InvalidJson,
             "duplicate field `id`",
         ),
         (
@@ -388,7 +421,7 @@ async fn bad_input_is_refused_by_name_and_writes_nothing() {
             r#"{"entries": [{"kind": "warrant", "id": "d3"}], "entries": [{"kind": "warrant", "id": "d4"}]}"#.into(),
             Some(&token),
             400,
-            "invalid_json",
+            ErrorCode::InvalidJson,
             "duplicate field `entries`",
         ),
         (
@@ -396,7 +429,7 @@ async fn bad_input_is_refused_by_name_and_writes_nothing() {
             entries(json!([{"kind": "warrant", "id": "f", "colour": "red"}])),
             Some(&token),
             400,
-            "invalid_json",
+            ErrorCode::InvalidJson,
             "unknown field `colour`",
         ),
         (
@@ -404,18 +437,18 @@ async fn bad_input_is_refused_by_name_and_writes_nothing() {
             json!({"entries": [warrant("g")], "dry_run": true}).to_string(),
             Some(&token),
             400,
-            "invalid_json",
+            ErrorCode::InvalidJson,
             "unknown field `dry_run`",
         ),
-        ("no entries", entries(json!([])), Some(&token), 400, "no_entries", "empty"),
-        ("entries missing", "{}".into(), Some(&token), 400, "invalid_json", "missing field `entries`"),
-        ("id of the wrong type", entries(json!([{"kind": "warrant", "id": 7}])), Some(&token), 400, "invalid_json", "invalid type"),
+        ("no entries", entries(json!([])), Some(&token), 400, ErrorCode::NoEntries, "empty"),
+        ("entries missing", "{}".into(), Some(&token), 400, ErrorCode::InvalidJson, "missing field `entries`"),
+        ("id of the wrong type", entries(json!([{"kind": "warrant", "id": 7}])), Some(&token), 400, ErrorCode::InvalidJson, "invalid type"),
         (
             "expires_at in the past",
             entries(json!([{"kind": "warrant", "id": "p", "expires_at": 1000}])),
             Some(&token),
             400,
-            "invalid_expires_at",
+            ErrorCode::InvalidExpiresAt,
             "1000",
         ),
         (
@@ -423,14 +456,14 @@ async fn bad_input_is_refused_by_name_and_writes_nothing() {
             entries(json!([warrant("ok-1"), warrant("ok-2"), {"kind": "warrant", "id": "bad", "reason": "whim"}])),
             Some(&token),
             400,
-            "unknown_reason",
+            ErrorCode::UnknownReason,
             "entry 2",
         ),
     ];
     for (what, body, tok, status, code, mentions) in cases {
         let mut req = reg
             .http()
-            .post(reg.at("/v1/revocations"))
+            .post(reg.at(path::REVOCATIONS))
             .header("content-type", "application/json")
             .body(body);
         if let Some(t) = tok {
@@ -483,7 +516,7 @@ async fn public_api_serves_verifiable_state_and_keys() {
 
     // Snapshot: verifies, ETag is the version, conditional GET.
     let plain = reqwest::Client::builder().no_gzip().build().unwrap();
-    let resp = plain.get(reg.at("/v1/srl")).send().await.unwrap();
+    let resp = plain.get(reg.at(path::SRL)).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(resp.headers()["etag"], "\"3\"");
     assert_eq!(resp.headers()["content-type"], "application/jose");
@@ -493,7 +526,7 @@ async fn public_api_serves_verifiable_state_and_keys() {
     assert_eq!(snap.ver, 3);
     assert_eq!(snap.set.len(), 4);
     let resp = plain
-        .get(reg.at("/v1/srl"))
+        .get(reg.at(path::SRL))
         .header("if-none-match", "\"3\"")
         .send()
         .await
@@ -502,7 +535,7 @@ async fn public_api_serves_verifiable_state_and_keys() {
     assert_eq!(resp.headers()["etag"], "\"3\"");
     assert!(resp.bytes().await.unwrap().is_empty());
     let resp = plain
-        .get(reg.at("/v1/srl"))
+        .get(reg.at(path::SRL))
         .header("if-none-match", "\"2\"")
         .send()
         .await
@@ -511,7 +544,7 @@ async fn public_api_serves_verifiable_state_and_keys() {
 
     // gzip on request, and the same document inside.
     let resp = plain
-        .get(reg.at("/v1/srl"))
+        .get(reg.at(path::SRL))
         .header("accept-encoding", "gzip")
         .send()
         .await
@@ -531,9 +564,9 @@ async fn public_api_serves_verifiable_state_and_keys() {
     );
 
     // Deltas: signed, in order, chained; applied from nothing they give the snapshot.
-    let (s, body) = reg.get("/v1/srl/deltas?since=0").await;
+    let (s, body) = reg.deltas_since(0).await;
     assert_eq!(s, 200, "{body}");
-    let deltas: Vec<String> = serde_json::from_value(body["deltas"].clone()).unwrap();
+    let DeltasPage { deltas } = serde_json::from_value(body).unwrap();
     assert_eq!(deltas.len(), 3);
     let mut state = SrlState::new();
     let verified = apply_all(&verifier, &mut state, &deltas);
@@ -543,15 +576,15 @@ async fn public_api_serves_verifiable_state_and_keys() {
     );
     assert_eq!((state.ver(), state.head()), (snap.ver, snap.head));
     assert_eq!(state.set(), &snap.set);
-    let (_, body) = reg.get("/v1/srl/deltas?since=1").await;
-    let tail: Vec<String> = serde_json::from_value(body["deltas"].clone()).unwrap();
+    let (_, body) = reg.deltas_since(1).await;
+    let DeltasPage { deltas: tail } = serde_json::from_value(body).unwrap();
     assert_eq!(tail, deltas[1..]);
-    let (_, body) = reg.get("/v1/srl/deltas?since=3").await;
-    assert_eq!(body, json!({"deltas": []}));
-    let (s, body) = reg.get("/v1/srl/deltas?since=abc").await;
-    assert_api_error("since=abc", s, &body, 400, "invalid_since", "since");
-    let (s, body) = reg.get("/v1/srl/deltas").await;
-    assert_api_error("no since", s, &body, 400, "missing_since", "since");
+    let (_, body) = reg.deltas_since(3).await;
+    assert_eq!(body, serde_json::to_value(DeltasPage::default()).unwrap());
+    let (s, body) = reg.get(&format!("{}?since=abc", path::SRL_DELTAS)).await;
+    assert_api_error("since=abc", s, &body, 400, ErrorCode::InvalidSince, "since");
+    let (s, body) = reg.get(path::SRL_DELTAS).await;
+    assert_api_error("no since", s, &body, 400, ErrorCode::MissingSince, "since");
     // A delta must not verify as anything else.
     assert!(verifier.checkpoint(&deltas[0], now()).is_err());
     assert!(verifier.snapshot(&deltas[0], now()).is_err());
@@ -559,7 +592,7 @@ async fn public_api_serves_verifiable_state_and_keys() {
     // Checkpoint: verifies and attests the head.
     let resp = reg
         .http()
-        .get(reg.at("/v1/srl/checkpoint"))
+        .get(reg.at(path::SRL_CHECKPOINT))
         .send()
         .await
         .unwrap();
@@ -572,7 +605,7 @@ async fn public_api_serves_verifiable_state_and_keys() {
     assert_eq!(state.apply_checkpoint(&cp), Ok(Applied::Refreshed));
 
     // The authority document names the pinned key.
-    let (_, body) = reg.get("/v1/authority").await;
+    let (_, body) = reg.get(path::AUTHORITY).await;
     assert_eq!(body["iss"], "veto");
     assert_eq!(body["keys"][0]["kid"], reg.authority_key().kid());
 
@@ -587,7 +620,7 @@ async fn public_api_serves_verifiable_state_and_keys() {
     );
     let (s, body) = reg
         .admin_post(
-            "/v1/warrants",
+            path::WARRANTS,
             &json!({"agent": "bot-1", "act": ["files:read", "mail:*"], "ttl": 600}),
         )
         .await;
@@ -626,19 +659,33 @@ async fn public_api_serves_verifiable_state_and_keys() {
     );
     let (s, body) = reg
         .admin_post(
-            "/v1/warrants",
+            path::WARRANTS,
             &json!({"agent": "bot-1", "act": [], "ttl": 600}),
         )
         .await;
-    assert_api_error("mint without act", s, &body, 400, "invalid_act", "act");
+    assert_api_error(
+        "mint without act",
+        s,
+        &body,
+        400,
+        ErrorCode::InvalidAct,
+        "act",
+    );
     let (s, body) = reg
         .send(
             reg.http()
-                .post(reg.at("/v1/warrants"))
+                .post(reg.at(path::WARRANTS))
                 .json(&json!({"agent": "x", "act": ["a"], "ttl": 1})),
         )
         .await;
-    assert_api_error("mint without token", s, &body, 401, "unauthorized", "token");
+    assert_api_error(
+        "mint without token",
+        s,
+        &body,
+        401,
+        ErrorCode::Unauthorized,
+        "token",
+    );
 
     // Revoking the warrant's jti denies it.
     let (s, _) = reg.revoke(json!([warrant(&jti1)])).await;
@@ -670,7 +717,7 @@ async fn public_api_serves_verifiable_state_and_keys() {
     );
     let (_, body) = reg
         .admin_post(
-            "/v1/warrants",
+            path::WARRANTS,
             &json!({"agent": "bot-2", "act": ["*"], "ttl": 60}),
         )
         .await;
@@ -682,7 +729,7 @@ async fn public_api_serves_verifiable_state_and_keys() {
     );
     let (_, body) = reg
         .admin_post(
-            "/v1/warrants",
+            path::WARRANTS,
             &json!({"agent": "bot-3", "act": ["*"], "ttl": 60}),
         )
         .await;
@@ -718,11 +765,18 @@ async fn public_api_serves_verifiable_state_and_keys() {
     let (s, body) = reg
         .send(
             reg.http()
-                .delete(reg.at(&format!("/v1/issuer-keys/{first_kid}")))
+                .delete(reg.at(&format!("{}/{first_kid}", path::ISSUER_KEYS)))
                 .bearer_auth(reg.token()),
         )
         .await;
-    assert_api_error("retire twice", s, &body, 404, "unknown_key", &first_kid);
+    assert_api_error(
+        "retire twice",
+        s,
+        &body,
+        404,
+        ErrorCode::UnknownKey,
+        &first_kid,
+    );
 
     // Revoking the remaining issuer key (kind `key`, id = kid) takes it out too,
     // revokes what it signed, and leaves nothing to mint with.
@@ -730,7 +784,7 @@ async fn public_api_serves_verifiable_state_and_keys() {
         .revoke(json!([{"kind": "key", "id": second_kid, "reason": "key_compromise"}]))
         .await;
     assert_eq!(s, 201, "{body}");
-    let (_, body) = reg.get("/.well-known/jwks.json").await;
+    let (_, body) = reg.get(path::JWKS).await;
     assert_eq!(body, json!({"keys": []}));
     state.apply_snapshot(reg.snapshot().await).unwrap();
     // `jwks` still holds the second key, as an authorizer that fetched it earlier would.
@@ -740,7 +794,7 @@ async fn public_api_serves_verifiable_state_and_keys() {
     );
     let (s, body) = reg
         .admin_post(
-            "/v1/warrants",
+            path::WARRANTS,
             &json!({"agent": "bot-4", "act": ["*"], "ttl": 60}),
         )
         .await;
@@ -749,13 +803,13 @@ async fn public_api_serves_verifiable_state_and_keys() {
         s,
         &body,
         409,
-        "no_issuer_key",
+        ErrorCode::NoIssuerKey,
         "rotate",
     );
 }
 
 async fn fetch_jwks(reg: &Registry) -> KeySet {
-    let (s, body) = reg.get("/.well-known/jwks.json").await;
+    let (s, body) = reg.get(path::JWKS).await;
     assert_eq!(s, 200, "{body}");
     let keys = body["keys"].as_array().unwrap();
     KeySet::new(keys.iter().map(|k| {
@@ -770,7 +824,7 @@ async fn fetch_jwks(reg: &Registry) -> KeySet {
 async fn events_push_deltas_and_resume_from_last_event_id() {
     let reg = Registry::start(&[]);
     let verifier = reg.verifier();
-    let events = reg.at("/v1/srl/events");
+    let events = reg.at(path::SRL_EVENTS);
     let mut state = SrlState::new();
 
     // A new subscriber first gets a checkpoint of the current version.
@@ -778,7 +832,7 @@ async fn events_push_deltas_and_resume_from_last_event_id() {
     let first = stream.next(EVENT_TIMEOUT).await;
     assert_eq!(
         (first.event.as_str(), first.id.as_deref()),
-        ("checkpoint", Some("0"))
+        (EventKind::Checkpoint.as_str(), Some("0"))
     );
     let cp = verifier.checkpoint(&first.data, now()).unwrap();
     assert_eq!(
@@ -790,8 +844,13 @@ async fn events_push_deltas_and_resume_from_last_event_id() {
     // A revocation is pushed as a signed delta whose event id is its version.
     let (s, _) = reg.revoke(json!([warrant("s-1")])).await;
     assert_eq!(s, 201);
-    let e = stream.next_except("checkpoint", EVENT_TIMEOUT).await;
-    assert_eq!((e.event.as_str(), e.id.as_deref()), ("delta", Some("1")));
+    let e = stream
+        .next_except(EventKind::Checkpoint, EVENT_TIMEOUT)
+        .await;
+    assert_eq!(
+        (e.event.as_str(), e.id.as_deref()),
+        (EventKind::Delta.as_str(), Some("1"))
+    );
     let d = apply_all(&verifier, &mut state, std::slice::from_ref(&e.data));
     assert_eq!(added_ids(&d[0]), vec![(EntryKind::Warrant, "s-1".into())]);
     let last = stream_last_id(&stream);
@@ -813,9 +872,9 @@ async fn events_push_deltas_and_resume_from_last_event_id() {
     assert_eq!(
         kinds,
         vec![
-            ("delta", Some("2")),
-            ("delta", Some("3")),
-            ("checkpoint", Some("3"))
+            (EventKind::Delta.as_str(), Some("2")),
+            (EventKind::Delta.as_str(), Some("3")),
+            (EventKind::Checkpoint.as_str(), Some("3"))
         ]
     );
     apply_all(
@@ -832,8 +891,13 @@ async fn events_push_deltas_and_resume_from_last_event_id() {
 
     // The resumed stream goes on live.
     reg.revoke(json!([warrant("s-5")])).await;
-    let e = stream.next_except("checkpoint", EVENT_TIMEOUT).await;
-    assert_eq!((e.event.as_str(), e.id.as_deref()), ("delta", Some("4")));
+    let e = stream
+        .next_except(EventKind::Checkpoint, EVENT_TIMEOUT)
+        .await;
+    assert_eq!(
+        (e.event.as_str(), e.id.as_deref()),
+        (EventKind::Delta.as_str(), Some("4"))
+    );
     apply_all(&verifier, &mut state, std::slice::from_ref(&e.data));
     let snap = reg.snapshot().await;
     assert_eq!((state.ver(), state.head()), (snap.ver, snap.head));
@@ -847,14 +911,14 @@ async fn events_push_deltas_and_resume_from_last_event_id() {
         let e = stream.next(EVENT_TIMEOUT).await;
         assert_eq!(
             (e.event.as_str(), e.id.clone()),
-            ("delta", Some(ver.to_string()))
+            (EventKind::Delta.as_str(), Some(ver.to_string()))
         );
         apply_all(&verifier, &mut replayed, &[e.data]);
     }
     let e = stream.next(EVENT_TIMEOUT).await;
     assert_eq!(
         (e.event.as_str(), e.id.as_deref()),
-        ("checkpoint", Some("4"))
+        (EventKind::Checkpoint.as_str(), Some("4"))
     );
     assert_eq!(replayed.set(), &snap.set);
     drop(stream);
@@ -864,7 +928,7 @@ async fn events_push_deltas_and_resume_from_last_event_id() {
     let e = stream.next(EVENT_TIMEOUT).await;
     assert_eq!(
         (e.event.as_str(), e.id.as_deref()),
-        ("checkpoint", Some("4"))
+        (EventKind::Checkpoint.as_str(), Some("4"))
     );
     drop(stream);
     let (s, body) = reg
@@ -875,7 +939,7 @@ async fn events_push_deltas_and_resume_from_last_event_id() {
         s,
         &body,
         400,
-        "invalid_last_event_id",
+        ErrorCode::InvalidLastEventId,
         "Last-Event-ID",
     );
 }
@@ -895,15 +959,15 @@ async fn deltas_past_retention_are_gone_and_sse_sends_a_snapshot() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let (s, body) = loop {
-        let (s, body) = reg.get("/v1/srl/deltas?since=0").await;
+        let (s, body) = reg.deltas_since(0).await;
         if s != 200 || Instant::now() > deadline {
             break (s, body);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_api_error("deltas since 0", s, &body, 410, "gone", "/v1/srl");
-    let (s, body) = reg.get("/v1/srl/deltas?since=2").await;
-    assert_api_error("deltas since 2", s, &body, 410, "gone", "/v1/srl");
+    assert_api_error("deltas since 0", s, &body, 410, ErrorCode::Gone, path::SRL);
+    let (s, body) = reg.deltas_since(2).await;
+    assert_api_error("deltas since 2", s, &body, 410, ErrorCode::Gone, path::SRL);
 
     // The last two are kept, and chain up to the snapshot's head.
     let snap = reg.snapshot().await;
@@ -921,9 +985,12 @@ async fn deltas_past_retention_are_gone_and_sse_sends_a_snapshot() {
     assert_eq!(kept[1].head, snap.head);
 
     // SSE from version 0: a snapshot, then a checkpoint.
-    let mut stream = EventStream::open(&reg.at("/v1/srl/events"), Some("0")).await;
+    let mut stream = EventStream::open(&reg.at(path::SRL_EVENTS), Some("0")).await;
     let e = stream.next(EVENT_TIMEOUT).await;
-    assert_eq!((e.event.as_str(), e.id.as_deref()), ("snapshot", Some("5")));
+    assert_eq!(
+        (e.event.as_str(), e.id.as_deref()),
+        (EventKind::Snapshot.as_str(), Some("5"))
+    );
     let mut state = SrlState::new();
     state
         .apply_snapshot(verifier.snapshot(&e.data, now()).unwrap())
@@ -933,7 +1000,7 @@ async fn deltas_past_retention_are_gone_and_sse_sends_a_snapshot() {
     let e = stream.next(EVENT_TIMEOUT).await;
     assert_eq!(
         (e.event.as_str(), e.id.as_deref()),
-        ("checkpoint", Some("5"))
+        (EventKind::Checkpoint.as_str(), Some("5"))
     );
     assert_eq!(
         state.apply_checkpoint(&verifier.checkpoint(&e.data, now()).unwrap()),
@@ -942,7 +1009,7 @@ async fn deltas_past_retention_are_gone_and_sse_sends_a_snapshot() {
     drop(stream);
 
     // From a retained version: the deltas, not a snapshot.
-    let mut stream = EventStream::open(&reg.at("/v1/srl/events"), Some("3")).await;
+    let mut stream = EventStream::open(&reg.at(path::SRL_EVENTS), Some("3")).await;
     let mut seen = Vec::new();
     for _ in 0..3 {
         let e = stream.next(EVENT_TIMEOUT).await;
@@ -951,7 +1018,11 @@ async fn deltas_past_retention_are_gone_and_sse_sends_a_snapshot() {
     let seen: Vec<(&str, &str)> = seen.iter().map(|(k, i)| (k.as_str(), i.as_str())).collect();
     assert_eq!(
         seen,
-        vec![("delta", "4"), ("delta", "5"), ("checkpoint", "5")]
+        vec![
+            (EventKind::Delta.as_str(), "4"),
+            (EventKind::Delta.as_str(), "5"),
+            (EventKind::Checkpoint.as_str(), "5")
+        ]
     );
 }
 
@@ -964,7 +1035,7 @@ async fn retention_zero_keeps_the_chain_going() {
     reg.revoke(json!([warrant("z-1")])).await;
     reg.revoke(json!([warrant("z-2")])).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while reg.get("/v1/srl/deltas?since=0").await.0 != 410 {
+    while reg.deltas_since(0).await.0 != 410 {
         assert!(Instant::now() < deadline, "old deltas were never dropped");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -1062,7 +1133,7 @@ async fn acknowledged_revocations_survive_kill_9() {
     const WORKERS: usize = 16;
     const KILL_AFTER: usize = 500;
     let mut reg = Registry::start(&[]);
-    let url = reg.at("/v1/revocations");
+    let url = reg.at(path::REVOCATIONS);
     let token = reg.token();
     let next = Arc::new(AtomicUsize::new(0));
     let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
@@ -1132,11 +1203,9 @@ async fn acknowledged_revocations_survive_kill_9() {
     );
 
     // Versions 1..=V, every delta signed and chained, 1000 per page at most.
-    let (_, first_page) = reg.get("/v1/srl/deltas?since=0").await;
-    assert_eq!(
-        first_page["deltas"].as_array().unwrap().len(),
-        (v as usize).min(1000)
-    );
+    let (_, first_page) = reg.deltas_since(0).await;
+    let DeltasPage { deltas: first_page } = serde_json::from_value(first_page).unwrap();
+    assert_eq!(first_page.len(), (v as usize).min(1000));
     let deltas = reg.all_deltas(0).await;
     assert_eq!(deltas.len() as u64, v, "versions 1..={v} must all be there");
     let mut state = SrlState::new();
@@ -1336,7 +1405,7 @@ async fn weak_admin_tokens_are_refused_and_401s_name_no_path() {
         .send(
             env_reg
                 .http()
-                .get(env_reg.at("/v1/revocations?limit=1"))
+                .get(env_reg.at(&format!("{}?limit=1", path::REVOCATIONS)))
                 .bearer_auth(&readme_token),
         )
         .await;
@@ -1347,11 +1416,11 @@ async fn weak_admin_tokens_are_refused_and_401s_name_no_path() {
         let data_dir = reg.data_dir().display().to_string();
         let sent_secret = "Bearer wrong-but-distinctive-9f8e7d";
         for (method, path) in [
-            ("GET", "/v1/revocations"),
-            ("POST", "/v1/revocations"),
-            ("POST", "/v1/warrants"),
-            ("GET", "/v1/issuer-keys"),
-            ("POST", "/v1/issuer-keys"),
+            ("GET", path::REVOCATIONS),
+            ("POST", path::REVOCATIONS),
+            ("POST", path::WARRANTS),
+            ("GET", path::ISSUER_KEYS),
+            ("POST", path::ISSUER_KEYS),
         ] {
             for auth in [None, Some(sent_secret)] {
                 let mut req = match method {
@@ -1445,9 +1514,12 @@ async fn unread_replays_and_delta_listings_stay_within_a_memory_budget() {
     for i in 0..13 {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let req = if i < 10 {
-            "GET /v1/srl/events HTTP/1.1\r\nHost: veto\r\nAccept: text/event-stream\r\nLast-Event-ID: 0\r\n\r\n"
+            format!("GET {} HTTP/1.1\r\nHost: veto\r\nAccept: text/event-stream\r\nLast-Event-ID: 0\r\n\r\n", path::SRL_EVENTS)
         } else {
-            "GET /v1/srl/deltas?since=0 HTTP/1.1\r\nHost: veto\r\n\r\n"
+            format!(
+                "GET {}?since=0 HTTP/1.1\r\nHost: veto\r\n\r\n",
+                path::SRL_DELTAS
+            )
         };
         s.write_all(req.as_bytes()).await.unwrap();
         held.push(s);
@@ -1472,7 +1544,7 @@ async fn unread_replays_and_delta_listings_stay_within_a_memory_budget() {
     // in bounded pieces. A listing is a prefix in version order.
     let resp = reg
         .http()
-        .get(reg.at("/v1/srl/deltas?since=0"))
+        .get(reg.at(&format!("{}?since=0", path::SRL_DELTAS)))
         .send()
         .await
         .unwrap();
@@ -1504,18 +1576,21 @@ async fn unread_replays_and_delta_listings_stay_within_a_memory_budget() {
     // A reading SSE client from 0 gets deltas 1, 2, … in order, then, past
     // the replay budget, the current checkpoint (the state is too large to
     // send inline) from which it catches up by pull.
-    let mut events = EventStream::open(&reg.at("/v1/srl/events"), Some("0")).await;
+    let mut events = EventStream::open(&reg.at(path::SRL_EVENTS), Some("0")).await;
     let mut next = 1u64;
     let end = loop {
         let e = events.next(EVENT_TIMEOUT).await;
-        if e.event != "delta" {
+        if e.event != EventKind::Delta.as_str() {
             break e;
         }
         assert_eq!(e.id.as_deref(), Some(next.to_string().as_str()));
         next += 1;
     };
     assert!(
-        matches!(end.event.as_str(), "checkpoint" | "snapshot"),
+        matches!(
+            EventKind::parse(&end.event),
+            Some(EventKind::Checkpoint | EventKind::Snapshot)
+        ),
         "{}",
         end.event
     );
@@ -1548,7 +1623,7 @@ async fn unread_replays_cannot_hold_back_live_pushes() {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         let mut s = socket.connect(reg.addr).await.unwrap();
-        s.write_all(b"GET /v1/srl/events HTTP/1.1\r\nHost: veto\r\nAccept: text/event-stream\r\nLast-Event-ID: 0\r\n\r\n")
+        s.write_all(format!("GET {} HTTP/1.1\r\nHost: veto\r\nAccept: text/event-stream\r\nLast-Event-ID: 0\r\n\r\n", path::SRL_EVENTS).as_bytes())
             .await
             .unwrap();
         held.push(s);
@@ -1568,18 +1643,18 @@ async fn unread_replays_cannot_hold_back_live_pushes() {
 
     // A subscriber at the head: its first checkpoint, then the next delta.
     let opened = Instant::now();
-    let mut events = EventStream::open(&reg.at("/v1/srl/events"), Some(&head.to_string())).await;
+    let mut events = EventStream::open(&reg.at(path::SRL_EVENTS), Some(&head.to_string())).await;
     let first = events.next(Duration::from_secs(3)).await;
-    assert_eq!(first.event, "checkpoint");
+    assert_eq!(first.event, EventKind::Checkpoint.as_str());
     let first_ms = opened.elapsed().as_secs_f64() * 1e3;
     let ver = reg.revoke_warrant("live-under-attack").await;
     let acked = Instant::now();
     let e = events
-        .next_except("checkpoint", Duration::from_secs(3))
+        .next_except(EventKind::Checkpoint, Duration::from_secs(3))
         .await;
     assert_eq!(
         (e.event.as_str(), e.id.as_deref()),
-        ("delta", Some(ver.to_string().as_str()))
+        (EventKind::Delta.as_str(), Some(ver.to_string().as_str()))
     );
     println!(
         "REGISTRY-LIVE-UNDER-ATTACK first_checkpoint_ms={first_ms:.1} ack_to_push_ms={:.1}",
@@ -1611,7 +1686,7 @@ async fn fill(reg: &Arc<Registry>, tag: &str, versions: usize, entries: usize) {
 async fn client_buffer_bytes(reg: &Registry) -> f64 {
     let text = reg
         .http()
-        .get(reg.at("/metrics"))
+        .get(reg.at(path::METRICS))
         .send()
         .await
         .unwrap()

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use veto_authorizer::{Authorizer, Config as AuthzConfig, Push};
+use veto_core::wire::path;
 use veto_core::{keyfile, Digest, EntryKind, KeySet, SigningKey, SrlState};
 use veto_testkit::{now, Registry, Schema, TempDir};
 
@@ -143,7 +144,7 @@ async fn replica_killed_during_a_storm_loses_nothing_and_authorizers_converge() 
                 let (url, token) = &urls[i % urls.len()];
                 let id = format!("storm-{i}");
                 let resp = http
-                    .post(format!("{url}/v1/revocations"))
+                    .post(format!("{url}{}", path::REVOCATIONS))
                     .bearer_auth(token)
                     .json(&json!({"entries": [{"kind": "warrant", "id": id}]}))
                     .send()
@@ -366,7 +367,7 @@ async fn nats_outage_falls_back_to_polling_and_push_resumes() {
     settle(&authzs).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, metrics) = reg.get("/metrics").await;
+        let (_, metrics) = reg.get(path::METRICS).await;
         let metrics = metrics.as_str().unwrap_or_default().to_owned();
         if metrics.lines().any(|l| l == "veto_registry_outbox 0")
             && metrics

@@ -40,7 +40,7 @@ pub fn run(a: DelegateArgs) -> anyhow::Result<()> {
     let sub = match a.agent {
         Some(s) => s,
         None => ParsedChain::parse(&parent)
-            .map_err(|d| anyhow::anyhow!("parent chain: {}", d.message))?
+            .map_err(|d| anyhow::anyhow!("parent chain: {d}"))?
             .leaf()
             .claims()
             .sub

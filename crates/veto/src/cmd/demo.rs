@@ -9,6 +9,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use serde_json::json;
 use veto_authorizer::{Authorizer, Config as AuthzConfig};
+use veto_core::wire::path;
 use veto_core::{warrant, KeySet, LinkSpec, SigningKey};
 use veto_proxy::ProxyConfig;
 use veto_registry::{Config as RegistryConfig, Registry};
@@ -112,7 +113,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let planner_key = SigningKey::generate()?;
     let worker_key = SigningKey::generate()?;
     let resp: serde_json::Value = http
-        .post(format!("{reg_url}/v1/warrants"))
+        .post(format!("{reg_url}{}", path::WARRANTS))
         .bearer_auth(&token)
         .json(&json!({"agent": "planner", "act": ["http:*:/orders/*"], "ttl": 3600, "holder_key": planner_key.public().to_jwk()}))
         .send()
@@ -159,7 +160,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     println!("\nrevoking the planner's root warrant `{root_jti}` ...");
     let t0 = Instant::now();
     let resp = http
-        .post(format!("{reg_url}/v1/revocations"))
+        .post(format!("{reg_url}{}", path::REVOCATIONS))
         .bearer_auth(&token)
         .json(&json!({"entries": [{"kind": "warrant", "id": root_jti, "reason": "privilege_withdrawn"}]}))
         .send()

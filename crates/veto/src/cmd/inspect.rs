@@ -21,7 +21,7 @@ pub struct InspectArgs {
 
 pub fn run(a: InspectArgs) -> anyhow::Result<()> {
     let token = util::read_chain(&a.chain)?;
-    let chain = ParsedChain::parse(&token).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let chain = ParsedChain::parse(&token).map_err(|e| anyhow::anyhow!("{}: {e}", e.reason()))?;
     let now = util::now();
     if a.json {
         let links: Vec<_> = chain

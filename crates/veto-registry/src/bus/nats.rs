@@ -20,8 +20,10 @@ use tokio::sync::{broadcast, watch};
 use veto_bus::NatsSettings;
 use veto_core::wire::nats::{checkpoint_msg_id, delta_msg_id};
 
+use crate::authority::Authority;
+use crate::event::Event;
+use crate::metrics::Metrics;
 use crate::store::StoreError;
-use crate::{Event, Inner};
 
 pub use veto_core::wire::nats::{CHECKPOINT_SUBJECT, DELTA_SUBJECT, STREAM};
 /// JetStream's de-duplication window for `Nats-Msg-Id`.
@@ -48,15 +50,22 @@ enum RelayError {
     Store(#[from] StoreError),
 }
 
-pub(crate) async fn relay(inner: Arc<Inner>, bus: NatsSettings, mut stop: watch::Receiver<bool>) {
+/// Runs the relay to the NATS bus until `stop` turns true, reconnecting
+/// with backoff (200 ms doubling to 10 s).
+pub(crate) async fn relay(
+    authority: Arc<Authority>,
+    metrics: Arc<Metrics>,
+    bus: NatsSettings,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let result = session(&inner, &bus, &mut stop).await;
-        inner.metrics.bus_connected.set(0);
+        let result = session(&authority, &metrics, &bus, &mut stop).await;
+        metrics.bus_connected.set(0);
         match result {
             Ok(()) => return,
             Err(e) => {
-                inner.metrics.bus_errors.inc();
+                metrics.bus_errors.inc();
                 tracing::warn!(error = %e, retry_in = ?backoff, "NATS relay down; deltas wait in the outbox");
             }
         }
@@ -140,7 +149,8 @@ async fn publish(
 }
 
 async fn session(
-    inner: &Arc<Inner>,
+    authority: &Authority,
+    metrics: &Metrics,
     bus: &NatsSettings,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), RelayError> {
@@ -148,16 +158,16 @@ async fn session(
     let mut js = jetstream::new(client);
     js.set_timeout(ACK_TIMEOUT);
     ensure_stream(&js).await?;
-    inner.metrics.bus_connected.set(1);
+    metrics.bus_connected.set(1);
     tracing::info!(servers = bus.servers(), "NATS relay connected");
-    let mut events = inner.events.subscribe();
+    let mut events = authority.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        drain(inner, &js).await?;
+        drain(authority, metrics, &js).await?;
         tokio::select! {
             event = events.recv() => match event {
                 Ok(Event::Checkpoint { ver, jws, .. }) => {
-                    drain(inner, &js).await?;
+                    drain(authority, metrics, &js).await?;
                     let id = checkpoint_msg_id(ver, &jws);
                     publish(&js, CHECKPOINT_SUBJECT, "checkpoint", ver, id, &jws).await?;
                 }
@@ -173,20 +183,24 @@ async fn session(
 
 /// Publishes every unpublished delta, oldest first; each is marked
 /// published only after JetStream acknowledged it.
-async fn drain(inner: &Arc<Inner>, js: &jetstream::Context) -> Result<(), RelayError> {
+async fn drain(
+    authority: &Authority,
+    metrics: &Metrics,
+    js: &jetstream::Context,
+) -> Result<(), RelayError> {
     loop {
-        let batch = inner.store.unpublished(256).await?;
+        let batch = authority.outbox(256).await?;
         if batch.is_empty() {
-            inner.metrics.outbox.set(0);
+            metrics.outbox.set(0);
             return Ok(());
         }
-        inner.metrics.outbox.set(batch.len() as i64);
+        metrics.outbox.set(batch.len() as i64);
         for (ver, jws) in batch {
             let id = delta_msg_id(ver, &jws);
             let stored = publish(js, DELTA_SUBJECT, "delta", ver, id, &jws).await?;
-            inner.store.mark_published(ver).await?;
+            authority.mark_published(ver).await?;
             if stored {
-                inner.metrics.bus_published.inc();
+                metrics.bus_published.inc();
             }
         }
     }

@@ -1,0 +1,63 @@
+//! Why a request is denied: the stable codes every part reports
+//! (decisions, parse and chain errors, HTTP errors, metrics).
+
+use std::fmt;
+
+/// Why a request was denied. Exhaustive: callers must handle every reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DenyReason {
+    /// The credential could not be parsed, or is over a size or depth limit.
+    Malformed,
+    /// A link, agent or key in the chain is revoked.
+    Revoked,
+    /// A link has expired.
+    Expired,
+    /// A link is not valid yet.
+    NotYetValid,
+    /// A signature does not verify.
+    BadSignature,
+    /// The root is not signed by a trusted issuer key.
+    UntrustedIssuer,
+    /// The chain breaks a delegation rule.
+    ChainInvalid,
+    /// The chain does not permit the action.
+    ActionDenied,
+    /// The revocation state is too old to rely on (fail-closed).
+    Stale,
+}
+
+impl DenyReason {
+    /// Every reason.
+    pub const ALL: [DenyReason; 9] = [
+        DenyReason::Malformed,
+        DenyReason::Revoked,
+        DenyReason::Expired,
+        DenyReason::NotYetValid,
+        DenyReason::BadSignature,
+        DenyReason::UntrustedIssuer,
+        DenyReason::ChainInvalid,
+        DenyReason::ActionDenied,
+        DenyReason::Stale,
+    ];
+
+    /// The stable code, as used in HTTP errors and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::Malformed => "malformed",
+            DenyReason::Revoked => "revoked",
+            DenyReason::Expired => "expired",
+            DenyReason::NotYetValid => "not_yet_valid",
+            DenyReason::BadSignature => "bad_signature",
+            DenyReason::UntrustedIssuer => "untrusted_issuer",
+            DenyReason::ChainInvalid => "chain_invalid",
+            DenyReason::ActionDenied => "action_denied",
+            DenyReason::Stale => "stale",
+        }
+    }
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

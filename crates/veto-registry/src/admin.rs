@@ -1,0 +1,152 @@
+//! The admin token that guards the admin API: where it comes from, how
+//! strong it must be, and the constant-time check of a presented one.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+use veto_core::keyfile;
+
+use crate::config::Config;
+use crate::error::{io_err, RegistryError};
+
+/// Fewest characters an admin token may have: 32 characters of base64 or
+/// hex from a random source carry at least 128 bits.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
+/// Least strength an admin token must show by its text (see
+/// [`check_admin_token`]): a random 32-character hex token shows about 122
+/// bits, a random 32-character base64 one about 147, `12345678` repeated
+/// four times 24.
+pub const MIN_ADMIN_TOKEN_BITS: f64 = 100.0;
+
+/// The admin token, kept only as its SHA-256 digest.
+#[derive(Clone)]
+pub(crate) struct AdminToken {
+    digest: [u8; 32],
+    /// Where it is, when it was generated into (or read from) a file.
+    path: Option<PathBuf>,
+}
+
+impl AdminToken {
+    /// The configured token (`VETO_ADMIN_TOKEN`), or the one in
+    /// `<data_dir>/admin.token`, generated there (mode 0600) on first
+    /// start. Either is held to [`check_admin_token`].
+    pub(crate) fn load(config: &Config) -> Result<Self, RegistryError> {
+        let (token, path) = match &config.admin_token {
+            Some(t) => {
+                check_admin_token(t, "VETO_ADMIN_TOKEN")?;
+                (t.clone(), None)
+            }
+            None => {
+                let path = config.data_dir.join("admin.token");
+                if !path.exists() {
+                    keyfile::write_new(&path, random_token()?.as_bytes(), true)?;
+                }
+                let t = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+                let t = t.trim().to_owned();
+                // A file written by hand is held to the same rule; the path
+                // goes to the operator only, never to a client.
+                check_admin_token(&t, &format!("in `{}`", path.display()))?;
+                (t, Some(path))
+            }
+        };
+        Ok(Self {
+            digest: Sha256::digest(token.as_bytes()).into(),
+            path,
+        })
+    }
+
+    /// Where the token is, when it lives in a file.
+    pub(crate) fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Whether `given` is the token. Compares digests in constant time: no
+    /// early exit on the first differing byte.
+    pub(crate) fn matches(&self, given: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        let diff = digest
+            .iter()
+            .zip(self.digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        diff == 0
+    }
+}
+
+/// 32 random bytes, base64url: a new admin token.
+fn random_token() -> Result<String, RegistryError> {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| RegistryError::Random(e.to_string()))?;
+    use base64::Engine as _;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Refuses an admin token that cannot be sent or is easy to guess: it must
+/// be at least [`MIN_ADMIN_TOKEN_CHARS`] visible ASCII characters (what a
+/// bearer header can carry) and show at least [`MIN_ADMIN_TOKEN_BITS`]
+/// (so `aaaa…`, `0000…` and short patterns repeated are refused). `source`
+/// names where it came from; the message never repeats the token.
+pub fn check_admin_token(token: &str, source: &str) -> Result<(), RegistryError> {
+    const MAKE: &str = "generate one with `head -c 32 /dev/urandom | base64`";
+    let len = token.chars().count();
+    let problem = if len < MIN_ADMIN_TOKEN_CHARS {
+        format!("is {len} characters, fewer than the {MIN_ADMIN_TOKEN_CHARS} required")
+    } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        "holds a space, a control or a non-ASCII character, which an `Authorization: Bearer` header cannot carry".to_owned()
+    } else if strength_bits(token) < MIN_ADMIN_TOKEN_BITS {
+        format!("shows under {MIN_ADMIN_TOKEN_BITS} bits (its length, counting one period of a repeated pattern, times log2 of its distinct characters): it is not random")
+    } else {
+        return Ok(());
+    };
+    Err(RegistryError::WeakAdminToken(format!(
+        "the admin token ({source}) {problem}: {MAKE}"
+    )))
+}
+
+/// A token's strength as far as its text shows: the length of its
+/// shortest repeating period times log2 of the distinct characters in it
+/// (`12345678` four times counts as 8 characters of 8 symbols, 24 bits).
+fn strength_bits(token: &str) -> f64 {
+    let b = token.as_bytes();
+    let period = (1..=b.len())
+        .find(|&p| b.len() % p == 0 && b.chunks(p).all(|c| c == &b[..p]))
+        .unwrap_or(b.len());
+    let distinct = b.iter().collect::<std::collections::HashSet<_>>().len();
+    period as f64 * (distinct.max(1) as f64).log2()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weak_tokens_are_refused_and_random_ones_pass() {
+        for weak in [
+            "12345678123456781234567812345678",
+            "abcdefghabcdefghabcdefghabcdefgh",
+            &"a".repeat(44),
+            &"ab".repeat(20),
+            "11112222333344445555666677778888",
+        ] {
+            assert!(check_admin_token(weak, "test").is_err(), "{weak}");
+        }
+        for strong in [
+            "3f9a1c0e7b2d4a6f8e1c3b5d7a9f0e2c",
+            "Zq3mP0x9T2rW8kL5vN1bC7yH4jF6dS0a",
+            "QWxhZGRpbjpvcGVuIHNlc2FtZSBhbmQgbW9yZSByYW5kb20",
+        ] {
+            assert!(check_admin_token(strong, "test").is_ok(), "{strong}");
+        }
+    }
+
+    #[test]
+    fn only_the_token_matches() {
+        let token = AdminToken {
+            digest: Sha256::digest(b"Zq3mP0x9T2rW8kL5vN1bC7yH4jF6dS0a").into(),
+            path: None,
+        };
+        assert!(token.matches("Zq3mP0x9T2rW8kL5vN1bC7yH4jF6dS0a"));
+        assert!(!token.matches("Zq3mP0x9T2rW8kL5vN1bC7yH4jF6dS0b"));
+        assert!(!token.matches(""));
+    }
+}
