@@ -46,6 +46,7 @@ pub use layer::{
     AuthorizeLayer, AuthorizeService, Verified,
 };
 pub use veto_core::{DenyReason, StalenessPolicy};
+pub use veto_tls::{ClientTls, TlsError};
 
 use crate::cache::ChainCache;
 use crate::persist::DiskCache;
@@ -117,6 +118,10 @@ pub struct Config {
     pub max_snapshot_bytes: usize,
     /// Timeout for each HTTP request to the registry (default 10 s).
     pub request_timeout: Duration,
+    /// What an `https://` registry is checked against: `None` trusts the
+    /// compiled-in webpki roots; build one with a private CA bundle with
+    /// [`ClientTls::with_ca_file`] (`--ca-file`).
+    pub tls: Option<ClientTls>,
 }
 
 impl Config {
@@ -142,6 +147,7 @@ impl Config {
             chain_cache_bytes: 64 << 20,
             max_snapshot_bytes: 64 << 20,
             request_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -159,6 +165,17 @@ pub enum StartError {
     /// fix: its certificate is not trusted, or it refused the credentials.
     #[error(transparent)]
     Bus(veto_bus::ConnectError),
+    /// The registry URL is not one this build can reach.
+    #[error("registry URL `{url}`: {reason}")]
+    RegistryUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A TLS file (`--ca-file`) does not load.
+    #[error(transparent)]
+    Tls(#[from] veto_tls::TlsError),
     /// The cache directory is unusable.
     #[error("cache directory `{path}`: {source}")]
     Cache {
@@ -167,6 +184,34 @@ pub enum StartError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+/// Refuses a registry URL the authorizer cannot fetch from: only
+/// `http://HOST…` and `https://HOST…` (RFC 9110 §4.2) are served, so
+/// anything else would start and never become ready.
+pub fn check_registry_url(url: &str) -> Result<(), StartError> {
+    let bad = |reason| {
+        Err(StartError::RegistryUrl {
+            url: url.to_owned(),
+            reason,
+        })
+    };
+    let rest = match url.split_once("://") {
+        Some((scheme, rest))
+            if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
+        {
+            rest
+        }
+        Some(_) => return bad("the scheme must be http or https"),
+        None => return bad("expected `http://host:port` or `https://host:port`"),
+    };
+    if rest.split(['/', '?', '#']).next().unwrap_or("").is_empty() {
+        return bad("no host");
+    }
+    if reqwest::Url::parse(url).is_err() {
+        return bad("not a valid URL");
+    }
+    Ok(())
 }
 
 /// The result of a check.
@@ -220,7 +265,8 @@ impl Authorizer {
         if config.authority_keys.is_empty() {
             return Err(StartError::NoAuthorityKey);
         }
-        let http = sync::client(&config).map_err(StartError::Http)?;
+        check_registry_url(&config.registry)?;
+        let http = sync::client(&config, true)?;
         let first_bus = match &config.push {
             Push::Nats(bus) => sync::first_connect(bus).await.map_err(StartError::Bus)?,
             Push::Sse | Push::Off => None,

@@ -15,7 +15,7 @@ use veto_core::{ApplyError, KeySet, PublicKey, SrlError, SrlVerifier, SseParser}
 use crate::incoming::Incoming;
 use crate::persist::{DiskCache, Saved};
 use crate::state::State;
-use crate::{Config, Issuers, Push};
+use crate::{Config, Issuers, Push, StartError};
 
 /// Byte caps on what the authorizer reads from a registry (a stranger on
 /// the path, or a broken registry, must not be able to make it allocate
@@ -49,12 +49,22 @@ pub(crate) struct Syncer {
 }
 
 /// The HTTP client for the registry, with the configured timeouts.
-pub(crate) fn client(config: &Config) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .timeout(config.request_timeout)
-        .connect_timeout(config.request_timeout)
-        .build()
-        .map_err(|e| e.to_string())
+/// `https://` registries are checked against [`Config::tls`] (the webpki
+/// roots when it is `None`). With `total` false the client has only a
+/// connect timeout (a push stream is long-lived).
+pub(crate) fn client(config: &Config, total: bool) -> Result<reqwest::Client, StartError> {
+    let tls = match &config.tls {
+        Some(t) => t.clone(),
+        None => veto_tls::ClientTls::with_ca_file(None)?,
+    };
+    let mut b = reqwest::Client::builder()
+        .use_preconfigured_tls((*tls.config()).clone())
+        .connect_timeout(config.request_timeout);
+    if total {
+        b = b.timeout(config.request_timeout);
+    }
+    b.build()
+        .map_err(|e| StartError::Http(veto_tls::error_chain(&e)))
 }
 
 impl Syncer {
@@ -237,7 +247,7 @@ pub(crate) async fn read_capped(
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| SyncError::Connect(e.to_string()))?
+        .map_err(|e| SyncError::Connect(veto_tls::error_chain(&e)))?
     {
         if body.len() + chunk.len() > cap {
             return Err(too_large);
@@ -266,7 +276,7 @@ async fn get(
     let resp = req
         .send()
         .await
-        .map_err(|e| SyncError::Connect(e.to_string()))?;
+        .map_err(|e| SyncError::Connect(veto_tls::error_chain(&e)))?;
     match resp.status().as_u16() {
         200 => Ok(Some(utf8(read_capped(resp, what, cap).await?, what)?)),
         304 => Ok(None),
@@ -335,7 +345,7 @@ async fn catch_up(sync: &Arc<Syncer>) -> Result<(), SyncError> {
             ))
             .send()
             .await
-            .map_err(|e| SyncError::Connect(e.to_string()))?;
+            .map_err(|e| SyncError::Connect(veto_tls::error_chain(&e)))?;
         match resp.status().as_u16() {
             200 => {}
             410 => {
@@ -456,10 +466,7 @@ where
 }
 
 async fn sse_loop(sync: Arc<Syncer>) {
-    let client = match reqwest::Client::builder()
-        .connect_timeout(sync.config.request_timeout)
-        .build()
-    {
+    let client = match client(&sync.config, false) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the push client; polling only");
@@ -485,7 +492,7 @@ async fn sse_session(sync: &Arc<Syncer>, client: &reqwest::Client) -> Result<(),
     let mut resp = req
         .send()
         .await
-        .map_err(|e| SyncError::Connect(e.to_string()))?;
+        .map_err(|e| SyncError::Connect(veto_tls::error_chain(&e)))?;
     if resp.status().as_u16() != 200 {
         return Err(SyncError::Status(resp.status().as_u16()));
     }

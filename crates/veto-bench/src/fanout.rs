@@ -189,12 +189,13 @@ pub(crate) fn revoke_sequentially(
     token: String,
     n: usize,
     interval: Duration,
+    ca_file: Option<std::path::PathBuf>,
 ) -> anyhow::Result<Vec<Sent>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
+        let client = crate::registry::bench_client(ca_file.as_deref())?;
         let url = format!("{base}{}", path::REVOCATIONS);
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
@@ -369,7 +370,7 @@ pub(crate) async fn run(a: FanoutArgs) -> anyhow::Result<()> {
         Duration::from_millis(a.interval_ms),
     );
     let (reg_cpu0, own_cpu0, push_start) = (reg.cpu_secs()?, own_cpu_secs()?, Instant::now());
-    let sender = std::thread::spawn(move || revoke_sequentially(base, token, n, interval));
+    let sender = std::thread::spawn(move || revoke_sequentially(base, token, n, interval, None));
     let sent = tokio::task::spawn_blocking(move || sender.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the revocation thread panicked"))??;

@@ -10,6 +10,12 @@
 //! `Requests/sec` and the `99%` latency line. Reported: the throughput
 //! ratio (proxy / direct) and the added p99 (proxy − direct).
 //!
+//! With `--tls`, a second `veto proxy` serves agents over TLS
+//! (`--tls-cert`/`--tls-key`, a certificate from a CA made for the run,
+//! TLS 1.3) and wrk runs against it too, in the same run: the cost of the
+//! TLS listener beside the plaintext one. wrk keeps its connections open,
+//! so this is the per-request cost of TLS records, not of handshakes.
+//!
 //! Unless `--no-baseline`, wrk also runs against a plain reverse proxy
 //! without authorization (`veto-bench forward`, a child process built like
 //! `veto proxy` on the same hyper stack), so the cost of being a second
@@ -61,6 +67,9 @@ pub(crate) struct OverheadArgs {
     /// Pin wrk and the upstream to CPU 0, the proxy (and the forwarder) to CPU 1 (needs `taskset`).
     #[arg(long)]
     pin: bool,
+    /// Also measure a proxy whose agents' listener speaks TLS.
+    #[arg(long)]
+    tls: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -237,6 +246,70 @@ impl Drop for Forwarder {
     }
 }
 
+/// A second proxy, its agents' listener on TLS, measured with wrk over
+/// `https://` (wrk does not check the certificate; the proxy's TLS work
+/// is the same either way): wrk's result and the proxy's CPU seconds.
+async fn measure_tls(
+    a: &OverheadArgs,
+    veto: &Path,
+    reg: &Registry,
+    upstream: &str,
+    chain: &str,
+) -> anyhow::Result<(WrkResult, f64)> {
+    let dir = crate::registry::fresh_dir("proxy-tls")?;
+    let ca = veto_testkit::tls::TestCa::new("veto-bench CA");
+    let (cert, key) = ca.write_server(&dir, "proxy", &["127.0.0.1", "localhost"]);
+    let ca_file = ca.write_ca(&dir, "ca.pem");
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let proxy = Proxy::start(
+        veto,
+        a.common.keep_data,
+        reg,
+        upstream,
+        &["--tls-cert", &cert, "--tls-key", &key],
+    )
+    .await?;
+    let result = async {
+        // The proxy allows the warrant over TLS (and has cached the chain).
+        let client = crate::registry::bench_client(Some(&ca_file))?;
+        let r = client
+            .get(format!("{}/", proxy.base))
+            .bearer_auth(chain)
+            .send()
+            .await?;
+        if r.status() != reqwest::StatusCode::OK {
+            bail!(
+                "the TLS proxy answered {}; its log:\n{}",
+                r.status(),
+                proxy.log_tail()
+            );
+        }
+        if a.pin {
+            pin(proxy.pid(), 1)?;
+        }
+        wrk_with_cpu(a, format!("{}/", proxy.base), chain, proxy.pid()).await
+    }
+    .await;
+    let stopped = proxy.stop().await;
+    let r = result?;
+    stopped?;
+    Ok(r)
+}
+
+/// Runs wrk against `url` with `chain` and returns its result beside the
+/// CPU seconds process `pid` spent meanwhile.
+async fn wrk_with_cpu(
+    a: &OverheadArgs,
+    url: String,
+    chain: &str,
+    pid: u32,
+) -> anyhow::Result<(WrkResult, f64)> {
+    let cpu0 = cpu_secs_of_pid(pid)?;
+    let (a2, c) = (a.clone(), chain.to_owned());
+    let r = tokio::task::spawn_blocking(move || run_wrk(&a2, &url, &c)).await??;
+    Ok((r, cpu_secs_of_pid(pid)? - cpu0))
+}
+
 pub(crate) async fn run(a: OverheadArgs) -> anyhow::Result<()> {
     if a.connections == 0 || a.threads == 0 {
         bail!("--connections and --threads must be at least 1");
@@ -296,12 +369,9 @@ async fn measure(
             if a.pin {
                 pin(fpid, 1)?;
             }
-            let f0 = cpu_secs_of_pid(fpid)?;
-            let (a2, f_url, c) = (a.clone(), format!("{}/", fwd.base), chain.clone());
-            let r = tokio::task::spawn_blocking(move || run_wrk(&a2, &f_url, &c)).await??;
-            let cpu = cpu_secs_of_pid(fpid)? - f0;
+            let r = wrk_with_cpu(a, format!("{}/", fwd.base), &chain, fpid).await?;
             drop(fwd);
-            Some((r, cpu))
+            Some(r)
         };
         let (cpu0, pcpu0) = (own_cpu_secs()?, cpu_secs_of_pid(proxy.pid())?);
         let (a2, p_url, c) = (a.clone(), proxy_url.clone(), chain.clone());
@@ -310,10 +380,16 @@ async fn measure(
             own_cpu_secs()? - cpu0,
             cpu_secs_of_pid(proxy.pid())? - pcpu0,
         );
+        let tls = if a.tls {
+            Some(measure_tls(a, veto, reg, &upstream.url, &chain).await?)
+        } else {
+            None
+        };
         Ok::<_, anyhow::Error>((
             direct,
             plain,
             via,
+            tls,
             direct_cpu,
             up_cpu,
             proxy_cpu,
@@ -323,7 +399,7 @@ async fn measure(
     .await;
     let stopped = proxy.stop().await;
     drop(upstream);
-    let (direct, plain, via, direct_cpu, up_cpu, proxy_cpu, chain_len) = result?;
+    let (direct, plain, via, tls, direct_cpu, up_cpu, proxy_cpu, chain_len) = result?;
     stopped?;
     let ratio = via.requests_per_sec / direct.requests_per_sec;
     let added_p99 = via.p99_ms - direct.p99_ms;
@@ -381,6 +457,33 @@ async fn measure(
             p.requests_per_sec / direct.requests_per_sec * 100.0,
             via.p99_ms - p.p99_ms,
             via.p50_ms - p.p50_ms
+        );
+    }
+    if let Some((t, cpu)) = &tls {
+        println!(
+            "veto proxy, TLS : {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms ({} requests{}); proxy CPU {cpu:.2} s ({:.1} us per request)",
+            t.requests_per_sec,
+            t.p50_ms,
+            t.p99_ms,
+            t.requests,
+            if t.errors.is_empty() { String::new() } else { format!("; {}", t.errors) },
+            cpu / t.requests.max(1) as f64 * 1e6
+        );
+        println!(
+            "TLS vs plaintext: throughput {:.1}% of the plaintext listener's ({:.1}% of direct); p99 {:+.3} ms, p50 {:+.3} ms",
+            t.requests_per_sec / via.requests_per_sec * 100.0,
+            t.requests_per_sec / direct.requests_per_sec * 100.0,
+            t.p99_ms - via.p99_ms,
+            t.p50_ms - via.p50_ms
+        );
+        println!(
+            "bench=proxy-overhead-tls tls_rps={:.0} tls_p50_ms={:.3} tls_p99_ms={:.3} plain_listener_rps={:.0} plain_listener_p99_ms={:.3} tls_cpu_us_per_req={:.1}",
+            t.requests_per_sec,
+            t.p50_ms,
+            t.p99_ms,
+            via.requests_per_sec,
+            via.p99_ms,
+            cpu / t.requests.max(1) as f64 * 1e6
         );
     }
     if a.pin {

@@ -78,6 +78,11 @@ pub(crate) struct PropagationArgs {
     /// Measure a real `veto proxy` instead of in-process authorizers.
     #[arg(long)]
     proxy: bool,
+    /// Measure twice in this run, the registry on plain HTTP and then on
+    /// HTTPS (a certificate from a CA made for the run, which the
+    /// authorizers trust as `--ca-file`): pushes over SSE on TLS.
+    #[arg(long, conflicts_with_all = ["proxy", "bus", "nats_tls"])]
+    tls: bool,
     /// --proxy: pause between requests to the proxy, in microseconds.
     #[arg(long, default_value_t = 500)]
     poll_us: u64,
@@ -109,17 +114,15 @@ struct TlsNats {
 impl TlsNats {
     fn start() -> anyhow::Result<Self> {
         let dir = veto_testkit::TempDir::new("bench-nats-tls");
-        let ca = veto_testkit::TestCa::new("veto-bench ca").map_err(|e| anyhow::anyhow!("{e}"))?;
-        let ca_file = ca.write_cert(dir.path(), "ca.pem")?;
-        let cert = ca
-            .issue_server(dir.path(), "nats", &[])
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ca = veto_testkit::tls::TestCa::new("veto-bench ca");
+        let ca_file = ca.write_ca(dir.path(), "ca.pem");
+        let (cert, key) = ca.write_server(dir.path(), "nats", &["localhost", "127.0.0.1"]);
         let server = veto_testkit::NatsServer::start(dir.path(), |port, dir| {
             format!(
                 "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\ntls {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
                 dir.join("js").display(),
-                cert.cert.display(),
-                cert.key.display()
+                cert.display(),
+                key.display()
             )
         })
         .context("--nats-tls needs the nats-server binary")?;
@@ -179,26 +182,34 @@ pub(crate) async fn run(a: PropagationArgs) -> anyhow::Result<()> {
         Some(url) => Some(Schema::create(url).await?),
         None => None,
     };
-    let opts = ServeOpts {
-        store: schema.as_ref().map(Schema::url),
-        bus: a.bus.clone(),
-        heartbeat: Some("1s".into()),
-        ca_file: a.ca_file.clone(),
-        ..ServeOpts::default()
-    };
     let veto = a.common.veto_path()?;
-    let reg = Registry::start_with(&veto, a.common.keep_data, &opts).await?;
-    let result = if a.proxy {
-        run_proxy(&a, &veto, &reg).await
-    } else {
-        run_authorizers(&a, &reg).await
-    };
-    let stopped = reg.stop().await;
+    let modes: &[bool] = if a.tls { &[false, true] } else { &[false] };
+    let mut result = Ok(());
+    for &tls in modes {
+        let opts = ServeOpts {
+            store: schema.as_ref().map(Schema::url),
+            bus: a.bus.clone(),
+            heartbeat: Some("1s".into()),
+            ca_file: a.ca_file.clone(),
+            tls,
+            ..ServeOpts::default()
+        };
+        let reg = Registry::start_with(&veto, a.common.keep_data, &opts).await?;
+        let r = if a.proxy {
+            run_proxy(&a, &veto, &reg).await
+        } else {
+            run_authorizers(&a, &reg).await
+        };
+        let stopped = reg.stop().await;
+        result = r.and(stopped);
+        if result.is_err() {
+            break;
+        }
+    }
     if let Some(s) = schema {
         s.drop_schema().await?;
     }
-    result?;
-    stopped
+    result
 }
 
 /// Watches one authorizer's version channel; records `(version, time)`
@@ -245,11 +256,13 @@ async fn run_authorizers(a: &PropagationArgs, reg: &Registry) -> anyhow::Result<
         Some(u) => Push::Nats(veto_bus::NatsSettings::new(u, a.ca_file.as_deref(), None)?),
         None => Push::Sse,
     };
+    let tls = veto_tls::ClientTls::with_ca_file(reg.ca_file.as_deref())?;
     let start = Instant::now();
     let mut authzs = Vec::with_capacity(n);
     for _ in 0..n {
         let mut c = Config::new(&reg.base, "veto", KeySet::new([key.clone()]));
         c.push = push.clone();
+        c.tls = Some(tls.clone());
         c.poll_interval = POLL;
         authzs.push(Authorizer::start(c).await?);
     }
@@ -270,7 +283,7 @@ async fn run_authorizers(a: &PropagationArgs, reg: &Registry) -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Warm-up: one revocation every authorizer must get by push.
-    let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let client = reg.client()?;
     let (warm_ver, _, _) = revoke_id(&client, reg, &random_jti()?).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while authzs.iter().any(|z| z.status().version < warm_ver) {
@@ -290,14 +303,16 @@ async fn run_authorizers(a: &PropagationArgs, reg: &Registry) -> anyhow::Result<
         .iter()
         .map(|z| tokio::spawn(watch_versions(z.clone(), stop.clone())))
         .collect();
-    let (base, token, count, interval) = (
+    let (base, token, count, interval, ca_file) = (
         reg.base.clone(),
         reg.token.clone(),
         a.revocations,
         Duration::from_millis(a.interval_ms),
+        reg.ca_file.clone(),
     );
     let (reg_cpu0, own_cpu0, t0) = (reg.cpu_secs()?, own_cpu_secs()?, Instant::now());
-    let sender = std::thread::spawn(move || revoke_sequentially(base, token, count, interval));
+    let sender =
+        std::thread::spawn(move || revoke_sequentially(base, token, count, interval, ca_file));
     let sent: Vec<Sent> = tokio::task::spawn_blocking(move || sender.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the revocation thread panicked"))??;
@@ -353,7 +368,8 @@ async fn run_authorizers(a: &PropagationArgs, reg: &Registry) -> anyhow::Result<
         percentile(&lat, 1.0),
     );
     let entries = status.first().map_or(0, |s| s.entries);
-    let push = push_name(a.bus.as_deref());
+    let on_tls = reg.ca_file.is_some();
+    let push = push_name(a.bus.as_deref()) + if on_tls { " over TLS" } else { "" };
     println!(
         "authorizers     : {n} in this process, push {push}, poll every {} s; fresh, connected and warmed up in {setup_secs:.2} s",
         POLL.as_secs()
@@ -397,8 +413,9 @@ async fn run_authorizers(a: &PropagationArgs, reg: &Registry) -> anyhow::Result<
         );
     }
     println!(
-        "bench=propagation mode=authorizer push={} authorizers={n} revocations={} interval_ms={} p50_ms={p50:.2} p99_ms={p99:.2} max_ms={max:.2} missed={missed} store={}",
+        "bench=propagation mode=authorizer push={} tls={} authorizers={n} revocations={} interval_ms={} p50_ms={p50:.2} p99_ms={p99:.2} max_ms={max:.2} missed={missed} store={}",
         push_label(a.bus.as_deref()),
+        if on_tls { "on" } else { "off" },
         sent.len(),
         a.interval_ms,
         if a.store.is_some() { "postgres" } else { "sqlite" }

@@ -34,6 +34,20 @@ pub(crate) struct ServeOpts {
     pub heartbeat: Option<String>,
     /// `--ca-file FILE`: a private CA for a `tls://` bus.
     pub ca_file: Option<PathBuf>,
+    /// Serve HTTPS with a certificate from a CA made for the run
+    /// (`--tls-cert`/`--tls-key`); clients trust it through
+    /// [`Registry::ca_file`].
+    pub tls: bool,
+}
+
+/// An HTTP client for the benchmarks: no Nagle delay, trusting `ca_file`
+/// (a PEM bundle) beside the webpki roots.
+pub(crate) fn bench_client(ca_file: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+    let tls = veto_tls::ClientTls::with_ca_file(ca_file)?;
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls((*tls.config()).clone())
+        .tcp_nodelay(true)
+        .build()?)
 }
 
 /// A fresh, empty directory under the system temporary directory.
@@ -50,6 +64,8 @@ pub(crate) struct Registry {
     pub token: String,
     /// The data directory.
     pub dir: PathBuf,
+    /// The CA its certificate chains to, with `ServeOpts::tls`.
+    pub ca_file: Option<PathBuf>,
     keep: bool,
 }
 
@@ -97,6 +113,14 @@ impl Registry {
         if let Some(t) = &opts.admin_token {
             cmd.env("VETO_ADMIN_TOKEN", t);
         }
+        let ca_file = if opts.tls {
+            let ca = veto_testkit::tls::TestCa::new("veto-bench CA");
+            let (cert, key) = ca.write_server(&dir, "registry", &["127.0.0.1", "localhost"]);
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+            Some(ca.write_ca(&dir, "ca.pem"))
+        } else {
+            None
+        };
         let log = dir.join("registry.log");
         let (process, base) =
             tokio::task::spawn_blocking(move || Process::start_registry(cmd, &log, START_TIMEOUT))
@@ -107,6 +131,7 @@ impl Registry {
             base,
             token: String::new(),
             dir,
+            ca_file,
             keep,
         };
         reg.token = match &opts.admin_token {
@@ -116,14 +141,41 @@ impl Registry {
                 .trim()
                 .to_owned(),
         };
-        wait_ok(
-            &format!("{}{}", reg.base, path::HEALTHZ),
-            READY_TIMEOUT,
-            || format!("the registry at {} is not healthy", reg.base),
-            || reg.log_tail(),
-        )
-        .await?;
+        if reg.ca_file.is_none() {
+            wait_ok(
+                &format!("{}{}", reg.base, path::HEALTHZ),
+                READY_TIMEOUT,
+                || format!("the registry at {} is not healthy", reg.base),
+                || reg.log_tail(),
+            )
+            .await?;
+        } else {
+            let client = reg.client()?;
+            let deadline = std::time::Instant::now() + READY_TIMEOUT;
+            loop {
+                let r = client
+                    .get(format!("{}{}", reg.base, path::HEALTHZ))
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status().is_success()) {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!(
+                        "the registry at {} is not healthy: {}",
+                        reg.base,
+                        reg.log_tail()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         Ok(reg)
+    }
+
+    /// A client that trusts this registry's certificate (when on TLS).
+    pub(crate) fn client(&self) -> anyhow::Result<reqwest::Client> {
+        bench_client(self.ca_file.as_deref())
     }
 
     /// The authority public key file `veto serve` wrote (for authorizers to pin).

@@ -35,6 +35,10 @@
 //!   the chain's earliest `exp` and at the state's `fresh_until`, so expiry
 //!   and (under fail-closed) staleness end it too. Cuts are counted in
 //!   `veto_proxy_streams_cut_total{reason}`.
+//! - TLS (one stack, [`veto_tls`]): the agents' listener and the admin
+//!   listener each serve HTTPS when given a [`ServerTls`] (reloaded when
+//!   its files change), and an `https://` upstream is reached with
+//!   [`ProxyConfig::upstream_tls`] (webpki roots plus `--ca-file`).
 
 mod routes;
 
@@ -53,6 +57,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -69,6 +74,40 @@ use veto_core::{Denial, VerifiedChain};
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub use routes::{RouteError, Routes};
+pub use veto_tls::{ClientTls, ServerTls};
+
+/// Why an upstream URL cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream `{url}`: {reason}")]
+pub struct UpstreamUrlError {
+    url: String,
+    reason: &'static str,
+}
+
+/// Parses an upstream base URL: `http://HOST[:PORT][/PREFIX]` or
+/// `https://…` (RFC 9110 §4.2); anything else is refused here, at start,
+/// rather than failing every request later.
+pub fn upstream_uri(url: &str) -> Result<Uri, UpstreamUrlError> {
+    let bad = |reason| UpstreamUrlError {
+        url: url.to_owned(),
+        reason,
+    };
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| bad("not a valid URL: expected `http://host:port` or `https://host:port`"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(_) => return Err(bad("the scheme must be http or https")),
+        None => return Err(bad("expected `http://host:port` or `https://host:port`")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("no host"));
+    }
+    if uri.query().is_some() {
+        return Err(bad("a query cannot be part of the upstream base"));
+    }
+    Ok(uri)
+}
 
 /// Proxy settings.
 #[derive(Clone, Debug)]
@@ -89,6 +128,14 @@ pub struct ProxyConfig {
     /// it would turn the connection into a channel of requests the proxy
     /// never sees.
     pub upgrade_protocols: Vec<String>,
+    /// Serve agents over HTTPS with this certificate (default: plain HTTP).
+    pub tls: Option<ServerTls>,
+    /// Serve `/metrics`, `/healthz`, `/readyz` over HTTPS with this
+    /// certificate (default: plain HTTP).
+    pub admin_tls: Option<ServerTls>,
+    /// What an `https://` upstream is checked against (default: the
+    /// webpki roots; add a private CA with [`ClientTls::with_ca_file`]).
+    pub upstream_tls: Option<ClientTls>,
 }
 
 impl ProxyConfig {
@@ -101,6 +148,9 @@ impl ProxyConfig {
             header_read_timeout: Duration::from_secs(30),
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
             upgrade_protocols: vec!["websocket".to_owned()],
+            tls: None,
+            admin_tls: None,
+            upstream_tls: None,
         }
     }
 }
@@ -137,7 +187,7 @@ impl Metrics {
 struct State {
     authz: Authorizer,
     config: ProxyConfig,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
     metrics: Metrics,
 }
 
@@ -742,6 +792,19 @@ pub async fn serve(
     );
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
+    // The TLS layer below takes `https://` itself.
+    connector.enforce_http(false);
+    let upstream_tls = match &config.upstream_tls {
+        Some(t) => t.clone(),
+        None => ClientTls::with_ca_file(None).map_err(std::io::Error::other)?,
+    };
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*upstream_tls.config()).clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    let tls = config.tls.clone();
+    let admin_tls = config.admin_tls.clone();
     let state = Arc::new(State {
         client: Client::builder(TokioExecutor::new()).build(connector),
         authz,
@@ -756,7 +819,18 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    tokio::spawn(serve_admin(state.clone(), admin, stop_rx.clone()));
+    for t in [&tls, &admin_tls].into_iter().flatten() {
+        tokio::spawn(
+            t.clone()
+                .watch(veto_tls::DEFAULT_RELOAD_INTERVAL, stop_rx.clone()),
+        );
+    }
+    tokio::spawn(serve_admin(
+        state.clone(),
+        admin,
+        admin_tls,
+        stop_rx.clone(),
+    ));
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -773,16 +847,52 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let timeout = state.config.header_read_timeout;
             let svc = service_fn(move |req| handle(state.clone(), peer, req));
-            let conn = http1(timeout)
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades();
-            if let Err(e) = conn.await {
+            let result = match tls {
+                None => {
+                    http1(timeout)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await
+                }
+                Some(tls) => {
+                    let Some(stream) = handshake(&tls, stream, timeout).await else {
+                        return;
+                    };
+                    http1(timeout)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+/// The TLS handshake of one connection, bounded by the header timeout (a
+/// client that stalls in it holds nothing longer than a slow request
+/// head would); failures are logged at debug and close the connection.
+async fn handshake(
+    tls: &ServerTls,
+    stream: tokio::net::TcpStream,
+    timeout: Duration,
+) -> Option<veto_tls::tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake not finished within the header timeout");
+            None
+        }
     }
 }
 
@@ -797,6 +907,7 @@ fn http1(header_read_timeout: std::time::Duration) -> hyper::server::conn::http1
 async fn serve_admin(
     state: Arc<State>,
     listener: tokio::net::TcpListener,
+    tls: Option<ServerTls>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -805,15 +916,27 @@ async fn serve_admin(
             _ = stop.changed() => return,
         };
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let timeout = state.config.header_read_timeout;
             let svc = service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(admin(&state, req.uri().path())) }
             });
-            let _ = http1(timeout)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            match tls {
+                None => {
+                    let _ = http1(timeout)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                }
+                Some(tls) => {
+                    if let Some(stream) = handshake(&tls, stream, timeout).await {
+                        let _ = http1(timeout)
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    }
+                }
+            }
         });
     }
 }

@@ -324,6 +324,11 @@ async fn require_admin(State(api): State<Shared>, req: Request, next: Next) -> R
         ))
         .into_response()
     };
+    // With `--client-ca`, the admin API also needs a client certificate
+    // rustls verified in the handshake (the accept loop says which).
+    if let Some(crate::stall::ClientCert { verified: false }) = req.extensions().get() {
+        return refuse("the admin API requires a client certificate issued by the registry's `--client-ca`: present one (veto CLI: `--client-cert FILE --client-key FILE`)".into());
+    }
     let Some(given) = given else {
         return refuse(match scheme {
             Some(s) if !s.is_empty() => format!(

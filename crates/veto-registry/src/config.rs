@@ -40,6 +40,11 @@ pub struct Config {
     /// JetStream through the transactional outbox; `None` pushes over SSE
     /// only.
     pub bus: Option<veto_bus::NatsSettings>,
+    /// Serve HTTPS with this certificate (reloaded when its files change
+    /// or on SIGHUP) instead of plain HTTP. When it asks for client
+    /// certificates (`--client-ca`), the admin endpoints require a
+    /// verified one as well as the admin token.
+    pub tls: Option<veto_tls::ServerTls>,
 }
 
 impl Config {
@@ -59,6 +64,7 @@ impl Config {
             header_timeout: Duration::from_secs(30),
             store: None,
             bus: None,
+            tls: None,
         }
     }
 }

@@ -190,7 +190,14 @@ impl Registry {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
-        stall::serve(listener, app, limits, stop_rx).await;
+        let tls = config.tls.clone();
+        let reload = tls
+            .clone()
+            .map(|t| tokio::spawn(t.watch(veto_tls::DEFAULT_RELOAD_INTERVAL, stop_rx.clone())));
+        stall::serve(listener, app, limits, tls, stop_rx).await;
+        if let Some(r) = reload {
+            r.abort();
+        }
         drop(loops);
         if let Some(r) = relay {
             r.abort();

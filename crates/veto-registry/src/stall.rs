@@ -8,6 +8,12 @@
 //! hyper then drops the connection and everything it holds. A client that
 //! does not finish sending a request head within the header timeout is
 //! disconnected too.
+//!
+//! With TLS ([`veto_tls::ServerTls`]), the handshake runs on the
+//! connection's own task (a slow client holds up no one), bounded by the
+//! header timeout; when client certificates are requested, every request
+//! carries a [`ClientCert`] saying whether the peer presented a verified
+//! one, for the admin routes to check.
 
 use std::future::Future as _;
 use std::io;
@@ -32,13 +38,24 @@ pub(crate) struct ConnLimits {
     pub stalled: Counter,
 }
 
-/// Serves `app` on `listener` until `stop` turns true; then open
-/// connections finish their requests (event streams end on the same
-/// signal) and this returns.
+/// Whether the connection a request came on presented a client
+/// certificate that chains to `--client-ca` (rustls verified it in the
+/// handshake). Present in a request's extensions only when the registry
+/// asks for client certificates.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClientCert {
+    /// A verified certificate was presented.
+    pub verified: bool,
+}
+
+/// Serves `app` on `listener` (over TLS when `tls` is set) until `stop`
+/// turns true; then open connections finish their requests (event streams
+/// end on the same signal) and this returns.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: axum::Router,
     limits: ConnLimits,
+    tls: Option<veto_tls::ServerTls>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut conns = tokio::task::JoinSet::new();
@@ -63,32 +80,80 @@ pub(crate) async fn serve(
             timer: None,
             stalled: limits.stalled.clone(),
         };
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let app = app.clone();
         let header = limits.header;
-        let mut stop = stop.clone();
+        let stop = stop.clone();
+        let tls = tls.clone();
         conns.spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header);
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
+            let Some(tls) = tls else {
+                let svc = hyper_util::service::TowerToHyperService::new(app);
+                return serve_conn(io, svc, header, stop).await;
+            };
+            let io = match tokio::time::timeout(header, tls.acceptor().accept(io)).await {
+                Ok(Ok(io)) => io,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
                 }
-                _ = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                Err(_) => {
+                    tracing::debug!("TLS handshake not finished within the header timeout");
+                    return;
                 }
+            };
+            if tls.requests_client_certs() {
+                let cert = ClientCert {
+                    verified: io
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .is_some_and(|c| !c.is_empty()),
+                };
+                let svc = tower::Layer::layer(&axum::Extension(cert), app);
+                serve_conn(
+                    io,
+                    hyper_util::service::TowerToHyperService::new(svc),
+                    header,
+                    stop,
+                )
+                .await;
+            } else {
+                let svc = hyper_util::service::TowerToHyperService::new(app);
+                serve_conn(io, svc, header, stop).await;
             }
         });
         // Reap finished connections so the set stays as large as the open ones.
         while conns.try_join_next().is_some() {}
     }
     while conns.join_next().await.is_some() {}
+}
+
+/// Serves HTTP/1.1 on one connection until it ends, or until `stop`, when
+/// it finishes the request in progress.
+async fn serve_conn<I, S>(io: I, svc: S, header: Duration, mut stop: watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
+    S::Future: Send + 'static,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// Resolves once `stop` is true (or its sender is gone).

@@ -16,8 +16,8 @@
 //! - [`relay`]: a fault-injecting TCP relay (partition, half-open, reset).
 //! - [`rss_kib`] and [`vm_rss_kib`]: a process's memory from `/proc`.
 //! - [`Metrics`], [`Histogram`] and [`metric_value`]: Prometheus text parsing.
-//! - [`TestCa`]: a throwaway CA and server certificates (rcgen, ring) as
-//!   PEM files, for TLS tests.
+//! - [`tls`]: a test CA ([`tls::TestCa`]) issuing server and client
+//!   certificates, and HTTPS clients that trust it.
 //! - [`NatsServer`]: a `nats-server` of the test's own, configured by the
 //!   test (JetStream, TLS, users), on a free port.
 //! - [`Schema`] and [`schema_url`]: PostgreSQL schemas, one per test or run;
@@ -35,7 +35,7 @@ mod process;
 mod proxy;
 mod registry;
 pub mod relay;
-mod tls;
+pub mod tls;
 mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -53,7 +53,6 @@ pub use process::{
 };
 pub use proxy::Proxy;
 pub use registry::{serve_refused, Registry};
-pub use tls::{CertFiles, TestCa};
 pub use upstream::{ok_upstream, Upstream};
 
 /// The variable naming the `veto` binary to run, when the caller sets it.

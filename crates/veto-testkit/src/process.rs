@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 /// How long a process may take to print its ready line in the tests.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The line `veto serve` prints once it listens (the URL follows).
-pub(crate) const REGISTRY_BANNER: &str = "veto registry listening on http://";
+/// The line `veto serve` prints once it listens (the `http://` or
+/// `https://` URL follows).
+pub(crate) const REGISTRY_BANNER: &str = "veto registry listening on http";
 /// The first line `veto proxy` prints once it listens (the URL follows).
-pub(crate) const PROXY_BANNER: &str = "veto proxy listening on http://";
+pub(crate) const PROXY_BANNER: &str = "veto proxy listening on http";
 /// The line after it, with the admin URL.
-pub(crate) const PROXY_ADMIN_BANNER: &str = "  admin (metrics, health): http://";
+pub(crate) const PROXY_ADMIN_BANNER: &str = "  admin (metrics, health): http";
 
 fn error(msg: String) -> std::io::Error {
     std::io::Error::other(msg)
@@ -195,17 +196,20 @@ impl Drop for Process {
     }
 }
 
-/// The first `http://…` URL in a line, without a trailing slash; panics
-/// when there is none.
+/// The first `http://…` or `https://…` URL in a line, without a trailing
+/// slash; panics when there is none.
 #[expect(clippy::panic, reason = "a test kit: the test fails at this step")]
 pub fn url_in(line: &str) -> String {
     find_url(line).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The first `http://…` URL in a line, without a trailing slash.
+/// The first `http://…` or `https://…` URL in a line, without a
+/// trailing slash.
 fn find_url(line: &str) -> std::io::Result<String> {
-    let start = line
-        .find("http://")
+    let start = [line.find("http://"), line.find("https://")]
+        .into_iter()
+        .flatten()
+        .min()
         .ok_or_else(|| error(format!("no URL in `{line}`")))?;
     Ok(line[start..]
         .split_whitespace()

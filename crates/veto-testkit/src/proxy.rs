@@ -65,6 +65,12 @@ impl Proxy {
         }
     }
 
+    /// Replaces the HTTP client its helpers use (for an HTTPS admin
+    /// listener, one that trusts the test CA).
+    pub fn set_http(&mut self, http: reqwest::Client) {
+        self.http = http;
+    }
+
     /// What the proxy wrote to stderr so far.
     pub fn log_text(&self) -> String {
         self.process.log_text()

@@ -26,7 +26,7 @@ use crate::{now, TempDir};
 #[derive(Debug)]
 pub struct Registry {
     process: Process,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when started with `--tls-cert`).
     pub url: String,
     /// The bound address.
     pub addr: SocketAddr,
@@ -94,7 +94,8 @@ impl Registry {
         let (process, url) =
             Process::start_registry(cmd, &log, READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
         let addr = url
-            .trim_start_matches("http://")
+            .split_once("://")
+            .map_or(url.as_str(), |(_, a)| a)
             .parse()
             .unwrap_or_else(|e| panic!("address in `{url}`: {e}"));
         Self {
@@ -105,6 +106,12 @@ impl Registry {
             http: crate::http_client(),
             dir,
         }
+    }
+
+    /// Replaces the HTTP client its helpers use (such as one that trusts a
+    /// test CA, see [`crate::tls::https_client`]).
+    pub fn set_http(&mut self, http: reqwest::Client) {
+        self.http = http;
     }
 
     /// The temporary directory holding the data directory and the logs.
@@ -139,6 +146,11 @@ impl Registry {
     /// A verifier for the published state, pinned to the authority key.
     pub fn verifier(&self) -> SrlVerifier {
         SrlVerifier::new(KeySet::new([self.authority_key()]), "veto")
+    }
+
+    /// What the registry wrote to stderr so far.
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
     }
 
     /// The process id.

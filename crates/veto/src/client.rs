@@ -23,6 +23,17 @@ pub struct RegistryArgs {
     /// (default `$XDG_CONFIG_HOME/veto/config` or `~/.config/veto/config`).
     #[arg(long, env = "VETO_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Private CAs (PEM bundle) trusted, beside the built-in webpki roots,
+    /// for an `https://` registry.
+    #[arg(long, env = "VETO_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM chain) for a registry started with
+    /// `--client-ca`. Needs --client-key.
+    #[arg(long, env = "VETO_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The private key of --client-cert (PEM).
+    #[arg(long, env = "VETO_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 fn config_path(explicit: &Option<PathBuf>) -> Option<PathBuf> {
@@ -101,7 +112,13 @@ impl Client {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        veto_authorizer::check_registry_url(&base)
+            .context("--registry (or VETO_REGISTRY) must be an http:// or https:// URL")?;
+        let identity = a.client_cert.as_deref().zip(a.client_key.as_deref());
+        let tls =
+            veto_tls::ClientTls::new(a.ca_file.as_deref(), identity, veto_tls::ServerCheck::Full)?;
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls.config()).clone())
             .timeout(std::time::Duration::from_secs(30))
             .build()?;
         Ok(Self {
@@ -126,7 +143,7 @@ impl Client {
             let resp = req
                 .send()
                 .await
-                .with_context(|| format!("cannot reach the registry at {base}: is `veto serve` running? (set --registry or VETO_REGISTRY)"))?;
+                .map_err(|e| anyhow::anyhow!("cannot reach the registry at {base}: {}: is `veto serve` running there? (set --registry or VETO_REGISTRY; for a private CA, --ca-file)", veto_tls::error_chain(&e)))?;
             let status = resp.status().as_u16();
             let text = resp.text().await?;
             Ok((status, text))

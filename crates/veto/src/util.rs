@@ -107,6 +107,34 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("size `{text}` must be positive and not overflow"))
 }
 
+/// A listener's TLS from `--tls-cert`/`--tls-key` style flags: both or
+/// neither (`flags` names them for the error), and `client_ca` only with
+/// them. Files are read now, so a bad one stops the start, named.
+pub fn server_tls(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+    client_ca: Option<&std::path::Path>,
+    flags: (&str, &str),
+) -> anyhow::Result<Option<veto_tls::ServerTls>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(veto_tls::ServerTls::load(cert, key, client_ca)?)),
+        (None, None) if client_ca.is_some() => {
+            bail!(
+                "--client-ca needs TLS: give {} and {} too",
+                flags.0,
+                flags.1
+            )
+        }
+        (None, None) => Ok(None),
+        (Some(_), None) => bail!(
+            "{} needs {} (the certificate's private key)",
+            flags.0,
+            flags.1
+        ),
+        (None, Some(_)) => bail!("{} needs {} (the certificate chain)", flags.1, flags.0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,8 +177,11 @@ pub struct BusArgs {
     /// required), optionally with `user:password@` or `token@`.
     #[arg(long, env = "VETO_BUS")]
     pub bus: Option<String>,
-    /// A PEM bundle of CA certificates trusted beside the webpki roots
-    /// (for servers with certificates from a private CA).
+    /// A PEM bundle of CA certificates trusted beside the webpki roots,
+    /// for servers with certificates from a private CA: the NATS servers
+    /// and, on `veto proxy`, an `https://` registry and upstream; on `veto
+    /// serve`, PostgreSQL (`sslmode=verify-ca|verify-full`; added to the
+    /// --store URL as `sslrootcert` unless it has one).
     #[arg(long, env = "VETO_CA_FILE")]
     pub ca_file: Option<std::path::PathBuf>,
     /// NATS credentials: a `.creds` file (user JWT and NKey seed) or a

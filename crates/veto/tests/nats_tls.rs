@@ -19,7 +19,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use veto_core::wire::nats::{DELTA_SUBJECT, STREAM};
-use veto_testkit::{ok_upstream, veto_command, NatsServer, Proxy, Registry, TempDir, TestCa};
+use veto_testkit::tls::TestCa;
+use veto_testkit::{ok_upstream, veto_command, NatsServer, Proxy, Registry, TempDir};
 
 const REGISTRY_PASS: &str = "registry-pass-0123456789";
 const INTRUDER_PASS: &str = "intruder-pass-0123456789";
@@ -37,9 +38,10 @@ struct Bus {
 impl Bus {
     /// `None` when there is no nats-server (and it is not required).
     fn start(dir: &TempDir) -> Option<Self> {
-        let ca = TestCa::new("veto test ca").unwrap();
-        let ca_file = ca.write_cert(dir.path(), "ca.pem").unwrap();
-        let server_cert = ca.issue_server(dir.path(), "nats", &[]).unwrap();
+        let ca = TestCa::new("veto test ca");
+        let ca_file = ca.write_ca(dir.path(), "ca.pem");
+        let (server_cert, server_key) =
+            ca.write_server(dir.path(), "nats", &["localhost", "127.0.0.1"]);
         let authorizer_nkey = nkeys::KeyPair::new_user();
         let authorizer_seed = dir.path().join("authorizer.nk");
         std::fs::write(&authorizer_seed, authorizer_nkey.seed().unwrap()).unwrap();
@@ -65,8 +67,8 @@ authorization {{
 }}
 "#,
                 store = dir.join("js").display(),
-                cert = server_cert.cert.display(),
-                key = server_cert.key.display(),
+                cert = server_cert.display(),
+                key = server_key.display(),
             )
         };
         let server = NatsServer::start(dir.path(), config)?;
@@ -383,8 +385,8 @@ async fn what_cannot_be_served_is_refused_at_start_naming_it() {
     let key = key.to_str().unwrap();
 
     // A CA that did not issue the server's certificate.
-    let other = TestCa::new("someone else's ca").unwrap();
-    let other_ca = other.write_cert(dir.path(), "other-ca.pem").unwrap();
+    let other = TestCa::new("someone else's ca");
+    let other_ca = other.write_ca(dir.path(), "other-ca.pem");
     let out = proxy_refused(
         &dir,
         &[
@@ -446,8 +448,7 @@ async fn what_cannot_be_served_is_refused_at_start_naming_it() {
             key,
         ],
     );
-    assert!(
-        out.contains("CA file") && out.contains("no certificate"),
-        "{out}"
-    );
+    // One --ca-file serves NATS and HTTPS: veto-tls reads it first and
+    // names the file and the problem.
+    assert!(out.contains(key) && out.contains("not PEM"), "{out}");
 }

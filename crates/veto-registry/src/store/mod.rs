@@ -16,6 +16,7 @@
 //! (`head`, `veto_head`) moved in the transaction that adds a version.
 
 mod blocking;
+mod pg_tls;
 mod plan;
 mod postgres;
 mod rows;
@@ -42,8 +43,9 @@ pub enum StoreError {
     /// SQLite reported an error.
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    /// PostgreSQL reported an error.
-    #[error("database: {0}")]
+    /// PostgreSQL reported an error. The message carries its causes
+    /// (tokio-postgres's own says only "error performing TLS handshake").
+    #[error("database: {}", veto_tls::error_chain(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// A blocking store task failed.
     #[error("store task failed: {0}")]
@@ -51,6 +53,15 @@ pub enum StoreError {
     /// The data in the database is not what veto wrote.
     #[error("database holds unexpected data: {0}")]
     Corrupt(String),
+    /// The store URL asks for something this build cannot do.
+    #[error("store URL: {detail}")]
+    Url {
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A TLS file named by the store URL (`sslrootcert`) does not load.
+    #[error("store URL: {0}")]
+    Tls(#[from] veto_tls::TlsError),
 }
 
 /// Why a write could not be made durable, as the client should hear it.

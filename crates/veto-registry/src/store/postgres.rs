@@ -9,7 +9,7 @@
 //! trips whatever its size.
 
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_postgres::{Client, Transaction};
 use veto_core::{Head, SrlSigner};
 
 use super::rows::{self, audit_columns, int, issuer_key_columns, opt_int, Columns};
@@ -80,8 +80,10 @@ pub struct PgStore {
 }
 
 /// Connects one client, driving its connection on a task.
+/// TLS follows the URL's `sslmode` (see `pg_tls`).
 pub(crate) async fn connect(url: &str) -> Result<Client, StoreError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (url, tls) = super::pg_tls::target(url)?;
+    let (client, connection) = tokio_postgres::connect(&url, tls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "postgres connection ended");
@@ -595,7 +597,8 @@ async fn insert_audit(tx: &Transaction<'_>, rows: &[AuditRow]) -> Result<(), Sto
 /// when the connection is lost.
 pub async fn listen(url: &str) -> Result<tokio::sync::mpsc::UnboundedReceiver<u64>, StoreError> {
     use futures_util::StreamExt as _;
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (url, tls) = super::pg_tls::target(url)?;
+    let (client, mut connection) = tokio_postgres::connect(&url, tls).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     // The client must live as long as the listening task: it is handed to
     // the task through this channel once LISTEN is done.

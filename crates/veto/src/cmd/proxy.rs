@@ -98,6 +98,20 @@ pub struct ProxyArgs {
     /// Take pushes from NATS JetStream instead of SSE.
     #[command(flatten)]
     bus: util::BusArgs,
+    /// Serve agents over HTTPS with this certificate chain (PEM, leaf
+    /// first); reloaded when the file changes or on SIGHUP.
+    #[arg(long, env = "VETO_PROXY_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "VETO_PROXY_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Serve /metrics, /healthz and /readyz over HTTPS with this
+    /// certificate chain (PEM); reloaded like --tls-cert.
+    #[arg(long, env = "VETO_PROXY_ADMIN_TLS_CERT")]
+    admin_tls_cert: Option<PathBuf>,
+    /// The private key of --admin-tls-cert (PEM).
+    #[arg(long, env = "VETO_PROXY_ADMIN_TLS_KEY")]
+    admin_tls_key: Option<PathBuf>,
 }
 
 pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
@@ -110,7 +124,23 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| keyfile::read_public_key(p))
         .collect::<Result<Vec<_>, _>>()?;
+    veto_authorizer::check_registry_url(&a.registry)
+        .context("--registry must be an http:// or https:// URL of the registry")?;
+    let client_tls = veto_tls::ClientTls::with_ca_file(a.bus.ca_file.as_deref())?;
+    let tls = util::server_tls(
+        a.tls_cert.as_deref(),
+        a.tls_key.as_deref(),
+        None,
+        ("--tls-cert", "--tls-key"),
+    )?;
+    let admin_tls = util::server_tls(
+        a.admin_tls_cert.as_deref(),
+        a.admin_tls_key.as_deref(),
+        None,
+        ("--admin-tls-cert", "--admin-tls-key"),
+    )?;
     let mut config = Config::new(&a.registry, &a.iss, KeySet::new(keys));
+    config.tls = Some(client_tls.clone());
     if !a.issuer_key.is_empty() {
         let issuers = a
             .issuer_key
@@ -149,10 +179,7 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
         )?,
         None => Routes::default(),
     };
-    let upstream = a
-        .upstream
-        .parse()
-        .with_context(|| format!("invalid --upstream `{}`", a.upstream))?;
+    let upstream = veto_proxy::upstream_uri(&a.upstream)?;
     let upgrade_protocols: Vec<String> = a
         .upgrade_protocols
         .iter()
@@ -181,8 +208,17 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
                 )
             })?;
         let authz = Authorizer::start(config).await?;
-        println!("veto proxy listening on http://{}", listener.local_addr()?);
-        println!("  admin (metrics, health): http://{}", admin.local_addr()?);
+        let scheme = |t: &Option<veto_tls::ServerTls>| if t.is_some() { "https" } else { "http" };
+        println!(
+            "veto proxy listening on {}://{}",
+            scheme(&tls),
+            listener.local_addr()?
+        );
+        println!(
+            "  admin (metrics, health): {}://{}",
+            scheme(&admin_tls),
+            admin.local_addr()?
+        );
         println!("  upstream : {}", a.upstream);
         println!("  registry : {} (push: {})", a.registry, push_name);
         println!(
@@ -196,6 +232,9 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
                 header_read_timeout: Duration::from_secs(a.header_timeout),
                 upstream_timeout: Duration::from_secs(a.upstream_timeout),
                 upgrade_protocols,
+                tls,
+                admin_tls,
+                upstream_tls: Some(client_tls),
                 ..ProxyConfig::new(upstream)
             },
             listener,

@@ -56,6 +56,18 @@ pub struct ServeArgs {
     /// `VETO_SRL`), through a transactional outbox.
     #[command(flatten)]
     bus: util::BusArgs,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); reloaded
+    /// when the file changes or on SIGHUP. Needs --tls-key.
+    #[arg(long, env = "VETO_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "VETO_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Require, on the admin API (revocations, warrants, issuer keys), a
+    /// client certificate issued by a CA in this PEM bundle, in addition
+    /// to the admin token. Public endpoints stay open. Needs --tls-cert.
+    #[arg(long, env = "VETO_CLIENT_CA")]
+    client_ca: Option<PathBuf>,
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
@@ -80,7 +92,25 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             );
         }
     }
-    config.store = a.store.clone();
+    let store = match (&a.store, &a.bus.ca_file) {
+        (Some(url), Some(ca)) if !url.contains("sslrootcert=") => {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            Some(format!("{url}{sep}sslrootcert={}", ca.display()))
+        }
+        (url, _) => url.clone(),
+    };
+    config.store = store;
+    config.tls = util::server_tls(
+        a.tls_cert.as_deref(),
+        a.tls_key.as_deref(),
+        a.client_ca.as_deref(),
+        ("--tls-cert", "--tls-key"),
+    )?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     config.bus = a.bus.settings()?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
@@ -98,12 +128,15 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}: is another process using it? choose another with --listen", a.listen))?;
         let addr = listener.local_addr()?;
-        println!("veto registry listening on http://{addr}");
+        println!("veto registry listening on {scheme}://{addr}");
         println!("  data directory : {}", a.data_dir.display());
         println!("  store          : {}", if a.store.is_some() { "PostgreSQL (shared with replicas)" } else { "SQLite (data directory)" });
         match registry.admin_token_path() {
             Some(p) => println!("  admin token    : {}", p.display()),
             None => println!("  admin token    : from VETO_ADMIN_TOKEN"),
+        }
+        if let Some(ca) = &a.client_ca {
+            println!("  client certs   : required on the admin API (issued by {})", ca.display());
         }
         println!("  authority iss  : {}", registry.iss());
         println!("  authority key  : {} (pin this file in authorizers: --authority-key)", pub_path.display());
