@@ -6,16 +6,20 @@
 //! unambiguous is a 400 `bad_target`), the action is `http:METHOD:PATH` on
 //! the canonical path (the query is not part of it), the inner service
 //! sees the canonical target, and a request must carry exactly one
-//! credential ([`bearer`]).
+//! credential ([`credential`]) and, unless the policy is `off`, prove it
+//! holds the leaf's key with a `DPoP` proof for this method and URI
+//! ([`request_htu`]).
 
 use std::task::{Context, Poll};
 
 use futures_util::future::{ready, Either, Ready};
 use http::uri::PathAndQuery;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use veto_core::wire::header::{DPOP, DPOP_NONCE};
 use veto_core::wire::{ErrorBody, ErrorCode};
 use veto_core::{Decision, Denial, DenyReason, Target, TargetError};
 
+use crate::pop::{Credential, PopErrorCode, PopPolicy, Presented, Scheme};
 use crate::Authorizer;
 
 /// The action a request asks for: `http:METHOD:PATH`, where `path` is the
@@ -61,24 +65,33 @@ pub fn http_status(reason: DenyReason) -> StatusCode {
         | DenyReason::UntrustedIssuer
         | DenyReason::Expired
         | DenyReason::NotYetValid
+        | DenyReason::PopRequired
+        | DenyReason::PopInvalid
         | DenyReason::ChainInvalid => StatusCode::UNAUTHORIZED,
         DenyReason::Revoked | DenyReason::ActionDenied => StatusCode::FORBIDDEN,
         DenyReason::Stale => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
-/// The one bearer chain of a request, or why there is not exactly one.
+/// The one credential of a request, or why there is not exactly one.
 ///
-/// A request with more than one credential is refused rather than decided
-/// on one of them: two `Authorization` headers (even identical, even with
-/// the second empty), or one header holding a comma-joined second
-/// credential (a chain never contains `,`). No other place (cookie, query,
-/// `Proxy-Authorization`) is read for a credential.
-pub fn bearer(headers: &HeaderMap) -> Result<&str, Denial> {
+/// The chain comes from exactly one `Authorization` header with the
+/// `Bearer` (RFC 6750) or `DPoP` (RFC 9449 7.1) scheme; the proof from at
+/// most one `DPoP` header. A request with more than one credential is
+/// refused rather than decided on one of them: two `Authorization` headers
+/// (even identical, even with the second empty), one header holding a
+/// comma-joined second credential (a chain never contains `,`), or two
+/// `DPoP` headers. No other place (cookie, query, `Proxy-Authorization`)
+/// is read for a credential.
+pub fn credential(headers: &HeaderMap) -> Result<Credential<'_>, Denial> {
     let malformed = |m: &str| Denial::new(DenyReason::Malformed, m);
+    const SHAPE: &str = "`Authorization` must be `DPoP <chain>` (or `Bearer <chain>` where proofs are not required)";
     let mut all = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = all.next() else {
-        return Err(malformed("missing `Authorization: Bearer <chain>`"));
+        return Err(Denial::new(
+            DenyReason::Malformed,
+            "missing `Authorization: DPoP <chain>` and its `DPoP` proof",
+        ));
     };
     let more = all.count();
     if more > 0 {
@@ -90,65 +103,215 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, Denial> {
     let value = value
         .to_str()
         .map_err(|_| malformed("the `Authorization` header is not visible ASCII"))?;
-    let Some((scheme, token)) = value.trim().split_once(' ') else {
-        return Err(malformed("`Authorization` must be `Bearer <chain>`"));
+    let Some((scheme, chain)) = value.trim().split_once(' ') else {
+        return Err(malformed(SHAPE));
     };
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(malformed("`Authorization` must be `Bearer <chain>`"));
-    }
-    let token = token.trim();
-    if token.contains(',') {
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
+        return Err(malformed(SHAPE));
+    };
+    let chain = chain.trim();
+    if chain.contains(',') {
         return Err(malformed(
             "more than one credential in one `Authorization` header (`,`); send exactly one",
         ));
     }
-    if token.is_empty() {
-        return Err(malformed("missing `Authorization: Bearer <chain>`"));
+    if chain.is_empty() {
+        return Err(malformed(SHAPE));
     }
-    Ok(token)
+    let mut proofs = headers.get_all(DPOP).iter();
+    let proof = match (proofs.next(), proofs.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            return Err(Denial::new(
+                DenyReason::PopInvalid,
+                "more than one `DPoP` header: send exactly one proof",
+            ))
+        }
+        (Some(v), None) => {
+            let v = v.to_str().ok().map(str::trim).filter(|v| {
+                !v.is_empty() && !v.contains([',', ' '])
+            });
+            Some(v.ok_or_else(|| {
+                Denial::new(
+                    DenyReason::PopInvalid,
+                    "the `DPoP` header is not one compact JWS (visible ASCII, no `,` or space)",
+                )
+            })?)
+        }
+    };
+    Ok(Credential {
+        scheme,
+        chain,
+        proof,
+    })
 }
 
-/// What an allowed request carries in its extensions.
+/// The request's canonical URI for the proof's `htu` (RFC 9449 4.3):
+/// `scheme` is how the client reached this server (`https` behind a TLS
+/// listener); the authority is the request's own (absolute-form or
+/// HTTP/2 `:authority`) or else its one `Host` header; `path` is the
+/// canonical path of [`request_target`].
+///
+/// With `trust_forwarded`, exactly one `X-Forwarded-Proto` (`http` or
+/// `https`) and one `X-Forwarded-Host` replace them when present: turn it
+/// on only when every request comes through a front end that sets both
+/// and strips the client's (off by default; otherwise a client could name
+/// any URI).
+pub fn request_htu(
+    scheme: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    path: &str,
+    trust_forwarded: bool,
+) -> Result<String, Denial> {
+    let bad = |m: String| Denial::new(DenyReason::Malformed, m);
+    let one = |name: &str| -> Result<Option<&str>, Denial> {
+        let mut all = headers.get_all(name).iter();
+        match (all.next(), all.next()) {
+            (None, _) => Ok(None),
+            (Some(_), Some(_)) => Err(bad(format!("more than one `{name}` header"))),
+            (Some(v), None) => v
+                .to_str()
+                .map(|v| Some(v.trim()))
+                .map_err(|_| bad(format!("the `{name}` header is not visible ASCII"))),
+        }
+    };
+    let mut scheme = scheme.to_owned();
+    let mut authority = match uri.authority() {
+        Some(a) => Some(a.as_str().to_owned()),
+        None => one("host")?.map(str::to_owned),
+    };
+    if trust_forwarded {
+        if let Some(p) = one("x-forwarded-proto")? {
+            if !p.eq_ignore_ascii_case("http") && !p.eq_ignore_ascii_case("https") {
+                return Err(bad(format!("`X-Forwarded-Proto: {p}` is not http or https")));
+            }
+            scheme = p.to_ascii_lowercase();
+        }
+        if let Some(h) = one("x-forwarded-host")? {
+            authority = Some(h.to_owned());
+        }
+    }
+    let Some(authority) = authority else {
+        return Err(bad(
+            "no `Host` header: the proof's `htu` cannot be checked without it".into(),
+        ));
+    };
+    let default_port = if scheme == "https" { "443" } else { "80" };
+    let authority = veto_core::dpop::canonical_authority(&authority, default_port)
+        .map_err(|e| bad(format!("`Host`: {e}")))?;
+    Ok(format!("{scheme}://{authority}{path}"))
+}
+
+/// What an allowed request carries in its extensions: who vouched for
+/// what (DESIGN 3.1).
 #[derive(Clone, Debug)]
 pub struct Verified {
-    /// The acting agent (the leaf's `sub`).
+    /// The acting agent (the leaf's `sub`), asserted only by its delegator.
     pub agent: String,
+    /// The root's `sub`, asserted by a trusted issuer.
+    pub root_agent: String,
+    /// Every link's `sub`, root first.
+    pub delegation: Vec<String>,
     /// The leaf warrant's `jti`.
     pub warrant: String,
+    /// The RFC 7638 thumbprint of the holder key the request's proof
+    /// proved; `None` when the policy let it through without one.
+    pub holder: Option<String>,
     /// Allowed only because the policy is fail-open while stale.
     pub stale: bool,
 }
 
-/// Decides a request's headers: the denial, or who is acting.
-pub(crate) fn decide(
-    authz: &Authorizer,
-    method: &Method,
-    path: &str,
-    headers: &HeaderMap,
-) -> Result<(Verified, crate::Outcome), Denial> {
-    let token = bearer(headers)?;
-    let outcome = authz.check(token, &action_for(method, path));
-    match (&outcome.decision, &outcome.chain) {
-        (Decision::Allow { stale }, Some(chain)) => {
-            let leaf = chain.chain().leaf().claims();
-            Ok((
-                Verified {
-                    agent: leaf.sub.clone(),
-                    warrant: leaf.jti.clone(),
-                    stale: *stale,
-                },
-                outcome.clone(),
-            ))
-        }
-        (Decision::Deny(d), _) => Err(d.clone()),
-        (Decision::Allow { .. }, None) => {
-            Err(Denial::new(DenyReason::BadSignature, "chain not verified"))
-        }
+impl Verified {
+    /// Who an allowed outcome names; `None` for a denial.
+    pub fn from_outcome(outcome: &crate::Outcome) -> Option<Self> {
+        let (Decision::Allow { stale }, Some(chain)) = (&outcome.decision, &outcome.chain) else {
+            return None;
+        };
+        let links = chain.chain().links();
+        let leaf = chain.chain().leaf().claims();
+        Some(Self {
+            agent: leaf.sub.clone(),
+            root_agent: chain.chain().root().claims().sub.clone(),
+            delegation: links.iter().map(|l| l.claims().sub.clone()).collect(),
+            warrant: leaf.jti.clone(),
+            holder: outcome.holder.clone(),
+            stale: *stale,
+        })
     }
 }
 
-/// A `{"error": reason, "message": text}` response for a denial.
-pub fn deny_response<B: From<String>>(denial: &Denial) -> Response<B> {
+/// Decides a request: the denial with the outcome that denied it (when
+/// the check ran), or who is acting.
+pub(crate) fn decide(
+    authz: &Authorizer,
+    method: &Method,
+    uri: &Uri,
+    path: &str,
+    headers: &HeaderMap,
+    scheme: &str,
+) -> Result<(Verified, crate::Outcome), (Denial, Option<crate::Outcome>)> {
+    let cred = credential(headers).map_err(|d| (d, None))?;
+    let htu = match cred.proof {
+        Some(_) => request_htu(scheme, uri, headers, path, false).map_err(|d| (d, None))?,
+        None => String::new(),
+    };
+    let action = action_for(method, path);
+    let outcome = authz.check_request(&Presented {
+        credential: cred,
+        method: method.as_str(),
+        htu: &htu,
+        action: &action,
+    });
+    match Verified::from_outcome(&outcome) {
+        Some(v) => Ok((v, outcome)),
+        None => match &outcome.decision {
+            Decision::Deny(d) => Err((d.clone(), Some(outcome.clone()))),
+            Decision::Allow { .. } => Err((
+                Denial::new(DenyReason::BadSignature, "chain not verified"),
+                None,
+            )),
+        },
+    }
+}
+
+/// What a refusal tells the client to do next (RFC 6750 3, RFC 9449 7.1
+/// and 8): the `WWW-Authenticate` challenge of a 401 and the `DPoP-Nonce`
+/// to use, built from the authorizer's policy and the outcome.
+#[derive(Clone, Debug, Default)]
+pub struct Challenge {
+    dpop: bool,
+    error: Option<PopErrorCode>,
+    nonce: Option<String>,
+}
+
+/// The challenge for `denial` under `authz`'s policy; `outcome` (when the
+/// check ran) carries the proof step's own error and the nonce.
+pub fn challenge(
+    authz: &Authorizer,
+    denial: &Denial,
+    outcome: Option<&crate::Outcome>,
+) -> Challenge {
+    let error = outcome.and_then(|o| o.pop_error).or(match denial.reason {
+        DenyReason::PopInvalid => Some(PopErrorCode::InvalidDpopProof),
+        _ => None,
+    });
+    Challenge {
+        dpop: authz.pop().policy != PopPolicy::Off,
+        error,
+        nonce: outcome
+            .and_then(|o| o.nonce.clone())
+            .or_else(|| authz.nonce_now()),
+    }
+}
+
+/// A `{"error": reason, "message": text}` response for a denial, with the
+/// `WWW-Authenticate` of a 401 and the `DPoP-Nonce` of `challenge`.
+pub fn deny_response<B: From<String>>(denial: &Denial, challenge: &Challenge) -> Response<B> {
     let body = ErrorBody::denial(denial).to_json();
     let mut resp = Response::new(B::from(body));
     *resp.status_mut() = http_status(denial.reason);
@@ -157,11 +320,18 @@ pub fn deny_response<B: From<String>>(denial: &Denial) -> Response<B> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if let Some(n) = challenge.nonce.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
+        h.insert(DPOP_NONCE, n);
+    }
     if resp.status() == StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer error=\"invalid_token\""),
-        );
+        let value = match (challenge.dpop, challenge.error) {
+            (true, Some(e)) => format!(r#"DPoP algs="EdDSA", error="{}""#, e.as_str()),
+            (true, None) => r#"DPoP algs="EdDSA", error="invalid_token""#.to_owned(),
+            (false, _) => r#"Bearer error="invalid_token""#.to_owned(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
     }
     resp
 }
@@ -170,12 +340,23 @@ pub fn deny_response<B: From<String>>(denial: &Denial) -> Response<B> {
 #[derive(Clone)]
 pub struct AuthorizeLayer {
     authz: Authorizer,
+    scheme: &'static str,
 }
 
 impl AuthorizeLayer {
-    /// Enforces with `authz`.
+    /// Enforces with `authz`, for a service its clients reach over plain
+    /// `http` (the scheme DPoP proofs must name in `htu`).
     pub fn new(authz: Authorizer) -> Self {
-        Self { authz }
+        Self {
+            authz,
+            scheme: "http",
+        }
+    }
+
+    /// For a service its clients reach over TLS: proofs must name `https`.
+    pub fn https(mut self) -> Self {
+        self.scheme = "https";
+        self
     }
 }
 
@@ -186,6 +367,7 @@ impl<S> tower::Layer<S> for AuthorizeLayer {
         AuthorizeService {
             inner,
             authz: self.authz.clone(),
+            scheme: self.scheme,
         }
     }
 }
@@ -195,6 +377,7 @@ impl<S> tower::Layer<S> for AuthorizeLayer {
 pub struct AuthorizeService<S> {
     inner: S,
     authz: Authorizer,
+    scheme: &'static str,
 }
 
 impl<S, B, RB> tower::Service<Request<B>> for AuthorizeService<S>
@@ -215,7 +398,16 @@ where
             Ok(t) => t,
             Err(e) => return Either::Left(ready(Ok(bad_target_response(&e)))),
         };
-        match decide(&self.authz, req.method(), target.path(), req.headers()) {
+        let scheme = req.uri().scheme_str().unwrap_or(self.scheme).to_owned();
+        let decided = decide(
+            &self.authz,
+            req.method(),
+            req.uri(),
+            target.path(),
+            req.headers(),
+            &scheme,
+        );
+        match decided {
             Ok((verified, _)) => {
                 // The inner service routes on the form that was authorized.
                 let mut parts = req.uri().clone().into_parts();
@@ -238,7 +430,10 @@ where
                 req.extensions_mut().insert(verified);
                 Either::Right(self.inner.call(req))
             }
-            Err(denial) => Either::Left(ready(Ok(deny_response(&denial)))),
+            Err((denial, outcome)) => {
+                let c = challenge(&self.authz, &denial, outcome.as_ref());
+                Either::Left(ready(Ok(deny_response(&denial, &c))))
+            }
         }
     }
 }

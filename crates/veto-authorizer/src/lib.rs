@@ -31,6 +31,7 @@ mod incoming;
 mod layer;
 mod metrics;
 mod persist;
+mod pop;
 mod state;
 mod sync;
 
@@ -42,14 +43,16 @@ use tokio::sync::watch;
 use veto_core::{CheckConfig, Clock, Decision, KeySet, SystemClock, VerifiedChain};
 
 pub use layer::{
-    action_for, bad_target_response, bearer, deny_response, http_status, request_target,
-    AuthorizeLayer, AuthorizeService, Verified,
+    action_for, bad_target_response, challenge, credential, deny_response, http_status,
+    request_htu, request_target, AuthorizeLayer, AuthorizeService, Challenge, Verified,
 };
+pub use pop::{Credential, PopConfig, PopErrorCode, PopPolicy, Presented, Scheme};
 pub use veto_core::{DenyReason, StalenessPolicy};
 pub use veto_tls::{ClientTls, TlsError};
 
 use crate::cache::ChainCache;
 use crate::persist::DiskCache;
+use crate::pop::Prover;
 use crate::state::State;
 use crate::sync::Syncer;
 
@@ -118,6 +121,9 @@ pub struct Config {
     pub max_snapshot_bytes: usize,
     /// Timeout for each HTTP request to the registry (default 10 s).
     pub request_timeout: Duration,
+    /// Proof of possession (DPoP): policy (default `required`), window,
+    /// replay-cache budget, server nonces.
+    pub pop: PopConfig,
     /// What an `https://` registry is checked against: `None` trusts the
     /// compiled-in webpki roots; build one with a private CA bundle with
     /// [`ClientTls::with_ca_file`] (`--ca-file`).
@@ -147,6 +153,7 @@ impl Config {
             chain_cache_bytes: 64 << 20,
             max_snapshot_bytes: 64 << 20,
             request_timeout: Duration::from_secs(10),
+            pop: PopConfig::default(),
             tls: None,
         }
     }
@@ -176,6 +183,9 @@ pub enum StartError {
     /// A TLS file (`--ca-file`) does not load.
     #[error(transparent)]
     Tls(#[from] veto_tls::TlsError),
+    /// The operating system gave no randomness (for the DPoP nonce secret).
+    #[error("{0}")]
+    Random(String),
     /// The cache directory is unusable.
     #[error("cache directory `{path}`: {source}")]
     Cache {
@@ -222,6 +232,14 @@ pub struct Outcome {
     /// The verified chain, when signatures verified (for re-checking a
     /// long-lived response, and for the agent and warrant ids).
     pub chain: Option<Arc<VerifiedChain>>,
+    /// The RFC 7638 thumbprint of the holder key the request's DPoP proof
+    /// proved, when it carried a valid one.
+    pub holder: Option<String>,
+    /// When the proof-of-possession step refused the request: the RFC 9449
+    /// error for `WWW-Authenticate`.
+    pub pop_error: Option<PopErrorCode>,
+    /// The server nonce to send in `DPoP-Nonce`, when nonces are on.
+    pub nonce: Option<String>,
 }
 
 /// A point-in-time view of the sync state.
@@ -290,6 +308,7 @@ impl Authorizer {
             issuers,
             clock,
             ChainCache::new(config.chain_cache_capacity, config.chain_cache_bytes),
+            Prover::new(config.pop.clone(), config.check.skew).map_err(StartError::Random)?,
             disk.clone(),
         ));
         let sync = Arc::new(Syncer::new(config, http, state.clone(), disk));
@@ -306,10 +325,40 @@ impl Authorizer {
         self.sync.shutdown();
     }
 
-    /// Decides a request: `token` is the chain (without `Bearer `), `action`
-    /// the action it asks for, such as `http:GET:/orders/7`.
+    /// Decides a request presented with `Authorization: Bearer <token>`
+    /// and no proof, for `action` (such as `http:GET:/orders/7`). Under
+    /// the default `required` proof policy it is denied `pop_required`;
+    /// HTTP front ends call [`Authorizer::check_request`].
     pub fn check(&self, token: &str, action: &str) -> Outcome {
-        self.state.check(token, action)
+        self.check_request(&Presented {
+            credential: Credential {
+                scheme: Scheme::Bearer,
+                chain: token,
+                proof: None,
+            },
+            method: "",
+            htu: "",
+            action,
+        })
+    }
+
+    /// Decides a request: its credential and proof (DPoP, RFC 9449), the
+    /// method and canonical URI the proof must name, and the action. In
+    /// DESIGN 4 order: parse, revocation, time, proof, signatures, action,
+    /// freshness.
+    pub fn check_request(&self, req: &Presented<'_>) -> Outcome {
+        self.state.check(req)
+    }
+
+    /// The proof-of-possession settings.
+    pub fn pop(&self) -> &PopConfig {
+        self.state.pop()
+    }
+
+    /// The server nonce clients must put in proofs now (`DPoP-Nonce`),
+    /// when nonces are on.
+    pub fn nonce_now(&self) -> Option<String> {
+        self.state.nonce_now()
     }
 
     /// Re-decides a chain verified earlier, against the current state: for

@@ -25,6 +25,7 @@ pub(crate) struct Gauges {
     pub push_connected: bool,
     pub cache_bytes: usize,
     pub cache_chains: usize,
+    pub replay_bytes: usize,
 }
 
 pub(crate) struct Metrics {
@@ -44,6 +45,7 @@ pub(crate) struct Metrics {
     cache_misses: Counter,
     cache_bytes: Gauge,
     cache_chains: Gauge,
+    replay_bytes: Gauge,
 }
 
 impl Metrics {
@@ -83,6 +85,7 @@ impl Metrics {
             cache_misses: Counter::default(),
             cache_bytes: Gauge::default(),
             cache_chains: Gauge::default(),
+            replay_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -139,6 +142,11 @@ impl Metrics {
             "chain_cache_misses",
             "Verified-chain cache misses",
             m.cache_misses.clone(),
+        );
+        registry.register(
+            "dpop_replay_bytes",
+            "Bytes charged to the DPoP replay cache (proofs seen inside their window)",
+            m.replay_bytes.clone(),
         );
         registry.register(
             "chain_cache_bytes",
@@ -212,6 +220,8 @@ impl Metrics {
             .set(i64::try_from(now.cache_bytes).unwrap_or(i64::MAX));
         self.cache_chains
             .set(i64::try_from(now.cache_chains).unwrap_or(i64::MAX));
+        self.replay_bytes
+            .set(i64::try_from(now.replay_bytes).unwrap_or(i64::MAX));
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

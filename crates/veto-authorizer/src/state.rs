@@ -11,14 +11,15 @@ use arc_swap::ArcSwap;
 use tokio::sync::futures::Notified;
 use tokio::sync::{watch, Notify};
 use veto_core::{
-    Applied, ApplyError, CheckConfig, Checker, Clock, Decision, DenyReason, KeySet, ParsedChain,
-    SrlState, VerifiedChain,
+    Applied, ApplyError, CheckConfig, Checker, Clock, Decision, Denial, DenyReason, KeySet,
+    ParsedChain, SrlState, VerifiedChain,
 };
 
 use crate::cache::ChainCache;
 use crate::incoming::Incoming;
 use crate::metrics::{Gauges, Metrics};
 use crate::persist::DiskCache;
+use crate::pop::{Presented, Prover};
 use crate::{Outcome, Status};
 
 /// The applied version and the `iat` of its newest attestation, read
@@ -52,6 +53,7 @@ pub(crate) struct State {
     /// Where applied objects are recorded, when there is a cache directory.
     disk: Option<Arc<DiskCache>>,
     cache: ChainCache,
+    prover: Prover,
     metrics: Metrics,
     version_tx: watch::Sender<u64>,
     /// Woken when an object showed a gap.
@@ -68,6 +70,7 @@ impl State {
         issuers: KeySet,
         clock: Arc<dyn Clock>,
         cache: ChainCache,
+        prover: Prover,
         disk: Option<Arc<DiskCache>>,
     ) -> Self {
         let checker = Arc::new(Checker::new(issuers, check.clone()));
@@ -82,6 +85,7 @@ impl State {
             apply_lock: Mutex::new(()),
             disk,
             cache,
+            prover,
             metrics: Metrics::new(),
             version_tx,
             catch_up: Notify::new(),
@@ -94,20 +98,46 @@ impl State {
         self.clock.now()
     }
 
+    pub fn pop(&self) -> &crate::pop::PopConfig {
+        self.prover.config()
+    }
+
+    pub fn nonce_now(&self) -> Option<String> {
+        self.prover.nonce(self.clock.now())
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
-    /// Decides a request against the state now. Never waits on I/O.
-    pub fn check(&self, token: &str, action: &str) -> Outcome {
+    /// Decides a request against the state now, its proof of possession
+    /// included. Never waits on I/O.
+    pub fn check(&self, req: &Presented<'_>) -> Outcome {
         let now = self.clock.now();
         let current = self.current.load();
-        let outcome = match self.cache.get(token) {
+        let token = req.credential.chain;
+        let mut holder = None;
+        let mut pop_error = None;
+        let pop = |chain: &ParsedChain| match self.prover.prove(chain, req, now) {
+            Ok(h) => {
+                holder = h;
+                Ok(())
+            }
+            Err((denial, code)) => {
+                pop_error = Some(code);
+                Err(denial)
+            }
+        };
+        let (decision, chain) = match self.cache.get(token) {
             Some(chain) => {
                 self.metrics.cache_hit();
-                let decision = current
-                    .checker
-                    .check_verified(&current.state, &chain, action, now);
+                let decision = current.checker.check_verified_proved(
+                    &current.state,
+                    &chain,
+                    req.action,
+                    now,
+                    pop,
+                );
                 // Revocation is irreversible and expiry final: such a chain
                 // is never allowed again, so it gives its room back.
                 if matches!(
@@ -116,37 +146,42 @@ impl State {
                 ) {
                     self.cache.remove(token);
                 }
-                Outcome {
-                    decision,
-                    chain: Some(chain),
-                }
+                (decision, Some(chain))
             }
             None => {
                 self.metrics.cache_miss();
-                self.check_uncached(&current, token, action, now)
+                self.check_uncached(&current, token, req.action, now, pop)
             }
         };
-        self.metrics.decision(&outcome.decision);
-        if let Decision::Deny(d) = &outcome.decision {
-            tracing::debug!(reason = %d.reason, message = %d.message, action, "denied");
+        self.metrics.decision(&decision);
+        if let Decision::Deny(d) = &decision {
+            tracing::debug!(reason = %d.reason, message = %d.message, action = req.action, "denied");
         }
-        outcome
+        Outcome {
+            decision,
+            chain,
+            holder,
+            pop_error,
+            nonce: self.prover.nonce(now),
+        }
     }
 
-    fn check_uncached(&self, current: &Current, token: &str, action: &str, now: u64) -> Outcome {
+    fn check_uncached(
+        &self,
+        current: &Current,
+        token: &str,
+        action: &str,
+        now: u64,
+        pop: impl FnOnce(&ParsedChain) -> Result<(), Denial>,
+    ) -> (Decision, Option<Arc<VerifiedChain>>) {
         let parsed = match ParsedChain::parse(token) {
             Ok(p) => p,
-            Err(d) => {
-                return Outcome {
-                    decision: Decision::Deny(d.into()),
-                    chain: None,
-                }
-            }
+            Err(d) => return (Decision::Deny(d.into()), None),
         };
         let (decision, verified) =
             current
                 .checker
-                .check_and_verify(&current.state, parsed, action, now);
+                .check_and_verify_proved(&current.state, parsed, action, now, pop);
         let chain = verified.map(Arc::new);
         // Only a chain that was allowed is worth keeping: one denied for
         // its action, expiry or revocation is not going to be reused. A
@@ -159,7 +194,7 @@ impl State {
         if let (Some(c), true) = (&chain, reusable) {
             self.cache.insert(token, c.clone());
         }
-        Outcome { decision, chain }
+        (decision, chain)
     }
 
     /// Re-decides a chain verified earlier, against the state now.
@@ -304,6 +339,7 @@ impl State {
             push_connected: s.push_connected,
             cache_bytes: self.cache.bytes(),
             cache_chains: self.cache.len(),
+            replay_bytes: self.prover.replay_bytes(),
         })
     }
 }
@@ -350,6 +386,7 @@ mod tests {
             KeySet::default(),
             Arc::new(ManualClock::new(NOW)),
             ChainCache::new(16, 1 << 20),
+            Prover::new(crate::pop::PopConfig::default(), 5).unwrap(),
             Some(disk.clone()),
         );
         World {

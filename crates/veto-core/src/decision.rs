@@ -1,5 +1,6 @@
 //! The per-request decision (DESIGN 4): parse → revocation → time →
-//! signatures and chain rules → action → freshness policy.
+//! proof of possession → signatures and chain rules → action → freshness
+//! policy.
 
 use std::fmt;
 
@@ -141,7 +142,7 @@ impl Checker {
 
     /// Checks a parsed chain, signatures included.
     pub fn check(&self, state: &SrlState, chain: &ParsedChain, action: &str, now: u64) -> Decision {
-        self.decide(state, chain, action, now, || {
+        self.decide(state, chain, action, now, |_| Ok(()), || {
             self.check_issuer(chain)?;
             Ok(chain.check_signatures(&self.issuers, self.config.max_depth)?)
         })
@@ -163,7 +164,20 @@ impl Checker {
         action: &str,
         now: u64,
     ) -> Decision {
-        self.decide(state, chain.chain(), action, now, || Ok(()))
+        self.check_verified_proved(state, chain, action, now, |_| Ok(()))
+    }
+
+    /// [`Checker::check_verified`] with the request's proof of possession
+    /// checked by `pop` after revocation and time (DESIGN 4).
+    pub fn check_verified_proved(
+        &self,
+        state: &SrlState,
+        chain: &VerifiedChain,
+        action: &str,
+        now: u64,
+        pop: impl FnOnce(&ParsedChain) -> Result<(), Denial>,
+    ) -> Decision {
+        self.decide(state, chain.chain(), action, now, pop, || Ok(()))
     }
 
     fn check_issuer(&self, chain: &ParsedChain) -> Step {
@@ -191,7 +205,24 @@ impl Checker {
         action: &str,
         now: u64,
     ) -> (Decision, Option<VerifiedChain>) {
-        if let Err(denial) = revocation(state, &chain).and_then(|()| self.time(&chain, now)) {
+        self.check_and_verify_proved(state, chain, action, now, |_| Ok(()))
+    }
+
+    /// [`Checker::check_and_verify`] with the request's proof of possession
+    /// checked by `pop` after revocation and time and before the chain's
+    /// signatures (DESIGN 4).
+    pub fn check_and_verify_proved(
+        &self,
+        state: &SrlState,
+        chain: ParsedChain,
+        action: &str,
+        now: u64,
+        pop: impl FnOnce(&ParsedChain) -> Result<(), Denial>,
+    ) -> (Decision, Option<VerifiedChain>) {
+        if let Err(denial) = revocation(state, &chain)
+            .and_then(|()| self.time(&chain, now))
+            .and_then(|()| pop(&chain))
+        {
             return (Decision::Deny(denial), None);
         }
         match self.verify(chain) {
@@ -209,11 +240,13 @@ impl Checker {
         chain: &ParsedChain,
         action: &str,
         now: u64,
+        pop: impl FnOnce(&ParsedChain) -> Step,
         signatures: impl FnOnce() -> Step,
     ) -> Decision {
         let steps = || -> Step {
             revocation(state, chain)?;
             self.time(chain, now)?;
+            pop(chain)?;
             signatures()
         };
         match steps() {

@@ -20,6 +20,8 @@ pub enum Typ {
     Delta,
     /// A checkpoint, `veto-srl-checkpoint+jwt`.
     Checkpoint,
+    /// A proof of possession, `dpop+jwt` (RFC 9449).
+    Dpop,
 }
 
 impl Typ {
@@ -30,6 +32,7 @@ impl Typ {
             Typ::Snapshot => "veto-srl+jwt",
             Typ::Delta => "veto-srl-delta+jwt",
             Typ::Checkpoint => "veto-srl-checkpoint+jwt",
+            Typ::Dpop => "dpop+jwt",
         }
     }
 }
@@ -86,6 +89,10 @@ pub struct Header {
     /// Key id.
     #[serde(default)]
     pub kid: Option<String>,
+    /// The signer's public key, carried in the header (DPoP proofs only,
+    /// RFC 9449 4.2; never trusted on its own).
+    #[serde(default)]
+    pub jwk: Option<crate::keys::Jwk>,
     #[serde(default)]
     crit: Option<serde_json::Value>,
 }
@@ -99,6 +106,11 @@ pub fn sign(typ: Typ, key: &SigningKey, payload: &[u8]) -> String {
         typ.as_str(),
         key.kid()
     );
+    sign_with_header(&header, key, payload)
+}
+
+/// Signs `payload` under the protected header JSON `header` exactly as given.
+pub(crate) fn sign_with_header(header: &str, key: &SigningKey, payload: &[u8]) -> String {
     let mut out = b64::encode(header.as_bytes());
     out.push('.');
     out.push_str(&b64::encode(payload));

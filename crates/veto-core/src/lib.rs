@@ -8,6 +8,7 @@
 //! - [`srl`]: deltas, snapshots and checkpoints: [`SrlSigner`], [`SrlVerifier`].
 //! - [`SrlState`]: applying them (no rollback, gaps, equivocation, freshness).
 //! - [`Checker`]: the per-request [`Decision`].
+//! - [`dpop`]: proofs of possession (RFC 9449) by the leaf's holder key.
 //! - [`Target`]: the one canonical form of a request target (the path
 //!   every action, route and forwarded request uses).
 
@@ -15,6 +16,7 @@ mod action;
 mod b64;
 mod clock;
 mod decision;
+pub mod dpop;
 mod entry;
 mod json;
 pub mod jws;

@@ -14,6 +14,12 @@ pub enum DenyReason {
     Expired,
     /// A link is not valid yet.
     NotYetValid,
+    /// The policy requires proof of possession and the request has none:
+    /// no `DPoP` proof, the `Bearer` scheme, or a leaf that binds no key.
+    PopRequired,
+    /// The `DPoP` proof is invalid: another key, method, URI or chain, too
+    /// old or too new, replayed, or without the server's nonce.
+    PopInvalid,
     /// A signature does not verify.
     BadSignature,
     /// The root is not signed by a trusted issuer key.
@@ -28,11 +34,13 @@ pub enum DenyReason {
 
 impl DenyReason {
     /// Every reason.
-    pub const ALL: [DenyReason; 9] = [
+    pub const ALL: [DenyReason; 11] = [
         DenyReason::Malformed,
         DenyReason::Revoked,
         DenyReason::Expired,
         DenyReason::NotYetValid,
+        DenyReason::PopRequired,
+        DenyReason::PopInvalid,
         DenyReason::BadSignature,
         DenyReason::UntrustedIssuer,
         DenyReason::ChainInvalid,
@@ -47,6 +55,8 @@ impl DenyReason {
             DenyReason::Revoked => "revoked",
             DenyReason::Expired => "expired",
             DenyReason::NotYetValid => "not_yet_valid",
+            DenyReason::PopRequired => "pop_required",
+            DenyReason::PopInvalid => "pop_invalid",
             DenyReason::BadSignature => "bad_signature",
             DenyReason::UntrustedIssuer => "untrusted_issuer",
             DenyReason::ChainInvalid => "chain_invalid",

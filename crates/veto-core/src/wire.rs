@@ -37,6 +37,28 @@ pub mod path {
     pub const METRICS: &str = "/metrics";
 }
 
+/// The HTTP headers veto sets or reads besides the standard ones.
+pub mod header {
+    /// The proof of possession on a request (RFC 9449 4.1).
+    pub const DPOP: &str = "dpop";
+    /// A server nonce for the next proof (RFC 9449 8).
+    pub const DPOP_NONCE: &str = "dpop-nonce";
+    /// To the upstream: the leaf's `sub`, asserted only by its delegator.
+    pub const AGENT: &str = "veto-agent";
+    /// To the upstream: the root's `sub`, asserted by a trusted issuer.
+    pub const ROOT_AGENT: &str = "veto-root-agent";
+    /// To the upstream: every link's `sub`, root first, comma-separated,
+    /// each percent-encoded.
+    pub const DELEGATION: &str = "veto-delegation";
+    /// To the upstream: the leaf's `jti`.
+    pub const WARRANT: &str = "veto-warrant";
+    /// To the upstream: the RFC 7638 thumbprint of the holder key the
+    /// request's proof proved (absent when none was checked).
+    pub const HOLDER: &str = "veto-holder";
+    /// To the upstream: `1` when only the fail-open policy allowed it.
+    pub const STALE: &str = "veto-stale";
+}
+
 /// NATS JetStream names of the scale-out bus (DESIGN 7).
 pub mod nats {
     /// The stream.

@@ -67,7 +67,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio_stream::wrappers::WatchStream;
 use veto_authorizer::{Authorizer, Verified};
-use veto_core::wire::{path, ErrorBody, ErrorCode};
+use veto_core::wire::{self, path, ErrorBody, ErrorCode};
 use veto_core::{Denial, VerifiedChain};
 
 /// The default for [`ProxyConfig::upstream_timeout`].
@@ -136,6 +136,11 @@ pub struct ProxyConfig {
     /// What an `https://` upstream is checked against (default: the
     /// webpki roots; add a private CA with [`ClientTls::with_ca_file`]).
     pub upstream_tls: Option<ClientTls>,
+    /// Take the scheme and authority a DPoP proof's `htu` must name from
+    /// `X-Forwarded-Proto` / `X-Forwarded-Host` (default off; see
+    /// [`veto_authorizer::request_htu`]). Only for a proxy reachable
+    /// solely through a front end that sets both.
+    pub trust_forwarded: bool,
 }
 
 impl ProxyConfig {
@@ -151,6 +156,7 @@ impl ProxyConfig {
             tls: None,
             admin_tls: None,
             upstream_tls: None,
+            trust_forwarded: false,
         }
     }
 }
@@ -579,35 +585,51 @@ async fn handle(
         ));
     }
     let action = state.config.routes.action(req.method(), target.path());
-    let token = match veto_authorizer::bearer(req.headers()) {
-        Ok(t) => t.to_owned(),
-        Err(d) => {
-            state.metrics.outcome(d.reason.as_str());
-            return Ok(veto_authorizer::deny_response(&d));
-        }
+    let deny = |denial: &veto_core::Denial, outcome: Option<&veto_authorizer::Outcome>| {
+        state.metrics.outcome(denial.reason.as_str());
+        let challenge = veto_authorizer::challenge(&state.authz, denial, outcome);
+        Ok(veto_authorizer::deny_response(denial, &challenge))
     };
-    let outcome = state.authz.check(&token, &action);
-    let (verified, chain) = match (&outcome.decision, outcome.chain) {
-        (veto_core::Decision::Allow { stale }, Some(chain)) => {
-            let leaf = chain.chain().leaf().claims();
-            let v = Verified {
-                agent: leaf.sub.clone(),
-                warrant: leaf.jti.clone(),
-                stale: *stale,
-            };
-            (v, chain)
+    let cred = match veto_authorizer::credential(req.headers()) {
+        Ok(c) => c,
+        Err(d) => return deny(&d, None),
+    };
+    // The proof names the URI the client addressed: this listener's
+    // scheme, the request's authority, the canonical path.
+    let htu = match cred.proof {
+        Some(_) => {
+            let scheme = if state.config.tls.is_some() { "https" } else { "http" };
+            match veto_authorizer::request_htu(
+                scheme,
+                req.uri(),
+                req.headers(),
+                target.path(),
+                state.config.trust_forwarded,
+            ) {
+                Ok(h) => h,
+                Err(d) => return deny(&d, None),
+            }
         }
-        (veto_core::Decision::Deny(d), _) => {
-            state.metrics.outcome(d.reason.as_str());
-            return Ok(veto_authorizer::deny_response(d));
-        }
-        (veto_core::Decision::Allow { .. }, None) => {
-            return Ok(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                "allowed without a verified chain",
-            ));
-        }
+        None => String::new(),
+    };
+    let outcome = state.authz.check_request(&veto_authorizer::Presented {
+        credential: cred,
+        method: req.method().as_str(),
+        htu: &htu,
+        action: &action,
+    });
+    let (verified, chain) = match (Verified::from_outcome(&outcome), &outcome.chain) {
+        (Some(v), Some(chain)) => (v, chain.clone()),
+        _ => match &outcome.decision {
+            veto_core::Decision::Deny(d) => return deny(d, Some(&outcome)),
+            veto_core::Decision::Allow { .. } => {
+                return Ok(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    "allowed without a verified chain",
+                ))
+            }
+        },
     };
     state.metrics.outcome(if verified.stale {
         "allow_stale"
@@ -646,6 +668,7 @@ async fn handle(
     strip_hop_by_hop(headers, upgrade);
     strip_client_headers(headers);
     headers.remove(header::AUTHORIZATION);
+    headers.remove(wire::header::DPOP);
     headers.remove(header::HOST);
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {}", peer.ip()),
@@ -654,18 +677,28 @@ async fn handle(
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", v);
     }
-    // Identity is always sent, percent-encoded: a `sub` holding spaces,
-    // control characters or non-ASCII arrives escaped, never dropped and
-    // never trimmed or normalized into another name.
-    for (name, value) in [
-        ("veto-agent", &verified.agent),
-        ("veto-warrant", &verified.warrant),
-    ] {
-        headers.insert(name, identity_value(value));
+    // Who vouched for what (DESIGN 3.1), always sent, percent-encoded: a
+    // `sub` holding spaces, control characters or non-ASCII arrives
+    // escaped, never dropped and never trimmed or normalized into another
+    // name. Every `veto-*` header of the client's is gone already.
+    let delegation = verified
+        .delegation
+        .iter()
+        .map(|sub| identity_value(sub).to_str().unwrap_or_default().to_owned())
+        .collect::<Vec<_>>()
+        .join(",");
+    headers.insert(wire::header::ROOT_AGENT, identity_value(&verified.root_agent));
+    if let Ok(v) = HeaderValue::from_str(&delegation) {
+        headers.insert(wire::header::DELEGATION, v);
+    }
+    headers.insert(wire::header::AGENT, identity_value(&verified.agent));
+    headers.insert(wire::header::WARRANT, identity_value(&verified.warrant));
+    if let Some(kid) = &verified.holder {
+        headers.insert(wire::header::HOLDER, identity_value(kid));
     }
     // Only the proxy says whether the decision was stale.
     if verified.stale {
-        headers.insert("veto-stale", HeaderValue::from_static("1"));
+        headers.insert(wire::header::STALE, HeaderValue::from_static("1"));
     }
 
     let timeout = state.config.upstream_timeout;
@@ -680,7 +713,10 @@ async fn handle(
             // Dropping the upstream request closes its connection: the
             // upstream gets no more of the body and its answer is never relayed.
             tracing::info!(reason = %denial.reason, "ending a request the upstream had not answered yet");
-            return Ok(veto_authorizer::deny_response(&denial));
+            return Ok(veto_authorizer::deny_response(
+                &denial,
+                &veto_authorizer::challenge(&state.authz, &denial, None),
+            ));
         }
     };
     let mut resp = match answer {
@@ -710,7 +746,10 @@ async fn handle(
     // A version applied just as the head arrived: decide again before
     // relaying anything.
     if let Some(denial) = guard.check_now() {
-        return Ok(veto_authorizer::deny_response(&denial));
+        return Ok(veto_authorizer::deny_response(
+                &denial,
+                &veto_authorizer::challenge(&state.authz, &denial, None),
+            ));
     }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // The upstream may only switch to a protocol the client asked for

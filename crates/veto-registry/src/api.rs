@@ -600,10 +600,14 @@ fn validate_mint(req: &MintRequest) -> Result<Option<PublicKey>, Refusal> {
             format!("`ttl` must be 1 to {MAX_TTL} seconds"),
         ));
     }
-    req.holder_key
-        .as_ref()
-        .map(PublicKey::from_jwk)
-        .transpose()
+    let Some(jwk) = &req.holder_key else {
+        return Err(bad(
+            ErrorCode::InvalidHolderKey,
+            "`holder_key` is required: the public JWK of the key the agent will prove on every              request (DPoP); `veto issue` generates one when none is given",
+        ));
+    };
+    PublicKey::from_jwk(jwk)
+        .map(Some)
         .map_err(|e| bad(ErrorCode::InvalidHolderKey, format!("`holder_key`: {e}")))
 }
 

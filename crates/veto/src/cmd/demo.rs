@@ -9,7 +9,9 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use serde_json::json;
 use veto_authorizer::{Authorizer, Config as AuthzConfig};
-use veto_core::wire::path;
+use reqwest::header::AUTHORIZATION;
+use veto_core::dpop::{self, ProofSpec};
+use veto_core::wire::{header, path};
 use veto_core::{warrant, KeySet, LinkSpec, SigningKey};
 use veto_proxy::ProxyConfig;
 use veto_registry::{Config as RegistryConfig, Registry};
@@ -65,7 +67,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let up_url = format!("http://{}", up_listener.local_addr()?);
     let upstream = axum::Router::new().fallback(|headers: http::HeaderMap| async move {
         let agent = headers
-            .get("veto-agent")
+            .get(header::AGENT)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("?")
             .to_owned();
@@ -137,24 +139,51 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     )?;
     println!("\nminted a root warrant for `planner` (http:*:/orders/*) and delegated `worker` (http:GET:/orders/*)");
 
-    let call = |method: reqwest::Method, chain: String| {
+    // Every call proves the leaf's holder key with a fresh DPoP proof
+    // (RFC 9449), as `veto request` does.
+    let call = |method: reqwest::Method, chain: String, key: Option<SigningKey>| {
         let http = http.clone();
         let url = format!("{px_url}/orders/42");
         async move {
-            let r = http.request(method, url).bearer_auth(chain).send().await?;
+            let mut req = http.request(method.clone(), &url);
+            req = match key {
+                Some(key) => {
+                    let proof = dpop::make(
+                        &key,
+                        &ProofSpec {
+                            method: method.as_str(),
+                            url: &url,
+                            chain: &chain,
+                            iat: util::now(),
+                            nonce: None,
+                        },
+                    )?;
+                    req.header(AUTHORIZATION, format!("DPoP {chain}"))
+                        .header(header::DPOP, proof)
+                }
+                None => req.bearer_auth(&chain),
+            };
+            let r = req.send().await?;
             let status = r.status().as_u16();
             let body = r.text().await?;
             Ok::<_, anyhow::Error>((status, body))
         }
     };
-    for (who, method, chain) in [
-        ("planner", reqwest::Method::GET, root.clone()),
-        ("worker ", reqwest::Method::GET, child.clone()),
-        ("worker ", reqwest::Method::POST, child.clone()),
+    let planner = Some(planner_key.clone());
+    let worker = Some(worker_key.clone());
+    for (who, method, chain, key) in [
+        ("planner", reqwest::Method::GET, root.clone(), planner.clone()),
+        ("worker ", reqwest::Method::GET, child.clone(), worker.clone()),
+        ("worker ", reqwest::Method::POST, child.clone(), worker.clone()),
     ] {
-        let (status, body) = call(method.clone(), chain).await?;
+        let (status, body) = call(method.clone(), chain, key).await?;
         println!("  {who} {method:<4} /orders/42 -> {status} {}", body.trim());
     }
+    let (status, body) = call(reqwest::Method::GET, child.clone(), None).await?;
+    println!(
+        "  the worker's chain replayed without its key -> {status} {}",
+        body.trim()
+    );
 
     // 5. Revoke the parent. One entry; every descendant goes with it.
     println!("\nrevoking the planner's root warrant `{root_jti}` ...");
@@ -176,14 +205,24 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         if acked_at.elapsed() > Duration::from_secs(30) {
             bail!("the proxy still allowed a revoked chain 30 s after the revocation");
         }
-        if child_denied.is_none() && call(reqwest::Method::GET, child.clone()).await?.0 == 403 {
+        if child_denied.is_none()
+            && call(reqwest::Method::GET, child.clone(), worker.clone())
+                .await?
+                .0
+                == 403
+        {
             child_denied = Some(acked_at.elapsed());
         }
-        if parent_denied.is_none() && call(reqwest::Method::GET, root.clone()).await?.0 == 403 {
+        if parent_denied.is_none()
+            && call(reqwest::Method::GET, root.clone(), planner.clone())
+                .await?
+                .0
+                == 403
+        {
             parent_denied = Some(acked_at.elapsed());
         }
     }
-    let (status, body) = call(reqwest::Method::GET, child.clone()).await?;
+    let (status, body) = call(reqwest::Method::GET, child.clone(), worker.clone()).await?;
     println!(
         "  revocation acknowledged (durable) in {:.2} ms",
         acked.as_secs_f64() * 1e3

@@ -8,6 +8,7 @@ mod inspect;
 mod issue;
 mod keys;
 mod proxy;
+mod request;
 mod revoke;
 mod serve;
 mod srl;
@@ -35,6 +36,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run the reverse proxy: the authorizer in front of an upstream.
     Proxy(proxy::ProxyArgs),
+    /// Send an HTTP request with a chain and a fresh DPoP proof (curl-like).
+    Request(request::RequestArgs),
+    /// Print a DPoP proof (RFC 9449) for a method and URL, for any HTTP client.
+    Dpop(request::DpopArgs),
     /// Run the whole product on loopback and measure time-to-deny.
     Demo(demo::DemoArgs),
     /// Revoke a warrant, an agent or a key at the registry.
@@ -58,6 +63,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Revoke(a) => revoke::run(a),
         Command::Proxy(a) => proxy::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Request(a) => request::run(a),
+        Command::Dpop(a) => request::run_dpop(a),
         Command::Revocations(c) => revoke::run_list(c),
         Command::Srl(c) => srl::run(c),
     }

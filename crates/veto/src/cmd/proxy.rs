@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use veto_authorizer::{Authorizer, Config, Issuers, Push, StalenessPolicy};
+use veto_authorizer::{Authorizer, Config, Issuers, PopConfig, Push, StalenessPolicy};
 use veto_core::{keyfile, KeySet};
 use veto_proxy::{ProxyConfig, Routes};
 
@@ -112,6 +112,27 @@ pub struct ProxyArgs {
     /// The private key of --admin-tls-cert (PEM).
     #[arg(long, env = "VETO_PROXY_ADMIN_TLS_KEY")]
     admin_tls_key: Option<PathBuf>,
+    /// Proof of possession (DPoP, RFC 9449): `required` (every request
+    /// carries `Authorization: DPoP <chain>` and a `DPoP` proof by the
+    /// leaf's holder key), `optional` (bearer chains pass; proofs sent are
+    /// checked) or `off` (every chain is a bearer token).
+    #[arg(long, env = "VETO_POP", default_value = "required")]
+    pop: veto_authorizer::PopPolicy,
+    /// How old a proof may be (its `iat`); at most 5 minutes.
+    #[arg(long, default_value = "30s", value_parser = util::parse_duration)]
+    pop_window: u64,
+    /// Byte budget of the proof replay cache; when full, proofs are refused
+    /// until older ones age out (never forgotten early).
+    #[arg(long, default_value = "64MiB", value_parser = util::parse_bytes)]
+    pop_replay_bytes: usize,
+    /// Require a server nonce in every proof (`DPoP-Nonce`, RFC 9449 8).
+    #[arg(long)]
+    pop_nonce: bool,
+    /// Take the scheme and host a proof must name from `X-Forwarded-Proto`
+    /// and `X-Forwarded-Host`: only when every request comes through a
+    /// front end that sets both (off by default).
+    #[arg(long)]
+    trust_forwarded: bool,
 }
 
 pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
@@ -172,6 +193,18 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
     };
     config.check.issuer = Some(a.iss.clone());
     config.cache_dir = a.cache_dir;
+    if a.pop_window == 0 || a.pop_window > 300 {
+        anyhow::bail!(
+            "--pop-window {} s: give 1 s to 5 min (a proof is only as replayable as the window is long)",
+            a.pop_window
+        );
+    }
+    config.pop = PopConfig {
+        policy: a.pop,
+        window: a.pop_window,
+        replay_bytes: a.pop_replay_bytes,
+        nonce: a.pop_nonce,
+    };
     let routes = match &a.routes {
         Some(p) => Routes::parse(
             &std::fs::read_to_string(p)
@@ -225,6 +258,12 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
             "  policy   : {:?}, max staleness {} s",
             a.policy, a.max_staleness
         );
+        println!(
+            "  proof    : {} (DPoP window {} s{})",
+            a.pop,
+            a.pop_window,
+            if a.pop_nonce { ", server nonces" } else { "" }
+        );
         veto_proxy::serve(
             authz,
             ProxyConfig {
@@ -235,6 +274,7 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
                 tls,
                 admin_tls,
                 upstream_tls: Some(client_tls),
+                trust_forwarded: a.trust_forwarded,
                 ..ProxyConfig::new(upstream)
             },
             listener,
