@@ -34,9 +34,9 @@ pub fn run(data: &[u8]) {
         Err(e) => assert!(e.status() == 400 && !e.message().is_empty(), "{e}"),
     }
     match parse_mint_body(data) {
-        Ok(has_holder) => {
+        Ok(kid) => {
             let v: serde_json::Value = serde_json::from_slice(data).expect("accepted body is JSON");
-            assert_eq!(has_holder, !v["holder_key"].is_null());
+            assert!(v["holder_key"].is_object() && kid.len() == 43, "{kid}");
             assert!(v["ttl"].as_u64().is_some_and(|t| t > 0));
         }
         Err(e) => assert!(e.status() == 400 && !e.message().is_empty(), "{e}"),

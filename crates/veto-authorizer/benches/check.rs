@@ -82,10 +82,11 @@ fn setup() -> World {
 
         let http = reqwest::Client::new();
         let mint = |holder: Option<&SigningKey>| {
-            let mut body = json!({"agent": "planner", "act": ["http:*:/*"], "ttl": 3600});
-            if let Some(k) = holder {
-                body["holder_key"] = serde_json::to_value(k.public().to_jwk()).unwrap();
-            }
+            // The registry binds a holder key in every warrant.
+            let unheld = SigningKey::generate().unwrap();
+            let k = holder.unwrap_or(&unheld);
+            let body = json!({"agent": "planner", "act": ["http:*:/*"], "ttl": 3600,
+                "holder_key": serde_json::to_value(k.public().to_jwk()).unwrap()});
             let req = http
                 .post(format!("{base}{}", path::WARRANTS))
                 .bearer_auth(&token)
@@ -127,6 +128,7 @@ fn setup() -> World {
 
         let mut config = Config::new(&base, "veto", KeySet::new([authority]));
         config.poll_interval = Duration::from_secs(3600);
+        config.pop.policy = veto_authorizer::PopPolicy::Off;
         let authz = Authorizer::start(config).await.unwrap();
         // Fresh, and the issuer keys (JWKS) loaded: both chains allowed.
         let deadline = Instant::now() + Duration::from_secs(30);

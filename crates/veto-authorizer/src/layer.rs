@@ -132,9 +132,11 @@ pub fn credential(headers: &HeaderMap) -> Result<Credential<'_>, Denial> {
             ))
         }
         (Some(v), None) => {
-            let v = v.to_str().ok().map(str::trim).filter(|v| {
-                !v.is_empty() && !v.contains([',', ' '])
-            });
+            let v = v
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && !v.contains([',', ' ']));
             Some(v.ok_or_else(|| {
                 Denial::new(
                     DenyReason::PopInvalid,
@@ -188,7 +190,9 @@ pub fn request_htu(
     if trust_forwarded {
         if let Some(p) = one("x-forwarded-proto")? {
             if !p.eq_ignore_ascii_case("http") && !p.eq_ignore_ascii_case("https") {
-                return Err(bad(format!("`X-Forwarded-Proto: {p}` is not http or https")));
+                return Err(bad(format!(
+                    "`X-Forwarded-Proto: {p}` is not http or https"
+                )));
             }
             scheme = p.to_ascii_lowercase();
         }
@@ -245,8 +249,8 @@ impl Verified {
     }
 }
 
-/// Decides a request: the denial with the outcome that denied it (when
-/// the check ran), or who is acting.
+/// Decides a request: who is acting, or the denial with what the client
+/// is told to do next.
 pub(crate) fn decide(
     authz: &Authorizer,
     method: &Method,
@@ -254,10 +258,14 @@ pub(crate) fn decide(
     path: &str,
     headers: &HeaderMap,
     scheme: &str,
-) -> Result<(Verified, crate::Outcome), (Denial, Option<crate::Outcome>)> {
-    let cred = credential(headers).map_err(|d| (d, None))?;
+) -> Result<Verified, (Denial, Challenge)> {
+    let refuse = |d: Denial, outcome: Option<&crate::Outcome>| {
+        let c = challenge(authz, &d, outcome);
+        (d, c)
+    };
+    let cred = credential(headers).map_err(|d| refuse(d, None))?;
     let htu = match cred.proof {
-        Some(_) => request_htu(scheme, uri, headers, path, false).map_err(|d| (d, None))?,
+        Some(_) => request_htu(scheme, uri, headers, path, false).map_err(|d| refuse(d, None))?,
         None => String::new(),
     };
     let action = action_for(method, path);
@@ -268,10 +276,10 @@ pub(crate) fn decide(
         action: &action,
     });
     match Verified::from_outcome(&outcome) {
-        Some(v) => Ok((v, outcome)),
+        Some(v) => Ok(v),
         None => match &outcome.decision {
-            Decision::Deny(d) => Err((d.clone(), Some(outcome.clone()))),
-            Decision::Allow { .. } => Err((
+            Decision::Deny(d) => Err(refuse(d.clone(), Some(&outcome))),
+            Decision::Allow { .. } => Err(refuse(
                 Denial::new(DenyReason::BadSignature, "chain not verified"),
                 None,
             )),
@@ -320,7 +328,11 @@ pub fn deny_response<B: From<String>>(denial: &Denial, challenge: &Challenge) ->
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Some(n) = challenge.nonce.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
+    if let Some(n) = challenge
+        .nonce
+        .as_deref()
+        .and_then(|n| HeaderValue::from_str(n).ok())
+    {
         h.insert(DPOP_NONCE, n);
     }
     if resp.status() == StatusCode::UNAUTHORIZED {
@@ -408,7 +420,7 @@ where
             &scheme,
         );
         match decided {
-            Ok((verified, _)) => {
+            Ok(verified) => {
                 // The inner service routes on the form that was authorized.
                 let mut parts = req.uri().clone().into_parts();
                 match target.to_string().parse::<PathAndQuery>() {
@@ -430,10 +442,7 @@ where
                 req.extensions_mut().insert(verified);
                 Either::Right(self.inner.call(req))
             }
-            Err((denial, outcome)) => {
-                let c = challenge(&self.authz, &denial, outcome.as_ref());
-                Either::Left(ready(Ok(deny_response(&denial, &c))))
-            }
+            Err((denial, challenge)) => Either::Left(ready(Ok(deny_response(&denial, &challenge)))),
         }
     }
 }

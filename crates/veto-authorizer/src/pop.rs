@@ -202,31 +202,30 @@ impl Prover {
             )
         };
         let cred = req.credential;
-        let proof = match (self.config.policy, cred.scheme, cred.proof) {
-            (PopPolicy::Off, _, _) | (PopPolicy::Optional, Scheme::Bearer, None) => {
-                return Ok(None)
-            }
-            (PopPolicy::Required, Scheme::Bearer, _) => {
-                return Err(required(
+        let proof =
+            match (self.config.policy, cred.scheme, cred.proof) {
+                (PopPolicy::Off, _, _) | (PopPolicy::Optional, Scheme::Bearer, None) => {
+                    return Ok(None)
+                }
+                (PopPolicy::Required, Scheme::Bearer, _) => return Err(required(
                     "a bearer chain is refused here: send `Authorization: DPoP <chain>` with a \
                      `DPoP` proof made by the leaf's holder key (`veto request` does both)",
-                ))
-            }
-            (PopPolicy::Optional, Scheme::Bearer, Some(_)) => {
-                return Err(invalid(
-                    "a `DPoP` proof came with `Authorization: Bearer`: send the chain as \
+                )),
+                (PopPolicy::Optional, Scheme::Bearer, Some(_)) => {
+                    return Err(invalid(
+                        "a `DPoP` proof came with `Authorization: Bearer`: send the chain as \
                      `Authorization: DPoP <chain>`"
-                        .into(),
-                ))
-            }
-            (_, Scheme::Dpop, None) => {
-                return Err(required(
-                    "`Authorization: DPoP` without a `DPoP` header: add a proof made by the \
+                            .into(),
+                    ))
+                }
+                (_, Scheme::Dpop, None) => {
+                    return Err(required(
+                        "`Authorization: DPoP` without a `DPoP` header: add a proof made by the \
                      leaf's holder key for this method and URL",
-                ))
-            }
-            (_, Scheme::Dpop, Some(p)) => p,
-        };
+                    ))
+                }
+                (_, Scheme::Dpop, Some(p)) => p,
+            };
         let Some(holder) = chain.leaf().holder() else {
             return Err(required(
                 "the chain's leaf binds no holder key (`cnf.jwk`), so nobody can prove holding \
@@ -241,7 +240,8 @@ impl Prover {
             window: self.config.window,
             skew: self.skew,
         };
-        let verified = dpop::verify(proof, holder, &expected).map_err(|e| invalid(e.to_string()))?;
+        let verified =
+            dpop::verify(proof, holder, &expected).map_err(|e| invalid(e.to_string()))?;
         if self.config.nonce {
             match verified.nonce.as_deref() {
                 Some(n) if self.nonces.accepts(n, now) => {}

@@ -295,6 +295,8 @@ fn config(url: &str, fake: &Fake) -> Config {
     let mut c = Config::new(url, ISS, KeySet::new([fake.signer.key().public().clone()]));
     c.poll_interval = Duration::from_millis(200);
     c.check.issuer = Some(ISS.into());
+    // Bearer checks: these tests are about the sync path.
+    c.pop.policy = veto_authorizer::PopPolicy::Off;
     c
 }
 

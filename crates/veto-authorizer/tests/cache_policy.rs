@@ -42,6 +42,7 @@ async fn only_chains_that_can_be_allowed_again_are_kept() {
     );
     config.issuers = Issuers::Pinned(KeySet::new([issuer.public().clone()]));
     config.push = Push::Off;
+    config.pop.policy = veto_authorizer::PopPolicy::Off;
     config.poll_interval = Duration::from_secs(3600);
     config.check.issuer = Some(ISS.into());
     let authz = Authorizer::start_with_clock(config, clock.clone())

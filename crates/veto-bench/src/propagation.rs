@@ -264,6 +264,7 @@ async fn run_authorizers(a: &PropagationArgs, reg: &Registry) -> anyhow::Result<
         c.push = push.clone();
         c.tls = Some(tls.clone());
         c.poll_interval = POLL;
+        c.pop.policy = veto_authorizer::PopPolicy::Off;
         authzs.push(Authorizer::start(c).await?);
     }
     // Every authorizer fresh and its push connected.

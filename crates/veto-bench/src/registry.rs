@@ -192,10 +192,27 @@ impl Registry {
         act: &[&str],
         ttl: u64,
     ) -> anyhow::Result<(String, String)> {
+        // The registry binds a holder key in every warrant; this one is
+        // never proved (bearer chains to `--pop off` proxies).
+        let unheld = veto_core::SigningKey::generate()?;
+        self.mint_held(client, agent, act, ttl, unheld.public())
+            .await
+    }
+
+    /// As [`Registry::mint`], binding `holder` (the key requests prove).
+    pub(crate) async fn mint_held(
+        &self,
+        client: &reqwest::Client,
+        agent: &str,
+        act: &[&str],
+        ttl: u64,
+        holder: &veto_core::PublicKey,
+    ) -> anyhow::Result<(String, String)> {
         let resp = client
             .post(format!("{}{}", self.base, path::WARRANTS))
             .bearer_auth(&self.token)
-            .json(&serde_json::json!({"agent": agent, "act": act, "ttl": ttl}))
+            .json(&serde_json::json!({"agent": agent, "act": act, "ttl": ttl,
+                "holder_key": holder.to_jwk()}))
             .send()
             .await
             .with_context(|| format!("POST {}", path::WARRANTS))?;

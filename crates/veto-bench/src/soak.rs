@@ -2,7 +2,8 @@
 //! revocations stream in.
 //!
 //! Setup: a registry (`veto serve`), a `veto proxy` with its defaults (SSE
-//! push, fail-closed, poll every 60 s) in front of the in-process upstream,
+//! push, fail-closed, poll every 60 s, `--pop required`) in front of the
+//! in-process upstream,
 //! and root warrants (act `http:*:/*`) minted by concurrent `POST
 //! /v1/warrants`: `--chains`, plus one for each revocation to come, plus
 //! one in twenty of `--chains` that is revoked before the load starts (so
@@ -13,7 +14,10 @@
 //!
 //! Load: `--connections` keep-alive HTTP/1.1 connections (one hyper client
 //! connection each) send `GET /` back to back, each request with a chain
-//! picked at random: an already-revoked one with probability
+//! picked at random and a fresh DPoP proof made here by that chain's holder
+//! key (`--pop off`: the chain as a bearer token; the proof is still made
+//! and sent, and ignored, so the client does the same work). The chain is
+//! an already-revoked one with probability
 //! `--revoked-share`, a live one otherwise. Meanwhile a dedicated thread
 //! revokes a random live chain `--revoke-rate` times a second (`POST
 //! /v1/revocations`; the acknowledged version and the arrival of the `201`
@@ -54,7 +58,10 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderValue, AUTHORIZATION, HOST};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use veto_core::wire::path;
+use veto_authorizer::PopPolicy;
+use veto_core::dpop::{self, ProofSpec};
+use veto_core::wire::{header, path};
+use veto_core::SigningKey;
 
 use crate::overhead::parse_duration_ms;
 use crate::propagation::revoke_id;
@@ -128,6 +135,12 @@ pub(crate) struct SoakArgs {
     /// RSS growth is measured from the first sample at or after this.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     warmup: Duration,
+    /// The proxy's `--pop` policy: `required` (its default; every request
+    /// carries `Authorization: DPoP` and a fresh proof made by this
+    /// process) or `off` (`Authorization: Bearer`; the proof is made and
+    /// sent all the same, and ignored by the proxy).
+    #[arg(long, default_value = "required")]
+    pop: veto_authorizer::PopPolicy,
     #[command(flatten)]
     common: Common,
 }
@@ -188,7 +201,11 @@ impl Rng {
 /// One chain of the pool.
 struct Chain {
     jti: String,
-    /// `Bearer <chain>`.
+    /// The chain as sent.
+    raw: String,
+    /// The leaf's holder key, which proves every request (DPoP).
+    key: SigningKey,
+    /// `DPoP <chain>`, or `Bearer <chain>` with `--pop off`.
     auth: HeaderValue,
     /// Set just before its revocation is sent.
     revoking: OnceLock<Instant>,
@@ -203,11 +220,14 @@ struct Pool {
 }
 
 impl Pool {
-    fn add(&mut self, chain: &str, jti: String) -> anyhow::Result<()> {
+    fn add(&mut self, chain: &str, jti: String, key: SigningKey, pop: bool) -> anyhow::Result<()> {
         let id = u32::try_from(self.chains.len())?;
+        let scheme = if pop { "DPoP" } else { "Bearer" };
         self.chains.push(Arc::new(Chain {
             jti,
-            auth: HeaderValue::from_str(&format!("Bearer {chain}"))?,
+            raw: chain.to_owned(),
+            key,
+            auth: HeaderValue::from_str(&format!("{scheme} {chain}"))?,
             revoking: OnceLock::new(),
         }));
         self.live.push(id);
@@ -359,6 +379,7 @@ async fn connection(
     deadline: Instant,
     revoked_share: f64,
 ) -> anyhow::Result<Tally> {
+    let url = format!("http://{addr}/");
     let mut rng = Rng::new()?;
     let mut tally = Tally::default();
     let mut sender: Option<SendRequest<Empty<Bytes>>> = None;
@@ -388,10 +409,26 @@ async fn connection(
         let Some((id, chain)) = picked else {
             bail!("the chain pool is empty");
         };
-        let req = Request::get("/")
+        let mut req = Request::get("/")
             .header(HOST, &addr)
-            .header(AUTHORIZATION, chain.auth.clone())
-            .body(Empty::<Bytes>::new())?;
+            .header(AUTHORIZATION, chain.auth.clone());
+        {
+            // A fresh proof per request, as an agent makes it; with `--pop
+            // off` too (the proxy ignores it), so that the client's work is
+            // the same in both modes and only the proxy's differs.
+            let proof = dpop::make(
+                &chain.key,
+                &ProofSpec {
+                    method: "GET",
+                    url: &url,
+                    chain: &chain.raw,
+                    iat: unix_now(),
+                    nonce: None,
+                },
+            )?;
+            req = req.header(header::DPOP, proof);
+        }
+        let req = req.body(Empty::<Bytes>::new())?;
         let sent = Instant::now();
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
             let r = s.send_request(req).await.map_err(|e| (None, e))?;
@@ -465,6 +502,13 @@ async fn connection(
         }
     }
     Ok(tally)
+}
+
+/// Now, Unix seconds (a proof's `iat`).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// `sync.version` from the proxy's `/healthz`.
@@ -576,7 +620,7 @@ fn revoke_stream(
 
 /// Mints `n` chains with [`MINT_CONCURRENCY`] concurrent requests, with
 /// progress on stderr.
-async fn mint_pool(reg: &Arc<Registry>, n: usize, ttl: u64) -> anyhow::Result<Pool> {
+async fn mint_pool(reg: &Arc<Registry>, n: usize, ttl: u64, pop: bool) -> anyhow::Result<Pool> {
     let (next, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let tasks: Vec<_> = (0..MINT_CONCURRENCY.min(n))
         .map(|_| {
@@ -589,10 +633,12 @@ async fn mint_pool(reg: &Arc<Registry>, n: usize, ttl: u64) -> anyhow::Result<Po
                     if i >= n {
                         break;
                     }
-                    out.push(
-                        reg.mint(&client, &format!("soak-agent-{i}"), ACT, ttl)
-                            .await?,
-                    );
+                    let key = SigningKey::generate()?;
+                    let agent = format!("soak-agent-{i}");
+                    let (chain, jti) = reg
+                        .mint_held(&client, &agent, ACT, ttl, key.public())
+                        .await?;
+                    out.push((chain, jti, key));
                     let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                     if d % (n / 10).max(1) == 0 || d == n {
                         eprintln!("soak: minted {d}/{n} chains");
@@ -604,8 +650,8 @@ async fn mint_pool(reg: &Arc<Registry>, n: usize, ttl: u64) -> anyhow::Result<Po
         .collect();
     let mut pool = Pool::default();
     for t in tasks {
-        for (chain, jti) in t.await?? {
-            pool.add(&chain, jti)?;
+        for (chain, jti, key) in t.await?? {
+            pool.add(&chain, jti, key, pop)?;
         }
     }
     Ok(pool)
@@ -731,7 +777,9 @@ pub(crate) async fn run(a: SoakArgs) -> anyhow::Result<()> {
     let veto = a.common.veto_path()?;
     let reg = Arc::new(Registry::start(&veto, a.common.keep_data).await?);
     let upstream = Upstream::start().await?;
-    let result = match Proxy::start(&veto, a.common.keep_data, &reg, &upstream.url, &[]).await {
+    let pop = a.pop.to_string();
+    let args = ["--pop", pop.as_str()];
+    let result = match Proxy::start(&veto, a.common.keep_data, &reg, &upstream.url, &args).await {
         Ok(proxy) => {
             let r = soak(&a, &reg, &proxy).await;
             let stopped = proxy.stop().await;
@@ -763,7 +811,7 @@ async fn soak(a: &SoakArgs, reg: &Arc<Registry>, proxy: &Proxy) -> anyhow::Resul
         a.chains
     );
     let shared = Arc::new(Shared {
-        pool: RwLock::new(mint_pool(reg, minted, ttl).await?),
+        pool: RwLock::new(mint_pool(reg, minted, ttl, a.pop != PopPolicy::Off).await?),
         ..Shared::default()
     });
     let _stop = StopOnDrop(shared.clone());
@@ -1256,7 +1304,12 @@ mod tests {
     fn pool_keeps_live_and_revoked_apart() -> anyhow::Result<()> {
         let mut pool = Pool::default();
         for i in 0..3 {
-            pool.add(&format!("chain{i}"), format!("jti{i}"))?;
+            pool.add(
+                &format!("chain{i}"),
+                format!("jti{i}"),
+                SigningKey::from_seed(&[1; 32]),
+                false,
+            )?;
         }
         let mut rng = Rng::new()?;
         let (id, chain) = pool

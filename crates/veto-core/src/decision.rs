@@ -142,10 +142,17 @@ impl Checker {
 
     /// Checks a parsed chain, signatures included.
     pub fn check(&self, state: &SrlState, chain: &ParsedChain, action: &str, now: u64) -> Decision {
-        self.decide(state, chain, action, now, |_| Ok(()), || {
-            self.check_issuer(chain)?;
-            Ok(chain.check_signatures(&self.issuers, self.config.max_depth)?)
-        })
+        self.decide(
+            state,
+            chain,
+            action,
+            now,
+            |_| Ok(()),
+            || {
+                self.check_issuer(chain)?;
+                Ok(chain.check_signatures(&self.issuers, self.config.max_depth)?)
+            },
+        )
     }
 
     /// Verifies signatures and chain rules once, for a cache of verified

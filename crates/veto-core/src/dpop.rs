@@ -134,11 +134,9 @@ pub fn ath(chain: &str) -> String {
 pub fn verify(proof: &str, holder: &PublicKey, expected: &Expected<'_>) -> Result<Proof, PopError> {
     let jws = UnverifiedJws::parse(proof, MAX_PROOF_BYTES)?;
     jws.expect_typ(Typ::Dpop)?;
-    let jwk = jws
-        .header()
-        .jwk
-        .as_ref()
-        .ok_or_else(|| PopError::Jwk("missing: the proof must carry the holder's public key".into()))?;
+    let jwk = jws.header().jwk.as_ref().ok_or_else(|| {
+        PopError::Jwk("missing: the proof must carry the holder's public key".into())
+    })?;
     if jwk.d.is_some() {
         return Err(PopError::Jwk(
             "it holds a private key (`d`): send only the public key".into(),
@@ -357,7 +355,10 @@ mod tests {
 
         let mut post = expected(&htu, "c", 1000);
         post.method = "POST";
-        assert!(matches!(verify(&p, key().public(), &post), Err(PopError::Method { .. })));
+        assert!(matches!(
+            verify(&p, key().public(), &post),
+            Err(PopError::Method { .. })
+        ));
         let other = canonical_htu("http://proxy.example:8080/orders/8").unwrap();
         assert!(matches!(
             verify(&p, key().public(), &expected(&other, "c", 1000)),

@@ -1420,8 +1420,20 @@ fn conformance_vectors() {
     }
     assert_eq!(loaded, generated.len());
 
-    // Every denial reason has a vector.
-    for reason in veto_core::DenyReason::ALL {
+    // Every denial reason a chain check can give has a vector. The proof
+    // of possession (`pop_required`, `pop_invalid`) is decided on the
+    // request, not the chain: the authorizer's proof step, tested by the
+    // `dpop` unit tests, `crates/veto/tests/dpop.rs` through the real
+    // proxy, and `scripts/check_dpop.py` against an independent DPoP
+    // implementation.
+    let request_level = [
+        veto_core::DenyReason::PopRequired,
+        veto_core::DenyReason::PopInvalid,
+    ];
+    for reason in veto_core::DenyReason::ALL
+        .into_iter()
+        .filter(|r| !request_level.contains(r))
+    {
         assert!(
             generated
                 .iter()

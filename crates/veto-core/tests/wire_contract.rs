@@ -12,7 +12,7 @@
 //! The enums are matched exhaustively: a new variant does not compile
 //! until its string is pinned here.
 
-use veto_core::wire::{nats, path, DeltasPage, ErrorBody, ErrorCode, EventKind};
+use veto_core::wire::{header, nats, path, DeltasPage, ErrorBody, ErrorCode, EventKind};
 use veto_core::DenyReason;
 
 #[test]
@@ -30,6 +30,23 @@ fn paths() {
         (path::HEALTHZ, "/healthz"),
         (path::READYZ, "/readyz"),
         (path::METRICS, "/metrics"),
+    ];
+    for (got, want) in pinned {
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn headers() {
+    let pinned = [
+        (header::DPOP, "dpop"),
+        (header::DPOP_NONCE, "dpop-nonce"),
+        (header::AGENT, "veto-agent"),
+        (header::ROOT_AGENT, "veto-root-agent"),
+        (header::DELEGATION, "veto-delegation"),
+        (header::WARRANT, "veto-warrant"),
+        (header::HOLDER, "veto-holder"),
+        (header::STALE, "veto-stale"),
     ];
     for (got, want) in pinned {
         assert_eq!(got, want);
@@ -130,13 +147,15 @@ fn deny_reasons() {
         DenyReason::Revoked => "revoked",
         DenyReason::Expired => "expired",
         DenyReason::NotYetValid => "not_yet_valid",
+        DenyReason::PopRequired => "pop_required",
+        DenyReason::PopInvalid => "pop_invalid",
         DenyReason::BadSignature => "bad_signature",
         DenyReason::UntrustedIssuer => "untrusted_issuer",
         DenyReason::ChainInvalid => "chain_invalid",
         DenyReason::ActionDenied => "action_denied",
         DenyReason::Stale => "stale",
     };
-    assert_eq!(DenyReason::ALL.len(), 9);
+    assert_eq!(DenyReason::ALL.len(), 11);
     let mut seen = std::collections::HashSet::new();
     for r in DenyReason::ALL {
         assert!(seen.insert(r), "{r:?} twice in ALL");

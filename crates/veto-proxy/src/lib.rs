@@ -598,7 +598,11 @@ async fn handle(
     // scheme, the request's authority, the canonical path.
     let htu = match cred.proof {
         Some(_) => {
-            let scheme = if state.config.tls.is_some() { "https" } else { "http" };
+            let scheme = if state.config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             match veto_authorizer::request_htu(
                 scheme,
                 req.uri(),
@@ -687,7 +691,10 @@ async fn handle(
         .map(|sub| identity_value(sub).to_str().unwrap_or_default().to_owned())
         .collect::<Vec<_>>()
         .join(",");
-    headers.insert(wire::header::ROOT_AGENT, identity_value(&verified.root_agent));
+    headers.insert(
+        wire::header::ROOT_AGENT,
+        identity_value(&verified.root_agent),
+    );
     if let Ok(v) = HeaderValue::from_str(&delegation) {
         headers.insert(wire::header::DELEGATION, v);
     }
@@ -747,9 +754,9 @@ async fn handle(
     // relaying anything.
     if let Some(denial) = guard.check_now() {
         return Ok(veto_authorizer::deny_response(
-                &denial,
-                &veto_authorizer::challenge(&state.authz, &denial, None),
-            ));
+            &denial,
+            &veto_authorizer::challenge(&state.authz, &denial, None),
+        ));
     }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // The upstream may only switch to a protocol the client asked for

@@ -234,12 +234,12 @@ pub fn parse_revocation_body(body: &[u8], now: u64) -> Result<usize, Refusal> {
 }
 
 /// Parses and validates a `POST /v1/warrants` body exactly as the handler
-/// does before it signs anything: whether the holder key is present, or
-/// the 400 the handler would answer. For fuzzing and tests.
-pub fn parse_mint_body(body: &[u8]) -> Result<bool, Refusal> {
+/// does before it signs anything: the holder key it binds (RFC 7638
+/// thumbprint), or the 400 the handler would answer. For fuzzing and tests.
+pub fn parse_mint_body(body: &[u8]) -> Result<String, Refusal> {
     parse_json::<MintRequest>(body)
         .and_then(|req| validate_mint(&req))
-        .map(|holder| holder.is_some())
+        .map(|holder| holder.kid().to_owned())
 }
 
 /// The registry's routes (DESIGN 6), admin ones behind the admin token.
@@ -579,8 +579,8 @@ struct MintRequest {
 }
 
 /// The checks on a mint request before anything is signed: the holder key
-/// it binds, if any.
-fn validate_mint(req: &MintRequest) -> Result<Option<PublicKey>, Refusal> {
+/// it binds (required: its holder proves it on every request).
+fn validate_mint(req: &MintRequest) -> Result<PublicKey, Refusal> {
     if req.agent.is_empty() || req.agent.len() > 256 {
         return Err(bad(
             ErrorCode::InvalidAgent,
@@ -603,11 +603,11 @@ fn validate_mint(req: &MintRequest) -> Result<Option<PublicKey>, Refusal> {
     let Some(jwk) = &req.holder_key else {
         return Err(bad(
             ErrorCode::InvalidHolderKey,
-            "`holder_key` is required: the public JWK of the key the agent will prove on every              request (DPoP); `veto issue` generates one when none is given",
+            "`holder_key` is required: the public JWK of the key the agent will prove on every \
+             request (DPoP); `veto issue` generates one when none is given",
         ));
     };
     PublicKey::from_jwk(jwk)
-        .map(Some)
         .map_err(|e| bad(ErrorCode::InvalidHolderKey, format!("`holder_key`: {e}")))
 }
 
@@ -623,7 +623,7 @@ async fn mint(
         act: req.act,
         iat: now,
         exp,
-        holder,
+        holder: Some(holder),
     };
     let (chain, jti) = api.authority.mint(spec).await.map_err(|e| match e {
         MintFailed::NoIssuerKey => err(

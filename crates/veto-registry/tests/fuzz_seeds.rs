@@ -46,9 +46,25 @@ fn request_parsers_answer_like_the_handlers() {
     assert!(parse_revocation_body(b"{", now).unwrap_err().code() == ErrorCode::InvalidJson);
     let past = br#"{"entries":[{"kind":"key","id":"k","expires_at":1800000000}]}"#;
     assert!(parse_revocation_body(past, now).unwrap_err().code() == ErrorCode::InvalidExpiresAt);
+    let holder =
+        br#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
+    let body = [
+        &br#"{"agent":"a","act":["tool:*"],"ttl":60,"holder_key":"#[..],
+        &holder[..],
+        b"}",
+    ]
+    .concat();
     assert_eq!(
-        parse_mint_body(br#"{"agent":"a","act":["tool:*"],"ttl":60}"#),
-        Ok(false)
+        parse_mint_body(&body).map(|kid| kid.len()),
+        Ok(43),
+        "a thumbprint"
+    );
+    // Every warrant binds a holder key: its holder proves it on every request.
+    assert!(
+        parse_mint_body(br#"{"agent":"a","act":["tool:*"],"ttl":60}"#)
+            .unwrap_err()
+            .code()
+            == ErrorCode::InvalidHolderKey
     );
     assert!(
         parse_mint_body(br#"{"agent":"a","act":["tool:*"],"ttl":0}"#)

@@ -30,14 +30,37 @@ pub struct Proxy {
 impl Proxy {
     /// Starts `veto proxy --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
     /// --upstream UPSTREAM --registry URL --authority-key FILE`, plus `args`,
-    /// logging into `dir`.
+    /// logging into `dir`. Unless `args` name a `--pop` policy, the proxy
+    /// runs with `--pop off`: the tests that use it send bearer chains and
+    /// are about revocation, sync and hostile input. Proof of possession,
+    /// and the `required` default, are tested with [`Proxy::start_exact`].
     pub fn start(dir: &TempDir, registry: &Registry, upstream: &str, args: &[&str]) -> Self {
         Self::start_via(dir, registry, &registry.url, upstream, args)
+    }
+
+    /// As [`Proxy::start`], with exactly `args` (the proxy's own defaults
+    /// otherwise, `--pop required` among them).
+    pub fn start_exact(dir: &TempDir, registry: &Registry, upstream: &str, args: &[&str]) -> Self {
+        Self::launch(dir, registry, &registry.url, upstream, args)
     }
 
     /// As [`Proxy::start`], reaching the registry at `via` (such as a
     /// fault-injecting relay in front of it).
     pub fn start_via(
+        dir: &TempDir,
+        registry: &Registry,
+        via: &str,
+        upstream: &str,
+        args: &[&str],
+    ) -> Self {
+        let mut args = args.to_vec();
+        if !args.contains(&"--pop") {
+            args.extend(["--pop", "off"]);
+        }
+        Self::launch(dir, registry, via, upstream, &args)
+    }
+
+    fn launch(
         dir: &TempDir,
         registry: &Registry,
         via: &str,

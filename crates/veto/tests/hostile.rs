@@ -1307,7 +1307,9 @@ async fn the_registry_refuses_bad_admin_requests_and_writes_nothing() {
     let good_revoke =
         json!({"entries": [{"kind": "warrant", "id": "never-written", "reason": "superseded"}]})
             .to_string();
-    let good_mint = json!({"agent": "never-minted", "act": ACT, "ttl": 60}).to_string();
+    let good_mint =
+        json!({"agent": "never-minted", "act": ACT, "ttl": 60, "holder_key": holder_jwk()})
+            .to_string();
     let mut auth = Refusals::default();
 
     // --- authentication --------------------------------------------------------
@@ -1887,4 +1889,14 @@ async fn slow_loris_clients_are_disconnected_after_the_header_timeout() {
         mib(reg_rss1),
         mib(reg_hwm),
     );
+}
+
+/// A holder public key to bind in minted warrants (the registry requires one).
+fn holder_jwk() -> serde_json::Value {
+    serde_json::to_value(
+        veto_core::SigningKey::from_seed(&[0x11; 32])
+            .public()
+            .to_jwk(),
+    )
+    .unwrap()
 }

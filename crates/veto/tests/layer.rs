@@ -59,9 +59,9 @@ async fn serve_registry(
 async fn one_layer_enforces_on_an_axum_service() {
     let (dir, key, reg_url, _served) = serve_registry("layer", std::future::pending()).await;
 
-    let authz = Authorizer::start(Config::new(&reg_url, "veto", KeySet::new([key])))
-        .await
-        .unwrap();
+    let mut config = Config::new(&reg_url, "veto", KeySet::new([key]));
+    config.pop.policy = veto_authorizer::PopPolicy::Off;
+    let authz = Authorizer::start(config).await.unwrap();
     let app = Router::new()
         .route(
             "/orders/{id}",
@@ -86,7 +86,7 @@ async fn one_layer_enforces_on_an_axum_service() {
     let minted: Value = http
         .post(format!("{reg_url}{}", path::WARRANTS))
         .bearer_auth(TOKEN)
-        .json(&json!({"agent": "billing-bot", "act": ["http:GET:/orders/*"], "ttl": 600}))
+        .json(&json!({"agent": "billing-bot", "act": ["http:GET:/orders/*"], "ttl": 600, "holder_key": holder_jwk()}))
         .send()
         .await
         .unwrap()
@@ -157,6 +157,118 @@ async fn one_layer_enforces_on_an_axum_service() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The layer's default policy requires proof of possession: the handler
+/// sees the proven holder; a bearer chain, or a proof for another URL or
+/// from another key, gets 401 with a `DPoP` challenge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layer_requires_a_dpop_proof_by_default() {
+    let (dir, key, reg_url, _served) = serve_registry("layer-dpop", std::future::pending()).await;
+    let mut config = Config::new(&reg_url, "veto", KeySet::new([key]));
+    config.issuers = veto_authorizer::Issuers::Jwks {
+        refresh: Duration::from_millis(200),
+    };
+    let authz = Authorizer::start(config).await.unwrap();
+    let app = Router::new()
+        .route(
+            "/orders/{id}",
+            get(|Extension(v): Extension<Verified>| async move {
+                format!("{} proved {}", v.agent, v.holder.unwrap_or_default())
+            }),
+        )
+        .layer(AuthorizeLayer::new(authz.clone()));
+    let (l, app_url) = bind().await;
+    tokio::spawn(async move { axum::serve(l, app).await });
+
+    let holder = veto_core::SigningKey::generate().unwrap();
+    let http = reqwest::Client::new();
+    let minted: Value = http
+        .post(format!("{reg_url}{}", path::WARRANTS))
+        .bearer_auth(TOKEN)
+        .json(
+            &json!({"agent": "billing-bot", "act": ["http:GET:/orders/*"], "ttl": 600,
+            "holder_key": holder.public().to_jwk()}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let chain = minted["warrant"].as_str().unwrap().to_owned();
+    let url = format!("{app_url}/orders/7");
+    let call = |key: &veto_core::SigningKey, proof_url: &str, scheme: &str| {
+        let proof = veto_core::dpop::make(
+            key,
+            &veto_core::dpop::ProofSpec {
+                method: "GET",
+                url: proof_url,
+                chain: &chain,
+                iat: veto_core::Clock::now(&veto_core::SystemClock),
+                nonce: None,
+            },
+        )
+        .unwrap();
+        let req = http
+            .get(&url)
+            .header("authorization", format!("{scheme} {chain}"))
+            .header(veto_core::wire::header::DPOP, proof);
+        async move {
+            let r = req.send().await.unwrap();
+            let challenge = r
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (r.status().as_u16(), challenge, r.text().await.unwrap())
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut got = call(&holder, &url, "DPoP").await;
+    while got.0 != 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        got = call(&holder, &url, "DPoP").await;
+    }
+    assert_eq!(got.2, format!("billing-bot proved {}", holder.kid()));
+
+    let stranger = veto_core::SigningKey::generate().unwrap();
+    for (what, key, proof_url, scheme, reason) in [
+        (
+            "bearer",
+            &holder,
+            url.clone(),
+            "Bearer",
+            DenyReason::PopRequired,
+        ),
+        (
+            "another key",
+            &stranger,
+            url.clone(),
+            "DPoP",
+            DenyReason::PopInvalid,
+        ),
+        (
+            "another URL",
+            &holder,
+            format!("{app_url}/orders/8"),
+            "DPoP",
+            DenyReason::PopInvalid,
+        ),
+    ] {
+        let (status, challenge, body) = call(key, &proof_url, scheme).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["error"],
+            reason.as_str(),
+            "{what}"
+        );
+        assert!(
+            challenge.is_some_and(|c| c.starts_with("DPoP ")),
+            "{what}: a DPoP challenge"
+        );
+    }
+    authz.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Every denial the layer makes, by reason, as a client sees it: 401 with
 /// `WWW-Authenticate` for a bad credential, 403 `action_denied`, and once
 /// the registry is gone past max staleness, 503 `stale` under fail-closed
@@ -173,6 +285,7 @@ async fn the_layer_answers_each_denial_and_the_staleness_policy() {
         let mut c = Config::new(&reg_url, "veto", KeySet::new([key.clone()]));
         c.check.max_staleness = 2;
         c.check.policy = policy;
+        c.pop.policy = veto_authorizer::PopPolicy::Off;
         c.push_idle_timeout = Duration::from_secs(2);
         Authorizer::start(c)
     };
@@ -199,7 +312,7 @@ async fn the_layer_answers_each_denial_and_the_staleness_policy() {
     let minted: Value = http
         .post(format!("{reg_url}{}", path::WARRANTS))
         .bearer_auth(TOKEN)
-        .json(&json!({"agent": "billing-bot", "act": ["http:GET:/orders/*"], "ttl": 600}))
+        .json(&json!({"agent": "billing-bot", "act": ["http:GET:/orders/*"], "ttl": 600, "holder_key": holder_jwk()}))
         .send()
         .await
         .unwrap()
@@ -316,6 +429,7 @@ async fn the_disk_cache_is_compacted_and_stays_loadable() {
     let cache = dir.join("cache");
     let mut config = Config::new(&reg_url, "veto", KeySet::new([key.clone()]));
     config.cache_dir = Some(cache.clone());
+    config.pop.policy = veto_authorizer::PopPolicy::Off;
     config.poll_interval = Duration::from_secs(3600); // polls only when asked
     let authz = Authorizer::start(config).await.unwrap();
 
@@ -389,4 +503,14 @@ async fn the_disk_cache_is_compacted_and_stays_loadable() {
     assert_eq!(restarted.status().version, head, "kept {kept} deltas");
     restarted.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A holder public key to bind in minted warrants (the registry requires one).
+fn holder_jwk() -> serde_json::Value {
+    serde_json::to_value(
+        veto_core::SigningKey::from_seed(&[0x11; 32])
+            .public()
+            .to_jwk(),
+    )
+    .unwrap()
 }

@@ -81,6 +81,7 @@ impl Spawned {
             .args(["--upstream", upstream, "--registry", registry])
             .arg("--authority-key")
             .arg(key_file)
+            .args(["--pop", "off"])
             .args(args);
         let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = lines.clone();

@@ -1135,13 +1135,13 @@ async fn the_tower_layer_canonicalizes_and_refuses_like_the_proxy() {
     use veto_authorizer::{AuthorizeLayer, Authorizer, Config};
 
     let s = Setup::new("layer-input").await;
-    let authz = Authorizer::start(Config::new(
+    let mut config = Config::new(
         &s.registry.url,
         "veto",
         veto_core::KeySet::new([s.registry.authority_key()]),
-    ))
-    .await
-    .unwrap();
+    );
+    config.pop.policy = veto_authorizer::PopPolicy::Off;
+    let authz = Authorizer::start(config).await.unwrap();
     let inner_saw = Arc::new(Mutex::new(Vec::<String>::new()));
     let rec = inner_saw.clone();
     let app = axum::Router::new()

@@ -621,7 +621,7 @@ async fn public_api_serves_verifiable_state_and_keys() {
     let (s, body) = reg
         .admin_post(
             path::WARRANTS,
-            &json!({"agent": "bot-1", "act": ["files:read", "mail:*"], "ttl": 600}),
+            &json!({"agent": "bot-1", "act": ["files:read", "mail:*"], "ttl": 600, "holder_key": holder_jwk()}),
         )
         .await;
     assert_eq!(s, 201, "{body}");
@@ -660,7 +660,7 @@ async fn public_api_serves_verifiable_state_and_keys() {
     let (s, body) = reg
         .admin_post(
             path::WARRANTS,
-            &json!({"agent": "bot-1", "act": [], "ttl": 600}),
+            &json!({"agent": "bot-1", "act": [], "ttl": 600, "holder_key": holder_jwk()}),
         )
         .await;
     assert_api_error(
@@ -675,7 +675,7 @@ async fn public_api_serves_verifiable_state_and_keys() {
         .send(
             reg.http()
                 .post(reg.at(path::WARRANTS))
-                .json(&json!({"agent": "x", "act": ["a"], "ttl": 1})),
+                .json(&json!({"agent": "x", "act": ["a"], "ttl": 1, "holder_key": holder_jwk()})),
         )
         .await;
     assert_api_error(
@@ -718,7 +718,7 @@ async fn public_api_serves_verifiable_state_and_keys() {
     let (_, body) = reg
         .admin_post(
             path::WARRANTS,
-            &json!({"agent": "bot-2", "act": ["*"], "ttl": 60}),
+            &json!({"agent": "bot-2", "act": ["*"], "ttl": 60, "holder_key": holder_jwk()}),
         )
         .await;
     let w2 = body["warrant"].as_str().unwrap().to_owned();
@@ -730,7 +730,7 @@ async fn public_api_serves_verifiable_state_and_keys() {
     let (_, body) = reg
         .admin_post(
             path::WARRANTS,
-            &json!({"agent": "bot-3", "act": ["*"], "ttl": 60}),
+            &json!({"agent": "bot-3", "act": ["*"], "ttl": 60, "holder_key": holder_jwk()}),
         )
         .await;
     let w3 = body["warrant"].as_str().unwrap().to_owned();
@@ -795,7 +795,7 @@ async fn public_api_serves_verifiable_state_and_keys() {
     let (s, body) = reg
         .admin_post(
             path::WARRANTS,
-            &json!({"agent": "bot-4", "act": ["*"], "ttl": 60}),
+            &json!({"agent": "bot-4", "act": ["*"], "ttl": 60, "holder_key": holder_jwk()}),
         )
         .await;
     assert_api_error(
@@ -1694,4 +1694,14 @@ async fn client_buffer_bytes(reg: &Registry) -> f64 {
         .await
         .unwrap();
     veto_testkit::metric_value(&text, "veto_registry_client_buffer_bytes")
+}
+
+/// A holder public key to bind in minted warrants (the registry requires one).
+fn holder_jwk() -> serde_json::Value {
+    serde_json::to_value(
+        veto_core::SigningKey::from_seed(&[0x11; 32])
+            .public()
+            .to_jwk(),
+    )
+    .unwrap()
 }

@@ -52,6 +52,7 @@ async fn authorizer(
     let mut c = AuthzConfig::new(registry, "veto", KeySet::new([key.clone()]));
     c.push = Push::Nats(veto_bus::NatsSettings::new(nats, None, None).unwrap());
     c.poll_interval = poll;
+    c.pop.policy = veto_authorizer::PopPolicy::Off;
     Authorizer::start(c).await.unwrap()
 }
 

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use reqwest::header::AUTHORIZATION;
 use serde_json::json;
 use veto_authorizer::{Authorizer, Config as AuthzConfig};
-use reqwest::header::AUTHORIZATION;
 use veto_core::dpop::{self, ProofSpec};
 use veto_core::wire::{header, path};
 use veto_core::{warrant, KeySet, LinkSpec, SigningKey};
@@ -172,9 +172,24 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let planner = Some(planner_key.clone());
     let worker = Some(worker_key.clone());
     for (who, method, chain, key) in [
-        ("planner", reqwest::Method::GET, root.clone(), planner.clone()),
-        ("worker ", reqwest::Method::GET, child.clone(), worker.clone()),
-        ("worker ", reqwest::Method::POST, child.clone(), worker.clone()),
+        (
+            "planner",
+            reqwest::Method::GET,
+            root.clone(),
+            planner.clone(),
+        ),
+        (
+            "worker ",
+            reqwest::Method::GET,
+            child.clone(),
+            worker.clone(),
+        ),
+        (
+            "worker ",
+            reqwest::Method::POST,
+            child.clone(),
+            worker.clone(),
+        ),
     ] {
         let (status, body) = call(method.clone(), chain, key).await?;
         println!("  {who} {method:<4} /orders/42 -> {status} {}", body.trim());

@@ -52,7 +52,13 @@ fn holder(a: &IssueArgs) -> anyhow::Result<veto_core::PublicKey> {
         let safe: String = a
             .agent
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         PathBuf::from(format!("{}.holder.jwk", safe.trim_start_matches('.')))
     });

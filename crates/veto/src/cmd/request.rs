@@ -88,7 +88,10 @@ pub fn run_dpop(a: DpopArgs) -> anyhow::Result<()> {
     check_url(&a.url)?;
     let (chain, key) = a.holder.load()?;
     let method = method(&a.method)?;
-    println!("{}", proof(&key, &method, &a.url, &chain, a.nonce.as_deref())?);
+    println!(
+        "{}",
+        proof(&key, &method, &a.url, &chain, a.nonce.as_deref())?
+    );
     Ok(())
 }
 
@@ -207,7 +210,12 @@ pub fn run(a: RequestArgs) -> anyhow::Result<()> {
     if a.include {
         writeln!(out, "{:?} {}", resp.version(), status)?;
         for (name, value) in resp.headers() {
-            writeln!(out, "{}: {}", name, String::from_utf8_lossy(value.as_bytes()))?;
+            writeln!(
+                out,
+                "{}: {}",
+                name,
+                String::from_utf8_lossy(value.as_bytes())
+            )?;
         }
         writeln!(out)?;
     }
