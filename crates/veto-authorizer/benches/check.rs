@@ -16,6 +16,12 @@
 //! token's tail and a full comparison), the revocation lookups for every
 //! link, time validity, the action match and the freshness check.
 //!
+//! Proof of possession: a second authorizer with `--pop required` checks
+//! the same chains presented with `Authorization: DPoP` and a fresh proof
+//! by the leaf's holder key (made outside the measurement, one per
+//! iteration), beside one Ed25519 `verify_strict` of a proof-sized message
+//! (the floor: the signature check a proof cannot avoid).
+//!
 //! Then, unless `VETO_BENCH_REVOKED=0`, the registry revokes that many
 //! random warrant ids (default 1,000,000; in POSTs of 10,000 entries) and
 //! the same checks are measured against the larger revocation state.
@@ -25,9 +31,12 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use serde_json::json;
-use veto_authorizer::{Authorizer, Config};
+use veto_authorizer::{Authorizer, Config, Credential, Presented, Scheme};
+use veto_core::dpop::{self, ProofSpec};
 use veto_core::warrant::delegate;
 use veto_core::wire::path;
 use veto_core::{KeySet, LinkSpec, SigningKey};
@@ -39,6 +48,10 @@ const BATCH: usize = 10_000;
 struct World {
     rt: tokio::runtime::Runtime,
     authz: Authorizer,
+    /// The same registry, `PopPolicy::Required`.
+    pop: Authorizer,
+    /// The leaf holder keys of `depth1` and `depth4`.
+    holders: [SigningKey; 2],
     base: String,
     token: String,
     depth1: String,
@@ -67,7 +80,7 @@ fn setup() -> World {
             .unwrap()
             .as_nanos()
     ));
-    let (authz, base, token, depth1, depth4) = rt.block_on(async {
+    let (authz, pop, holders, base, token, depth1, depth4) = rt.block_on(async {
         let reg = veto_registry::Registry::open(veto_registry::Config::new(&dir))
             .await
             .unwrap();
@@ -101,7 +114,8 @@ fn setup() -> World {
                 )
             }
         };
-        let (depth1, _) = mint(None).await;
+        let holder1 = SigningKey::generate().unwrap();
+        let (depth1, _) = mint(Some(&holder1)).await;
         // Depth 4: root (holder k0) -> k1 -> k2 -> k3, narrowing the action.
         let keys: Vec<SigningKey> = (0..4).map(|_| SigningKey::generate().unwrap()).collect();
         let (mut chain, exp) = mint(Some(&keys[0])).await;
@@ -129,11 +143,14 @@ fn setup() -> World {
         let mut config = Config::new(&base, "veto", KeySet::new([authority]));
         config.poll_interval = Duration::from_secs(3600);
         config.pop.policy = veto_authorizer::PopPolicy::Off;
-        let authz = Authorizer::start(config).await.unwrap();
+        let authz = Authorizer::start(config.clone()).await.unwrap();
+        config.pop.policy = veto_authorizer::PopPolicy::Required;
+        let pop = Authorizer::start(config).await.unwrap();
         // Fresh, and the issuer keys (JWKS) loaded: both chains allowed.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ok = authz.status().fresh
+                && pop.status().fresh
                 && authz.check(&depth1, ACTION).decision.is_allowed()
                 && authz.check(&depth4, ACTION).decision.is_allowed();
             if ok {
@@ -148,11 +165,14 @@ fn setup() -> World {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        (authz, base, token, depth1, depth4)
+        let holder4 = keys.into_iter().last().unwrap();
+        (authz, pop, [holder1, holder4], base, token, depth1, depth4)
     });
     World {
         rt,
         authz,
+        pop,
+        holders,
         base,
         token,
         depth1,
@@ -214,6 +234,65 @@ fn bench_checks(c: &mut Criterion, w: &World, label: &str) {
     g.finish();
 }
 
+const URL: &str = "http://gateway.example/orders/7";
+
+/// `chain` presented with a fresh proof by `holder` for `GET` [`URL`].
+fn proved(holder: &SigningKey, chain: &str) -> String {
+    dpop::make(
+        holder,
+        &ProofSpec {
+            method: "GET",
+            url: URL,
+            chain,
+            iat: now(),
+            nonce: None,
+        },
+    )
+    .unwrap()
+}
+
+fn bench_pop(c: &mut Criterion, w: &World) {
+    let mut g = c.benchmark_group("authorizer_check_dpop");
+    let htu = dpop::canonical_htu(URL).unwrap();
+    for (name, token, holder) in [
+        ("depth1", &w.depth1, &w.holders[0]),
+        ("depth4", &w.depth4, &w.holders[1]),
+    ] {
+        let present = |proof: &str| {
+            w.pop.check_request(&Presented {
+                credential: Credential {
+                    scheme: Scheme::Dpop,
+                    chain: token,
+                    proof: Some(proof),
+                },
+                method: "GET",
+                htu: &htu,
+                action: ACTION,
+            })
+        };
+        let first = present(&proved(holder, token));
+        assert!(first.decision.is_allowed(), "{:?}", first.decision);
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || proved(holder, token),
+                |proof| black_box(present(black_box(&proof))),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    // The floor: one strict Ed25519 verification of a proof's signing input.
+    let proof = proved(&w.holders[0], &w.depth1);
+    let (input, sig) = proof.rsplit_once('.').unwrap();
+    let sig: [u8; 64] = URL_SAFE_NO_PAD.decode(sig).unwrap().try_into().unwrap();
+    let key = ed25519_dalek::VerifyingKey::from_bytes(w.holders[0].public().as_bytes()).unwrap();
+    let sig = ed25519_dalek::Signature::from_bytes(&sig);
+    assert!(key.verify_strict(input.as_bytes(), &sig).is_ok());
+    g.bench_function("ed25519_verify_strict_floor", |b| {
+        b.iter(|| black_box(key.verify_strict(black_box(input.as_bytes()), &sig)))
+    });
+    g.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let w = setup();
     println!(
@@ -223,6 +302,7 @@ fn benches(c: &mut Criterion) {
         w.authz.status().entries
     );
     bench_checks(c, &w, "empty_state");
+    bench_pop(c, &w);
     let n: usize = std::env::var("VETO_BENCH_REVOKED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -238,6 +318,7 @@ fn benches(c: &mut Criterion) {
         bench_checks(c, &w, &format!("{n}_revoked"));
     }
     w.authz.shutdown();
+    w.pop.shutdown();
     let _ = std::fs::remove_dir_all(&w.dir);
 }
 
