@@ -95,6 +95,11 @@ fn delegated(w: &World, depth: usize) -> (SigningKey, String) {
     (key, chain)
 }
 
+fn base64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 fn proof(key: &SigningKey, method: &str, url: &str, chain: &str, iat: u64) -> String {
     dpop::make(
         key,
@@ -287,6 +292,37 @@ async fn only_the_holder_of_the_leaf_key_can_use_a_chain() {
     let again = proof(&worker_key, "GET", &url, &worker, now());
     let got = send("GET", &url, dpop_auth(&worker), &[&fresh, &again], &[]).await;
     denied("two DPoP headers", &got, DenyReason::PopInvalid);
+
+    // Hostile proofs: oversized, two joined with a comma, not a JWS, `alg`
+    // `none`, a header `jwk` with the private key in it.
+    let good = proof(&worker_key, "GET", &url, &worker, now());
+    let (_, rest) = good.split_once('.').unwrap();
+    let alg_none = format!(
+        "{}.{rest}",
+        base64url(br#"{"typ":"dpop+jwt","alg":"none"}"#)
+    );
+    let leaked = format!(
+        "{}.{rest}",
+        base64url(
+            format!(
+                r#"{{"typ":"dpop+jwt","alg":"EdDSA","jwk":{}}}"#,
+                worker_key.to_private_jwk().to_json()
+            )
+            .as_bytes()
+        )
+    );
+    let oversized = format!("{good}{}", "A".repeat(5000));
+    let joined = format!("{good},{good}");
+    for (what, p) in [
+        ("oversized", oversized.as_str()),
+        ("two joined with a comma", joined.as_str()),
+        ("not a JWS", "not-a-jws"),
+        ("alg none", alg_none.as_str()),
+        ("a private key in the header", leaked.as_str()),
+    ] {
+        let got = send("GET", &url, dpop_auth(&worker), &[p], &[]).await;
+        denied(what, &got, DenyReason::PopInvalid);
+    }
 
     // The URL as the client addressed it, differently spelled, is the same URI.
     let spelled = url
