@@ -19,8 +19,9 @@ use veto_core::wire::header::{DPOP, DPOP_NONCE};
 use veto_core::wire::{ErrorBody, ErrorCode};
 use veto_core::{Decision, Denial, DenyReason, Target, TargetError};
 
-use crate::pop::{Credential, PopErrorCode, PopPolicy, Presented, Scheme};
+use crate::pop::{PopErrorCode, PopPolicy, Presented};
 use crate::Authorizer;
+use veto_core::dpop::Credential;
 
 /// The action a request asks for: `http:METHOD:PATH`, where `path` is the
 /// canonical path of [`request_target`] (never the raw one).
@@ -73,83 +74,18 @@ pub fn http_status(reason: DenyReason) -> StatusCode {
     }
 }
 
-/// The one credential of a request, or why there is not exactly one.
-///
-/// The chain comes from exactly one `Authorization` header with the
-/// `Bearer` (RFC 6750) or `DPoP` (RFC 9449 7.1) scheme; the proof from at
-/// most one `DPoP` header. A request with more than one credential is
-/// refused rather than decided on one of them: two `Authorization` headers
-/// (even identical, even with the second empty), one header holding a
-/// comma-joined second credential (a chain never contains `,`), or two
-/// `DPoP` headers. No other place (cookie, query, `Proxy-Authorization`)
-/// is read for a credential.
+/// The one credential of a request, or why there is not exactly one:
+/// [`veto_core::dpop::credential`] over its `Authorization` and `DPoP`
+/// headers.
 pub fn credential(headers: &HeaderMap) -> Result<Credential<'_>, Denial> {
-    let malformed = |m: &str| Denial::new(DenyReason::Malformed, m);
-    const SHAPE: &str = "`Authorization` must be `DPoP <chain>` (or `Bearer <chain>` where proofs are not required)";
-    let mut all = headers.get_all(header::AUTHORIZATION).iter();
-    let Some(value) = all.next() else {
-        return Err(Denial::new(
-            DenyReason::Malformed,
-            "missing `Authorization: DPoP <chain>` and its `DPoP` proof",
-        ));
+    let values = |name| -> Vec<&[u8]> {
+        headers
+            .get_all(name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect()
     };
-    let more = all.count();
-    if more > 0 {
-        return Err(malformed(&format!(
-            "more than one credential: {} `Authorization` headers; send exactly one",
-            more + 1
-        )));
-    }
-    let value = value
-        .to_str()
-        .map_err(|_| malformed("the `Authorization` header is not visible ASCII"))?;
-    let Some((scheme, chain)) = value.trim().split_once(' ') else {
-        return Err(malformed(SHAPE));
-    };
-    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
-        Scheme::Bearer
-    } else if scheme.eq_ignore_ascii_case("dpop") {
-        Scheme::Dpop
-    } else {
-        return Err(malformed(SHAPE));
-    };
-    let chain = chain.trim();
-    if chain.contains(',') {
-        return Err(malformed(
-            "more than one credential in one `Authorization` header (`,`); send exactly one",
-        ));
-    }
-    if chain.is_empty() {
-        return Err(malformed(SHAPE));
-    }
-    let mut proofs = headers.get_all(DPOP).iter();
-    let proof = match (proofs.next(), proofs.next()) {
-        (None, _) => None,
-        (Some(_), Some(_)) => {
-            return Err(Denial::new(
-                DenyReason::PopInvalid,
-                "more than one `DPoP` header: send exactly one proof",
-            ))
-        }
-        (Some(v), None) => {
-            let v = v
-                .to_str()
-                .ok()
-                .map(str::trim)
-                .filter(|v| !v.is_empty() && !v.contains([',', ' ']));
-            Some(v.ok_or_else(|| {
-                Denial::new(
-                    DenyReason::PopInvalid,
-                    "the `DPoP` header is not one compact JWS (visible ASCII, no `,` or space)",
-                )
-            })?)
-        }
-    };
-    Ok(Credential {
-        scheme,
-        chain,
-        proof,
-    })
+    veto_core::dpop::credential(&values(header::AUTHORIZATION.as_str()), &values(DPOP))
 }
 
 /// The request's canonical URI for the proof's `htu` (RFC 9449 4.3):

@@ -46,7 +46,8 @@ pub use layer::{
     action_for, bad_target_response, challenge, credential, deny_response, http_status,
     request_htu, request_target, AuthorizeLayer, AuthorizeService, Challenge, Verified,
 };
-pub use pop::{Credential, PopConfig, PopErrorCode, PopPolicy, Presented, Scheme};
+pub use pop::{PopConfig, PopErrorCode, PopPolicy, Presented};
+pub use veto_core::dpop::{Credential, Scheme};
 pub use veto_core::{DenyReason, StalenessPolicy};
 pub use veto_tls::{ClientTls, TlsError};
 

@@ -2,13 +2,11 @@
 //! policy, the credential a request presents, the replay cache and the
 //! server nonces. The proof itself is checked by [`veto_core::dpop`].
 
-use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Mutex;
 
 use sha2::{Digest as _, Sha256};
-use veto_core::dpop::{self, Expected};
+use veto_core::dpop::{self, Credential, Expected, ReplayCache, ReplayError, Scheme};
 use veto_core::{Denial, DenyReason, ParsedChain};
 
 /// Whether requests must prove their holder.
@@ -84,27 +82,6 @@ impl Default for PopConfig {
             nonce: false,
         }
     }
-}
-
-/// The scheme of the `Authorization` header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scheme {
-    /// `Bearer` (RFC 6750).
-    Bearer,
-    /// `DPoP` (RFC 9449 7.1).
-    Dpop,
-}
-
-/// The credential a request presents: the chain, how it was sent, and
-/// the proof that came with it.
-#[derive(Clone, Copy, Debug)]
-pub struct Credential<'a> {
-    /// The `Authorization` scheme.
-    pub scheme: Scheme,
-    /// The chain exactly as sent.
-    pub chain: &'a str,
-    /// The `DPoP` header, if any.
-    pub proof: Option<&'a str>,
 }
 
 /// A request to decide: the credential, the method and canonical URI the
@@ -282,90 +259,9 @@ impl Prover {
             Err(ReplayError::Full) => Err(invalid(format!(
                 "the replay cache is full ({} bytes): proofs are refused until older ones age \
                  out; retry shortly (operators: raise --pop-replay-bytes or shorten --pop-window)",
-                self.replay.budget
+                self.replay.budget()
             ))),
         }
-    }
-}
-
-/// Why [`ReplayCache::insert`] refused a proof.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum ReplayError {
-    /// This proof was seen within its window.
-    Seen,
-    /// The byte budget is used up by proofs still inside their window.
-    Full,
-}
-
-const SHARDS: usize = 16;
-
-/// Bytes one remembered proof is charged: its 16-byte key in a hash set
-/// (with the table's slack) and in the expiry queue, rounded up.
-const ENTRY_BYTES: usize = 96;
-
-/// Proofs seen within their window, keyed by a 128-bit SHA-256 digest of
-/// (holder thumbprint, `jti`), in 16 shards. Memory is bounded by a byte
-/// budget; when it is used up, new proofs are refused (never are old ones
-/// forgotten early, which would let them be replayed).
-pub(crate) struct ReplayCache {
-    shards: Vec<Mutex<Shard>>,
-    per_shard: usize,
-    budget: usize,
-}
-
-#[derive(Default)]
-struct Shard {
-    seen: HashSet<u128>,
-    /// (forget after, key), in insertion order.
-    order: VecDeque<(u64, u128)>,
-}
-
-impl ReplayCache {
-    pub fn new(budget: usize) -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            per_shard: (budget / ENTRY_BYTES / SHARDS).max(1),
-            budget,
-        }
-    }
-
-    /// Records `(kid, jti)` as used until `until` (Unix seconds), or
-    /// refuses it when it was used already or there is no room.
-    pub fn insert(&self, kid: &str, jti: &str, now: u64, until: u64) -> Result<(), ReplayError> {
-        let mut h = Sha256::new();
-        h.update(kid.as_bytes());
-        h.update([0]);
-        h.update(jti.as_bytes());
-        let digest = h.finalize();
-        let mut key = [0u8; 16];
-        key.copy_from_slice(&digest[..16]);
-        let key = u128::from_le_bytes(key);
-        let shard = &self.shards[(key % SHARDS as u128) as usize];
-        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(&(t, k)) = shard.order.front() {
-            if t > now {
-                break;
-            }
-            shard.order.pop_front();
-            shard.seen.remove(&k);
-        }
-        if shard.seen.contains(&key) {
-            return Err(ReplayError::Seen);
-        }
-        if shard.seen.len() >= self.per_shard {
-            return Err(ReplayError::Full);
-        }
-        shard.seen.insert(key);
-        shard.order.push_back((until, key));
-        Ok(())
-    }
-
-    /// Bytes charged now.
-    pub fn bytes(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).seen.len() * ENTRY_BYTES)
-            .sum()
     }
 }
 
@@ -414,36 +310,6 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_proof_is_refused_twice_until_it_ages_out() {
-        let c = ReplayCache::new(1 << 20);
-        assert_eq!(c.insert("k", "j", 100, 131), Ok(()));
-        assert_eq!(c.insert("k", "j", 120, 151), Err(ReplayError::Seen));
-        // Another holder's proof with the same `jti` is another proof.
-        assert_eq!(c.insert("k2", "j", 120, 151), Ok(()));
-        assert_eq!(c.insert("k", "j", 131, 162), Ok(()));
-    }
-
-    #[test]
-    fn a_full_cache_refuses_rather_than_forgets() {
-        let c = ReplayCache::new(ENTRY_BYTES * SHARDS);
-        let mut refused = 0;
-        for i in 0..200 {
-            if c.insert("k", &i.to_string(), 10, 40) == Err(ReplayError::Full) {
-                refused += 1;
-            }
-        }
-        assert!(refused >= 200 - SHARDS, "refused {refused}");
-        assert!(c.bytes() <= ENTRY_BYTES * SHARDS);
-        // Every proof it did take is still refused as a replay.
-        let kept: Vec<_> = (0..200)
-            .filter(|i| c.insert("k", &i.to_string(), 10, 40) == Err(ReplayError::Seen))
-            .collect();
-        assert_eq!(kept.len(), c.bytes() / ENTRY_BYTES);
-        // Once they age out there is room again.
-        assert_eq!(c.insert("k", "new", 41, 70), Ok(()));
-    }
 
     #[test]
     fn nonces_last_two_periods() {

@@ -132,8 +132,11 @@ pub(crate) struct SoakArgs {
     /// Interval of the progress lines and the time series.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     sample: Duration,
-    /// RSS growth is measured from the first sample at or after this.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// RSS growth is measured from the first sample at or after this. The
+    /// default is past the proxy's DPoP replay horizon (its 30 s proof
+    /// window plus 1 s): until then the replay cache fills by design (every
+    /// proof of the last 31 s is remembered); after it, memory must be flat.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
     warmup: Duration,
     /// The proxy's `--pop` policy: `required` (its default; every request
     /// carries `Authorization: DPoP` and a fresh proof made by this

@@ -8,6 +8,9 @@
 //! the chain come in; the replay cache and the nonce source live with the
 //! caller (the authorizer).
 
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -15,6 +18,7 @@ use crate::b64;
 use crate::jws::{self, Typ, UnverifiedJws};
 use crate::keys::{PublicKey, SigningKey};
 use crate::target::{canonical_path, TargetError};
+use crate::{Denial, DenyReason};
 
 /// Largest proof accepted, in bytes: a header with an Ed25519 JWK, five
 /// short claims, a long `htu` and a nonce fit in well under this.
@@ -118,6 +122,137 @@ struct Claims {
     ath: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nonce: Option<String>,
+}
+
+/// The scheme of the `Authorization` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// `Bearer` (RFC 6750).
+    Bearer,
+    /// `DPoP` (RFC 9449 7.1).
+    Dpop,
+}
+
+/// The credential a request presents: the chain, how it was sent, and
+/// the proof that came with it.
+#[derive(Clone, Copy, Debug)]
+pub struct Credential<'a> {
+    /// The `Authorization` scheme.
+    pub scheme: Scheme,
+    /// The chain exactly as sent.
+    pub chain: &'a str,
+    /// The `DPoP` header, if any.
+    pub proof: Option<&'a str>,
+}
+
+/// A header value as text, when it is visible ASCII (and tabs), as
+/// RFC 9110 5.5 field values that carry tokens are.
+fn visible(value: &[u8]) -> Option<&str> {
+    if value
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+    {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
+}
+
+/// The one credential of a request, from every value of its
+/// `Authorization` header (`authorization`) and of its `DPoP` header
+/// (`proofs`), or why there is not exactly one.
+///
+/// The chain comes from exactly one `Authorization` header with the
+/// `Bearer` (RFC 6750) or `DPoP` (RFC 9449 7.1) scheme, case-insensitive;
+/// the proof from at most one `DPoP` header. More than one credential is
+/// refused rather than decided on one of them: two `Authorization` headers
+/// (even identical, even with the second empty), one holding a
+/// comma-joined second credential (a chain never contains `,`), or two
+/// `DPoP` headers (`pop_invalid`, RFC 9449 4.3). Errors are `malformed`
+/// unless they are about the proof.
+pub fn credential<'a>(
+    authorization: &[&'a [u8]],
+    proofs: &[&'a [u8]],
+) -> Result<Credential<'a>, Denial> {
+    let malformed = |m: &str| Denial::new(DenyReason::Malformed, m);
+    const SHAPE: &str = "`Authorization` must be `DPoP <chain>` (or `Bearer <chain>` where proofs are not required)";
+    let value = match authorization {
+        [] => {
+            return Err(malformed(
+                "missing `Authorization: DPoP <chain>` and its `DPoP` proof",
+            ))
+        }
+        [one] => *one,
+        more => {
+            return Err(malformed(&format!(
+                "more than one credential: {} `Authorization` headers; send exactly one",
+                more.len()
+            )))
+        }
+    };
+    let value = visible(value)
+        .ok_or_else(|| malformed("the `Authorization` header is not visible ASCII"))?;
+    let Some((scheme, chain)) = value.trim().split_once(' ') else {
+        return Err(malformed(SHAPE));
+    };
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
+        return Err(malformed(SHAPE));
+    };
+    let chain = chain.trim();
+    if chain.contains(',') {
+        return Err(malformed(
+            "more than one credential in one `Authorization` header (`,`); send exactly one",
+        ));
+    }
+    if chain.is_empty() {
+        return Err(malformed(SHAPE));
+    }
+    let proof = match proofs {
+        [] => None,
+        [one] => {
+            let p = visible(one)
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && !v.contains([',', ' ']));
+            Some(p.ok_or_else(|| {
+                Denial::new(
+                    DenyReason::PopInvalid,
+                    "the `DPoP` header is not one compact JWS (visible ASCII, no `,` or space)",
+                )
+            })?)
+        }
+        _ => {
+            return Err(Denial::new(
+                DenyReason::PopInvalid,
+                "more than one `DPoP` header: send exactly one proof",
+            ))
+        }
+    };
+    Ok(Credential {
+        scheme,
+        chain,
+        proof,
+    })
+}
+
+/// The public key a proof's header names (`jwk`), not yet checked against
+/// anything: for a verifier that accepts the key of any of several links
+/// (the registry's holder revocation), to pick which one to verify with.
+pub fn presented_key(proof: &str) -> Result<PublicKey, PopError> {
+    let jws = UnverifiedJws::parse(proof, MAX_PROOF_BYTES)?;
+    jws.expect_typ(Typ::Dpop)?;
+    let jwk = jws.header().jwk.as_ref().ok_or_else(|| {
+        PopError::Jwk("missing: the proof must carry the holder's public key".into())
+    })?;
+    if jwk.d.is_some() {
+        return Err(PopError::Jwk(
+            "it holds a private key (`d`): send only the public key".into(),
+        ));
+    }
+    PublicKey::from_jwk(jwk).map_err(|e| PopError::Jwk(e.to_string()))
 }
 
 /// `ath`: base64url(SHA-256(chain)) over the chain's ASCII bytes (RFC 9449 4.2).
@@ -321,6 +456,94 @@ pub fn canonical_authority(authority: &str, default_port: &str) -> Result<String
     }
 }
 
+/// Why [`ReplayCache::insert`] refused a proof.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReplayError {
+    /// This proof was seen within its window.
+    Seen,
+    /// The byte budget is used up by proofs still inside their window.
+    Full,
+}
+
+const SHARDS: usize = 16;
+
+/// Bytes one remembered proof is charged: its 16-byte key in a hash set
+/// (with the table's slack) and in the expiry queue, rounded up.
+pub const ENTRY_BYTES: usize = 96;
+
+/// Proofs seen within their window (RFC 9449 11.1), keyed by a 128-bit
+/// SHA-256 digest of (holder thumbprint, `jti`), in 16 shards; time is
+/// passed in. Memory is bounded by a byte
+/// budget; when it is used up, new proofs are refused (never are old ones
+/// forgotten early, which would let them be replayed).
+pub struct ReplayCache {
+    shards: Vec<Mutex<Shard>>,
+    per_shard: usize,
+    budget: usize,
+}
+
+#[derive(Default)]
+struct Shard {
+    seen: HashSet<u128>,
+    /// (forget after, key), in insertion order.
+    order: VecDeque<(u64, u128)>,
+}
+
+impl ReplayCache {
+    /// A cache of at most `budget` bytes (charged [`ENTRY_BYTES`] a proof).
+    pub fn new(budget: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard: (budget / ENTRY_BYTES / SHARDS).max(1),
+            budget,
+        }
+    }
+
+    /// Records `(kid, jti)` as used until `until` (Unix seconds), or
+    /// refuses it when it was used already or there is no room.
+    pub fn insert(&self, kid: &str, jti: &str, now: u64, until: u64) -> Result<(), ReplayError> {
+        let mut h = Sha256::new();
+        h.update(kid.as_bytes());
+        h.update([0]);
+        h.update(jti.as_bytes());
+        let digest = h.finalize();
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        let key = u128::from_le_bytes(key);
+        let shard = &self.shards[(key % SHARDS as u128) as usize];
+        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(&(t, k)) = shard.order.front() {
+            if t > now {
+                break;
+            }
+            shard.order.pop_front();
+            shard.seen.remove(&k);
+        }
+        if shard.seen.contains(&key) {
+            return Err(ReplayError::Seen);
+        }
+        if shard.seen.len() >= self.per_shard {
+            return Err(ReplayError::Full);
+        }
+        shard.seen.insert(key);
+        shard.order.push_back((until, key));
+        Ok(())
+    }
+
+    /// The byte budget.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Bytes charged now.
+    pub fn bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).seen.len() * ENTRY_BYTES)
+            .sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,6 +648,36 @@ mod tests {
             verify(&leaked, key().public(), &expected(htu, "c", 10)),
             Err(PopError::Jwk(_))
         ));
+    }
+
+    #[test]
+    fn a_proof_is_refused_twice_until_it_ages_out() {
+        let c = ReplayCache::new(1 << 20);
+        assert_eq!(c.insert("k", "j", 100, 131), Ok(()));
+        assert_eq!(c.insert("k", "j", 120, 151), Err(ReplayError::Seen));
+        // Another holder's proof with the same `jti` is another proof.
+        assert_eq!(c.insert("k2", "j", 120, 151), Ok(()));
+        assert_eq!(c.insert("k", "j", 131, 162), Ok(()));
+    }
+
+    #[test]
+    fn a_full_cache_refuses_rather_than_forgets() {
+        let c = ReplayCache::new(ENTRY_BYTES * SHARDS);
+        let mut refused = 0;
+        for i in 0..200 {
+            if c.insert("k", &i.to_string(), 10, 40) == Err(ReplayError::Full) {
+                refused += 1;
+            }
+        }
+        assert!(refused >= 200 - SHARDS, "refused {refused}");
+        assert!(c.bytes() <= ENTRY_BYTES * SHARDS);
+        // Every proof it did take is still refused as a replay.
+        let kept: Vec<_> = (0..200)
+            .filter(|i| c.insert("k", &i.to_string(), 10, 40) == Err(ReplayError::Seen))
+            .collect();
+        assert_eq!(kept.len(), c.bytes() / ENTRY_BYTES);
+        // Once they age out there is room again.
+        assert_eq!(c.insert("k", "new", 41, 70), Ok(()));
     }
 
     #[test]

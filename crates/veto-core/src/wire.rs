@@ -21,6 +21,9 @@ pub mod path {
     pub const SRL_EVENTS: &str = "/v1/srl/events";
     /// `POST` (admin): revoke; `GET` (admin): the audit log.
     pub const REVOCATIONS: &str = "/v1/revocations";
+    /// `POST` (a holder, proved with DPoP): revoke a link of a presented
+    /// chain that the proof's key binds, or one delegated below it.
+    pub const REVOCATIONS_DELEGATED: &str = "/v1/revocations/delegated";
     /// `POST` (admin): mint a root warrant.
     pub const WARRANTS: &str = "/v1/warrants";
     /// `GET`/`POST` (admin): issuer keys; `DELETE {ISSUER_KEYS}/{kid}` retires one.
@@ -255,6 +258,18 @@ error_codes! {
     UpstreamTimeout => "upstream_timeout",
     /// The upstream could not be reached, or answered wrongly.
     BadGateway => "bad_gateway",
+    /// A holder revocation came without a DPoP proof.
+    PopRequired => "pop_required",
+    /// A holder revocation's DPoP proof is invalid or replayed.
+    PopInvalid => "pop_invalid",
+    /// The chain of a holder revocation does not parse or verify.
+    InvalidChain => "invalid_chain",
+    /// The link of a holder revocation is not in its chain.
+    InvalidLink => "invalid_link",
+    /// The proof's key binds neither the link nor any link above it.
+    NotYourLink => "not_your_link",
+    /// Too many requests from one holder key.
+    RateLimited => "rate_limited",
 }
 
 impl fmt::Display for ErrorCode {
@@ -304,6 +319,22 @@ pub struct RevokeRequest {
     /// Who asks (audit only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+}
+
+/// `POST /v1/revocations/delegated`: which link of the chain sent in
+/// `Authorization: DPoP <chain>` to revoke (0 = the root), why, and a note
+/// for the audit log. The actor is the proving holder, never the body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelegatedRevokeRequest {
+    /// The link's index in the chain, root first.
+    pub link: usize,
+    /// An RFC 5280 reason code (default `unspecified`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Free text for the audit log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// One entry of a [`RevokeRequest`]. Kind and reason are kept as text so

@@ -23,6 +23,7 @@ fn paths() {
         (path::SRL_CHECKPOINT, "/v1/srl/checkpoint"),
         (path::SRL_EVENTS, "/v1/srl/events"),
         (path::REVOCATIONS, "/v1/revocations"),
+        (path::REVOCATIONS_DELEGATED, "/v1/revocations/delegated"),
         (path::WARRANTS, "/v1/warrants"),
         (path::ISSUER_KEYS, "/v1/issuer-keys"),
         (path::AUTHORITY, "/v1/authority"),
@@ -129,9 +130,15 @@ fn error_codes() {
         ErrorCode::UpgradeRefused => "upgrade_refused",
         ErrorCode::UpstreamTimeout => "upstream_timeout",
         ErrorCode::BadGateway => "bad_gateway",
+        ErrorCode::PopRequired => "pop_required",
+        ErrorCode::PopInvalid => "pop_invalid",
+        ErrorCode::InvalidChain => "invalid_chain",
+        ErrorCode::InvalidLink => "invalid_link",
+        ErrorCode::NotYourLink => "not_your_link",
+        ErrorCode::RateLimited => "rate_limited",
     };
     // `ALL` lists every variant once (the match above has one arm each).
-    assert_eq!(ErrorCode::ALL.len(), 43);
+    assert_eq!(ErrorCode::ALL.len(), 49);
     let mut seen = std::collections::HashSet::new();
     for &c in ErrorCode::ALL {
         assert!(seen.insert(c), "{c:?} twice in ALL");

@@ -16,14 +16,17 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
-use veto_core::wire::{path, ErrorBody, ErrorCode, RevokeRequest, RevokeResponse};
-use veto_core::{Entry, EntryKind, Jwk, LinkSpec, PublicKey, Reason, WarrantError};
+use veto_core::wire::{
+    path, DelegatedRevokeRequest, ErrorBody, ErrorCode, RevokeEntry, RevokeRequest, RevokeResponse,
+};
+use veto_core::{DenyReason, Entry, EntryKind, Jwk, LinkSpec, PublicKey, Reason, WarrantError};
 
 use crate::admin::AdminToken;
 use crate::authority::{Authority, MintFailed, RevokeFailed};
 use crate::budget::ClientBudget;
 use crate::bus::sse::{SseHub, TooManySubscribers};
 use crate::error::RegistryError;
+use crate::holder::HolderGate;
 use crate::metrics::Metrics;
 use crate::store::{AuditFilter, NewEntry, StoreError, Unwritable};
 
@@ -53,6 +56,9 @@ pub(crate) struct Api {
     budget: ClientBudget,
     metrics: Arc<Metrics>,
     sse: SseHub,
+    holders: HolderGate,
+    /// `https` behind `--tls-cert`: what holder proofs name in `htu`.
+    scheme: &'static str,
 }
 
 impl Api {
@@ -62,6 +68,7 @@ impl Api {
         budget: ClientBudget,
         metrics: Arc<Metrics>,
         sse: SseHub,
+        scheme: &'static str,
     ) -> Self {
         Self {
             authority,
@@ -69,6 +76,8 @@ impl Api {
             budget,
             metrics,
             sse,
+            holders: HolderGate::new(),
+            scheme,
         }
     }
 
@@ -108,7 +117,7 @@ impl Refusal {
     }
 }
 
-fn err(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Refusal {
+pub(crate) fn err(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Refusal {
     Refusal {
         status,
         code,
@@ -258,6 +267,7 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         .route_layer(middleware::from_fn_with_state(api.clone(), require_admin));
     Router::new()
         .merge(admin)
+        .route(path::REVOCATIONS_DELEGATED, post(revoke_delegated))
         .route(path::SRL, get(snapshot))
         .route(path::SRL_DELTAS, get(deltas))
         .route(path::SRL_CHECKPOINT, get(checkpoint))
@@ -472,6 +482,105 @@ async fn revoke(
     let committed = api
         .authority
         .revoke(entries, actor)
+        .await
+        .map_err(|e| api.refuse(not_recorded(e)))?;
+    let (status, version) = match &committed.new_version {
+        Some((ver, _, _)) => (StatusCode::CREATED, *ver),
+        None => (
+            StatusCode::OK,
+            committed
+                .entries
+                .iter()
+                .map(|e| e.version)
+                .max()
+                .unwrap_or(0),
+        ),
+    };
+    let body = RevokeResponse {
+        version,
+        entries: committed.entries,
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+/// `POST /v1/revocations/delegated` (DESIGN 5): a holder revokes a link of
+/// the chain it presents, proved with DPoP ([`HolderGate::check`]); the
+/// revocation is then committed, published and audited like any other,
+/// with the proving holder as its actor. The entry expires with the link.
+async fn revoke_delegated(
+    State(api): State<Shared>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    JsonBody(req): JsonBody<DelegatedRevokeRequest>,
+) -> Result<Response, Refusal> {
+    let values = |name: &str| -> Vec<&[u8]> {
+        headers
+            .get_all(name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect()
+    };
+    let auth = values(header::AUTHORIZATION.as_str());
+    let proofs = values(veto_core::wire::header::DPOP);
+    let cred = veto_core::dpop::credential(&auth, &proofs).map_err(|d| {
+        let code = match d.reason {
+            DenyReason::PopInvalid => ErrorCode::PopInvalid,
+            _ => ErrorCode::PopRequired,
+        };
+        api.refuse(err(StatusCode::UNAUTHORIZED, code, d.message))
+    })?;
+    let host = match uri.authority() {
+        Some(a) => Some(a.as_str()),
+        None => {
+            let mut hosts = headers.get_all(header::HOST).iter();
+            match (hosts.next(), hosts.next()) {
+                (Some(h), None) => h.to_str().ok(),
+                _ => None,
+            }
+        }
+    };
+    let default_port = if api.scheme == "https" { "443" } else { "80" };
+    let authority = host
+        .and_then(|h| veto_core::dpop::canonical_authority(h, default_port).ok())
+        .ok_or_else(|| {
+            api.refuse(bad(
+                ErrorCode::BadRequest,
+                "exactly one valid `Host` header is needed to check the proof's `htu`",
+            ))
+        })?;
+    let htu = format!(
+        "{}://{authority}{}",
+        api.scheme,
+        path::REVOCATIONS_DELEGATED
+    );
+    let now = api.authority.now();
+    let holder = api
+        .holders
+        .check(
+            cred,
+            req.link,
+            &htu,
+            api.authority.trusted_issuers(),
+            api.authority.iss(),
+            veto_core::warrant::limits::DEFAULT_DEPTH,
+            now,
+        )
+        .map_err(|e| api.refuse(e))?;
+    let request = RevokeRequest {
+        entries: vec![RevokeEntry {
+            kind: EntryKind::Warrant.as_str().to_owned(),
+            id: holder.jti,
+            reason: req.reason,
+            before: None,
+            expires_at: (holder.exp > now).then_some(holder.exp),
+            note: req.note,
+        }],
+        actor: None,
+    };
+    let (entries, _) = validate(request, now).map_err(|e| api.refuse(e))?;
+    let committed = api
+        .authority
+        .revoke(entries, holder.actor)
         .await
         .map_err(|e| api.refuse(not_recorded(e)))?;
     let (status, version) = match &committed.new_version {

@@ -23,7 +23,9 @@
 //!   to NATS JetStream.
 //! - the HTTP API (`api`): translates requests to the authority's methods
 //!   and outcomes to responses with stable error codes; the admin token
-//!   (`admin`) guards the admin routes; the client budget (`budget`)
+//!   (`admin`) guards the admin routes; holder revocations (`holder`) are
+//!   proved with DPoP instead (replay cache, per-holder rate); the client
+//!   budget (`budget`)
 //!   bounds the bytes held for clients; connections whose client stalls
 //!   are closed (`stall`).
 //!
@@ -38,6 +40,7 @@ mod bus;
 mod config;
 mod error;
 mod event;
+mod holder;
 mod metrics;
 mod stall;
 pub mod store;
@@ -177,6 +180,11 @@ impl Registry {
             budget,
             parts.metrics.clone(),
             sse,
+            if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
         );
         let app = api::router(Arc::new(api));
         let limits = stall::ConnLimits {

@@ -170,6 +170,36 @@ impl Client {
         Self::check(s, t)
     }
 
+    /// A POST with a JSON body authenticated by the holder of `chain`
+    /// (DPoP, RFC 9449): a fresh proof for this URL is made with `key`.
+    pub fn post_as_holder(
+        &self,
+        path: &str,
+        body: &Value,
+        chain: &str,
+        key: &veto_core::SigningKey,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let proof = veto_core::dpop::make(
+            key,
+            &veto_core::dpop::ProofSpec {
+                method: "POST",
+                url: &url,
+                chain,
+                iat: crate::util::now(),
+                nonce: None,
+            },
+        )?;
+        let req = self
+            .http
+            .post(url)
+            .header(reqwest::header::AUTHORIZATION, format!("DPoP {chain}"))
+            .header(veto_core::wire::header::DPOP, proof)
+            .json(body);
+        let (s, t) = self.send(req, false)?;
+        Self::check(s, t)
+    }
+
     /// An admin DELETE.
     pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
         let req = self.http.delete(format!("{}{path}", self.base));

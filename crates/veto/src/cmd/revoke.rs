@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
-use veto_core::wire::{path, RevokeEntry, RevokeRequest, RevokeResponse};
+use veto_core::wire::{path, DelegatedRevokeRequest, RevokeEntry, RevokeRequest, RevokeResponse};
 use veto_core::EntryKind;
 
 use crate::client::{Client, RegistryArgs};
@@ -19,11 +19,25 @@ enum Kind {
 pub struct RevokeArgs {
     /// What to revoke: a warrant (by `jti`; its descendants go with it),
     /// an agent (by id, credentials issued up to `--before`), or a key (by thumbprint).
-    #[arg(value_enum)]
-    kind: Kind,
+    #[arg(value_enum, required_unless_present = "as_holder")]
+    kind: Option<Kind>,
     /// The `jti`, agent id or key thumbprint (base64url ids may start with `-`).
-    #[arg(allow_hyphen_values = true)]
-    id: String,
+    #[arg(allow_hyphen_values = true, required_unless_present = "as_holder")]
+    id: Option<String>,
+    /// Revoke as a holder instead of with the admin token: link `--link`
+    /// of `--chain`, proved with `--holder-key` (the key of that link or of
+    /// one above it; DPoP, RFC 9449).
+    #[arg(long, requires_all = ["holder_key", "chain", "link"], conflicts_with_all = ["kind", "id", "before", "expires_at"])]
+    as_holder: bool,
+    /// With --as-holder: the private key (JWK file) bound by the link or by one above it.
+    #[arg(long, env = "VETO_HOLDER_KEY")]
+    holder_key: Option<std::path::PathBuf>,
+    /// With --as-holder: the chain (`-`, `@FILE` or the chain itself).
+    #[arg(long, env = "VETO_CHAIN")]
+    chain: Option<String>,
+    /// With --as-holder: the link to revoke, 0 = the root.
+    #[arg(long)]
+    link: Option<usize>,
     /// Why: unspecified, key_compromise, affiliation_changed, superseded,
     /// cessation_of_operation, privilege_withdrawn.
     #[arg(long, default_value = "unspecified")]
@@ -49,22 +63,69 @@ fn parse_time(text: &str) -> anyhow::Result<u64> {
         .map_err(|_| anyhow::anyhow!("invalid time `{text}`: give Unix seconds or `now`"))
 }
 
+/// `veto revoke --as-holder`: `POST /v1/revocations/delegated`.
+fn run_as_holder(a: RevokeArgs, client: &Client) -> anyhow::Result<()> {
+    let (Some(key_file), Some(chain), Some(link)) = (&a.holder_key, &a.chain, a.link) else {
+        anyhow::bail!("--as-holder needs --holder-key, --chain and --link");
+    };
+    let chain = util::read_chain(chain)?;
+    let chain = chain.strip_prefix("DPoP ").unwrap_or(&chain).to_owned();
+    let key = veto_core::keyfile::read_signing_key(key_file)?;
+    let body = DelegatedRevokeRequest {
+        link,
+        reason: Some(a.reason),
+        note: a.note,
+    };
+    let resp = client.post_as_holder(
+        path::REVOCATIONS_DELEGATED,
+        &serde_json::to_value(&body)?,
+        &chain,
+        &key,
+    )?;
+    let first = serde_json::from_value::<RevokeResponse>(resp.clone())
+        .ok()
+        .and_then(|r| r.entries.into_iter().next())
+        .ok_or_else(|| {
+            anyhow::anyhow!("the registry's answer is not a revocation result: {resp}")
+        })?;
+    if first.created {
+        println!(
+            "revoked link {link} (warrant `{}`) in version {}",
+            first.id, first.version
+        );
+    } else {
+        println!(
+            "link {link} (warrant `{}`) was already revoked in version {}",
+            first.id, first.version
+        );
+    }
+    Ok(())
+}
+
 pub fn run(a: RevokeArgs) -> anyhow::Result<()> {
     let client = Client::new(&a.registry)?;
-    let kind = match a.kind {
-        Kind::Warrant => EntryKind::Warrant,
-        Kind::Agent => EntryKind::Agent,
-        Kind::Key => EntryKind::Key,
+    if a.as_holder {
+        return run_as_holder(a, &client);
+    }
+    let (Some(kind), Some(id)) = (a.kind, a.id) else {
+        anyhow::bail!(
+            "give what to revoke (`warrant`, `agent` or `key`) and its id, or --as-holder"
+        );
     };
-    let before = match a.kind {
+    let before = match kind {
         Kind::Agent => Some(parse_time(a.before.as_deref().unwrap_or("now"))?),
         _ if a.before.is_some() => anyhow::bail!("--before applies only to agents"),
         _ => None,
     };
+    let kind = match kind {
+        Kind::Warrant => EntryKind::Warrant,
+        Kind::Agent => EntryKind::Agent,
+        Kind::Key => EntryKind::Key,
+    };
     let request = RevokeRequest {
         entries: vec![RevokeEntry {
             kind: kind.as_str().to_owned(),
-            id: a.id,
+            id,
             reason: Some(a.reason),
             before,
             expires_at: a.expires_at,
