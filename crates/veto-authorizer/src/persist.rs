@@ -48,10 +48,16 @@ pub(crate) struct DiskCache {
 }
 
 impl DiskCache {
-    /// Creates `dir` if needed, and reads what was kept there (if
-    /// anything readable): the caller verifies it before applying it.
+    /// Creates `dir` if needed (mode 0700: only this user reads what the
+    /// authorizer trusted), and reads what was kept there (if anything
+    /// readable): the caller verifies it before applying it.
     pub fn open(dir: &Path) -> std::io::Result<(Self, Option<Saved>)> {
         std::fs::create_dir_all(dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         let cache = Self {
             dir: dir.to_path_buf(),
             objects: Mutex::new(Objects::default()),
@@ -163,7 +169,14 @@ fn read(path: &Path) -> Option<Saved> {
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut f = options.open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(tmp, path)

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::error::RegistryError;
 use crate::event::Event;
 use crate::metrics::{KindReason, Metrics};
+use crate::seal::Seal;
 use crate::store::{
     AuditFilter, AuditRecord, Committed, Loaded, NewEntry, PgStore, SqliteStore, Store, StoreError,
     Unwritable,
@@ -69,6 +70,8 @@ pub(crate) struct Authority {
     snapshot: tokio::sync::Mutex<Option<Arc<Snapshot>>>,
     current: RwLock<SrlState>,
     issuers: RwLock<Vec<IssuerKey>>,
+    /// Seals issuer private keys before they reach the store.
+    seal: Seal,
     checkpoint: RwLock<Option<(u64, Arc<str>)>>,
 }
 
@@ -194,6 +197,7 @@ impl Authority {
                 });
             }
         }
+        let seal = Seal::new(&authority, &config.iss);
         if store
             .issuer_keys()
             .await?
@@ -201,12 +205,12 @@ impl Authority {
             .all(|k| k.retired_at.is_some())
         {
             let key = random_key()?;
-            let jwk = key.to_private_jwk().to_json();
+            let sealed = seal.seal(key.kid(), &key.to_private_jwk().to_json())?;
             store
-                .add_issuer_key(key.kid(), &jwk, clock.now(), "registry")
+                .add_issuer_key(key.kid(), &sealed, clock.now(), "registry")
                 .await?;
         }
-        let issuers = load_issuers(&store).await?;
+        let issuers = load_issuers(&store, &seal).await?;
         let state = state_of(store.load().await?);
         metrics.version.set(state.ver() as i64);
         metrics.entries.set(state.set().len() as i64);
@@ -235,6 +239,7 @@ impl Authority {
             snapshot: tokio::sync::Mutex::new(None),
             current: RwLock::new(state),
             issuers: RwLock::new(issuers),
+            seal,
             checkpoint: RwLock::new(None),
         };
         Ok((authority, write_rx))
@@ -459,10 +464,10 @@ impl Authority {
     /// Generates and stores a new issuer key; returns its public half.
     pub(crate) async fn add_issuer_key(&self) -> Result<PublicKey, RegistryError> {
         let key = random_key()?;
-        let jwk = key.to_private_jwk().to_json();
+        let sealed = self.seal.seal(key.kid(), &key.to_private_jwk().to_json())?;
         let now = self.now();
         self.store
-            .add_issuer_key(key.kid(), &jwk, now, "admin")
+            .add_issuer_key(key.kid(), &sealed, now, "admin")
             .await?;
         let public = key.public().clone();
         self.issuers
@@ -492,7 +497,7 @@ impl Authority {
 
     /// Reads the issuer keys again (another replica may have changed them).
     pub(crate) async fn reload_issuers(&self) -> Result<(), RegistryError> {
-        let keys = load_issuers(&self.store).await?;
+        let keys = load_issuers(&self.store, &self.seal).await?;
         *self.issuers.write().unwrap_or_else(|p| p.into_inner()) = keys;
         Ok(())
     }
@@ -701,11 +706,20 @@ fn state_of(loaded: Loaded) -> SrlState {
     SrlState::at(loaded.ver, loaded.head, set)
 }
 
-async fn load_issuers(store: &Store) -> Result<Vec<IssuerKey>, RegistryError> {
+/// Reads the issuer keys, opening each sealed one; a key an older registry
+/// stored in clear is sealed in place now.
+async fn load_issuers(store: &Store, seal: &Seal) -> Result<Vec<IssuerKey>, RegistryError> {
     let mut issuers = Vec::new();
     for row in store.issuer_keys().await? {
-        let key = SigningKey::from_jwk_json(&row.private_jwk)
+        let (jwk, in_clear) = seal.open(&row.kid, &row.private_jwk)?;
+        let key = SigningKey::from_jwk_json(&jwk)
             .map_err(|e| StoreError::Corrupt(format!("issuer key `{}`: {e}", row.kid)))?;
+        if in_clear {
+            let sealed = seal.seal(&row.kid, &jwk)?;
+            if store.seal_issuer_key(&row.kid, &sealed).await? {
+                tracing::info!(kid = %row.kid, "sealed an issuer key stored in clear by an older registry");
+            }
+        }
         issuers.push(IssuerKey {
             key,
             added_at: row.added_at,

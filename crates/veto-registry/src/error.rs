@@ -44,6 +44,10 @@ pub enum RegistryError {
     /// The admin token is too weak to guard the admin API.
     #[error("{0}")]
     WeakAdminToken(String),
+    /// A sealed issuer key does not open (another authority's database, or
+    /// an altered row), or cannot be sealed.
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
 }
 
 /// Maps an I/O error on `path` in the data directory.

@@ -161,14 +161,16 @@ impl HolderGate {
         let until = proved.iat.saturating_add(WINDOW).max(now).saturating_add(1);
         match self.replay.insert(presented.kid(), &proved.jti, now, until) {
             Ok(()) => {}
-            Err(ReplayError::Seen) => return Err(refusal(
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::PopInvalid,
-                format!(
+            Err(ReplayError::Seen) => {
+                return Err(refusal(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::PopInvalid,
+                    format!(
                     "the DPoP proof `{}` was already used: make a fresh proof for every request",
                     proved.jti
                 ),
-            )),
+                ))
+            }
             Err(ReplayError::Full) => {
                 return Err(refusal(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -42,6 +42,7 @@ mod error;
 mod event;
 mod holder;
 mod metrics;
+mod seal;
 mod stall;
 pub mod store;
 mod tasks;
@@ -51,6 +52,7 @@ pub use api::{parse_mint_body, parse_revocation_body, Refusal};
 pub use budget::CLIENT_BUDGET_BYTES;
 pub use config::Config;
 pub use error::RegistryError;
+pub use seal::SealError;
 
 use std::future::Future;
 use std::path::Path;
@@ -243,6 +245,68 @@ mod tests {
             e.to_string()
                 .contains("use the original iss, or a new store"),
             "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Issuer private keys never sit in the database in clear: new ones
+    /// are sealed, one an older registry stored in clear is sealed on the
+    /// next start and still mints, and a sealed row moved to another key's
+    /// `kid` does not open.
+    #[tokio::test]
+    async fn issuer_keys_are_sealed_at_rest() {
+        let dir = std::env::temp_dir().join(format!(
+            "veto-registry-sealed-{}-{}",
+            std::process::id(),
+            veto_core::Clock::now(&veto_core::SystemClock)
+        ));
+        let mut config = Config::new(&dir);
+        config.admin_token = Some("sealed-test-token-0123456789abcdef0".into());
+        let registry = Registry::open(config.clone()).await.unwrap();
+        let first = registry.inner.authority.issuer_keys()[0].kid.clone();
+        drop(registry);
+        let db = || rusqlite::Connection::open(dir.join("veto.db")).unwrap();
+        let stored = |kid: &str| -> String {
+            db().query_row(
+                "SELECT private_jwk FROM issuer_keys WHERE kid = ?1",
+                [kid],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let sealed = stored(&first);
+        assert!(sealed.starts_with("sealed:v1:"), "{sealed}");
+        assert!(!sealed.contains("\"d\""), "{sealed}");
+
+        // An older registry's row, in clear, is sealed on the next start.
+        let legacy = veto_core::SigningKey::generate().unwrap();
+        db().execute(
+            "INSERT INTO issuer_keys (kid, private_jwk, added_at) VALUES (?1, ?2, 1)",
+            [legacy.kid(), legacy.to_private_jwk().to_json().as_str()],
+        )
+        .unwrap();
+        let registry = Registry::open(config.clone()).await.unwrap();
+        assert!(registry
+            .inner
+            .authority
+            .trusted_issuers()
+            .iter()
+            .any(|k| k == legacy.public()));
+        drop(registry);
+        assert!(stored(legacy.kid()).starts_with("sealed:v1:"));
+
+        // A sealed key moved to another row's kid does not open.
+        db().execute(
+            "UPDATE issuer_keys SET private_jwk = ?1 WHERE kid = ?2",
+            [sealed.as_str(), legacy.kid()],
+        )
+        .unwrap();
+        let Err(e) = Registry::open(config).await else {
+            panic!("a sealed key opened under another kid");
+        };
+        assert!(
+            matches!(e, RegistryError::Seal(SealError::Open(_))),
+            "{e:?}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

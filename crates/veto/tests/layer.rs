@@ -494,6 +494,13 @@ async fn the_disk_cache_is_compacted_and_stays_loadable() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     authz.shutdown();
+    // What the authorizer trusted is readable by its own user only.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&cache), 0o700, "the cache directory");
+        assert_eq!(mode(&file), 0o600, "the cache file");
+    }
 
     // A restart with the registry unreachable starts from the cache, current.
     let mut offline = Config::new("http://127.0.0.1:9", "veto", KeySet::new([key]));

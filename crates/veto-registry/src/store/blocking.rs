@@ -120,6 +120,11 @@ impl Backend for OnBlockingPool {
         self.run(move |s| s.add_issuer_key(&kid, &jwk, now, &actor))
     }
 
+    fn seal_issuer_key<'a>(&'a self, kid: &'a str, sealed: &'a str) -> StoreFuture<'a, bool> {
+        let (kid, sealed) = (kid.to_owned(), sealed.to_owned());
+        self.run(move |s| s.seal_issuer_key(&kid, &sealed))
+    }
+
     fn retire_issuer_key<'a>(
         &'a self,
         kid: &'a str,

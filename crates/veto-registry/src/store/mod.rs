@@ -293,6 +293,9 @@ pub(crate) trait Backend: Send + Sync {
         now: u64,
         actor: &'a str,
     ) -> StoreFuture<'a, ()>;
+    /// Replaces an issuer key stored in clear with its sealed form, only if
+    /// it is still in clear (`private_jwk` starts with `{`); false otherwise.
+    fn seal_issuer_key<'a>(&'a self, kid: &'a str, sealed: &'a str) -> StoreFuture<'a, bool>;
     /// Retires an issuer key; false when no such active key exists.
     fn retire_issuer_key<'a>(
         &'a self,
@@ -455,6 +458,12 @@ impl Store {
         actor: &str,
     ) -> Result<(), StoreError> {
         self.0.add_issuer_key(kid, private_jwk, now, actor).await
+    }
+
+    /// Seals an issuer key stored in clear by an older registry; false when
+    /// it was sealed already (by another replica, say).
+    pub async fn seal_issuer_key(&self, kid: &str, sealed: &str) -> Result<bool, StoreError> {
+        self.0.seal_issuer_key(kid, sealed).await
     }
 
     /// Retires an issuer key; false when no such active key exists.

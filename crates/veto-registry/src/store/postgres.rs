@@ -407,6 +407,19 @@ impl Backend for PgStore {
         })
     }
 
+    fn seal_issuer_key<'a>(&'a self, kid: &'a str, sealed: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let w = self.writer.lock().await;
+            let n = w
+                .execute(
+                    "UPDATE veto_issuer_keys SET private_jwk = $1 WHERE kid = $2 AND private_jwk LIKE '{%'",
+                    &[&sealed, &kid],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
     fn retire_issuer_key<'a>(
         &'a self,
         kid: &'a str,

@@ -452,6 +452,15 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Seals an issuer key still stored in clear.
+    pub(crate) fn seal_issuer_key(&self, kid: &str, sealed: &str) -> Result<bool, StoreError> {
+        let n = self.w().execute(
+            "UPDATE issuer_keys SET private_jwk = ?1 WHERE kid = ?2 AND private_jwk LIKE '{%'",
+            params![sealed, kid],
+        )?;
+        Ok(n == 1)
+    }
+
     /// Retires an issuer key; returns false when no such active key exists.
     pub(crate) fn retire_issuer_key(
         &self,
