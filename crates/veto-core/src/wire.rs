@@ -24,6 +24,8 @@ pub mod path {
     /// `POST` (a holder, proved with DPoP): revoke a link of a presented
     /// chain that the proof's key binds, or one delegated below it.
     pub const REVOCATIONS_DELEGATED: &str = "/v1/revocations/delegated";
+    /// `POST` (bootstrap admin): create a named API token; `GET`: list them.
+    pub const TOKENS: &str = "/v1/tokens";
     /// `POST` (admin): mint a root warrant.
     pub const WARRANTS: &str = "/v1/warrants";
     /// `GET`/`POST` (admin): issuer keys; `DELETE {ISSUER_KEYS}/{kid}` retires one.
@@ -202,8 +204,6 @@ error_codes! {
     InvalidBefore => "invalid_before",
     /// An oversized or unusable note.
     InvalidNote => "invalid_note",
-    /// An actor the request may not set.
-    InvalidActor => "invalid_actor",
     /// An unusable agent id.
     InvalidAgent => "invalid_agent",
     /// Unusable action patterns.
@@ -270,6 +270,14 @@ error_codes! {
     NotYourLink => "not_your_link",
     /// Too many requests from one holder key.
     RateLimited => "rate_limited",
+    /// The token is valid but its scopes do not cover this endpoint.
+    Forbidden => "forbidden",
+    /// A token name that is empty, too long or not `[A-Za-z0-9._-]`.
+    InvalidName => "invalid_name",
+    /// An unknown or missing token scope.
+    InvalidScope => "invalid_scope",
+    /// A token of that name exists (live or revoked).
+    NameTaken => "name_taken",
 }
 
 impl fmt::Display for ErrorCode {
@@ -316,9 +324,6 @@ impl ErrorBody {
 pub struct RevokeRequest {
     /// What to revoke.
     pub entries: Vec<RevokeEntry>,
-    /// Who asks (audit only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub actor: Option<String>,
 }
 
 /// `POST /v1/revocations/delegated`: which link of the chain sent in

@@ -25,6 +25,7 @@ fn paths() {
         (path::REVOCATIONS, "/v1/revocations"),
         (path::REVOCATIONS_DELEGATED, "/v1/revocations/delegated"),
         (path::WARRANTS, "/v1/warrants"),
+        (path::TOKENS, "/v1/tokens"),
         (path::ISSUER_KEYS, "/v1/issuer-keys"),
         (path::AUTHORITY, "/v1/authority"),
         (path::JWKS, "/.well-known/jwks.json"),
@@ -102,7 +103,6 @@ fn error_codes() {
         ErrorCode::InvalidExpiresAt => "invalid_expires_at",
         ErrorCode::InvalidBefore => "invalid_before",
         ErrorCode::InvalidNote => "invalid_note",
-        ErrorCode::InvalidActor => "invalid_actor",
         ErrorCode::InvalidAgent => "invalid_agent",
         ErrorCode::InvalidAct => "invalid_act",
         ErrorCode::InvalidTtl => "invalid_ttl",
@@ -136,9 +136,13 @@ fn error_codes() {
         ErrorCode::InvalidLink => "invalid_link",
         ErrorCode::NotYourLink => "not_your_link",
         ErrorCode::RateLimited => "rate_limited",
+        ErrorCode::Forbidden => "forbidden",
+        ErrorCode::InvalidName => "invalid_name",
+        ErrorCode::InvalidScope => "invalid_scope",
+        ErrorCode::NameTaken => "name_taken",
     };
     // `ALL` lists every variant once (the match above has one arm each).
-    assert_eq!(ErrorCode::ALL.len(), 49);
+    assert_eq!(ErrorCode::ALL.len(), 52);
     let mut seen = std::collections::HashSet::new();
     for &c in ErrorCode::ALL {
         assert!(seen.insert(c), "{c:?} twice in ALL");

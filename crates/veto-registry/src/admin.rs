@@ -150,3 +150,135 @@ mod tests {
         assert!(!token.matches(""));
     }
 }
+
+/// What a named API token may do (DESIGN 5). The bootstrap admin token
+/// may do everything, and alone manages tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// `POST /v1/revocations`.
+    Revoke,
+    /// `POST /v1/warrants`.
+    Mint,
+    /// `GET /v1/revocations` (the audit log).
+    Audit,
+    /// `/v1/issuer-keys`: list, add, retire.
+    Keys,
+    /// The fleet view (reserved for gateway receipts).
+    Fleet,
+}
+
+impl Scope {
+    /// Every scope.
+    pub const ALL: [Scope; 5] = [
+        Scope::Revoke,
+        Scope::Mint,
+        Scope::Audit,
+        Scope::Keys,
+        Scope::Fleet,
+    ];
+
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Revoke => "revoke",
+            Scope::Mint => "mint",
+            Scope::Audit => "audit",
+            Scope::Keys => "keys",
+            Scope::Fleet => "fleet",
+        }
+    }
+
+    /// The scope named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+/// Who an admin request is from: the bootstrap token (`admin`) or a named
+/// token and its scopes. Its name is the audit log's actor.
+#[derive(Clone, Debug)]
+pub(crate) struct Principal {
+    pub name: String,
+    scopes: Vec<Scope>,
+    bootstrap: bool,
+}
+
+impl Principal {
+    /// The bootstrap admin token's principal.
+    pub fn bootstrap() -> Self {
+        Self {
+            name: "admin".into(),
+            scopes: Scope::ALL.to_vec(),
+            bootstrap: true,
+        }
+    }
+
+    /// Whether it may act in `scope`.
+    pub fn may(&self, scope: Scope) -> bool {
+        self.bootstrap || self.scopes.contains(&scope)
+    }
+
+    /// Whether it is the bootstrap admin token (token management).
+    pub fn is_bootstrap(&self) -> bool {
+        self.bootstrap
+    }
+}
+
+/// The live named tokens, by the SHA-256 of the token: read from the
+/// store at start, after each change here, and every few seconds (so a
+/// token created or revoked at another replica takes effect here too).
+#[derive(Default)]
+pub(crate) struct Tokens {
+    by_digest: std::sync::RwLock<std::collections::HashMap<[u8; 32], Principal>>,
+}
+
+impl Tokens {
+    /// Replaces the table with the live tokens of `rows`.
+    pub fn load(&self, rows: &[crate::store::TokenRow]) {
+        let mut map = std::collections::HashMap::new();
+        for r in rows.iter().filter(|r| r.revoked_at.is_none()) {
+            let Some(digest) = from_hex(&r.digest) else {
+                tracing::warn!(name = %r.name, "a stored API token has an unreadable digest: ignored");
+                continue;
+            };
+            let scopes = r.scopes.split(',').filter_map(Scope::parse).collect();
+            map.insert(
+                digest,
+                Principal {
+                    name: r.name.clone(),
+                    scopes,
+                    bootstrap: false,
+                },
+            );
+        }
+        *self.by_digest.write().unwrap_or_else(|p| p.into_inner()) = map;
+    }
+
+    /// The named token `given` is, if it is one.
+    pub fn find(&self, given: &str) -> Option<Principal> {
+        let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        self.by_digest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+            .cloned()
+    }
+}
+
+/// A new random token and its SHA-256 digest in lowercase hex.
+pub(crate) fn new_token() -> Result<(String, String), RegistryError> {
+    let token = random_token()?;
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    Ok((token, digest.iter().map(|b| format!("{b:02x}")).collect()))
+}
+
+fn from_hex(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if text.len() != 64 {
+        return None;
+    }
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}

@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
@@ -21,7 +21,7 @@ use veto_core::wire::{
 };
 use veto_core::{DenyReason, Entry, EntryKind, Jwk, LinkSpec, PublicKey, Reason, WarrantError};
 
-use crate::admin::AdminToken;
+use crate::admin::{new_token, AdminToken, Principal, Scope, Tokens};
 use crate::authority::{Authority, MintFailed, RevokeFailed};
 use crate::budget::ClientBudget;
 use crate::bus::sse::{SseHub, TooManySubscribers};
@@ -59,6 +59,8 @@ pub(crate) struct Api {
     holders: HolderGate,
     /// `https` behind `--tls-cert`: what holder proofs name in `htu`.
     scheme: &'static str,
+    /// The live named API tokens.
+    tokens: Arc<Tokens>,
 }
 
 impl Api {
@@ -69,6 +71,7 @@ impl Api {
         metrics: Arc<Metrics>,
         sse: SseHub,
         scheme: &'static str,
+        tokens: Arc<Tokens>,
     ) -> Self {
         Self {
             authority,
@@ -78,6 +81,7 @@ impl Api {
             sse,
             holders: HolderGate::new(),
             scheme,
+            tokens,
         }
     }
 
@@ -85,6 +89,22 @@ impl Api {
     fn refuse(&self, e: Refusal) -> Refusal {
         self.metrics.refused(e.code);
         e
+    }
+
+    /// Refuses `p` unless its token covers `scope` (403 `forbidden`).
+    fn need(&self, p: &Principal, scope: Scope) -> Result<(), Refusal> {
+        if p.may(scope) {
+            return Ok(());
+        }
+        Err(self.refuse(err(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!(
+                "token `{}` does not have the `{}` scope this endpoint needs: use a token that has it",
+                p.name,
+                scope.as_str()
+            ),
+        )))
     }
 }
 
@@ -239,7 +259,7 @@ fn check_objects(tree: &serde_json::Value) -> Result<(), Refusal> {
 pub fn parse_revocation_body(body: &[u8], now: u64) -> Result<usize, Refusal> {
     parse_json::<RevokeRequest>(body)
         .and_then(|req| validate(req, now))
-        .map(|(entries, _actor)| entries.len())
+        .map(|entries| entries.len())
 }
 
 /// Parses and validates a `POST /v1/warrants` body exactly as the handler
@@ -264,6 +284,8 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
             &format!("{}/{{kid}}", path::ISSUER_KEYS),
             delete(retire_issuer_key),
         )
+        .route(path::TOKENS, post(create_token).get(list_tokens))
+        .route(&format!("{}/{{name}}", path::TOKENS), delete(revoke_token))
         .route_layer(middleware::from_fn_with_state(api.clone(), require_admin));
     Router::new()
         .merge(admin)
@@ -348,13 +370,21 @@ async fn require_admin(State(api): State<Shared>, req: Request, next: Next) -> R
             None => "missing admin token: send `Authorization: Bearer <token>`".into(),
         });
     };
-    if !api.admin.matches(given) {
-        return refuse("wrong admin token".into());
-    }
+    let principal = if api.admin.matches(given) {
+        Principal::bootstrap()
+    } else if let Some(p) = api.tokens.find(given) {
+        p
+    } else {
+        return refuse(
+            "wrong admin token (neither the bootstrap token nor a live named token)".into(),
+        );
+    };
+    let mut req = req;
+    req.extensions_mut().insert(principal);
     next.run(req).await
 }
 
-fn validate(req: RevokeRequest, now: u64) -> Result<(Vec<NewEntry>, String), Refusal> {
+fn validate(req: RevokeRequest, now: u64) -> Result<Vec<NewEntry>, Refusal> {
     if req.entries.is_empty() {
         return Err(bad(
             ErrorCode::NoEntries,
@@ -368,13 +398,6 @@ fn validate(req: RevokeRequest, now: u64) -> Result<(Vec<NewEntry>, String), Ref
                 "{} entries, over the limit of {MAX_BATCH} per request: split the batch",
                 req.entries.len()
             ),
-        ));
-    }
-    let actor = req.actor.unwrap_or_else(|| "admin".into());
-    if actor.is_empty() || actor.len() > 128 {
-        return Err(bad(
-            ErrorCode::InvalidActor,
-            "`actor` must be 1 to 128 bytes",
         ));
     }
     let mut out = Vec::with_capacity(req.entries.len());
@@ -471,17 +494,19 @@ fn validate(req: RevokeRequest, now: u64) -> Result<(Vec<NewEntry>, String), Ref
             note: e.note,
         });
     }
-    Ok((out, actor))
+    Ok(out)
 }
 
 async fn revoke(
     State(api): State<Shared>,
+    Extension(principal): Extension<Principal>,
     JsonBody(req): JsonBody<RevokeRequest>,
 ) -> Result<Response, Refusal> {
-    let (entries, actor) = validate(req, api.authority.now()).map_err(|e| api.refuse(e))?;
+    api.need(&principal, Scope::Revoke)?;
+    let entries = validate(req, api.authority.now()).map_err(|e| api.refuse(e))?;
     let committed = api
         .authority
-        .revoke(entries, actor)
+        .revoke(entries, principal.name)
         .await
         .map_err(|e| api.refuse(not_recorded(e)))?;
     let (status, version) = match &committed.new_version {
@@ -575,9 +600,8 @@ async fn revoke_delegated(
             expires_at: (holder.exp > now).then_some(holder.exp),
             note: req.note,
         }],
-        actor: None,
     };
-    let (entries, _) = validate(request, now).map_err(|e| api.refuse(e))?;
+    let entries = validate(request, now).map_err(|e| api.refuse(e))?;
     let committed = api
         .authority
         .revoke(entries, holder.actor)
@@ -647,8 +671,10 @@ struct AuditQuery {
 
 async fn audit(
     State(api): State<Shared>,
+    Extension(principal): Extension<Principal>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Refusal> {
+    api.need(&principal, Scope::Audit)?;
     let Query(q) = query.map_err(|e| bad(ErrorCode::InvalidQuery, e.body_text()))?;
     if let Some(k) = &q.kind {
         EntryKind::parse(k).ok_or_else(|| {
@@ -722,8 +748,10 @@ fn validate_mint(req: &MintRequest) -> Result<PublicKey, Refusal> {
 
 async fn mint(
     State(api): State<Shared>,
+    Extension(principal): Extension<Principal>,
     JsonBody(req): JsonBody<MintRequest>,
 ) -> Result<Response, Refusal> {
+    api.need(&principal, Scope::Mint)?;
     let holder = validate_mint(&req)?;
     let now = api.authority.now();
     let exp = now + req.ttl;
@@ -734,19 +762,23 @@ async fn mint(
         exp,
         holder: Some(holder),
     };
-    let (chain, jti) = api.authority.mint(spec).await.map_err(|e| match e {
-        MintFailed::NoIssuerKey => err(
-            StatusCode::CONFLICT,
-            ErrorCode::NoIssuerKey,
-            "no trusted issuer key: add one with `veto keys rotate`",
-        ),
-        MintFailed::Invalid(e @ WarrantError::Random(_)) => err(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            e.to_string(),
-        ),
-        MintFailed::Invalid(e) => bad(ErrorCode::InvalidWarrant, e.to_string()),
-    })?;
+    let (chain, jti) = api
+        .authority
+        .mint(spec, &principal.name)
+        .await
+        .map_err(|e| match e {
+            MintFailed::NoIssuerKey => err(
+                StatusCode::CONFLICT,
+                ErrorCode::NoIssuerKey,
+                "no trusted issuer key: add one with `veto keys rotate`",
+            ),
+            MintFailed::Invalid(e @ WarrantError::Random(_)) => err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                e.to_string(),
+            ),
+            MintFailed::Invalid(e) => bad(ErrorCode::InvalidWarrant, e.to_string()),
+        })?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"warrant": chain, "jti": jti, "exp": exp})),
@@ -754,15 +786,23 @@ async fn mint(
         .into_response())
 }
 
-async fn add_issuer_key(State(api): State<Shared>) -> Result<Response, Refusal> {
-    let public = api.authority.add_issuer_key().await.map_err(|e| match e {
-        RegistryError::Store(e) => unavailable(e),
-        e => err(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            e.to_string(),
-        ),
-    })?;
+async fn add_issuer_key(
+    State(api): State<Shared>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, Refusal> {
+    api.need(&principal, Scope::Keys)?;
+    let public = api
+        .authority
+        .add_issuer_key(&principal.name)
+        .await
+        .map_err(|e| match e {
+            RegistryError::Store(e) => unavailable(e),
+            e => err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                e.to_string(),
+            ),
+        })?;
     let public = public.to_jwk();
     Ok((
         StatusCode::CREATED,
@@ -771,7 +811,11 @@ async fn add_issuer_key(State(api): State<Shared>) -> Result<Response, Refusal> 
         .into_response())
 }
 
-async fn list_issuer_keys(State(api): State<Shared>) -> Response {
+async fn list_issuer_keys(
+    State(api): State<Shared>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, Refusal> {
+    api.need(&principal, Scope::Keys)?;
     let keys: Vec<_> = api
         .authority
         .issuer_keys()
@@ -785,16 +829,18 @@ async fn list_issuer_keys(State(api): State<Shared>) -> Response {
             })
         })
         .collect();
-    Json(json!({"keys": keys})).into_response()
+    Ok(Json(json!({"keys": keys})).into_response())
 }
 
 async fn retire_issuer_key(
     State(api): State<Shared>,
+    Extension(principal): Extension<Principal>,
     axum::extract::Path(kid): axum::extract::Path<String>,
 ) -> Result<Response, Refusal> {
+    api.need(&principal, Scope::Keys)?;
     let retired_at = api
         .authority
-        .retire_issuer_key(&kid)
+        .retire_issuer_key(&kid, &principal.name)
         .await
         .map_err(unavailable)?
         .ok_or_else(|| {
@@ -1044,4 +1090,165 @@ async fn events(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(resp)
+}
+
+/// `POST /v1/tokens` body: a name and its scopes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    name: String,
+    scopes: Vec<String>,
+}
+
+/// Token management is the bootstrap admin token's alone.
+fn bootstrap_only(api: &Api, p: &Principal) -> Result<(), Refusal> {
+    if p.is_bootstrap() {
+        return Ok(());
+    }
+    Err(api.refuse(err(
+        StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden,
+        format!(
+            "token `{}` may not manage tokens: only the bootstrap admin token may",
+            p.name
+        ),
+    )))
+}
+
+/// `POST /v1/tokens`: creates a named token with scopes; the token is in
+/// the answer once and only its SHA-256 is stored.
+async fn create_token(
+    State(api): State<Shared>,
+    Extension(principal): Extension<Principal>,
+    JsonBody(req): JsonBody<CreateToken>,
+) -> Result<Response, Refusal> {
+    bootstrap_only(&api, &principal)?;
+    let name_ok = !req.name.is_empty()
+        && req.name.len() <= 64
+        && req.name != "admin"
+        && !req.name.starts_with("holder ")
+        && req
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !name_ok {
+        return Err(api.refuse(bad(
+            ErrorCode::InvalidName,
+            "`name` must be 1 to 64 of `A-Z a-z 0-9 . _ -`, and not `admin`",
+        )));
+    }
+    let mut scopes = Vec::new();
+    for s in &req.scopes {
+        let scope = Scope::parse(s).ok_or_else(|| {
+            let all: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+            api.refuse(bad(
+                ErrorCode::InvalidScope,
+                format!("unknown scope `{s}`: expected any of {}", all.join(", ")),
+            ))
+        })?;
+        if !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
+    if scopes.is_empty() {
+        return Err(api.refuse(bad(
+            ErrorCode::InvalidScope,
+            "`scopes` is empty: give at least one",
+        )));
+    }
+    let (token, digest) = new_token().map_err(|e| {
+        api.refuse(err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        ))
+    })?;
+    let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+    let row = crate::store::TokenRow {
+        name: req.name.clone(),
+        digest,
+        scopes: scopes.join(","),
+        created_at: api.authority.now(),
+        revoked_at: None,
+    };
+    let created = api
+        .authority
+        .add_token(&row, &principal.name)
+        .await
+        .map_err(|e| api.refuse(unavailable(e)))?;
+    if !created {
+        return Err(api.refuse(err(
+            StatusCode::CONFLICT,
+            ErrorCode::NameTaken,
+            format!(
+                "a token named `{}` exists (or existed): names are never reused; choose another",
+                req.name
+            ),
+        )));
+    }
+    api.tokens.load(
+        &api.authority
+            .tokens()
+            .await
+            .map_err(|e| api.refuse(unavailable(e)))?,
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"name": req.name, "scopes": scopes, "token": token})),
+    )
+        .into_response())
+}
+
+/// `GET /v1/tokens`: every named token (never the token itself).
+async fn list_tokens(
+    State(api): State<Shared>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, Refusal> {
+    bootstrap_only(&api, &principal)?;
+    let rows = api
+        .authority
+        .tokens()
+        .await
+        .map_err(|e| api.refuse(unavailable(e)))?;
+    let tokens: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "scopes": r.scopes.split(',').collect::<Vec<_>>(),
+                "created_at": r.created_at,
+                "revoked_at": r.revoked_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "tokens": tokens })).into_response())
+}
+
+/// `DELETE /v1/tokens/{name}`: revokes a named token, at once here and
+/// within a few seconds at other replicas.
+async fn revoke_token(
+    State(api): State<Shared>,
+    Extension(principal): Extension<Principal>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Response, Refusal> {
+    bootstrap_only(&api, &principal)?;
+    let revoked = api
+        .authority
+        .revoke_token(&name, &principal.name)
+        .await
+        .map_err(|e| api.refuse(unavailable(e)))?;
+    if !revoked {
+        return Err(api.refuse(err(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("no live token named `{name}`"),
+        )));
+    }
+    api.tokens.load(
+        &api.authority
+            .tokens()
+            .await
+            .map_err(|e| api.refuse(unavailable(e)))?,
+    );
+    Ok(Json(json!({"name": name, "revoked": true})).into_response())
 }

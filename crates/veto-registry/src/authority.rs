@@ -27,7 +27,7 @@ use crate::metrics::{KindReason, Metrics};
 use crate::seal::Seal;
 use crate::store::{
     AuditFilter, AuditRecord, Committed, Loaded, NewEntry, PgStore, SqliteStore, Store, StoreError,
-    Unwritable,
+    TokenRow, Unwritable,
 };
 
 /// Most expired entries one pruning version removes.
@@ -409,7 +409,11 @@ impl Authority {
 
     /// Mints a root warrant (DESIGN 3.4) with the newest trusted issuer
     /// key, and writes its audit record. Returns the chain and its `jti`.
-    pub(crate) async fn mint(&self, spec: LinkSpec) -> Result<(String, String), MintFailed> {
+    pub(crate) async fn mint(
+        &self,
+        spec: LinkSpec,
+        actor: &str,
+    ) -> Result<(String, String), MintFailed> {
         let agent = spec.sub.clone();
         let jti = warrant::new_jti().map_err(MintFailed::Invalid)?;
         let chain = {
@@ -427,7 +431,7 @@ impl Authority {
         let now = self.now();
         if let Err(e) = self
             .store
-            .audit(now, "admin", "mint", Some(&jti), Some(&agent))
+            .audit(now, actor, "mint", Some(&jti), Some(&agent))
             .await
         {
             tracing::warn!(error = %e, jti, "minted a warrant but could not write its audit record");
@@ -461,13 +465,30 @@ impl Authority {
             .collect()
     }
 
+    /// Every named API token, as stored.
+    pub(crate) async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        self.store.tokens().await
+    }
+
+    /// Stores a named API token (audited as `actor`); false when the name
+    /// is taken.
+    pub(crate) async fn add_token(&self, row: &TokenRow, actor: &str) -> Result<bool, StoreError> {
+        self.store.add_token(row, actor).await
+    }
+
+    /// Revokes a named API token (audited as `actor`); false when there is
+    /// no live one of that name.
+    pub(crate) async fn revoke_token(&self, name: &str, actor: &str) -> Result<bool, StoreError> {
+        self.store.revoke_token(name, self.now(), actor).await
+    }
+
     /// Generates and stores a new issuer key; returns its public half.
-    pub(crate) async fn add_issuer_key(&self) -> Result<PublicKey, RegistryError> {
+    pub(crate) async fn add_issuer_key(&self, actor: &str) -> Result<PublicKey, RegistryError> {
         let key = random_key()?;
         let sealed = self.seal.seal(key.kid(), &key.to_private_jwk().to_json())?;
         let now = self.now();
         self.store
-            .add_issuer_key(key.kid(), &sealed, now, "admin")
+            .add_issuer_key(key.kid(), &sealed, now, actor)
             .await?;
         let public = key.public().clone();
         self.issuers
@@ -483,9 +504,13 @@ impl Authority {
 
     /// Retires the active issuer key `kid`: the time it was retired, or
     /// `None` when no active key has that id.
-    pub(crate) async fn retire_issuer_key(&self, kid: &str) -> Result<Option<u64>, StoreError> {
+    pub(crate) async fn retire_issuer_key(
+        &self,
+        kid: &str,
+        actor: &str,
+    ) -> Result<Option<u64>, StoreError> {
         let now = self.now();
-        if !self.store.retire_issuer_key(kid, now, "admin").await? {
+        if !self.store.retire_issuer_key(kid, now, actor).await? {
             return Ok(None);
         }
         let mut issuers = self.issuers.write().unwrap_or_else(|p| p.into_inner());

@@ -47,12 +47,17 @@ mod stall;
 pub mod store;
 mod tasks;
 
+pub use admin::Scope;
 pub use admin::{check_admin_token, MIN_ADMIN_TOKEN_BITS, MIN_ADMIN_TOKEN_CHARS};
 pub use api::{parse_mint_body, parse_revocation_body, Refusal};
 pub use budget::CLIENT_BUDGET_BYTES;
 pub use config::Config;
 pub use error::RegistryError;
 pub use seal::SealError;
+
+/// How often a registry re-reads the named API tokens (so one created or
+/// revoked at another replica takes effect here within this).
+pub const TOKEN_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
 use std::future::Future;
 use std::path::Path;
@@ -176,6 +181,26 @@ impl Registry {
             config.max_subscribers,
             stop_rx.clone(),
         );
+        // Named API tokens: read now, after each change here, and every few
+        // seconds (a token made or revoked at another replica).
+        let tokens = Arc::new(admin::Tokens::default());
+        tokens.load(&authority.tokens().await?);
+        {
+            let (tokens, authority, mut stop) =
+                (tokens.clone(), authority.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(TOKEN_REFRESH);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => match authority.tokens().await {
+                            Ok(rows) => tokens.load(&rows),
+                            Err(e) => tracing::warn!(error = %e, "reading the API tokens failed; keeping the last ones read"),
+                        },
+                        _ = stop.changed() => break,
+                    }
+                }
+            });
+        }
         let api = api::Api::new(
             authority.clone(),
             parts.admin.clone(),
@@ -187,6 +212,7 @@ impl Registry {
             } else {
                 "http"
             },
+            tokens,
         );
         let app = api::router(Arc::new(api));
         let limits = stall::ConnLimits {

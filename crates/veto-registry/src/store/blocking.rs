@@ -11,7 +11,7 @@ use veto_core::{Head, SrlSigner};
 use super::LiveRow;
 use super::{
     AuditFilter, AuditRecord, Backend, Committed, IssuerKeyRow, Loaded, NewEntry, Pruned,
-    SqliteStore, StoreError, StoreFuture,
+    SqliteStore, StoreError, StoreFuture, TokenRow,
 };
 
 /// [`SqliteStore`] as a [`Backend`]: every call on the blocking pool.
@@ -118,6 +118,25 @@ impl Backend for OnBlockingPool {
     ) -> StoreFuture<'a, ()> {
         let (kid, jwk, actor) = (kid.to_owned(), private_jwk.to_owned(), actor.to_owned());
         self.run(move |s| s.add_issuer_key(&kid, &jwk, now, &actor))
+    }
+
+    fn tokens(&self) -> StoreFuture<'_, Vec<TokenRow>> {
+        self.run(SqliteStore::tokens)
+    }
+
+    fn add_token<'a>(&'a self, row: &'a TokenRow, actor: &'a str) -> StoreFuture<'a, bool> {
+        let (row, actor) = (row.clone(), actor.to_owned());
+        self.run(move |s| s.add_token(&row, &actor))
+    }
+
+    fn revoke_token<'a>(
+        &'a self,
+        name: &'a str,
+        now: u64,
+        actor: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        let (name, actor) = (name.to_owned(), actor.to_owned());
+        self.run(move |s| s.revoke_token(&name, now, &actor))
     }
 
     fn seal_issuer_key<'a>(&'a self, kid: &'a str, sealed: &'a str) -> StoreFuture<'a, bool> {

@@ -217,6 +217,21 @@ pub struct IssuerKeyRow {
     pub retired_at: Option<u64>,
 }
 
+/// A named API token as stored: never the token, only its digest.
+#[derive(Clone, Debug)]
+pub struct TokenRow {
+    /// Its name, as the audit log shows it.
+    pub name: String,
+    /// SHA-256 of the token, lowercase hex.
+    pub digest: String,
+    /// Its scopes, comma-separated.
+    pub scopes: String,
+    /// When created.
+    pub created_at: u64,
+    /// When revoked, if it was.
+    pub revoked_at: Option<u64>,
+}
+
 /// The state found at start.
 pub struct Loaded {
     /// Newest version.
@@ -293,6 +308,13 @@ pub(crate) trait Backend: Send + Sync {
         now: u64,
         actor: &'a str,
     ) -> StoreFuture<'a, ()>;
+    /// Every named API token, oldest first.
+    fn tokens(&self) -> StoreFuture<'_, Vec<TokenRow>>;
+    /// Adds a named API token (audited); false when the name is taken.
+    fn add_token<'a>(&'a self, row: &'a TokenRow, actor: &'a str) -> StoreFuture<'a, bool>;
+    /// Revokes a named API token (audited); false when no such live token.
+    fn revoke_token<'a>(&'a self, name: &'a str, now: u64, actor: &'a str)
+        -> StoreFuture<'a, bool>;
     /// Replaces an issuer key stored in clear with its sealed form, only if
     /// it is still in clear (`private_jwk` starts with `{`); false otherwise.
     fn seal_issuer_key<'a>(&'a self, kid: &'a str, sealed: &'a str) -> StoreFuture<'a, bool>;
@@ -458,6 +480,26 @@ impl Store {
         actor: &str,
     ) -> Result<(), StoreError> {
         self.0.add_issuer_key(kid, private_jwk, now, actor).await
+    }
+
+    /// Every named API token, oldest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        self.0.tokens().await
+    }
+
+    /// Adds a named API token; false when the name is taken.
+    pub async fn add_token(&self, row: &TokenRow, actor: &str) -> Result<bool, StoreError> {
+        self.0.add_token(row, actor).await
+    }
+
+    /// Revokes a named API token; false when no such live token.
+    pub async fn revoke_token(
+        &self,
+        name: &str,
+        now: u64,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        self.0.revoke_token(name, now, actor).await
     }
 
     /// Seals an issuer key stored in clear by an older registry; false when

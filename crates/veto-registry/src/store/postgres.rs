@@ -12,12 +12,12 @@ use tokio::sync::Mutex;
 use tokio_postgres::{Client, Transaction};
 use veto_core::{Head, SrlSigner};
 
-use super::rows::{self, audit_columns, int, issuer_key_columns, opt_int, Columns};
+use super::rows::{self, audit_columns, int, issuer_key_columns, opt_int, token_columns, Columns};
 #[cfg(test)]
 use super::LiveRow;
 use super::{
     keys_of, plan, prune_audit, AuditFilter, AuditRecord, AuditRow, Backend, Committed, Existing,
-    IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError, StoreFuture,
+    IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError, StoreFuture, TokenRow,
 };
 
 /// Migrations, in order; `veto_meta.schema_version` counts those applied.
@@ -66,6 +66,13 @@ CREATE TABLE IF NOT EXISTS veto_issuer_keys (
     private_jwk TEXT NOT NULL,
     added_at BIGINT NOT NULL,
     retired_at BIGINT
+);
+CREATE TABLE IF NOT EXISTS veto_api_tokens (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL UNIQUE,
+    scopes TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT
 );
 "#;
 
@@ -404,6 +411,73 @@ impl Backend for PgStore {
             .await?;
             tx.commit().await?;
             Ok(())
+        })
+    }
+
+    fn tokens(&self) -> StoreFuture<'_, Vec<TokenRow>> {
+        Box::pin(async move {
+            let found = self
+                .reader
+                .query(
+                    concat!(
+                        "SELECT ",
+                        token_columns!(),
+                        " FROM veto_api_tokens ORDER BY created_at, name"
+                    ),
+                    &[],
+                )
+                .await?;
+            decode_all(&found, rows::token)
+        })
+    }
+
+    fn add_token<'a>(&'a self, row: &'a TokenRow, actor: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut w = self.writer.lock().await;
+            let tx = w.transaction().await?;
+            let n = tx
+                .execute(
+                    "INSERT INTO veto_api_tokens (name, digest, scopes, created_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT DO NOTHING",
+                    &[&row.name, &row.digest, &row.scopes, &int(row.created_at)],
+                )
+                .await?;
+            if n == 1 {
+                tx.execute(
+                    "INSERT INTO veto_audit (at, actor, action, id, note) VALUES ($1, $2, 'token_create', $3, $4)",
+                    &[&int(row.created_at), &actor, &row.name, &row.scopes],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn revoke_token<'a>(
+        &'a self,
+        name: &'a str,
+        now: u64,
+        actor: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut w = self.writer.lock().await;
+            let tx = w.transaction().await?;
+            let n = tx
+                .execute(
+                    "UPDATE veto_api_tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
+                    &[&int(now), &name],
+                )
+                .await?;
+            if n == 1 {
+                tx.execute(
+                    "INSERT INTO veto_audit (at, actor, action, id) VALUES ($1, $2, 'token_revoke', $3)",
+                    &[&int(now), &actor, &name],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(n == 1)
         })
     }
 

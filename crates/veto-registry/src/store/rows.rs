@@ -9,7 +9,7 @@
 
 use veto_core::{EntryKind, Head, Removed};
 
-use super::{AuditRecord, IssuerKeyRow, StoreError, Stored};
+use super::{AuditRecord, IssuerKeyRow, StoreError, Stored, TokenRow};
 
 /// A result row, read by column position.
 pub(crate) trait Columns {
@@ -164,6 +164,25 @@ pub(crate) fn audit_record(r: &impl Columns) -> Result<AuditRecord, StoreError> 
         expires_at: opt_uint(r.opt_int(8)?),
         note: r.opt_text(9)?,
         version: opt_uint(r.opt_int(10)?),
+    })
+}
+
+/// The columns [`token`] reads, in order.
+macro_rules! token_columns {
+    () => {
+        "name, digest, scopes, created_at, revoked_at"
+    };
+}
+pub(crate) use token_columns;
+
+/// Columns: [`token_columns!`].
+pub(crate) fn token(r: &impl Columns) -> Result<TokenRow, StoreError> {
+    Ok(TokenRow {
+        name: r.text(0)?,
+        digest: r.text(1)?,
+        scopes: r.text(2)?,
+        created_at: uint(r.int(3)?),
+        revoked_at: opt_uint(r.opt_int(4)?),
     })
 }
 

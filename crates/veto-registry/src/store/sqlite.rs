@@ -12,12 +12,12 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, Params, Row, Statement, Transaction, TransactionBehavior};
 use veto_core::{Head, Removed, SrlSigner};
 
-use super::rows::{self, audit_columns, int, issuer_key_columns, opt_int, Columns};
+use super::rows::{self, audit_columns, int, issuer_key_columns, opt_int, token_columns, Columns};
 #[cfg(test)]
 use super::LiveRow;
 use super::{
     keys_of, plan, prune_audit, AuditFilter, AuditRecord, AuditRow, Committed, Existing,
-    IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError,
+    IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError, TokenRow,
 };
 
 /// The SQLite store.
@@ -70,6 +70,13 @@ CREATE TABLE IF NOT EXISTS issuer_keys (
     private_jwk TEXT NOT NULL,
     added_at INTEGER NOT NULL,
     retired_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS api_tokens (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL UNIQUE,
+    scopes TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
 );
 "#;
 
@@ -450,6 +457,59 @@ impl SqliteStore {
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Every named API token, oldest first.
+    pub(crate) fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT ",
+            token_columns!(),
+            " FROM api_tokens ORDER BY created_at, name"
+        ))?;
+        collect(&mut stmt, [], rows::token)
+    }
+
+    /// Adds a named API token; false when the name is taken.
+    pub(crate) fn add_token(&self, row: &TokenRow, actor: &str) -> Result<bool, StoreError> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "INSERT INTO api_tokens (name, digest, scopes, created_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT DO NOTHING",
+            params![row.name, row.digest, row.scopes, int(row.created_at)],
+        )?;
+        if n == 1 {
+            tx.execute(
+                "INSERT INTO audit (at, actor, action, id, note) VALUES (?1, ?2, 'token_create', ?3, ?4)",
+                params![int(row.created_at), actor, row.name, row.scopes],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    /// Revokes a named API token; false when no such live token.
+    pub(crate) fn revoke_token(
+        &self,
+        name: &str,
+        now: u64,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE api_tokens SET revoked_at = ?1 WHERE name = ?2 AND revoked_at IS NULL",
+            params![int(now), name],
+        )?;
+        if n == 1 {
+            tx.execute(
+                "INSERT INTO audit (at, actor, action, id) VALUES (?1, ?2, 'token_revoke', ?3)",
+                params![int(now), actor, name],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n == 1)
     }
 
     /// Seals an issuer key still stored in clear.

@@ -12,6 +12,7 @@ mod request;
 mod revoke;
 mod serve;
 mod srl;
+mod tokens;
 
 /// veto: instant, provable credential revocation for AI agents.
 #[derive(Parser, Debug)]
@@ -50,6 +51,9 @@ enum Command {
     /// The published revocation state.
     #[command(subcommand)]
     Srl(srl::SrlCommand),
+    /// Named API tokens with scopes (revoke, mint, audit, keys, fleet).
+    #[command(subcommand)]
+    Tokens(tokens::TokensCommand),
 }
 
 /// Runs a parsed command line.
@@ -67,5 +71,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dpop(a) => request::run_dpop(a),
         Command::Revocations(c) => revoke::run_list(c),
         Command::Srl(c) => srl::run(c),
+        Command::Tokens(c) => tokens::run(c),
     }
 }

@@ -131,7 +131,6 @@ pub fn run(a: RevokeArgs) -> anyhow::Result<()> {
             expires_at: a.expires_at,
             note: a.note,
         }],
-        actor: None,
     };
     let resp = client.post(path::REVOCATIONS, &serde_json::to_value(&request)?)?;
     let Some(first) = serde_json::from_value::<RevokeResponse>(resp.clone())
