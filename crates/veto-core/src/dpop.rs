@@ -243,6 +243,11 @@ pub fn credential<'a>(
 /// (the registry's holder revocation), to pick which one to verify with.
 pub fn presented_key(proof: &str) -> Result<PublicKey, PopError> {
     let jws = UnverifiedJws::parse(proof, MAX_PROOF_BYTES)?;
+    PublicKey::from_jwk(public_jwk(&jws)?).map_err(|e| PopError::Jwk(e.to_string()))
+}
+
+/// A proof's `typ` (`dpop+jwt`) and the public `jwk` of its header.
+fn public_jwk<'a>(jws: &'a UnverifiedJws<'_>) -> Result<&'a crate::keys::Jwk, PopError> {
     jws.expect_typ(Typ::Dpop)?;
     let jwk = jws.header().jwk.as_ref().ok_or_else(|| {
         PopError::Jwk("missing: the proof must carry the holder's public key".into())
@@ -252,7 +257,7 @@ pub fn presented_key(proof: &str) -> Result<PublicKey, PopError> {
             "it holds a private key (`d`): send only the public key".into(),
         ));
     }
-    PublicKey::from_jwk(jwk).map_err(|e| PopError::Jwk(e.to_string()))
+    Ok(jwk)
 }
 
 /// `ath`: base64url(SHA-256(chain)) over the chain's ASCII bytes (RFC 9449 4.2).
@@ -268,15 +273,7 @@ pub fn ath(chain: &str) -> String {
 /// `[now - window, now + skew]`. Replay and nonce are the caller's.
 pub fn verify(proof: &str, holder: &PublicKey, expected: &Expected<'_>) -> Result<Proof, PopError> {
     let jws = UnverifiedJws::parse(proof, MAX_PROOF_BYTES)?;
-    jws.expect_typ(Typ::Dpop)?;
-    let jwk = jws.header().jwk.as_ref().ok_or_else(|| {
-        PopError::Jwk("missing: the proof must carry the holder's public key".into())
-    })?;
-    if jwk.d.is_some() {
-        return Err(PopError::Jwk(
-            "it holds a private key (`d`): send only the public key".into(),
-        ));
-    }
+    let jwk = public_jwk(&jws)?;
     if jwk.kty != "OKP" || jwk.crv != "Ed25519" {
         return Err(PopError::Jwk(format!(
             "`kty` must be `OKP` and `crv` `Ed25519`, found `{}`/`{}`",

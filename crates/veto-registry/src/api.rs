@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 use veto_core::wire::{
-    path, DelegatedRevokeRequest, ErrorBody, ErrorCode, RevokeEntry, RevokeRequest, RevokeResponse,
+    path, DelegatedRevokeRequest, ErrorCode, RevokeEntry, RevokeRequest, RevokeResponse,
 };
 use veto_core::{DenyReason, Entry, EntryKind, Jwk, LinkSpec, PublicKey, Reason, WarrantError};
 
@@ -28,6 +28,7 @@ use crate::bus::sse::{SseHub, TooManySubscribers};
 use crate::error::RegistryError;
 use crate::holder::HolderGate;
 use crate::metrics::Metrics;
+use crate::refusal::{bad, err, Refusal};
 use crate::store::{AuditFilter, NewEntry, StoreError, Unwritable};
 
 /// Largest request body.
@@ -87,7 +88,7 @@ impl Api {
 
     /// A refusal counted in the `errors` metric.
     fn refuse(&self, e: Refusal) -> Refusal {
-        self.metrics.refused(e.code);
+        self.metrics.refused(e.code());
         e
     }
 
@@ -110,45 +111,6 @@ impl Api {
 
 type Shared = Arc<Api>;
 
-/// A request the registry refused: the HTTP status, the stable code and a
-/// message naming what was wrong. `Display` is `code: message`.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct Refusal {
-    status: StatusCode,
-    code: ErrorCode,
-    message: String,
-}
-
-impl Refusal {
-    /// The HTTP status it is answered with.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    /// The stable error code.
-    pub fn code(&self) -> ErrorCode {
-        self.code
-    }
-
-    /// What was wrong, and what to do.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-pub(crate) fn err(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Refusal {
-    Refusal {
-        status,
-        code,
-        message: message.into(),
-    }
-}
-
-fn bad(code: ErrorCode, message: impl Into<String>) -> Refusal {
-    err(StatusCode::BAD_REQUEST, code, message)
-}
-
 /// The store failed: the cause (which may name hosts, users or files) goes
 /// to the operator's log, never to the client.
 fn unavailable(e: StoreError) -> Refusal {
@@ -158,12 +120,6 @@ fn unavailable(e: StoreError) -> Refusal {
         ErrorCode::StoreUnavailable,
         "the store did not answer; retry shortly",
     )
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody::new(self.code, self.message))).into_response()
-    }
 }
 
 /// A JSON body: declared `application/json` (or `…+json`), size-limited,
@@ -504,28 +460,7 @@ async fn revoke(
 ) -> Result<Response, Refusal> {
     api.need(&principal, Scope::Revoke)?;
     let entries = validate(req, api.authority.now()).map_err(|e| api.refuse(e))?;
-    let committed = api
-        .authority
-        .revoke(entries, principal.name)
-        .await
-        .map_err(|e| api.refuse(not_recorded(e)))?;
-    let (status, version) = match &committed.new_version {
-        Some((ver, _, _)) => (StatusCode::CREATED, *ver),
-        None => (
-            StatusCode::OK,
-            committed
-                .entries
-                .iter()
-                .map(|e| e.version)
-                .max()
-                .unwrap_or(0),
-        ),
-    };
-    let body = RevokeResponse {
-        version,
-        entries: committed.entries,
-    };
-    Ok((status, Json(body)).into_response())
+    commit_revocation(&api, entries, principal.name).await
 }
 
 /// `POST /v1/revocations/delegated` (DESIGN 5): a holder revokes a link of
@@ -602,9 +537,20 @@ async fn revoke_delegated(
         }],
     };
     let entries = validate(request, now).map_err(|e| api.refuse(e))?;
+    commit_revocation(&api, entries, holder.actor).await
+}
+
+/// Commits validated entries as `actor`'s revocation and answers: 201 with
+/// the new version, or 200 with the versions they were revoked in when
+/// every entry was revoked already.
+async fn commit_revocation(
+    api: &Api,
+    entries: Vec<NewEntry>,
+    actor: String,
+) -> Result<Response, Refusal> {
     let committed = api
         .authority
-        .revoke(entries, holder.actor)
+        .revoke(entries, actor)
         .await
         .map_err(|e| api.refuse(not_recorded(e)))?;
     let (status, version) = match &committed.new_version {

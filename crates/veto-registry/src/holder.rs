@@ -13,7 +13,7 @@ use veto_core::dpop::{self, Credential, Expected, ReplayCache, ReplayError, Sche
 use veto_core::wire::ErrorCode;
 use veto_core::{CheckConfig, Checker, KeySet, ParsedChain, PublicKey};
 
-use crate::api::Refusal;
+use crate::refusal::{err, Refusal};
 
 /// How old a proof may be, in seconds (RFC 9449 11.1).
 pub(crate) const WINDOW: u64 = 30;
@@ -48,7 +48,7 @@ pub(crate) struct HolderGate {
 use axum::http::StatusCode;
 
 fn refusal(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Refusal {
-    crate::api::err(status, code, message)
+    err(status, code, message)
 }
 
 impl HolderGate {

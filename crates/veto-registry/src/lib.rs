@@ -24,7 +24,8 @@
 //! - the HTTP API (`api`): translates requests to the authority's methods
 //!   and outcomes to responses with stable error codes; the admin token
 //!   (`admin`) guards the admin routes; holder revocations (`holder`) are
-//!   proved with DPoP instead (replay cache, per-holder rate); the client
+//!   proved with DPoP instead (replay cache, per-holder rate); refusals
+//!   (`refusal`) carry a status, a stable code and a message; the client
 //!   budget (`budget`)
 //!   bounds the bytes held for clients; connections whose client stalls
 //!   are closed (`stall`).
@@ -42,6 +43,7 @@ mod error;
 mod event;
 mod holder;
 mod metrics;
+mod refusal;
 mod seal;
 mod stall;
 pub mod store;
@@ -49,10 +51,11 @@ mod tasks;
 
 pub use admin::Scope;
 pub use admin::{check_admin_token, MIN_ADMIN_TOKEN_BITS, MIN_ADMIN_TOKEN_CHARS};
-pub use api::{parse_mint_body, parse_revocation_body, Refusal};
+pub use api::{parse_mint_body, parse_revocation_body};
 pub use budget::CLIENT_BUDGET_BYTES;
 pub use config::Config;
 pub use error::RegistryError;
+pub use refusal::Refusal;
 pub use seal::SealError;
 
 /// How often a registry re-reads the named API tokens (so one created or
