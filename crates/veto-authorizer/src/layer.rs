@@ -168,7 +168,7 @@ pub struct Verified {
 
 impl Verified {
     /// Who an allowed outcome names; `None` for a denial.
-    pub fn from_outcome(outcome: &crate::Outcome) -> Option<Self> {
+    pub fn from_outcome(outcome: &crate::outcome::Outcome) -> Option<Self> {
         let (Decision::Allow { stale }, Some(chain)) = (&outcome.decision, &outcome.chain) else {
             return None;
         };
@@ -195,7 +195,7 @@ pub(crate) fn decide(
     headers: &HeaderMap,
     scheme: &str,
 ) -> Result<Verified, (Denial, Challenge)> {
-    let refuse = |d: Denial, outcome: Option<&crate::Outcome>| {
+    let refuse = |d: Denial, outcome: Option<&crate::outcome::Outcome>| {
         let c = challenge(authz, &d, outcome);
         (d, c)
     };
@@ -238,7 +238,7 @@ pub struct Challenge {
 pub fn challenge(
     authz: &Authorizer,
     denial: &Denial,
-    outcome: Option<&crate::Outcome>,
+    outcome: Option<&crate::outcome::Outcome>,
 ) -> Challenge {
     let error = outcome.and_then(|o| o.pop_error).or(match denial.reason {
         DenyReason::PopInvalid => Some(PopErrorCode::InvalidDpopProof),

@@ -11,7 +11,8 @@
 //!   freshness are checked on every call.
 //! - [`AuthorizeLayer`] enforces on any tower/axum/hyper service.
 //!
-//! Inside: `state` owns the applied state (the checks, the one apply path,
+//! Inside: `config` holds the settings and start errors, `outcome` what a
+//! check answers; `state` owns the applied state (the checks, the one apply path,
 //! gap tracking, the version channel, freshness) behind methods; `sync`
 //! talks to the registry (push, poll, JWKS, restore from disk) and feeds
 //! `state`; `persist` keeps the signed objects for the disk cache under
@@ -27,25 +28,27 @@
 //! ```
 
 mod cache;
+mod config;
 mod incoming;
 mod layer;
 mod metrics;
+mod outcome;
 mod persist;
 mod pop;
 mod state;
 mod sync;
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch;
-use veto_core::{CheckConfig, Clock, Decision, KeySet, SystemClock, VerifiedChain};
+use veto_core::{Clock, Decision, KeySet, SystemClock, VerifiedChain};
 
+pub use config::{check_registry_url, Config, Issuers, Push, StartError};
 pub use layer::{
     action_for, bad_target_response, challenge, credential, deny_response, http_status,
     request_htu, request_target, AuthorizeLayer, AuthorizeService, Challenge, Verified,
 };
+pub use outcome::{Outcome, Status};
 pub use pop::{PopConfig, PopErrorCode, PopPolicy, Presented};
 pub use veto_core::dpop::{Credential, Scheme};
 pub use veto_core::{DenyReason, StalenessPolicy};
@@ -56,211 +59,6 @@ use crate::persist::DiskCache;
 use crate::pop::Prover;
 use crate::state::State;
 use crate::sync::Syncer;
-
-/// Where trusted issuer keys come from.
-#[derive(Clone, Debug)]
-pub enum Issuers {
-    /// The registry's JWKS, refreshed every interval. The JWKS is not
-    /// signed: fetch it over a trusted network, or pin the keys.
-    Jwks {
-        /// Refresh interval.
-        refresh: Duration,
-    },
-    /// Keys configured out of band.
-    Pinned(KeySet),
-}
-
-/// The push transport.
-#[derive(Clone, Debug)]
-pub enum Push {
-    /// Server-Sent Events from `GET /v1/srl/events` (default).
-    Sse,
-    /// NATS JetStream (stream `VETO_SRL`) with these settings (servers,
-    /// TLS trust, credentials); HTTP polling covers while it is
-    /// unreachable. The authorizer only subscribes: see the README for the
-    /// permissions its NATS user needs.
-    Nats(veto_bus::NatsSettings),
-    /// No push: poll only.
-    Off,
-}
-
-/// Authorizer settings.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Registry base URL, such as `http://127.0.0.1:8080`.
-    pub registry: String,
-    /// The authority's `iss`.
-    pub iss: String,
-    /// The pinned authority key(s) (more than one during a rotation).
-    pub authority_keys: KeySet,
-    /// Trusted issuer keys.
-    pub issuers: Issuers,
-    /// Push transport.
-    pub push: Push,
-    /// Poll interval (default 60 s), with ±20% jitter.
-    pub poll_interval: Duration,
-    /// Checks: depth, skew, max staleness (default 300 s), policy.
-    pub check: CheckConfig,
-    /// Where the last verified state is kept across restarts.
-    pub cache_dir: Option<PathBuf>,
-    /// A push connection that has carried no news this long is dropped and
-    /// reopened (default 15 s: three missed heartbeats). News is a verified
-    /// delta, checkpoint or snapshot that fits the applied chain and was
-    /// signed after the newest one known: comments, unknown events,
-    /// objects that fail to verify and replays renew nothing.
-    pub push_idle_timeout: Duration,
-    /// Most verified chains cached (default 65,536).
-    pub chain_cache_capacity: usize,
-    /// Byte budget of the verified-chain cache (default 64 MiB), counting
-    /// each token and an estimate of its parsed chain. One root's chains
-    /// (a root warrant and every descendant of it) may use at most 1/16.
-    pub chain_cache_bytes: usize,
-    /// Largest snapshot read from the registry (default 64 MiB; a
-    /// 1M-entry snapshot is ~21 MB), counted after gzip decompression.
-    /// The same cap bounds one push event (a snapshot may be pushed) and
-    /// one page of deltas (a larger page is replaced by the snapshot).
-    pub max_snapshot_bytes: usize,
-    /// Timeout for each HTTP request to the registry (default 10 s).
-    pub request_timeout: Duration,
-    /// Proof of possession (DPoP): policy (default `required`), window,
-    /// replay-cache budget, server nonces.
-    pub pop: PopConfig,
-    /// What an `https://` registry is checked against: `None` trusts the
-    /// compiled-in webpki roots; build one with a private CA bundle with
-    /// [`ClientTls::with_ca_file`] (`--ca-file`).
-    pub tls: Option<ClientTls>,
-}
-
-impl Config {
-    /// Defaults for a registry, authority and pinned authority key.
-    pub fn new(
-        registry: impl Into<String>,
-        iss: impl Into<String>,
-        authority_keys: KeySet,
-    ) -> Self {
-        Self {
-            registry: registry.into().trim_end_matches('/').to_owned(),
-            iss: iss.into(),
-            authority_keys,
-            issuers: Issuers::Jwks {
-                refresh: Duration::from_secs(300),
-            },
-            push: Push::Sse,
-            poll_interval: Duration::from_secs(60),
-            check: CheckConfig::default(),
-            cache_dir: None,
-            push_idle_timeout: Duration::from_secs(15),
-            chain_cache_capacity: 65_536,
-            chain_cache_bytes: 64 << 20,
-            max_snapshot_bytes: 64 << 20,
-            request_timeout: Duration::from_secs(10),
-            pop: PopConfig::default(),
-            tls: None,
-        }
-    }
-}
-
-/// Why the authorizer could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// No authority key configured.
-    #[error("no authority key configured: pin the registry's authority public key")]
-    NoAuthorityKey,
-    /// The HTTP client could not be built.
-    #[error("http client: {0}")]
-    Http(String),
-    /// The NATS bus refused the connection for a reason retrying cannot
-    /// fix: its certificate is not trusted, or it refused the credentials.
-    #[error(transparent)]
-    Bus(veto_bus::ConnectError),
-    /// The registry URL is not one this build can reach.
-    #[error("registry URL `{url}`: {reason}")]
-    RegistryUrl {
-        /// The URL as given.
-        url: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// A TLS file (`--ca-file`) does not load.
-    #[error(transparent)]
-    Tls(#[from] veto_tls::TlsError),
-    /// The operating system gave no randomness (for the DPoP nonce secret).
-    #[error("{0}")]
-    Random(String),
-    /// The cache directory is unusable.
-    #[error("cache directory `{path}`: {source}")]
-    Cache {
-        /// The directory.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-}
-
-/// Refuses a registry URL the authorizer cannot fetch from: only
-/// `http://HOST…` and `https://HOST…` (RFC 9110 §4.2) are served, so
-/// anything else would start and never become ready.
-pub fn check_registry_url(url: &str) -> Result<(), StartError> {
-    let bad = |reason| {
-        Err(StartError::RegistryUrl {
-            url: url.to_owned(),
-            reason,
-        })
-    };
-    let rest = match url.split_once("://") {
-        Some((scheme, rest))
-            if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
-        {
-            rest
-        }
-        Some(_) => return bad("the scheme must be http or https"),
-        None => return bad("expected `http://host:port` or `https://host:port`"),
-    };
-    if rest.split(['/', '?', '#']).next().unwrap_or("").is_empty() {
-        return bad("no host");
-    }
-    if reqwest::Url::parse(url).is_err() {
-        return bad("not a valid URL");
-    }
-    Ok(())
-}
-
-/// The result of a check.
-#[derive(Clone, Debug)]
-pub struct Outcome {
-    /// Allow or deny, with the reason.
-    pub decision: Decision,
-    /// The verified chain, when signatures verified (for re-checking a
-    /// long-lived response, and for the agent and warrant ids).
-    pub chain: Option<Arc<VerifiedChain>>,
-    /// The RFC 7638 thumbprint of the holder key the request's DPoP proof
-    /// proved, when it carried a valid one.
-    pub holder: Option<String>,
-    /// When the proof-of-possession step refused the request: the RFC 9449
-    /// error for `WWW-Authenticate`.
-    pub pop_error: Option<PopErrorCode>,
-    /// The server nonce to send in `DPoP-Nonce`, when nonces are on.
-    pub nonce: Option<String>,
-}
-
-/// A point-in-time view of the sync state.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Status {
-    /// Applied version.
-    pub version: u64,
-    /// Applied head.
-    pub head: String,
-    /// Whether the state is fresh now.
-    pub fresh: bool,
-    /// Until when it stays fresh without news (Unix seconds).
-    pub fresh_until: Option<u64>,
-    /// Seconds since the newest attestation was signed.
-    pub age: Option<u64>,
-    /// Whether the push subscription is connected.
-    pub push_connected: bool,
-    /// Revoked entries known.
-    pub entries: usize,
-}
 
 /// An authorizer. Cheap to clone; the sync tasks stop when
 /// [`Authorizer::shutdown`] is called.

@@ -18,9 +18,9 @@ use veto_core::{
 use crate::cache::ChainCache;
 use crate::incoming::Incoming;
 use crate::metrics::{Gauges, Metrics};
+use crate::outcome::{Outcome, Status};
 use crate::persist::DiskCache;
 use crate::pop::{Presented, Prover};
-use crate::{Outcome, Status};
 
 /// The applied version and the `iat` of its newest attestation, read
 /// together: where a push subscription resumes.

@@ -12,16 +12,16 @@ use tokio::sync::watch;
 use veto_core::wire::{nats, path, DeltasPage, EventKind};
 use veto_core::{ApplyError, KeySet, PublicKey, SrlError, SrlVerifier, SseParser};
 
+use crate::config::{Config, Issuers, Push, StartError};
 use crate::incoming::Incoming;
 use crate::persist::{DiskCache, Saved};
 use crate::state::State;
-use crate::{Config, Issuers, Push, StartError};
 
 /// Byte caps on what the authorizer reads from a registry (a stranger on
 /// the path, or a broken registry, must not be able to make it allocate
 /// without bound). Each body is read through [`read_capped`], which stops
 /// at the cap before allocating more; the snapshot cap is configurable
-/// ([`crate::Config::max_snapshot_bytes`]) and also bounds an SSE event (a
+/// ([`crate::config::Config::max_snapshot_bytes`]) and also bounds an SSE event (a
 /// resuming subscriber may be sent a snapshot) and one page of deltas
 /// (when the deltas since a version outweigh a snapshot, the snapshot is
 /// fetched instead).

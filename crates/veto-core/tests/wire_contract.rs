@@ -57,6 +57,17 @@ fn headers() {
 
 #[test]
 fn nats_names() {
+    // Message ids: kind, version, the first 128 bits of SHA-256 of the
+    // signed bytes in base64url (computed here by hand with Python's
+    // hashlib for these two inputs).
+    assert_eq!(
+        nats::delta_msg_id(7, "h.p.s1"),
+        "d-7-ZAFCsp0LFA86wB8KVQkgag"
+    );
+    assert_eq!(
+        nats::checkpoint_msg_id(9, "h.p.s2"),
+        "c-9-BJNSFbJAcSAHrdKOeXhhzw"
+    );
     assert_eq!(nats::STREAM, "VETO_SRL");
     assert_eq!(nats::SUBJECTS, "veto.srl.>");
     assert_eq!(nats::DELTA_SUBJECT, "veto.srl.delta");

@@ -39,8 +39,14 @@ impl NatsServer {
     /// `VETO_TEST_REQUIRE_NATS_SERVER` is not `1`: then it panics).
     ///
     /// Panics when the server does not start within 10 s.
-    #[expect(clippy::panic, reason = "a test kit: the test fails at this step")]
     pub fn start(dir: &Path, config: impl Fn(u16, &Path) -> String) -> Option<Self> {
+        Self::start_on(dir, free_port(), config)
+    }
+
+    /// As [`NatsServer::start`], on `port` (to restart a server where its
+    /// clients expect it).
+    #[expect(clippy::panic, reason = "a test kit: the test fails at this step")]
+    pub fn start_on(dir: &Path, port: u16, config: impl Fn(u16, &Path) -> String) -> Option<Self> {
         let Some(bin) = nats_server_bin() else {
             assert!(
                 std::env::var(REQUIRE_NATS_SERVER_VAR).as_deref() != Ok("1"),
@@ -48,7 +54,6 @@ impl NatsServer {
             );
             return None;
         };
-        let port = free_port();
         let conf = dir.join("nats.conf");
         let log = dir.join("nats.log");
         std::fs::write(&conf, config(port, dir))
@@ -79,6 +84,11 @@ impl NatsServer {
             std::thread::sleep(Duration::from_millis(50));
         }
         Some(server)
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
     }
 
     /// What the server logged so far.

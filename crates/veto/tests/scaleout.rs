@@ -15,8 +15,6 @@
 )]
 
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +22,7 @@ use serde_json::json;
 use veto_authorizer::{Authorizer, Config as AuthzConfig, Push};
 use veto_core::wire::path;
 use veto_core::{keyfile, Digest, EntryKind, KeySet, SigningKey, SrlState};
-use veto_testkit::{now, Registry, Schema, TempDir};
+use veto_testkit::{now, NatsServer, Registry, Schema, TempDir};
 
 fn env(name: &str, example: &str) -> Option<String> {
     match std::env::var(name) {
@@ -229,76 +227,21 @@ async fn replica_killed_during_a_storm_loses_nothing_and_authorizers_converge() 
     drop(schema);
 }
 
-/// A `nats-server` of the test's own, on its own port and store.
-struct NatsServer {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl NatsServer {
-    fn start(port: u16, dir: &std::path::Path) -> Option<Self> {
-        let bin = [
-            "/usr/sbin/nats-server",
-            "/usr/bin/nats-server",
-            "/usr/local/bin/nats-server",
-        ]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())?;
-        let child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(Self {
-            child,
-            port,
-            dir: dir.to_owned(),
-        })
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_outage_falls_back_to_polling_and_push_resumes() {
     if env("VETO_TEST_NATS_URL", "nats://127.0.0.1:4222").is_none() {
         return;
     }
     let dir = TempDir::new("nats-outage");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let Some(mut server) = NatsServer::start(port, &dir.path().join("js")) else {
-        assert!(
-            std::env::var("VETO_TEST_REQUIRE_NATS_SERVER").as_deref() != Ok("1"),
-            "no nats-server binary to run a private NATS, and VETO_TEST_REQUIRE_NATS_SERVER=1: install nats-server"
-        );
+    // JetStream keeps its store across the restart below.
+    let store = dir.path().join("js");
+    let jetstream = |port: u16, _: &std::path::Path| {
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n",
+            store.display()
+        )
+    };
+    let Some(server) = NatsServer::start(dir.path(), jetstream) else {
         eprintln!("skipped: no nats-server binary to run a private NATS for the outage test (VETO_TEST_REQUIRE_NATS_SERVER=1 makes this a failure)");
         return;
     };
@@ -352,7 +295,8 @@ async fn nats_outage_falls_back_to_polling_and_push_resumes() {
     settle(&authzs).await;
 
     // NATS goes away: revocations still reach every authorizer, by polling.
-    server.stop();
+    let port = server.port;
+    drop(server);
     wait_push(&authzs, false).await;
     for i in 5..10 {
         revoke(i).await;
@@ -360,7 +304,8 @@ async fn nats_outage_falls_back_to_polling_and_push_resumes() {
     settle(&authzs).await;
 
     // NATS comes back (same port, same store): push resumes, the outbox drains.
-    let _server = NatsServer::start(port, &server.dir).expect("restarting nats-server");
+    let _server =
+        NatsServer::start_on(dir.path(), port, jetstream).expect("restarting nats-server");
     wait_push(&authzs, true).await;
     for i in 10..15 {
         revoke(i).await;
