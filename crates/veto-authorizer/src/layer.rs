@@ -346,14 +346,16 @@ where
             Ok(t) => t,
             Err(e) => return Either::Left(ready(Ok(bad_target_response(&e)))),
         };
-        let scheme = req.uri().scheme_str().unwrap_or(self.scheme).to_owned();
+        // The scheme is how this service is reached, never what an
+        // absolute-form target claims.
+        let scheme = self.scheme;
         let decided = decide(
             &self.authz,
             req.method(),
             req.uri(),
             target.path(),
             req.headers(),
-            &scheme,
+            scheme,
         );
         match decided {
             Ok(verified) => {

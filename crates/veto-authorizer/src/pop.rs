@@ -121,6 +121,15 @@ impl PopErrorCode {
     }
 }
 
+/// A valid proof not yet spent: the holder key's thumbprint, the proof's
+/// `jti`, and until when it must be remembered.
+#[derive(Debug)]
+pub(crate) struct Proven {
+    pub kid: String,
+    jti: String,
+    until: u64,
+}
+
 /// A refused proof: the denial and its RFC 9449 error.
 pub(crate) type Refused = (Denial, PopErrorCode);
 
@@ -158,14 +167,15 @@ impl Prover {
     }
 
     /// The proof-of-possession step for `chain` (parsed, not yet
-    /// verified): `Ok(Some(thumbprint))` when the holder proved its key,
+    /// verified): `Ok(Some(proof))` when the proof by the leaf's key is
+    /// valid (to be [`Prover::spend`]t once the chain verifies),
     /// `Ok(None)` when the policy let the request through without a proof.
     pub fn prove(
         &self,
         chain: &ParsedChain,
         req: &Presented<'_>,
         now: u64,
-    ) -> Result<Option<String>, Refused> {
+    ) -> Result<Option<Proven>, Refused> {
         let required = |m: &str| {
             (
                 Denial::new(DenyReason::PopRequired, m),
@@ -250,11 +260,31 @@ impl Prover {
             .saturating_add(self.config.window)
             .max(now)
             .saturating_add(1);
-        match self.replay.insert(holder.kid(), &verified.jti, now, until) {
-            Ok(()) => Ok(Some(holder.kid().to_owned())),
+        Ok(Some(Proven {
+            kid: holder.kid().to_owned(),
+            jti: verified.jti,
+            until,
+        }))
+    }
+
+    /// Spends a proof in the replay cache: only once the chain's
+    /// signatures verified, so a forged chain with a proof by the
+    /// attacker's own key cannot fill the cache and lock holders out.
+    pub fn spend(&self, proven: &Proven, now: u64) -> Result<(), Refused> {
+        let invalid = |m: String| {
+            (
+                Denial::new(DenyReason::PopInvalid, m),
+                PopErrorCode::InvalidDpopProof,
+            )
+        };
+        match self
+            .replay
+            .insert(&proven.kid, &proven.jti, now, proven.until)
+        {
+            Ok(()) => Ok(()),
             Err(ReplayError::Seen) => Err(invalid(format!(
                 "the DPoP proof `{}` was already used: make a fresh proof for every request",
-                verified.jti
+                proven.jti
             ))),
             Err(ReplayError::Full) => Err(invalid(format!(
                 "the replay cache is full ({} bytes): proofs are refused until older ones age \

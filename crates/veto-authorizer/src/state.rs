@@ -116,11 +116,11 @@ impl State {
         let now = self.clock.now();
         let current = self.current.load();
         let token = req.credential.chain;
-        let mut holder = None;
+        let mut proven = None;
         let mut pop_error = None;
         let pop = |chain: &ParsedChain| match self.prover.prove(chain, req, now) {
-            Ok(h) => {
-                holder = h;
+            Ok(p) => {
+                proven = p;
                 Ok(())
             }
             Err((denial, code)) => {
@@ -128,7 +128,7 @@ impl State {
                 Err(denial)
             }
         };
-        let (decision, chain) = match self.cache.get(token) {
+        let (mut decision, chain) = match self.cache.get(token) {
             Some(chain) => {
                 self.metrics.cache_hit();
                 let decision = current.checker.check_verified_proved(
@@ -153,6 +153,17 @@ impl State {
                 self.check_uncached(&current, token, req.action, now, pop)
             }
         };
+        // The proof is spent only for a chain whose signatures verified.
+        let mut holder = None;
+        if let (Some(p), Some(_)) = (&proven, &chain) {
+            match self.prover.spend(p, now) {
+                Ok(()) => holder = Some(p.kid.clone()),
+                Err((denial, code)) => {
+                    decision = Decision::Deny(denial);
+                    pop_error = Some(code);
+                }
+            }
+        }
         self.metrics.decision(&decision);
         if let Decision::Deny(d) = &decision {
             tracing::debug!(reason = %d.reason, message = %d.message, action = req.action, "denied");

@@ -526,6 +526,30 @@ async fn revoke_delegated(
             now,
         )
         .map_err(|e| api.refuse(e))?;
+    // A delegated link's `jti` is its delegator's choice: it may not name a
+    // root this registry minted (another holder's warrant).
+    if holder.link > 0 {
+        let minted = api
+            .authority
+            .audit_log(AuditFilter {
+                id: Some(holder.jti.clone()),
+                limit: 100,
+                ..AuditFilter::default()
+            })
+            .await
+            .map_err(|e| api.refuse(unavailable(e)))?;
+        if minted.iter().any(|r| r.action == "mint") {
+            return Err(api.refuse(err(
+                StatusCode::FORBIDDEN,
+                ErrorCode::NotYourLink,
+                format!(
+                    "link {} names `{}`, the id of a root warrant this registry minted: a delegated \
+                     link cannot revoke it",
+                    holder.link, holder.jti
+                ),
+            )));
+        }
+    }
     let request = RevokeRequest {
         entries: vec![RevokeEntry {
             kind: EntryKind::Warrant.as_str().to_owned(),

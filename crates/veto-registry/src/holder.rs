@@ -33,6 +33,8 @@ const MAX_HOLDERS: usize = 10_000;
 pub(crate) struct Holder {
     /// The `jti` of the link to revoke.
     pub jti: String,
+    /// Its index in the chain (0 = the root, minted by an issuer).
+    pub link: usize,
     /// When the link expires: nothing the entry matches is valid after it.
     pub exp: u64,
     /// The audit log's actor: the proving agent and its key thumbprint.
@@ -128,6 +130,17 @@ impl HolderGate {
                 e.to_string(),
             )
         })?;
+        // A link's `jti` is chosen by whoever signed it, and a revocation
+        // names only the `jti`: a link that repeats another's would let its
+        // signer revoke that other warrant (its parent's, say).
+        let target = &links[link].claims().jti;
+        if let Some(other) = (0..n).find(|&i| i != link && links[i].claims().jti == *target) {
+            return Err(refusal(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidChain,
+                format!("link {link} repeats the `jti` of link {other}: refused, since revoking it would revoke that warrant too"),
+            ));
+        }
         // The proving link: the nearest at or above `link` that binds the key.
         let Some(prover) = links[..=link]
             .iter()
@@ -180,9 +193,17 @@ impl HolderGate {
             }
         }
         self.rate(presented.kid(), now)?;
+        if links[prover].claims().exp <= now {
+            return Err(refusal(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::PopInvalid,
+                format!("link {prover}, whose key made the proof, has expired: an expired holder revokes nothing"),
+            ));
+        }
         let sub = &links[prover].claims().sub;
         let target = links[link].claims();
         Ok(Holder {
+            link,
             jti: target.jti.clone(),
             exp: target.exp,
             actor: format!("holder {sub} (key {})", presented.kid()),

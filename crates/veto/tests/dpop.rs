@@ -95,6 +95,13 @@ fn delegated(w: &World, depth: usize) -> (SigningKey, String) {
     (key, chain)
 }
 
+fn b64decode(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .unwrap()
+}
+
 fn base64url(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -165,6 +172,36 @@ async fn only_the_holder_of_the_leaf_key_can_use_a_chain() {
     let (worker_key, worker) = delegated(&w, 2);
     let dpop_auth = |c: &str| Some(format!("DPoP {c}"));
 
+    // A forged chain whose leaf names the attacker's key, with a valid
+    // proof by that key: refused for its signature, and its proofs never
+    // reach the replay cache (a stranger cannot fill it and lock holders out).
+    let attacker = SigningKey::generate().unwrap();
+    let (head, rest) = worker.rsplit_once('~').unwrap();
+    let (h, p_and_s) = rest.split_once('.').unwrap();
+    let (p, s) = p_and_s.split_once('.').unwrap();
+    let mut claims: Value = serde_json::from_slice(&b64decode(p)).unwrap();
+    claims["cnf"]["jwk"] = serde_json::to_value(attacker.public().to_jwk()).unwrap();
+    let forged = format!(
+        "{head}~{h}.{}.{s}",
+        base64url(claims.to_string().as_bytes())
+    );
+    for _ in 0..20 {
+        let got = send(
+            "GET",
+            &url,
+            dpop_auth(&forged),
+            &[&proof(&attacker, "GET", &url, &forged, now())],
+            &[],
+        )
+        .await;
+        assert_eq!(got.2["error"], "bad_signature", "{:?}", got.2);
+    }
+    assert_eq!(
+        w.proxy.metric("veto_authorizer_dpop_replay_bytes").await,
+        0.0,
+        "forged chains spent no room in the replay cache"
+    );
+
     // The happy path at depth 1 and 4, and what the upstream is told.
     let (pk, pc) = (&w.planner.0, &w.planner.1);
     let ok = send(
@@ -191,6 +228,10 @@ async fn only_the_holder_of_the_leaf_key_can_use_a_chain() {
     )
     .await;
     assert_eq!(ok.0, 200, "depth 4: {:?}", ok.2);
+    assert!(
+        w.proxy.metric("veto_authorizer_dpop_replay_bytes").await > 0.0,
+        "the proofs that passed are remembered (and the series is the one read above)"
+    );
     let seen = w.seen.lock().unwrap().last().unwrap().clone();
     let h = |n: &str| seen.get(n).map(|v| v.to_str().unwrap().to_owned());
     assert_eq!(h(header::ROOT_AGENT).as_deref(), Some("planner"));

@@ -140,7 +140,31 @@ async fn a_holder_revokes_what_it_delegated_and_nothing_else() {
         got.0,
         got.1
     );
+    // A link whose `jti` its signer copied from another warrant: from its
+    // parent in the chain, or from a root minted for someone else.
+    let (victim_root, victim_jti) = registry
+        .mint("victim", &["http:*:/orders/*"], Some(stranger.public()))
+        .await;
+    for (what, stolen, code, status) in [
+        (
+            "its root's jti",
+            jti(&worker, 0),
+            ErrorCode::InvalidChain,
+            400,
+        ),
+        (
+            "another tenant's root jti",
+            victim_jti.clone(),
+            ErrorCode::NotYourLink,
+            403,
+        ),
+    ] {
+        let evil = copied_jti_child(&worker, k1, &stolen);
+        let got = ask(&registry, &evil, 2, k1, None).await;
+        refused(what, &got, status, code);
+    }
     assert_eq!(registry.version().await, 0, "nothing was revoked");
+    assert_eq!(proxy_status(&proxy, &victim_root).await, 200);
 
     // The root's holder revokes the grandchild's link: 201, audited as the
     // holder, in the signed state, enforced by the proxy.
@@ -212,6 +236,30 @@ async fn a_holder_revokes_what_it_delegated_and_nothing_else() {
     let (i, got) = limited.expect("never rate-limited");
     assert!(i <= 30, "limited only after {i}");
     refused("over the rate", &got, 429, ErrorCode::RateLimited);
+}
+
+/// A child of `parent`, signed by `key` (the parent's holder key, bound
+/// again), whose `jti` is `jti`: what a delegator may write.
+fn copied_jti_child(parent: &str, key: &SigningKey, jti: &str) -> String {
+    let parent_link = ParsedChain::parse(parent).unwrap();
+    let par = parent_link.leaf().claims();
+    let claims = json!({
+        "jti": jti,
+        "iss": par.sub,
+        "sub": "evil",
+        "iat": now(),
+        "nbf": now(),
+        "exp": par.exp,
+        "act": ["http:GET:/orders/*"],
+        "cnf": {"jwk": key.public().to_jwk()},
+        "par": par.jti,
+    });
+    let link = veto_core::jws::sign(
+        veto_core::jws::Typ::Warrant,
+        key,
+        claims.to_string().as_bytes(),
+    );
+    format!("{parent}~{link}")
 }
 
 async fn proxy_status(proxy: &Proxy, chain: &str) -> u16 {
