@@ -11,9 +11,11 @@ use veto_tls::ClientTls;
 /// Where trusted issuer keys come from.
 #[derive(Clone, Debug)]
 pub enum Issuers {
-    /// The registry's JWKS, refreshed every interval. The JWKS is not
-    /// signed: fetch it over a trusted network, or pin the keys.
-    Jwks {
+    /// The authority-signed issuer key set (`GET /v1/issuers`,
+    /// `veto-issuers+jwt`, DESIGN 3.5), verified with the pinned authority
+    /// key, applied only at a higher version (never rolled back), and
+    /// fetched again every interval. The plain JWKS is never trusted.
+    Signed {
         /// Refresh interval.
         refresh: Duration,
     },
@@ -93,7 +95,7 @@ impl Config {
             registry: registry.into().trim_end_matches('/').to_owned(),
             iss: iss.into(),
             authority_keys,
-            issuers: Issuers::Jwks {
+            issuers: Issuers::Signed {
                 refresh: Duration::from_secs(300),
             },
             push: Push::Sse,

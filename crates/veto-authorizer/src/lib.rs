@@ -14,7 +14,7 @@
 //! Inside: `config` holds the settings and start errors, `outcome` what a
 //! check answers; `state` owns the applied state (the checks, the one apply path,
 //! gap tracking, the version channel, freshness) behind methods; `sync`
-//! talks to the registry (push, poll, JWKS, restore from disk) and feeds
+//! talks to the registry (push, poll, signed issuer keys, restore from disk) and feeds
 //! `state`; `persist` keeps the signed objects for the disk cache under
 //! its own lock; `cache` is the verified-chain cache; `layer` the tower
 //! layer; `metrics` the Prometheus registry.
@@ -100,7 +100,7 @@ impl Authorizer {
         };
         let issuers = match &config.issuers {
             Issuers::Pinned(keys) => keys.clone(),
-            Issuers::Jwks { .. } => KeySet::default(),
+            Issuers::Signed { .. } => KeySet::default(),
         };
         let state = Arc::new(State::new(
             config.check.clone(),

@@ -1,5 +1,6 @@
 //! The last verified state on disk: the signed objects themselves (newest
-//! snapshot, deltas since, newest checkpoint, JWKS), re-verified on start,
+//! snapshot, deltas since, newest checkpoint, signed issuer key set),
+//! re-verified on start,
 //! so a restart does not begin empty and trusts nothing it cannot verify.
 //!
 //! [`DiskCache`] keeps the objects to write under its own lock, apart from
@@ -28,8 +29,10 @@ pub(crate) struct Saved {
     pub snapshot: Option<String>,
     pub deltas: Vec<String>,
     pub checkpoint: Option<String>,
+    /// The authority-signed issuer key set last applied (never a JWKS; a
+    /// cache written by an older authorizer keeps `jwks`, which is ignored).
     #[serde(default)]
-    pub jwks: Option<String>,
+    pub issuers: Option<String>,
 }
 
 #[derive(Default)]
@@ -90,15 +93,16 @@ impl DiskCache {
         self.changed.notify_one();
     }
 
-    /// Keeps the JWKS in use and, when it changed, writes it soon: a
-    /// restart must not bring back issuer keys the registry has retired.
-    pub fn record_jwks(&self, text: String) {
+    /// Keeps the signed issuer key set in use and, when it changed, writes
+    /// it soon: a restart must not bring back issuer keys the registry has
+    /// retired.
+    pub fn record_issuers(&self, text: String) {
         {
             let mut o = self.objects();
-            if o.saved.jwks.as_deref() == Some(text.as_str()) {
+            if o.saved.issuers.as_deref() == Some(text.as_str()) {
                 return;
             }
-            o.saved.jwks = Some(text);
+            o.saved.issuers = Some(text);
             o.dirty = true;
         }
         self.changed.notify_one();
@@ -186,26 +190,26 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    /// A new JWKS is written on its own, not only with the next change of
+    /// A new issuer key set is written on its own, not only with the next change of
     /// state: after a restart, a retired issuer key must not come back.
     #[tokio::test]
-    async fn a_changed_jwks_is_written_without_waiting_for_state() {
+    async fn a_changed_issuer_set_is_written_without_waiting_for_state() {
         let dir = std::env::temp_dir().join(format!(
-            "veto-persist-jwks-{}-{:?}",
+            "veto-persist-issuers-{}-{:?}",
             std::process::id(),
             std::thread::current().id()
         ));
         let _ = std::fs::remove_dir_all(&dir);
         let (cache, saved) = DiskCache::open(&dir).unwrap();
         assert!(saved.is_none());
-        cache.record_jwks(r#"{"keys":["old"]}"#.into());
+        cache.record_issuers(r#"{"keys":["old"]}"#.into());
         cache.write_if_dirty().await;
-        cache.record_jwks(r#"{"keys":["new"]}"#.into());
+        cache.record_issuers(r#"{"keys":["new"]}"#.into());
         cache.write_if_dirty().await;
         let read_back = read(&dir.join(FILE)).unwrap();
-        assert_eq!(read_back.jwks.as_deref(), Some(r#"{"keys":["new"]}"#));
-        // The same JWKS again is no change.
-        cache.record_jwks(r#"{"keys":["new"]}"#.into());
+        assert_eq!(read_back.issuers.as_deref(), Some(r#"{"keys":["new"]}"#));
+        // The same issuer key set again is no change.
+        cache.record_issuers(r#"{"keys":["new"]}"#.into());
         assert!(!cache.objects().dirty);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -12,7 +12,7 @@ use tokio::sync::futures::Notified;
 use tokio::sync::{watch, Notify};
 use veto_core::{
     Applied, ApplyError, CheckConfig, Checker, Clock, Decision, Denial, DenyReason, KeySet,
-    ParsedChain, SrlState, VerifiedChain,
+    ParsedChain, SrlState, VerifiedChain, VerifiedIssuers,
 };
 
 use crate::cache::ChainCache;
@@ -62,6 +62,8 @@ pub(crate) struct State {
     /// it is repaired even when the checkpoint served on pull lags.
     gap_to: AtomicU64,
     push_connected: AtomicBool,
+    /// The version and keys of the applied signed issuer key set.
+    issuers_ver: Mutex<Option<(u64, KeySet)>>,
 }
 
 impl State {
@@ -91,6 +93,7 @@ impl State {
             catch_up: Notify::new(),
             gap_to: AtomicU64::new(0),
             push_connected: AtomicBool::new(false),
+            issuers_ver: Mutex::new(None),
         }
     }
 
@@ -268,6 +271,37 @@ impl State {
 
     /// Replaces the trusted issuer keys (and forgets every verified chain)
     /// when they changed.
+    /// Applies an authority-signed issuer key set: a higher version
+    /// replaces the keys; the same version with the same keys changes
+    /// nothing; a lower version (a rollback) or the same version with other
+    /// keys (equivocation) is refused and counted. Returns whether the keys
+    /// changed.
+    pub fn apply_issuers(&self, set: VerifiedIssuers) -> Result<bool, String> {
+        let mut applied = self.issuers_ver.lock().unwrap_or_else(|p| p.into_inner());
+        match *applied {
+            Some((ver, _)) if set.ver < ver => {
+                self.metrics.rejected("issuers_rollback");
+                Err(format!(
+                    "issuer key set version {} is older than the applied {ver}: refused (no rollback)",
+                    set.ver
+                ))
+            }
+            Some((ver, ref keys)) if set.ver == ver && *keys != set.keys => {
+                self.metrics.rejected("issuers_equivocation");
+                Err(format!(
+                    "two different issuer key sets are signed as version {ver}: refused"
+                ))
+            }
+            Some((ver, _)) if set.ver == ver => Ok(false),
+            _ => {
+                *applied = Some((set.ver, set.keys.clone()));
+                drop(applied);
+                self.set_issuers(set.keys);
+                Ok(true)
+            }
+        }
+    }
+
     pub fn set_issuers(&self, keys: KeySet) {
         let _serial = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.current.load_full();

@@ -1,5 +1,5 @@
 //! Keeping the state current: one push subscription (SSE or NATS) and a
-//! poller, both feeding [`State::apply`]; the JWKS refresh; and the
+//! poller, both feeding [`State::apply`]; the signed issuer key set refresh; and the
 //! restore from the disk cache. [`Syncer`] holds what talking to the
 //! registry needs (client, verifier, settings); the state it feeds is
 //! reached only through [`State`]'s methods. Nothing here touches the
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use veto_core::wire::{nats, path, DeltasPage, EventKind};
-use veto_core::{ApplyError, KeySet, PublicKey, SrlError, SrlVerifier, SseParser};
+use veto_core::{ApplyError, SrlError, SrlVerifier, SseParser};
 
 use crate::config::{Config, Issuers, Push, StartError};
 use crate::incoming::Incoming;
@@ -26,8 +26,8 @@ use crate::state::State;
 /// (when the deltas since a version outweigh a snapshot, the snapshot is
 /// fetched instead).
 ///
-/// A JWKS: an issuer key is ~150 bytes, so 1 MiB is thousands of keys.
-pub(crate) const MAX_JWKS: usize = 1 << 20;
+/// An issuer key set: a key is ~150 bytes, so 1 MiB is thousands of keys.
+pub(crate) const MAX_ISSUERS: usize = 1 << 20;
 /// A checkpoint: ~400 bytes signed; the verifier refuses over 4 KiB.
 pub(crate) const MAX_CHECKPOINT: usize = 16 << 10;
 /// Most delta pages fetched in one catch-up.
@@ -37,7 +37,7 @@ const MAX_KEPT_DELTAS: usize = 4096;
 
 /// What keeping the state current needs: the registry's address and
 /// settings, the HTTP client, the verifier of signed objects, the state
-/// it feeds and the disk cache (to keep the JWKS in, and to know how many
+/// it feeds and the disk cache (to keep the issuer key set in, and to know how many
 /// deltas it holds).
 pub(crate) struct Syncer {
     config: Config,
@@ -100,11 +100,23 @@ impl Syncer {
     pub fn restore(&self, saved: Saved) {
         let now = self.now();
         let v = &self.verifier;
-        if let Some(jwks) = saved.jwks {
-            if let (Issuers::Jwks { .. }, Ok(keys)) = (&self.config.issuers, parse_jwks(&jwks)) {
-                self.state.set_issuers(keys);
-                if let Some(disk) = &self.disk {
-                    disk.record_jwks(jwks);
+        if let Some(text) = saved.issuers {
+            if let Issuers::Signed { .. } = &self.config.issuers {
+                // Verified like anything else from the disk: a file that was
+                // changed, or signed by another authority, is dropped.
+                match v
+                    .issuers(&text, now)
+                    .map(|set| self.state.apply_issuers(set))
+                {
+                    Ok(Ok(_)) => {
+                        if let Some(disk) = &self.disk {
+                            disk.record_issuers(text);
+                        }
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cached issuer key set refused"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cached issuer key set does not verify; ignoring it")
+                    }
                 }
             }
         }
@@ -135,12 +147,12 @@ impl Syncer {
         );
     }
 
-    /// Starts the sync tasks: JWKS refresh (first, so the first checks can
+    /// Starts the sync tasks: issuer key set refresh (first, so the first checks can
     /// verify chains), poller, push, and the disk cache's writer.
     /// `first_bus` is the NATS connection opened at start, if any.
     pub fn spawn(self: &Arc<Self>, first_bus: Option<veto_bus::Client>) {
-        if let Issuers::Jwks { refresh } = self.config.issuers {
-            tokio::spawn(jwks_loop(self.clone(), refresh));
+        if let Issuers::Signed { refresh } = self.config.issuers {
+            tokio::spawn(issuers_loop(self.clone(), refresh));
         }
         tokio::spawn(poll_loop(self.clone()));
         match &self.config.push {
@@ -608,57 +620,40 @@ async fn handle_event(
     Ok(fits(&result).then_some(iat))
 }
 
-/// Why the registry's JWKS (RFC 7517) was refused.
-#[derive(Debug, thiserror::Error)]
-enum JwksError {
-    /// Not a JSON object `{"keys": [JWK, …]}`.
-    #[error("invalid JWKS: {0}")]
-    Json(#[from] serde_json::Error),
-    /// A key is not a usable Ed25519 public key.
-    #[error("invalid JWKS key: {0}")]
-    Key(#[from] veto_core::KeyError),
-}
-
-/// The issuer keys of a JWKS document.
-fn parse_jwks(text: &str) -> Result<KeySet, JwksError> {
-    #[derive(serde::Deserialize)]
-    struct Jwks {
-        keys: Vec<veto_core::Jwk>,
-    }
-    let jwks: Jwks = serde_json::from_str(text)?;
-    let keys = jwks
-        .keys
-        .iter()
-        .map(PublicKey::from_jwk)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(KeySet::new(keys))
-}
-
-async fn jwks_loop(sync: Arc<Syncer>, refresh: Duration) {
+/// Fetches the authority-signed issuer key set every `refresh` (sooner
+/// after a failure) and applies it: verified with the pinned authority
+/// key, never rolled back.
+async fn issuers_loop(sync: Arc<Syncer>, refresh: Duration) {
     let mut stop = sync.shutdown.subscribe();
     let mut retry = Duration::from_millis(200);
     loop {
-        let wait = match get(&sync, path::JWKS, None, "JWKS", MAX_JWKS).await {
-            Ok(Some(text)) => match parse_jwks(&text) {
-                Ok(keys) => {
-                    sync.state.set_issuers(keys);
-                    if let Some(disk) = &sync.disk {
-                        disk.record_jwks(text);
-                        disk.poke();
+        let wait = match get(&sync, path::ISSUERS, None, "issuer key set", MAX_ISSUERS).await {
+            Ok(Some(text)) => {
+                let applied = sync
+                    .verifier
+                    .issuers(&text, sync.now())
+                    .map_err(|e| e.to_string())
+                    .and_then(|set| sync.state.apply_issuers(set));
+                match applied {
+                    Ok(_) => {
+                        if let Some(disk) = &sync.disk {
+                            disk.record_issuers(text);
+                            disk.poke();
+                        }
+                        retry = Duration::from_millis(200);
+                        jitter(refresh)
                     }
-                    retry = Duration::from_millis(200);
-                    jitter(refresh)
+                    Err(e) => {
+                        sync.state.metrics().sync_error("issuers");
+                        tracing::warn!(error = %e, "refusing the registry's issuer key set; keeping the keys applied");
+                        refresh
+                    }
                 }
-                Err(e) => {
-                    sync.state.metrics().sync_error("jwks");
-                    tracing::warn!(error = %e, "refusing the registry's JWKS; keeping the previous issuer keys");
-                    refresh
-                }
-            },
+            }
             Ok(None) => jitter(refresh),
             Err(e) => {
                 count(&sync, &e);
-                tracing::warn!(error = %e, "cannot fetch issuer keys (JWKS); retrying");
+                tracing::warn!(error = %e, "cannot fetch the issuer key set; retrying");
                 retry = (retry * 2).min(refresh);
                 retry
             }

@@ -69,7 +69,9 @@ struct Published {
 struct Fake {
     signer: SrlSigner,
     clock: Arc<ManualClock>,
-    jwks: String,
+    jwks: Mutex<String>,
+    /// The signed issuer key set served at `/v1/issuers`.
+    issuers: Mutex<String>,
     published: Mutex<Published>,
     frames: broadcast::Sender<String>,
 }
@@ -219,7 +221,13 @@ async fn events(State(f): State<Shared>) -> Response {
 }
 
 async fn jwks(State(f): State<Shared>) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], f.jwks.clone()).into_response()
+    let body = f.jwks.lock().unwrap().clone();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn issuers(State(f): State<Shared>) -> Response {
+    let body = f.issuers.lock().unwrap().clone();
+    ([(header::CONTENT_TYPE, "application/jose")], body).into_response()
 }
 
 /// Starts a fake registry at version 2 (two unrelated revocations, plus
@@ -231,10 +239,13 @@ async fn start_fake(
 ) -> (Shared, String) {
     let authority = SigningKey::generate().unwrap();
     let (frames, _) = broadcast::channel(64);
+    let signer = SrlSigner::new(authority, ISS);
+    let issuer_set = signer.issuers(1, clock.now(), &[issuer.public().clone()]);
     let fake = Arc::new(Fake {
-        signer: SrlSigner::new(authority, ISS),
+        signer,
         clock,
-        jwks: serde_json::json!({ "keys": [issuer.public().to_jwk()] }).to_string(),
+        jwks: Mutex::new(serde_json::json!({ "keys": [issuer.public().to_jwk()] }).to_string()),
+        issuers: Mutex::new(issuer_set),
         published: Mutex::new(Published::default()),
         frames,
     });
@@ -248,6 +259,7 @@ async fn start_fake(
         .route(path::SRL_DELTAS, get(deltas))
         .route(path::SRL_EVENTS, get(events))
         .route(path::JWKS, get(jwks))
+        .route(path::ISSUERS, get(issuers))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -261,6 +273,8 @@ async fn start_fake(
 struct Harness {
     fake: Shared,
     clock: Arc<ManualClock>,
+    /// The one issuer key the fake registry's signed set lists.
+    issuer: SigningKey,
     authz: Authorizer,
     /// A chain nothing has revoked; the bad objects try to revoke it.
     victim: String,
@@ -316,6 +330,7 @@ async fn start(configure: impl FnOnce(&mut Config)) -> Harness {
     let h = Harness {
         fake,
         clock,
+        issuer,
         authz,
         victim,
         victim_jti,
@@ -497,6 +512,76 @@ async fn a_rolled_back_snapshot_is_refused() {
     h.fake.push(EventKind::Snapshot, 1, &old);
     h.assert_refused(&before, &rejected("rollback"), 1.0).await;
     h.revoke_victim_honestly().await;
+}
+
+/// Issuer keys come only from the authority-signed set: a key injected
+/// into the plain JWKS, or into a set signed by anyone else, is never
+/// trusted; an older set (a rollback) does not bring back a retired key;
+/// a newer one takes effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_keys_come_only_from_the_signed_set() {
+    let h = start(|c| {
+        c.issuers = veto_authorizer::Issuers::Signed {
+            refresh: Duration::from_millis(100),
+        }
+    })
+    .await;
+    let attacker = SigningKey::generate().unwrap();
+    let (forged_root, _) = chain(&attacker, "agent-mallory", h.clock.now());
+    let untrusted = |authz: &Authorizer| {
+        authz.check(&forged_root, ACTION).decision.reason() == Some(DenyReason::UntrustedIssuer)
+    };
+    // The JWKS lists the attacker's key: nothing changes.
+    *h.fake.jwks.lock().unwrap() =
+        serde_json::json!({ "keys": [attacker.public().to_jwk()] }).to_string();
+    // A set listing it, signed by the attacker, is refused.
+    let forged = SrlSigner::new(attacker.clone(), ISS).issuers(
+        9,
+        h.clock.now(),
+        &[attacker.public().clone()],
+    );
+    *h.fake.issuers.lock().unwrap() = forged;
+    let before = h.authz.metrics_text();
+    eventually("the forged set to be fetched and refused", || {
+        metric(&h.authz.metrics_text(), &sync_errors("issuers"))
+            > metric(&before, &sync_errors("issuers"))
+    })
+    .await;
+    assert!(untrusted(&h.authz));
+    assert!(h.authz.check(&h.bystander, ACTION).decision.is_allowed());
+
+    // The authority adds the key at version 2: it is trusted.
+    let new_issuer = SigningKey::generate().unwrap();
+    let (new_root, _) = chain(&new_issuer, "agent-new", h.clock.now());
+    let (old_keys, new_keys) = (
+        vec![h.issuer.public().clone()],
+        vec![h.issuer.public().clone(), new_issuer.public().clone()],
+    );
+    *h.fake.issuers.lock().unwrap() = h.fake.signer.issuers(2, h.clock.now(), &new_keys);
+    eventually("the new issuer key", || {
+        h.authz.check(&new_root, ACTION).decision.is_allowed()
+    })
+    .await;
+    // Version 1 again (a rollback) cannot take it away, nor can another
+    // set signed as version 2 (equivocation).
+    *h.fake.issuers.lock().unwrap() = h.fake.signer.issuers(1, h.clock.now(), &old_keys);
+    eventually("the rollback to be refused", || {
+        metric(&h.authz.metrics_text(), &rejected("issuers_rollback")) >= 1.0
+    })
+    .await;
+    *h.fake.issuers.lock().unwrap() = h.fake.signer.issuers(2, h.clock.now(), &old_keys);
+    eventually("the equivocation to be refused", || {
+        metric(&h.authz.metrics_text(), &rejected("issuers_equivocation")) >= 1.0
+    })
+    .await;
+    assert!(h.authz.check(&new_root, ACTION).decision.is_allowed());
+    // Retired at version 3: no longer trusted.
+    *h.fake.issuers.lock().unwrap() = h.fake.signer.issuers(3, h.clock.now(), &old_keys);
+    eventually("the retired key to stop working", || {
+        h.authz.check(&new_root, ACTION).decision.reason() == Some(DenyReason::UntrustedIssuer)
+    })
+    .await;
+    assert!(untrusted(&h.authz));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,8 @@ pub enum Typ {
     Checkpoint,
     /// A proof of possession, `dpop+jwt` (RFC 9449).
     Dpop,
+    /// The trusted issuer keys, `veto-issuers+jwt` (DESIGN 3.5).
+    Issuers,
 }
 
 impl Typ {
@@ -33,6 +35,7 @@ impl Typ {
             Typ::Delta => "veto-srl-delta+jwt",
             Typ::Checkpoint => "veto-srl-checkpoint+jwt",
             Typ::Dpop => "dpop+jwt",
+            Typ::Issuers => "veto-issuers+jwt",
         }
     }
 }

@@ -41,8 +41,8 @@ pub use keys::{thumbprint, Jwk, KeyError, KeyResolver, KeySet, PublicKey, Signin
 pub use reason::DenyReason;
 pub use set::RevocationSet;
 pub use srl::{
-    Head, SrlError, SrlLimits, SrlSigner, SrlVerifier, VerifiedCheckpoint, VerifiedDelta,
-    VerifiedSnapshot,
+    Head, IssuersPayload, SrlError, SrlLimits, SrlSigner, SrlVerifier, VerifiedCheckpoint,
+    VerifiedDelta, VerifiedIssuers, VerifiedSnapshot,
 };
 pub use sse::{SseError, SseEvent, SseParser};
 pub use state::{Applied, ApplyError, Attestation, SrlState};

@@ -11,7 +11,7 @@ use sha2::{Digest as _, Sha256};
 use crate::b64;
 use crate::entry::{Digest, Entry, EntryError, Removed, DIGEST_BYTES};
 use crate::jws::{self, JwsError, Typ};
-use crate::keys::{KeySet, SigningKey};
+use crate::keys::{Jwk, KeySet, PublicKey, SigningKey};
 use crate::set::RevocationSet;
 
 /// The head of the hash chain: SHA-256 of the newest delta's payload.
@@ -104,6 +104,22 @@ pub struct CheckpointPayload {
     pub iat: u64,
     /// Not to be relied on after.
     pub exp: u64,
+}
+
+/// The payload of an issuer key set (DESIGN 3.5): the keys root warrants
+/// may be signed with, at version `ver` (+1 for every key added or
+/// retired; never rolled back).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IssuersPayload {
+    /// The authority.
+    pub iss: String,
+    /// The set's version.
+    pub ver: u64,
+    /// Signed at.
+    pub iat: u64,
+    /// The trusted issuer public keys.
+    pub keys: Vec<Jwk>,
 }
 
 /// The digest scheme snapshots use.
@@ -227,6 +243,21 @@ impl SrlSigner {
         )
     }
 
+    /// Signs the issuer key set `keys` at version `ver`.
+    pub fn issuers(&self, ver: u64, iat: u64, keys: &[PublicKey]) -> String {
+        let payload = IssuersPayload {
+            iss: self.iss.clone(),
+            ver,
+            iat,
+            keys: keys.iter().map(PublicKey::to_jwk).collect(),
+        };
+        jws::sign(
+            Typ::Issuers,
+            &self.key,
+            &crate::json::payload_bytes(&payload),
+        )
+    }
+
     /// Signs a snapshot of `set` at `ver`/`head`.
     pub fn snapshot(
         &self,
@@ -322,6 +353,17 @@ pub struct VerifiedCheckpoint {
     pub payload: CheckpointPayload,
 }
 
+/// An issuer key set whose signature, issuer, time and keys were checked.
+#[derive(Debug, Clone)]
+pub struct VerifiedIssuers {
+    /// Its version.
+    pub ver: u64,
+    /// Signed at.
+    pub iat: u64,
+    /// The keys.
+    pub keys: KeySet,
+}
+
 /// A snapshot whose signature, issuer, time and tables were checked.
 #[derive(Debug, Clone)]
 pub struct VerifiedSnapshot {
@@ -406,6 +448,25 @@ impl SrlVerifier {
             });
         }
         Ok(())
+    }
+
+    /// Verifies an issuer key set (at most 1 MiB: thousands of keys).
+    pub fn issuers(&self, token: &str, now: u64) -> Result<VerifiedIssuers, SrlError> {
+        const WHAT: &str = "issuer key set";
+        let bytes = self.open(WHAT, token, Typ::Issuers, 1 << 20)?;
+        let payload: IssuersPayload = parse(WHAT, &bytes)?;
+        self.check(WHAT, &payload.iss, payload.iat, now)?;
+        let keys = payload
+            .keys
+            .iter()
+            .map(PublicKey::from_jwk)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| payload_error(WHAT, format!("a key: {e}")))?;
+        Ok(VerifiedIssuers {
+            ver: payload.ver,
+            iat: payload.iat,
+            keys: KeySet::new(keys),
+        })
     }
 
     /// Verifies a delta.
@@ -528,4 +589,31 @@ fn digests(what: &'static str, field: &str, text: &str) -> Result<Vec<Digest>, S
         ));
     }
     Ok(list)
+}
+
+#[cfg(test)]
+mod issuer_set_tests {
+    use super::*;
+
+    #[test]
+    fn an_issuer_set_verifies_only_as_itself_and_from_its_authority() {
+        let authority = SigningKey::from_seed(&[3; 32]);
+        let issuer = SigningKey::from_seed(&[4; 32]);
+        let signer = SrlSigner::new(authority.clone(), "veto");
+        let token = signer.issuers(7, 100, &[issuer.public().clone()]);
+        let verifier = SrlVerifier::new(KeySet::new([authority.public().clone()]), "veto");
+        let set = verifier.issuers(&token, 100).unwrap();
+        assert_eq!((set.ver, set.iat), (7, 100));
+        assert!(set.keys.keys().contains(issuer.public()));
+        // Not as a checkpoint; not from another authority; not from the future.
+        assert!(verifier.checkpoint(&token, 100).is_err());
+        let other = SrlVerifier::new(KeySet::new([issuer.public().clone()]), "veto");
+        assert!(other.issuers(&token, 100).is_err());
+        assert!(matches!(
+            verifier.issuers(&token, 10),
+            Err(SrlError::FromFuture { .. })
+        ));
+        let forged = SrlSigner::new(issuer.clone(), "veto").issuers(8, 100, &[]);
+        assert!(verifier.issuers(&forged, 100).is_err());
+    }
 }

@@ -32,8 +32,12 @@ pub mod path {
     pub const ISSUER_KEYS: &str = "/v1/issuer-keys";
     /// `GET`: `{iss, keys}` of the authority, for display.
     pub const AUTHORITY: &str = "/v1/authority";
-    /// `GET`: the trusted issuer keys as a JWKS (RFC 7517).
+    /// `GET`: the trusted issuer keys as a JWKS (RFC 7517), for other JOSE
+    /// tools; no authorizer trusts it.
     pub const JWKS: &str = "/.well-known/jwks.json";
+    /// `GET`: the authority-signed issuer key set (`veto-issuers+jwt`,
+    /// DESIGN 3.5), the one source of issuer keys authorizers trust.
+    pub const ISSUERS: &str = "/v1/issuers";
     /// `GET`: liveness (and, on the proxy, the sync state).
     pub const HEALTHZ: &str = "/healthz";
     /// `GET`: the proxy's readiness (503 while stale).

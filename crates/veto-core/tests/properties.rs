@@ -760,6 +760,7 @@ fn signed_object() -> impl Strategy<Value = String> {
             Typ::Warrant => serde_json::json!({"jti": warrants, "sub": keys, "iat": iat, "exp": exp,
                 "act": [head], "iss": ISS}),
             Typ::Dpop => serde_json::json!({"jti": head, "htm": "GET", "htu": "http://h/", "iat": iat, "ath": head}),
+            Typ::Issuers => serde_json::json!({"iss": ISS, "ver": ver, "iat": iat, "keys": []}),
         };
         if let (Value::Object(v), Some(Value::Object(extra))) = (&mut v, extra) {
             v.extend(extra.into_iter().take(1));

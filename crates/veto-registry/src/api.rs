@@ -251,6 +251,7 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         .route(path::SRL_CHECKPOINT, get(checkpoint))
         .route(path::SRL_EVENTS, get(events))
         .route(path::JWKS, get(jwks))
+        .route(path::ISSUERS, get(issuer_set))
         .route(path::AUTHORITY, get(authority))
         .route(path::HEALTHZ, get(healthz))
         .route(path::METRICS, get(metrics))
@@ -1221,4 +1222,13 @@ async fn revoke_token(
             .map_err(|e| api.refuse(unavailable(e)))?,
     );
     Ok(Json(json!({"name": name, "revoked": true})).into_response())
+}
+
+/// `GET /v1/issuers`: the authority-signed issuer key set, as a compact JWS.
+async fn issuer_set(State(api): State<Shared>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/jose")],
+        api.authority.issuer_set(),
+    )
+        .into_response()
 }

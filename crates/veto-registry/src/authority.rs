@@ -465,6 +465,22 @@ impl Authority {
             .collect()
     }
 
+    /// The issuer key set signed by the authority (DESIGN 3.5): the keys
+    /// not retired, at a version that counts every key added and retired
+    /// (the same at every replica, never going back).
+    pub(crate) fn issuer_set(&self) -> String {
+        let issuers = self.issuers.read().unwrap_or_else(|p| p.into_inner());
+        let retired = issuers.iter().filter(|k| k.retired_at.is_some()).count();
+        let ver = (issuers.len() + retired) as u64;
+        let keys: Vec<PublicKey> = issuers
+            .iter()
+            .filter(|k| k.retired_at.is_none())
+            .map(|k| k.key.public().clone())
+            .collect();
+        drop(issuers);
+        self.signer.issuers(ver, self.now(), &keys)
+    }
+
     /// Every named API token, as stored.
     pub(crate) async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
         self.store.tokens().await

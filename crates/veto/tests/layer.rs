@@ -164,7 +164,7 @@ async fn one_layer_enforces_on_an_axum_service() {
 async fn the_layer_requires_a_dpop_proof_by_default() {
     let (dir, key, reg_url, _served) = serve_registry("layer-dpop", std::future::pending()).await;
     let mut config = Config::new(&reg_url, "veto", KeySet::new([key]));
-    config.issuers = veto_authorizer::Issuers::Jwks {
+    config.issuers = veto_authorizer::Issuers::Signed {
         refresh: Duration::from_millis(200),
     };
     let authz = Authorizer::start(config).await.unwrap();

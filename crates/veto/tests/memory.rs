@@ -5,7 +5,7 @@
 //!   chain offline; 3,000 distinct ~30 KB chains must not grow the proxy
 //!   without bound, nor evict other holders' chains.
 //! - What the proxy reads from a registry: a fake registry in this process
-//!   serves a 300 MB JWKS, a gzip bomb for a snapshot, an SSE event that
+//!   serves a 300 MB issuer key set, a gzip bomb for a snapshot, an SSE event that
 //!   never ends and an SSE line that never ends. Each is refused at its
 //!   cap, with the proxy's peak RSS bounded and the log naming the object.
 //! - Push liveness: a fake registry's event stream that sends only
@@ -327,7 +327,8 @@ struct Fake {
     jwks: Body6c,
     snapshot: Body6c,
     events: Events,
-    issuer_jwks: String,
+    /// The signed issuer key set (`/v1/issuers`).
+    issuer_set: String,
     /// Connections to `/v1/srl/events`.
     connections: AtomicUsize,
     /// Bytes of hostile streamed bodies the proxy pulled.
@@ -379,11 +380,11 @@ fn endless(
     ))
 }
 
-async fn jwks(State(f): State<Shared>) -> Response {
+async fn issuer_set(State(f): State<Shared>) -> Response {
     match f.jwks {
         Body6c::Honest => (
-            [(header::CONTENT_TYPE, "application/json")],
-            f.issuer_jwks.clone(),
+            [(header::CONTENT_TYPE, "application/jose")],
+            f.issuer_set.clone(),
         )
             .into_response(),
         // 300 MB of JSON whitespace inside the key list: parseable if read whole.
@@ -572,13 +573,14 @@ async fn rig_with(
     } else {
         Bytes::new()
     };
+    let signed_set = signer.issuers(1, now(), &[issuer.public().clone()]);
     let fake = Arc::new(Fake {
         signer,
         forger: SrlSigner::new(SigningKey::generate().unwrap(), ISS),
         jwks: jwks_mode,
         snapshot: snapshot_mode,
         events: events_mode,
-        issuer_jwks: serde_json::json!({ "keys": [issuer.public().to_jwk()] }).to_string(),
+        issuer_set: signed_set,
         connections: AtomicUsize::new(0),
         pulled: AtomicU64::new(0),
         bomb,
@@ -591,7 +593,7 @@ async fn rig_with(
         .route(path::SRL_CHECKPOINT, get(checkpoint))
         .route(path::SRL_DELTAS, get(deltas))
         .route(path::SRL_EVENTS, get(events))
-        .route(path::JWKS, get(jwks))
+        .route(path::ISSUERS, get(issuer_set))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -662,11 +664,11 @@ async fn hostile_object(name: &str, r: Rig, needle: &str) -> (f64, f64, u64, boo
 async fn oversized_registry_objects_are_refused_at_their_caps() {
     // Every object is measured first, then judged, so one run prints all
     // the figures (also against a binary without the caps).
-    // JWKS: 1 MiB cap; 300 MB offered.
+    // The issuer key set: 1 MiB cap; 300 MB offered.
     let jwks = hostile_object(
         "jwks-300MB",
         rig(Body6c::Huge, Body6c::Honest, Events::None, &[]).await,
-        "JWKS is over the 1048576-byte cap",
+        "issuer key set is over the 1048576-byte cap",
     )
     .await;
     // Snapshot: a gzip bomb (~0.5 MB compressed, 512 MiB of zeros).
@@ -709,9 +711,18 @@ async fn oversized_registry_objects_are_refused_at_their_caps() {
     }
 
     let (_, peak, pulled, refused) = jwks;
-    assert!(refused, "the 300 MB JWKS was not refused at its cap");
-    assert!(peak < 64.0, "peak RSS {peak:.1} MiB for a refused JWKS");
-    assert!(pulled < 48 << 20, "pulled {pulled} bytes of the JWKS");
+    assert!(
+        refused,
+        "the 300 MB issuer key set was not refused at its cap"
+    );
+    assert!(
+        peak < 64.0,
+        "peak RSS {peak:.1} MiB for a refused issuer key set"
+    );
+    assert!(
+        pulled < 48 << 20,
+        "pulled {pulled} bytes of the issuer key set"
+    );
     let (_, peak, _, refused) = bomb;
     assert!(refused, "the gzip bomb was not refused at the snapshot cap");
     assert!(

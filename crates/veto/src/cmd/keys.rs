@@ -31,7 +31,7 @@ pub enum KeysCommand {
         #[command(flatten)]
         registry: RegistryArgs,
     },
-    /// Retire an issuer key: it leaves the JWKS and stops being trusted.
+    /// Retire an issuer key: it leaves the signed issuer key set and the JWKS, and stops being trusted.
     Retire {
         /// The key's thumbprint (base64url: it may start with `-`).
         #[arg(allow_hyphen_values = true)]

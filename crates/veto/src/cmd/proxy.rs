@@ -44,7 +44,7 @@ pub struct ProxyArgs {
     /// The authority name expected as `iss`.
     #[arg(long, env = "VETO_ISS", default_value = "veto")]
     iss: String,
-    /// Pin issuer keys instead of fetching the registry's JWKS.
+    /// Pin issuer keys instead of fetching the registry's signed issuer key set.
     #[arg(long)]
     issuer_key: Vec<PathBuf>,
     /// What to do when the revocation state is stale.
