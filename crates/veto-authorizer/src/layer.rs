@@ -234,7 +234,7 @@ pub struct Challenge {
 }
 
 /// The challenge for `denial` under `authz`'s policy; `outcome` (when the
-/// check ran) carries the proof step's own error and the nonce.
+/// check ran) carries the proof step's own error.
 pub fn challenge(
     authz: &Authorizer,
     denial: &Denial,
@@ -247,9 +247,8 @@ pub fn challenge(
     Challenge {
         dpop: authz.pop().policy != PopPolicy::Off,
         error,
-        nonce: outcome
-            .and_then(|o| o.nonce.clone())
-            .or_else(|| authz.nonce_now()),
+        // Made only for a refusal: the hot path computes no nonce.
+        nonce: authz.nonce_now(),
     }
 }
 

@@ -20,8 +20,6 @@ pub struct Outcome {
     /// When the proof-of-possession step refused the request: the RFC 9449
     /// error for `WWW-Authenticate`.
     pub pop_error: Option<PopErrorCode>,
-    /// The server nonce to send in `DPoP-Nonce`, when nonces are on.
-    pub nonce: Option<String>,
 }
 
 /// A point-in-time view of the sync state.

@@ -176,7 +176,6 @@ impl State {
             chain,
             holder,
             pop_error,
-            nonce: self.prover.nonce(now),
         }
     }
 
