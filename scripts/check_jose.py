@@ -14,6 +14,14 @@ its `signatures` table:
 - when it says the object is tampered or forged: checks that it does NOT
   verify with the key its `kid` names.
 
+For every `apply` vector whose input is an issuer key set
+(`veto-issuers+jwt`), it also replays the case on its own: verifies each set
+(`typ`, the pinned authority key, `iss`, `iat` within the clock-skew
+allowance), applies the DESIGN 3.5 rule (higher `ver` replaces; the same
+`ver` with the same keys is ignored, with other keys an equivocation; a
+lower `ver` a rollback), and compares the outcome and the keys applied
+afterwards with what the vector expects.
+
 It shares no code with veto. Run from the repository root:
 
     python3 scripts/check_jose.py
@@ -126,6 +134,60 @@ def check_signature(tally, where, entry, keys):
         tally.check(False, f"{what}: {type(e).__name__}: {e}")
 
 
+ISSUERS_TYP = "veto-issuers+jwt"
+
+
+def verify_issuers(vector, jws):
+    """Verifies an issuer key set as an authorizer would; returns (error, payload)."""
+    h, p, _ = jws.split(".")
+    header = json.loads(b64url_decode(h))
+    if header.get("typ") != ISSUERS_TYP:
+        return "wrong_typ", None
+    authority = vector["authority_jwk"]
+    if header.get("kid") != thumbprint(authority["x"]):
+        return "unknown_key", None
+    if not verifies(public_key(authority), jws):
+        return "bad_signature", None
+    payload = json.loads(b64url_decode(p))
+    if payload.get("iss") != vector["iss"]:
+        return "wrong_issuer", None
+    if payload["iat"] > vector["now"] + vector["config"]["skew"]:
+        return "from_future", None
+    return None, payload
+
+
+def apply_issuers(vector, applied, jws):
+    """One set applied to `applied` ((ver, sorted x values) or None): (expect, applied)."""
+    error, payload = verify_issuers(vector, jws)
+    if error:
+        return {"apply": "rejected", "stage": "verify", "error": error}, applied
+    ver, xs = payload["ver"], sorted(k["x"] for k in payload["keys"])
+    if applied is not None and ver < applied[0]:
+        return {"apply": "rejected", "stage": "apply", "error": "rollback"}, applied
+    if applied is not None and ver == applied[0]:
+        if xs == applied[1]:
+            return {"apply": "ignored"}, applied
+        return {"apply": "rejected", "stage": "apply", "error": "equivocation"}, applied
+    return {"apply": "advanced", "from": applied[0] if applied else 0, "to": ver}, (ver, xs)
+
+
+def check_issuer_set_case(tally, name, vector, keys):
+    """Replays an issuer key set `apply` case independently."""
+    try:
+        applied = None
+        for i, o in enumerate(vector["setup"]):
+            got, applied = apply_issuers(vector, applied, o["jws"])
+            tally.check(got["apply"] == "advanced", f"{name}: setup set {i} applies: {got}")
+        got, applied = apply_issuers(vector, applied, vector["input"]["jws"])
+        tally.check(got == vector["expect"], f"{name}: outcome {got}, vector says {vector['expect']}")
+        by_x = {jwk["x"]: n for n, jwk in keys.items()}
+        want = vector["expect_issuers"]
+        have = {"ver": applied[0], "keys": sorted(by_x[x] for x in applied[1])} if applied else None
+        tally.check(have == want, f"{name}: issuer key set after {have}, vector says {want}")
+    except Exception as e:  # a malformed vector is a failure, not a crash
+        tally.check(False, f"{name}: issuer key set replay: {type(e).__name__}: {e}")
+
+
 def self_test(tally):
     # RFC 8037 appendix A: the thumbprint, and a signature over "Example of Ed25519 signing".
     x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
@@ -146,7 +208,7 @@ def main():
     tally = Tally()
     self_test(tally)
     tally.check(len(files) > 0, "tests/vectors/*.json exists")
-    valid = invalid = 0
+    valid = invalid = replayed = 0
     for path in files:
         name = os.path.basename(path)
         try:
@@ -164,7 +226,12 @@ def main():
             check_signature(tally, f"{name}[{i}]", entry, keys)
             valid += entry["valid"] is True
             invalid += entry["valid"] is False
-    print(f"{len(files)} vector files, {valid} validly signed objects, {invalid} tampered or forged")
+        if vector.get("input", {}).get("as") == "issuers":
+            check_issuer_set_case(tally, name, vector, keys)
+            replayed += 1
+    print(f"{len(files)} vector files, {valid} validly signed objects, {invalid} tampered or forged, "
+          f"{replayed} issuer key set cases replayed")
+    tally.check(replayed > 0, "issuer key set cases exist")
     print(f"{tally.passed} passed, {tally.failed} failed")
     return 1 if tally.failed else 0
 

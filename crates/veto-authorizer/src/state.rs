@@ -11,8 +11,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::futures::Notified;
 use tokio::sync::{watch, Notify};
 use veto_core::{
-    Applied, ApplyError, CheckConfig, Checker, Clock, Decision, Denial, DenyReason, KeySet,
-    ParsedChain, SrlState, VerifiedChain, VerifiedIssuers,
+    Applied, ApplyError, CheckConfig, Checker, Clock, Decision, Denial, DenyReason, IssuerSet,
+    KeySet, ParsedChain, SrlState, VerifiedChain, VerifiedIssuers,
 };
 
 use crate::cache::ChainCache;
@@ -62,8 +62,8 @@ pub(crate) struct State {
     /// it is repaired even when the checkpoint served on pull lags.
     gap_to: AtomicU64,
     push_connected: AtomicBool,
-    /// The version and keys of the applied signed issuer key set.
-    issuers_ver: Mutex<Option<(u64, KeySet)>>,
+    /// The applied signed issuer key set.
+    issuer_set: Mutex<IssuerSet>,
 }
 
 impl State {
@@ -93,7 +93,7 @@ impl State {
             catch_up: Notify::new(),
             gap_to: AtomicU64::new(0),
             push_connected: AtomicBool::new(false),
-            issuers_ver: Mutex::new(None),
+            issuer_set: Mutex::new(IssuerSet::new()),
         }
     }
 
@@ -275,30 +275,35 @@ impl State {
     /// nothing; a lower version (a rollback) or the same version with other
     /// keys (equivocation) is refused and counted. Returns whether the keys
     /// changed.
-    pub fn apply_issuers(&self, set: VerifiedIssuers) -> Result<bool, String> {
-        let mut applied = self.issuers_ver.lock().unwrap_or_else(|p| p.into_inner());
-        match *applied {
-            Some((ver, _)) if set.ver < ver => {
-                self.metrics.rejected("issuers_rollback");
-                Err(format!(
-                    "issuer key set version {} is older than the applied {ver}: refused (no rollback)",
-                    set.ver
-                ))
-            }
-            Some((ver, ref keys)) if set.ver == ver && *keys != set.keys => {
-                self.metrics.rejected("issuers_equivocation");
-                Err(format!(
-                    "two different issuer key sets are signed as version {ver}: refused"
-                ))
-            }
-            Some((ver, _)) if set.ver == ver => Ok(false),
-            _ => {
-                *applied = Some((set.ver, set.keys.clone()));
+    /// Applies a verified issuer key set ([`IssuerSet::apply`]): true when
+    /// its keys now verify roots. A rollback or an equivocation is counted
+    /// (`issuers_rollback`, `issuers_equivocation`) and changes nothing.
+    pub fn apply_issuers(&self, set: VerifiedIssuers) -> Result<bool, ApplyError> {
+        let mut applied = self.issuer_set.lock().unwrap_or_else(|p| p.into_inner());
+        match applied.apply(set) {
+            Ok(Applied::Advanced { .. }) => {
+                let keys = applied.keys().cloned().unwrap_or_default();
                 drop(applied);
-                self.set_issuers(set.keys);
+                self.set_issuers(keys);
                 Ok(true)
             }
+            Ok(_) => Ok(false),
+            Err(e) => {
+                self.metrics.rejected(match e {
+                    ApplyError::Rollback { .. } => "issuers_rollback",
+                    _ => "issuers_equivocation",
+                });
+                Err(e)
+            }
         }
+    }
+
+    /// The version of the applied issuer key set, if one was applied.
+    pub fn issuers_version(&self) -> Option<u64> {
+        self.issuer_set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ver()
     }
 
     pub fn set_issuers(&self, keys: KeySet) {

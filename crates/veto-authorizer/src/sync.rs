@@ -101,22 +101,16 @@ impl Syncer {
         let now = self.now();
         let v = &self.verifier;
         if let Some(text) = saved.issuers {
-            if let Issuers::Signed { .. } = &self.config.issuers {
-                // Verified like anything else from the disk: a file that was
-                // changed, or signed by another authority, is dropped.
-                match v
-                    .issuers(&text, now)
-                    .map(|set| self.state.apply_issuers(set))
-                {
-                    Ok(Ok(_)) => {
-                        if let Some(disk) = &self.disk {
-                            disk.record_issuers(text);
-                        }
+            // Verified like anything else from the disk: a file that was
+            // changed, or signed by another authority, is dropped.
+            match v.issuers(&text, now) {
+                Ok(set) => {
+                    if let Err(e) = adopt_issuers(self, set, text, false) {
+                        tracing::warn!(error = %e, "cached issuer key set refused");
                     }
-                    Ok(Err(e)) => tracing::warn!(error = %e, "cached issuer key set refused"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cached issuer key set does not verify; ignoring it")
-                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cached issuer key set does not verify; ignoring it")
                 }
             }
         }
@@ -192,6 +186,8 @@ pub(crate) enum SyncError {
     Bus(#[from] veto_bus::ConnectError),
     #[error("the registry's {what} is over the {cap}-byte cap: refused without reading further")]
     TooLarge { what: &'static str, cap: usize },
+    #[error("issuer key set refused: {0}")]
+    Issuers(ApplyError),
 }
 
 impl SyncError {
@@ -204,6 +200,7 @@ impl SyncError {
             SyncError::Stream(_) => "push_stream",
             SyncError::Bus(_) => "connect",
             SyncError::TooLarge { .. } => "too_large",
+            SyncError::Issuers(_) => "issuers",
         }
     }
 }
@@ -607,6 +604,13 @@ async fn handle_event(
                 sync.state.apply(Incoming::Checkpoint(c, data)),
             )
         }
+        EventKind::Issuers => {
+            // A set is not news about the revocation state: it never
+            // renews the push session's liveness.
+            let set = sync.verifier.issuers(&data, now)?;
+            adopt_issuers(sync, set, data, true).map_err(SyncError::Issuers)?;
+            return Ok(None);
+        }
         EventKind::Snapshot => {
             let i = sync.clone();
             let (v, data) =
@@ -618,6 +622,33 @@ async fn handle_event(
         }
     };
     Ok(fits(&result).then_some(iat))
+}
+
+/// Applies a verified issuer key set `set` (its compact JWS `text`) when
+/// this authorizer trusts the signed set (not pinned keys), and keeps the
+/// signed bytes in the disk cache. A set older than the applied one is a
+/// rollback and refused, except when `pushed`: a stream replays what it
+/// carried before (JetStream from a start time), so there an older set
+/// is only old news and is ignored.
+fn adopt_issuers(
+    sync: &Syncer,
+    set: veto_core::VerifiedIssuers,
+    text: String,
+    pushed: bool,
+) -> Result<(), ApplyError> {
+    if !matches!(sync.config.issuers, Issuers::Signed { .. }) {
+        return Ok(());
+    }
+    if pushed && sync.state.issuers_version().is_some_and(|v| set.ver < v) {
+        return Ok(());
+    }
+    if sync.state.apply_issuers(set)? {
+        if let Some(disk) = &sync.disk {
+            disk.record_issuers(text);
+            disk.poke();
+        }
+    }
+    Ok(())
 }
 
 /// Fetches the authority-signed issuer key set every `refresh` (sooner
@@ -632,14 +663,12 @@ async fn issuers_loop(sync: Arc<Syncer>, refresh: Duration) {
                 let applied = sync
                     .verifier
                     .issuers(&text, sync.now())
-                    .map_err(|e| e.to_string())
-                    .and_then(|set| sync.state.apply_issuers(set));
+                    .map_err(SyncError::Invalid)
+                    .and_then(|set| {
+                        adopt_issuers(&sync, set, text, false).map_err(SyncError::Issuers)
+                    });
                 match applied {
-                    Ok(_) => {
-                        if let Some(disk) = &sync.disk {
-                            disk.record_issuers(text);
-                            disk.poke();
-                        }
+                    Ok(()) => {
                         retry = Duration::from_millis(200);
                         jitter(refresh)
                     }

@@ -45,6 +45,6 @@ pub use srl::{
     VerifiedDelta, VerifiedIssuers, VerifiedSnapshot,
 };
 pub use sse::{SseError, SseEvent, SseParser};
-pub use state::{Applied, ApplyError, Attestation, SrlState};
+pub use state::{Applied, ApplyError, Attestation, IssuerSet, SrlState};
 pub use target::{canonical_path, check_method, Target, TargetError};
 pub use warrant::{ChainError, LinkError, LinkSpec, ParsedChain, VerifiedChain, WarrantError};

@@ -3,8 +3,9 @@
 //! outcome a value; the caller decides what to fetch next.
 
 use crate::entry::EntryKind;
+use crate::keys::KeySet;
 use crate::set::RevocationSet;
-use crate::srl::{Head, VerifiedCheckpoint, VerifiedDelta, VerifiedSnapshot};
+use crate::srl::{Head, VerifiedCheckpoint, VerifiedDelta, VerifiedIssuers, VerifiedSnapshot};
 
 /// The newest signed statement "as of `iat`, our version is current".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,16 +46,19 @@ pub enum ApplyError {
         /// The version received.
         received: u64,
     },
-    /// A snapshot older than the applied state: never roll back.
-    #[error("rollback refused: applied version is {applied}, snapshot is of version {received}")]
+    /// A snapshot (or issuer key set) older than the applied one: never
+    /// roll back.
+    #[error("rollback refused: applied version is {applied}, received version {received}")]
     Rollback {
         /// The applied version.
         applied: u64,
-        /// The snapshot's version.
+        /// The received object's version.
         received: u64,
     },
-    /// Two different heads for one version, both signed by the authority.
-    #[error("equivocation: version {ver} was signed with two different heads")]
+    /// Two different objects for one version, both signed by the
+    /// authority: two heads of the revocation state, or two issuer key
+    /// sets.
+    #[error("equivocation: version {ver} was signed twice, differently")]
     Equivocation {
         /// The version.
         ver: u64,
@@ -65,6 +69,75 @@ pub enum ApplyError {
         /// The delta's version.
         ver: u64,
     },
+}
+
+/// The applied issuer key set (DESIGN 3.5): the keys that may sign root
+/// warrants, and the version of the authority-signed set they came from.
+/// Pure, like [`SrlState`]; the caller verifies the set first
+/// ([`crate::SrlVerifier::issuers`]).
+#[derive(Clone, Debug, Default)]
+pub struct IssuerSet {
+    applied: Option<(u64, KeySet)>,
+}
+
+impl IssuerSet {
+    /// No set applied yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The applied set's version, if any.
+    pub fn ver(&self) -> Option<u64> {
+        self.applied.as_ref().map(|(v, _)| *v)
+    }
+
+    /// The applied keys, if any.
+    pub fn keys(&self) -> Option<&KeySet> {
+        self.applied.as_ref().map(|(_, k)| k)
+    }
+
+    /// Applies a verified set: a higher version replaces the keys
+    /// ([`Applied::Advanced`]; from 0 when none was applied); the applied
+    /// version with the same keys changes nothing ([`Applied::Ignored`]);
+    /// the applied version with other keys is [`ApplyError::Equivocation`];
+    /// a lower version is [`ApplyError::Rollback`]. The same keys in
+    /// another order are the same set.
+    ///
+    /// # Errors
+    ///
+    /// [`ApplyError::Rollback`], [`ApplyError::Equivocation`]; either
+    /// leaves the applied set unchanged.
+    pub fn apply(&mut self, set: VerifiedIssuers) -> Result<Applied, ApplyError> {
+        match &self.applied {
+            Some((ver, _)) if set.ver < *ver => Err(ApplyError::Rollback {
+                applied: *ver,
+                received: set.ver,
+            }),
+            Some((ver, keys)) if set.ver == *ver => {
+                if same_keys(keys, &set.keys) {
+                    Ok(Applied::Ignored)
+                } else {
+                    Err(ApplyError::Equivocation { ver: *ver })
+                }
+            }
+            applied => {
+                let from = applied.as_ref().map_or(0, |(v, _)| *v);
+                let to = set.ver;
+                self.applied = Some((set.ver, set.keys));
+                Ok(Applied::Advanced { from, to })
+            }
+        }
+    }
+}
+
+/// Whether two key sets hold the same keys, in any order.
+fn same_keys(a: &KeySet, b: &KeySet) -> bool {
+    fn kids(k: &KeySet) -> Vec<&str> {
+        let mut v: Vec<&str> = k.keys().iter().map(|k| k.kid()).collect();
+        v.sort_unstable();
+        v
+    }
+    kids(a) == kids(b)
 }
 
 /// The applied revocation state.

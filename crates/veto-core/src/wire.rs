@@ -78,6 +78,9 @@ pub mod nats {
     pub const DELTA_SUBJECT: &str = "veto.srl.delta";
     /// Heartbeat checkpoints.
     pub const CHECKPOINT_SUBJECT: &str = "veto.srl.checkpoint";
+    /// Authority-signed issuer key sets (`veto-issuers+jwt`), one message
+    /// per set version.
+    pub const ISSUERS_SUBJECT: &str = "veto.srl.issuers";
 
     /// The `Nats-Msg-Id` of delta `ver` whose compact JWS is `jws`:
     /// `d-<ver>-<digest>`, where the digest is the first 16 bytes (128 bits)
@@ -100,6 +103,12 @@ pub mod nats {
         msg_id("c", ver, jws)
     }
 
+    /// The `Nats-Msg-Id` of issuer key set `ver`: `i-<ver>-<digest>`, the
+    /// digest as in [`delta_msg_id`].
+    pub fn issuers_msg_id(ver: u64, jws: &str) -> String {
+        msg_id("i", ver, jws)
+    }
+
     fn msg_id(prefix: &str, ver: u64, jws: &str) -> String {
         use sha2::{Digest as _, Sha256};
         let digest = Sha256::digest(jws.as_bytes());
@@ -117,11 +126,16 @@ pub enum EventKind {
     Checkpoint,
     /// A signed snapshot (a subscriber too far behind for deltas).
     Snapshot,
+    /// An authority-signed issuer key set (`veto-issuers+jwt`, DESIGN 3.5).
+    /// Sent without an `id:` (its version is not the revocation state's,
+    /// so it leaves `Last-Event-ID` alone): at the start of every stream
+    /// and whenever an issuer key is added or retired.
+    Issuers,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 3] = [Self::Delta, Self::Checkpoint, Self::Snapshot];
+    pub const ALL: [EventKind; 4] = [Self::Delta, Self::Checkpoint, Self::Snapshot, Self::Issuers];
 
     /// The event name on the wire.
     pub const fn as_str(self) -> &'static str {
@@ -129,6 +143,7 @@ impl EventKind {
             Self::Delta => "delta",
             Self::Checkpoint => "checkpoint",
             Self::Snapshot => "snapshot",
+            Self::Issuers => "issuers",
         }
     }
 
@@ -142,6 +157,7 @@ impl EventKind {
         match subject {
             nats::DELTA_SUBJECT => Some(Self::Delta),
             nats::CHECKPOINT_SUBJECT => Some(Self::Checkpoint),
+            nats::ISSUERS_SUBJECT => Some(Self::Issuers),
             _ => None,
         }
     }

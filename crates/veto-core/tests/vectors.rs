@@ -27,9 +27,9 @@ use veto_core::jws::{self, JwsError, Typ, UnverifiedJws};
 use veto_core::srl::CheckpointPayload;
 use veto_core::warrant::{Claims, Cnf};
 use veto_core::{
-    Applied, ApplyError, CheckConfig, Checker, Decision, Entry, EntryKind, Head, Jwk, KeySet,
-    ParsedChain, PublicKey, Reason, RevocationSet, SigningKey, SrlError, SrlLimits, SrlSigner,
-    SrlState, SrlVerifier, StalenessPolicy,
+    Applied, ApplyError, CheckConfig, Checker, Decision, Entry, EntryKind, Head, IssuerSet, Jwk,
+    KeySet, ParsedChain, PublicKey, Reason, RevocationSet, SigningKey, SrlError, SrlLimits,
+    SrlSigner, SrlState, SrlVerifier, StalenessPolicy,
 };
 
 // ---------------------------------------------------------------------------
@@ -73,6 +73,9 @@ struct Vector {
     /// `apply`: the applied version and head afterwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expect_state: Option<StateView>,
+    /// `apply` of an issuer key set: the applied set afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expect_issuers: Option<IssuersView>,
     /// Every JWS in the case: its `typ`, the key it claims, and whether the
     /// signature verifies with that key.
     signatures: Vec<Sig>,
@@ -106,6 +109,7 @@ enum ObjKind {
     Snapshot,
     Delta,
     Checkpoint,
+    Issuers,
 }
 
 /// A published object, and what it is presented as.
@@ -197,6 +201,15 @@ impl Expect {
 struct StateView {
     ver: u64,
     head: String,
+}
+
+/// The applied issuer key set: its version and its keys, by name
+/// (`issuer`, `authority`, or a name in `other_jwks`), sorted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssuersView {
+    ver: u64,
+    keys: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -505,6 +518,7 @@ impl Gen {
             input: None,
             expect,
             expect_state: None,
+            expect_issuers: None,
             signatures: Vec::new(),
         }
     }
@@ -561,6 +575,186 @@ impl Gen {
         v.signatures = self.signatures(&v);
         self.vectors.push(v);
     }
+}
+
+impl Gen {
+    /// An issuer key set of version `ver` listing the named keys, signed
+    /// at `iat` by `signer` (named `name`).
+    fn issuers_with(
+        &mut self,
+        signer: &SrlSigner,
+        name: &str,
+        ver: u64,
+        iat: u64,
+        keys: &[&str],
+    ) -> String {
+        let keys: Vec<PublicKey> = keys.iter().map(|k| key(k).public().clone()).collect();
+        let jws = signer.issuers(ver, iat, &keys);
+        self.note(&jws, Typ::Issuers.as_str(), name, true);
+        jws
+    }
+
+    fn issuers(&mut self, ver: u64, iat: u64, keys: &[&str]) -> String {
+        let signer = self.authority.clone();
+        self.issuers_with(&signer, "authority", ver, iat, keys)
+    }
+
+    /// An `apply` case for an issuer key set: `setup` sets, then `input`;
+    /// `after` is the applied set's version and key names.
+    fn apply_issuers(
+        &mut self,
+        name: &str,
+        description: &str,
+        setup: Vec<Obj>,
+        input: Obj,
+        expect: Expect,
+        after: (u64, &[&str]),
+    ) {
+        let mut v = Self::base(name, description, Kind::Apply, setup, expect);
+        v.input = Some(input);
+        let mut keys: Vec<String> = after.1.iter().map(|k| (*k).to_owned()).collect();
+        keys.sort_unstable();
+        v.expect_issuers = Some(IssuersView { ver: after.0, keys });
+        v.signatures = self.signatures(&v);
+        self.vectors.push(v);
+    }
+}
+
+/// The issuer key set cases (DESIGN 3.5): signed by the authority,
+/// versioned, never rolled back.
+fn issuer_set_vectors(g: &mut Gen) {
+    let v1 = g.issuers(1, NOW - 60, &["issuer"]);
+    let v2 = g.issuers(2, NOW - 30, &["issuer", "alice"]);
+    let one = vec![obj(ObjKind::Issuers, v1.clone())];
+    let two = vec![
+        obj(ObjKind::Issuers, v1.clone()),
+        obj(ObjKind::Issuers, v2.clone()),
+    ];
+    let both: &[&str] = &["issuer", "alice"];
+    g.apply_issuers(
+        "apply-issuers-first",
+        "the first authority-signed issuer key set is applied",
+        vec![],
+        obj(ObjKind::Issuers, v1.clone()),
+        Expect::advanced(0, 1),
+        (1, &["issuer"]),
+    );
+    g.apply_issuers(
+        "apply-issuers-next",
+        "a set of version 2 adding alice's key replaces version 1",
+        one.clone(),
+        obj(ObjKind::Issuers, v2.clone()),
+        Expect::advanced(1, 2),
+        (2, both),
+    );
+    let v3_retired = g.issuers(3, NOW - 10, &["alice"]);
+    g.apply_issuers(
+        "apply-issuers-retire",
+        "a set of version 3 without the issuer key retires it",
+        two.clone(),
+        obj(ObjKind::Issuers, v3_retired),
+        Expect::advanced(2, 3),
+        (3, &["alice"]),
+    );
+    let v2_again = g.issuers(2, NOW - 5, &["alice", "issuer"]);
+    g.apply_issuers(
+        "apply-issuers-duplicate",
+        "version 2 signed again later, keys in another order: the same set, nothing changes",
+        two.clone(),
+        obj(ObjKind::Issuers, v2_again),
+        Expect::applied("ignored"),
+        (2, both),
+    );
+    g.apply_issuers(
+        "apply-issuers-rollback",
+        "a validly signed set of version 1 on version 2: never roll back (the retired state of a key cannot be undone)",
+        two.clone(),
+        obj(ObjKind::Issuers, v1.clone()),
+        Expect::rejected("apply", "rollback"),
+        (2, both),
+    );
+    let v2_fork = g.issuers(2, NOW - 5, &["issuer", "mallory"]);
+    g.apply_issuers(
+        "apply-issuers-equivocation",
+        "a validly signed set of the applied version 2 with other keys: equivocation",
+        two.clone(),
+        obj(ObjKind::Issuers, v2_fork),
+        Expect::rejected("apply", "equivocation"),
+        (2, both),
+    );
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&B64.decode(v2.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    payload["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::to_value(key("mallory").public().to_jwk()).unwrap());
+    payload["ver"] = 3.into();
+    let spliced = g.tamper(&v2, &serde_json::to_vec(&payload).unwrap());
+    g.apply_issuers(
+        "apply-issuers-spliced",
+        "the authority's set with mallory's key spliced into the payload, signature kept: refused",
+        one.clone(),
+        obj(ObjKind::Issuers, spliced),
+        Expect::rejected("verify", "bad_signature"),
+        (1, &["issuer"]),
+    );
+    let header = format!(
+        r#"{{"alg":"EdDSA","typ":"veto-issuers+jwt","kid":"{}"}}"#,
+        key("authority").kid()
+    );
+    let forged = g.raw(
+        &header,
+        &serde_json::to_vec(&payload).unwrap(),
+        "mallory",
+        "authority",
+        Typ::Issuers.as_str(),
+    );
+    g.apply_issuers(
+        "apply-issuers-forged",
+        "a set naming the authority's kid but signed with mallory's key",
+        one.clone(),
+        obj(ObjKind::Issuers, forged),
+        Expect::rejected("verify", "bad_signature"),
+        (1, &["issuer"]),
+    );
+    let untrusted = SrlSigner::new(key("mallory"), ISS);
+    let by_mallory = g.issuers_with(&untrusted, "mallory", 9, NOW - 5, &["mallory"]);
+    g.apply_issuers(
+        "apply-issuers-untrusted-key",
+        "a set validly signed by a key that is not the pinned authority key",
+        one.clone(),
+        obj(ObjKind::Issuers, by_mallory),
+        Expect::rejected("verify", "unknown_key"),
+        (1, &["issuer"]),
+    );
+    let other = SrlSigner::new(key("authority"), "https://other-registry.example");
+    let other_iss = g.issuers_with(&other, "authority", 2, NOW - 5, &["mallory"]);
+    g.apply_issuers(
+        "apply-issuers-wrong-iss",
+        "a set signed by the authority key for another registry's `iss`",
+        one.clone(),
+        obj(ObjKind::Issuers, other_iss),
+        Expect::rejected("verify", "wrong_issuer"),
+        (1, &["issuer"]),
+    );
+    let future = g.issuers(2, NOW + 6, both);
+    g.apply_issuers(
+        "apply-issuers-from-future",
+        "a set with iat now + 6 s, beyond the 5 s clock-skew allowance",
+        one.clone(),
+        obj(ObjKind::Issuers, future),
+        Expect::rejected("verify", "from_future"),
+        (1, &["issuer"]),
+    );
+    let cp = g.checkpoint(1, Head::ZERO, NOW - 5);
+    g.apply_issuers(
+        "apply-checkpoint-as-issuers",
+        "a validly signed checkpoint presented as an issuer key set: wrong `typ`",
+        one,
+        obj(ObjKind::Issuers, cp),
+        Expect::rejected("verify", "wrong_typ"),
+        (1, &["issuer"]),
+    );
 }
 
 fn obj(as_: ObjKind, jws: String) -> Obj {
@@ -1115,6 +1309,7 @@ fn generate() -> Vec<Vector> {
         Expect::applied("refreshed"),
         (2, h2),
     );
+    issuer_set_vectors(&mut g);
 
     g.vectors
 }
@@ -1170,9 +1365,17 @@ fn apply_error(e: &ApplyError) -> &'static str {
     }
 }
 
-/// Verifies `o` as what it is presented as, and applies it.
-fn apply(verifier: &SrlVerifier, state: &mut SrlState, o: &Obj, now: u64) -> Expect {
+/// Verifies `o` as what it is presented as, and applies it (an issuer key
+/// set to `issuers`, anything else to `state`).
+fn apply(
+    verifier: &SrlVerifier,
+    state: &mut SrlState,
+    issuers: &mut IssuerSet,
+    o: &Obj,
+    now: u64,
+) -> Expect {
     let applied = match o.as_ {
+        ObjKind::Issuers => verifier.issuers(&o.jws, now).map(|s| issuers.apply(s)),
         ObjKind::Delta => verifier.delta(&o.jws, now).map(|d| state.apply_delta(&d)),
         ObjKind::Checkpoint => verifier
             .checkpoint(&o.jws, now)
@@ -1253,8 +1456,9 @@ fn run(v: &Vector) {
             max_checkpoint_bytes: c.max_checkpoint_bytes,
         });
     let mut state = SrlState::new();
+    let mut issuers = IssuerSet::new();
     for (i, o) in v.setup.iter().enumerate() {
-        let got = apply(&verifier, &mut state, o, v.now);
+        let got = apply(&verifier, &mut state, &mut issuers, o, v.now);
         assert!(
             matches!(got.apply.as_deref(), Some("advanced" | "refreshed")),
             "{name}: setup object {i} did not apply: {got:?}"
@@ -1294,14 +1498,42 @@ fn run(v: &Vector) {
             }
         }
         Kind::Apply => {
-            let got = apply(&verifier, &mut state, v.input.as_ref().unwrap(), v.now);
+            let input = v.input.as_ref().unwrap();
+            let got = apply(&verifier, &mut state, &mut issuers, input, v.now);
             assert_eq!(got, v.expect, "{name}");
-            let want = v.expect_state.as_ref().unwrap();
-            assert_eq!(
-                (state.ver(), state.head().to_string()),
-                (want.ver, want.head.clone()),
-                "{name}: state after"
+            assert!(
+                v.expect_state.is_some() || v.expect_issuers.is_some(),
+                "{name}: expects nothing afterwards"
             );
+            if let Some(want) = &v.expect_state {
+                assert_eq!(
+                    (state.ver(), state.head().to_string()),
+                    (want.ver, want.head.clone()),
+                    "{name}: state after"
+                );
+            }
+            if let Some(want) = &v.expect_issuers {
+                let mut names: Vec<String> = issuers
+                    .keys()
+                    .map(|set| {
+                        set.keys()
+                            .iter()
+                            .map(|k| {
+                                keys.iter()
+                                    .find(|(_, p)| p.kid() == k.kid())
+                                    .map(|(n, _)| (*n).to_owned())
+                                    .unwrap_or_else(|| panic!("{name}: an unnamed key"))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                names.sort_unstable();
+                assert_eq!(
+                    (issuers.ver(), names),
+                    (Some(want.ver), want.keys.clone()),
+                    "{name}: issuer key set after"
+                );
+            }
         }
     }
 }
@@ -1328,15 +1560,16 @@ signature independently (Python `cryptography`). This README is generated too.
 | `iss` | the registry's `iss`: the authority of the list, and the root issuer |
 | `now` | the current time, Unix seconds |
 | `issuer_jwk` | the trusted issuer public key (signs roots), an RFC 8037 JWK with its RFC 7638 `kid` |
-| `authority_jwk` | the pinned authority public key (signs snapshots, deltas, checkpoints) |
+| `authority_jwk` | the pinned authority public key (signs snapshots, deltas, checkpoints, issuer key sets) |
 | `other_jwks` | other public keys by name: holders `alice`, `bob`, `carol`, and the attacker `mallory` |
 | `config` | `max_depth`, `skew` (s), `max_staleness` (s), `policy` (`fail-closed` or `fail-open`), `issuer` (required root `iss`, or null), and the size limits `max_snapshot_bytes`, `max_delta_bytes`, `max_checkpoint_bytes` |
-| `setup` | objects `{"as": "snapshot" \| "delta" \| "checkpoint", "jws": …}` verified (at `now`) and applied, in order, to an empty state (version 0); each must apply |
+| `setup` | objects `{"as": "snapshot" \| "delta" \| "checkpoint" \| "issuers", "jws": …}` verified (at `now`) and applied, in order, to an empty state (version 0) and no issuer key set; each must apply |
 | `token` | `check`: the chain `root~child~…~leaf`, compact JWS links |
 | `action` | `check`: the requested action |
 | `input` | `apply`: one object, as in `setup`, verified as what `as` says and applied |
 | `expect` | `check`: `{"decision": "allow", "stale": bool}` or `{"decision": "deny", "reason": R}` with R one of `malformed`, `revoked`, `expired`, `not_yet_valid`, `bad_signature`, `untrusted_issuer`, `chain_invalid`, `action_denied`, `stale`. `apply`: `{"apply": "advanced", "from": n, "to": m}`, `{"apply": "refreshed"}`, `{"apply": "ignored"}`, or `{"apply": "rejected", "stage": "verify" \| "apply", "error": E}` with E one of `too_large`, `malformed`, `alg`, `wrong_typ`, `unknown_key`, `bad_signature`, `payload`, `wrong_issuer`, `from_future` (verify) or `gap`, `rollback`, `equivocation`, `broken_chain` (apply) |
-| `expect_state` | `apply`: `{"ver", "head"}` of the state afterwards (a rejection leaves it unchanged) |
+| `expect_state` | `apply` of a snapshot, delta or checkpoint: `{"ver", "head"}` of the state afterwards (a rejection leaves it unchanged) |
+| `expect_issuers` | `apply` of an issuer key set (`veto-issuers+jwt`, payload `{iss, ver, iat, keys}`): `{"ver", "keys"}` of the applied set afterwards, its keys by name, sorted. A higher `ver` replaces the set; the applied `ver` with the same keys (any order) is `ignored`; with other keys `equivocation`; a lower `ver` `rollback` |
 | `signatures` | every JWS in the case: `{"jws", "typ" (the header's, `""` if none), "signer" (`issuer`, `authority` or a name in `other_jwks`: the key its `kid` names), "valid"}`. `valid: true` means it verifies as EdDSA with that key over `header.payload` as received, and `kid` is that key's thumbprint; `valid: false` (tampered, or forged by another key) means it does not verify with that key |
 
 Denial messages are not part of the contract; reasons and errors are.

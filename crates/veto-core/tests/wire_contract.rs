@@ -68,10 +68,15 @@ fn nats_names() {
         nats::checkpoint_msg_id(9, "h.p.s2"),
         "c-9-BJNSFbJAcSAHrdKOeXhhzw"
     );
+    assert_eq!(
+        nats::issuers_msg_id(3, "h.p.s3"),
+        "i-3-2FfwjOMIoSt6cX6oeYWm-g"
+    );
     assert_eq!(nats::STREAM, "VETO_SRL");
     assert_eq!(nats::SUBJECTS, "veto.srl.>");
     assert_eq!(nats::DELTA_SUBJECT, "veto.srl.delta");
     assert_eq!(nats::CHECKPOINT_SUBJECT, "veto.srl.checkpoint");
+    assert_eq!(nats::ISSUERS_SUBJECT, "veto.srl.issuers");
 }
 
 #[test]
@@ -80,8 +85,9 @@ fn event_kinds() {
         EventKind::Delta => "delta",
         EventKind::Checkpoint => "checkpoint",
         EventKind::Snapshot => "snapshot",
+        EventKind::Issuers => "issuers",
     };
-    assert_eq!(EventKind::ALL.len(), 3);
+    assert_eq!(EventKind::ALL.len(), 4);
     for k in EventKind::ALL {
         assert_eq!(k.as_str(), pinned(k));
         assert_eq!(k.to_string(), pinned(k));
@@ -94,6 +100,11 @@ fn event_kinds() {
         EventKind::of_subject("veto.srl.checkpoint"),
         Some(EventKind::Checkpoint)
     );
+    assert_eq!(
+        EventKind::of_subject("veto.srl.issuers"),
+        Some(EventKind::Issuers)
+    );
+    assert_eq!(EventKind::of_subject("veto.srl.snapshot"), None);
 }
 
 #[test]

@@ -1228,7 +1228,7 @@ async fn revoke_token(
 async fn issuer_set(State(api): State<Shared>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/jose")],
-        api.authority.issuer_set(),
+        api.authority.issuer_set().1,
     )
         .into_response()
 }

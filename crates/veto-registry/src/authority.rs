@@ -468,17 +468,29 @@ impl Authority {
     /// The issuer key set signed by the authority (DESIGN 3.5): the keys
     /// not retired, at a version that counts every key added and retired
     /// (the same at every replica, never going back).
-    pub(crate) fn issuer_set(&self) -> String {
+    pub(crate) fn issuer_set(&self) -> (u64, String) {
         let issuers = self.issuers.read().unwrap_or_else(|p| p.into_inner());
-        let retired = issuers.iter().filter(|k| k.retired_at.is_some()).count();
-        let ver = (issuers.len() + retired) as u64;
+        let ver = issuers_version(&issuers);
         let keys: Vec<PublicKey> = issuers
             .iter()
             .filter(|k| k.retired_at.is_none())
             .map(|k| k.key.public().clone())
             .collect();
         drop(issuers);
-        self.signer.issuers(ver, self.now(), &keys)
+        (ver, self.signer.issuers(ver, self.now(), &keys))
+    }
+
+    /// The version of the current issuer key set.
+    pub(crate) fn issuers_version(&self) -> u64 {
+        issuers_version(&self.issuers.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Pushes the current issuer key set to every subscriber (SSE) and
+    /// the bus relay (NATS).
+    fn announce_issuers(&self) {
+        let (ver, jws) = self.issuer_set();
+        tracing::info!(version = ver, "issuer key set changed; pushing it");
+        let _ = self.events.send(Event::issuers(ver, jws.into()));
     }
 
     /// Every named API token, as stored.
@@ -515,6 +527,7 @@ impl Authority {
                 added_at: now,
                 retired_at: None,
             });
+        self.announce_issuers();
         Ok(public)
     }
 
@@ -533,13 +546,24 @@ impl Authority {
         for k in issuers.iter_mut().filter(|k| k.key.kid() == kid) {
             k.retired_at = Some(now);
         }
+        drop(issuers);
+        self.announce_issuers();
         Ok(Some(now))
     }
 
-    /// Reads the issuer keys again (another replica may have changed them).
+    /// Reads the issuer keys again (another replica may have changed
+    /// them) and pushes the set when its version moved.
     pub(crate) async fn reload_issuers(&self) -> Result<(), RegistryError> {
         let keys = load_issuers(&self.store, &self.seal).await?;
-        *self.issuers.write().unwrap_or_else(|p| p.into_inner()) = keys;
+        let changed = {
+            let mut issuers = self.issuers.write().unwrap_or_else(|p| p.into_inner());
+            let changed = issuers_version(&issuers) != issuers_version(&keys);
+            *issuers = keys;
+            changed
+        };
+        if changed {
+            self.announce_issuers();
+        }
         Ok(())
     }
 
@@ -782,4 +806,11 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     );
     std::io::Write::write_all(&mut gz, bytes).expect("writing to a Vec cannot fail");
     gz.finish().expect("finishing into a Vec cannot fail")
+}
+
+/// The version of an issuer key set: every key ever added plus every key
+/// retired, the same at every replica and never going back.
+fn issuers_version(keys: &[IssuerKey]) -> u64 {
+    let retired = keys.iter().filter(|k| k.retired_at.is_some()).count();
+    (keys.len() + retired) as u64
 }

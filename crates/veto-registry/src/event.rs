@@ -29,32 +29,54 @@ pub(crate) enum Event {
         /// `event: checkpoint`.
         frame: Bytes,
     },
+    /// The authority-signed issuer key set, version `ver` (its own
+    /// numbering, not the revocation state's): sent when an issuer key is
+    /// added or retired, here or (learnt by reloading) on another replica.
+    Issuers {
+        /// The set's version.
+        ver: u64,
+        /// The compact JWS (`veto-issuers+jwt`).
+        jws: Arc<str>,
+        /// `event: issuers`, without an `id:`.
+        frame: Bytes,
+    },
 }
 
 impl Event {
     /// A delta event for the compact JWS `jws` of version `ver`.
     pub(crate) fn delta(ver: u64, jws: &str) -> Self {
-        let frame = sse_frame(EventKind::Delta, ver, jws);
+        let frame = sse_frame(EventKind::Delta, Some(ver), jws);
         Self::Delta { ver, frame }
     }
 
     /// A checkpoint event for the compact JWS `jws` of version `ver`.
     pub(crate) fn checkpoint(ver: u64, jws: Arc<str>) -> Self {
-        let frame = sse_frame(EventKind::Checkpoint, ver, &jws);
+        let frame = sse_frame(EventKind::Checkpoint, Some(ver), &jws);
         Self::Checkpoint { ver, jws, frame }
+    }
+
+    /// An issuer key set event for the compact JWS `jws` of set version
+    /// `ver`.
+    pub(crate) fn issuers(ver: u64, jws: Arc<str>) -> Self {
+        let frame = sse_frame(EventKind::Issuers, None, &jws);
+        Self::Issuers { ver, jws, frame }
     }
 }
 
 /// One server-sent event (WHATWG HTML, event stream format): `event:`,
-/// `id:` = the version, one `data:` line per line of `data` (a compact JWS
-/// has none), and the blank line that dispatches it.
-pub(crate) fn sse_frame(kind: EventKind, ver: u64, data: &str) -> Bytes {
+/// `id:` = the version when `id` is given (an event without one leaves the
+/// client's last event id as it was), one `data:` line per line of `data`
+/// (a compact JWS has none), and the blank line that dispatches it.
+pub(crate) fn sse_frame(kind: EventKind, id: Option<u64>, data: &str) -> Bytes {
     let mut out = String::with_capacity(data.len() + 48);
     out.push_str("event: ");
     out.push_str(kind.as_str());
-    out.push_str("\nid: ");
-    out.push_str(&ver.to_string());
     out.push('\n');
+    if let Some(ver) = id {
+        out.push_str("id: ");
+        out.push_str(&ver.to_string());
+        out.push('\n');
+    }
     for line in data.split('\n') {
         out.push_str("data: ");
         out.push_str(line.trim_end_matches('\r'));

@@ -51,8 +51,24 @@ impl EventStream {
         self.parser.last_id()
     }
 
-    /// The next event, or a panic after `timeout` or at the end of the stream.
+    /// The next event about the revocation state (a delta, checkpoint or
+    /// snapshot: issuer key set events, which come at the start of every
+    /// stream and on key changes, are skipped), or a panic after `timeout`
+    /// or at the end of the stream.
     pub async fn next(&mut self, timeout: Duration) -> veto_core::SseEvent {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let e = self.next_any(left).await;
+            if e.event != EventKind::Issuers.as_str() {
+                return e;
+            }
+        }
+    }
+
+    /// The next event of any kind, or a panic after `timeout` or at the
+    /// end of the stream.
+    pub async fn next_any(&mut self, timeout: Duration) -> veto_core::SseEvent {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(e) = self.ready.pop_front() {

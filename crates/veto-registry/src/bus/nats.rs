@@ -10,7 +10,8 @@
 //! yet marked is published again with the same id and the stream
 //! de-duplicates it. Every replica runs a relay; duplicates between them
 //! are de-duplicated the same way. Checkpoints follow on their subject,
-//! each after the outbox is drained, so none overtakes its delta.
+//! each after the outbox is drained, so none overtakes its delta; issuer
+//! key sets on theirs, at the start of each session and on every change.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,14 +19,14 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use tokio::sync::{broadcast, watch};
 use veto_bus::NatsSettings;
-use veto_core::wire::nats::{checkpoint_msg_id, delta_msg_id};
+use veto_core::wire::nats::{checkpoint_msg_id, delta_msg_id, issuers_msg_id};
 
 use crate::authority::Authority;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::store::StoreError;
 
-pub use veto_core::wire::nats::{CHECKPOINT_SUBJECT, DELTA_SUBJECT, STREAM};
+pub use veto_core::wire::nats::{CHECKPOINT_SUBJECT, DELTA_SUBJECT, ISSUERS_SUBJECT, STREAM};
 /// JetStream's de-duplication window for `Nats-Msg-Id`.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long the stream keeps messages (older clients catch up over HTTP).
@@ -81,7 +82,13 @@ pub(crate) async fn relay(
 /// window and max age to ours (the rest of its configuration is kept).
 /// Needs `$JS.API.STREAM.INFO.VETO_SRL`, `.CREATE.` and `.UPDATE.`.
 async fn ensure_stream(js: &jetstream::Context) -> Result<(), RelayError> {
-    let subjects = vec![DELTA_SUBJECT.to_owned(), CHECKPOINT_SUBJECT.to_owned()];
+    // Sorted, as the existing configuration is compared sorted.
+    let mut subjects = vec![
+        DELTA_SUBJECT.to_owned(),
+        CHECKPOINT_SUBJECT.to_owned(),
+        ISSUERS_SUBJECT.to_owned(),
+    ];
+    subjects.sort_unstable();
     let err = |e: &dyn std::fmt::Display| RelayError::Stream(e.to_string());
     match js.get_stream(STREAM).await {
         Ok(mut existing) => {
@@ -161,15 +168,30 @@ async fn session(
     metrics.bus_connected.set(1);
     tracing::info!(servers = bus.servers(), "NATS relay connected");
     let mut events = authority.subscribe();
+    // The issuer key set version last published: the current set goes out
+    // at the start of each session (it may have changed while the bus was
+    // away), on every change, and on the next tick after a missed one.
+    let mut issuers = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         drain(authority, metrics, &js).await?;
+        if issuers != Some(authority.issuers_version()) {
+            let (ver, jws) = authority.issuer_set();
+            let id = issuers_msg_id(ver, &jws);
+            publish(&js, ISSUERS_SUBJECT, "issuer key set", ver, id, &jws).await?;
+            issuers = Some(ver);
+        }
         tokio::select! {
             event = events.recv() => match event {
                 Ok(Event::Checkpoint { ver, jws, .. }) => {
                     drain(authority, metrics, &js).await?;
                     let id = checkpoint_msg_id(ver, &jws);
                     publish(&js, CHECKPOINT_SUBJECT, "checkpoint", ver, id, &jws).await?;
+                }
+                Ok(Event::Issuers { ver, jws, .. }) => {
+                    let id = issuers_msg_id(ver, &jws);
+                    publish(&js, ISSUERS_SUBJECT, "issuer key set", ver, id, &jws).await?;
+                    issuers = Some(ver);
                 }
                 Ok(Event::Delta { .. }) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),

@@ -1,7 +1,8 @@
 //! The SSE publisher (WHATWG HTML server-sent events): each subscriber
 //! resumes from its `Last-Event-ID` by a replay of the deltas it missed,
 //! in order (or a snapshot when they are gone), then hears a checkpoint,
-//! then live deltas and a checkpoint every heartbeat. A subscriber that
+//! then the issuer key set, then live deltas, a checkpoint every heartbeat
+//! and the issuer key set whenever it changes. A subscriber that
 //! falls behind the live buffer is sent a snapshot instead.
 //!
 //! Memory: each subscriber may have [`SUBSCRIBER_QUEUE_BYTES`] queued;
@@ -199,7 +200,7 @@ impl Sink {
         let snap = self.authority.snapshot().await;
         if let Some(snap) = snap.filter(|s| s.jws.len() <= MAX_SSE_SNAPSHOT_BYTES) {
             let text = std::str::from_utf8(&snap.jws).ok()?;
-            let event = sse_frame(EventKind::Snapshot, snap.ver, text);
+            let event = sse_frame(EventKind::Snapshot, Some(snap.ver), text);
             return self
                 .send(event, snap.jws.len(), None)
                 .await
@@ -212,7 +213,7 @@ impl Sink {
     /// budget, so a subscriber at the head always hears from the registry).
     async fn send_checkpoint(&self) -> Option<u64> {
         let (ver, jws) = self.authority.checkpoint();
-        self.send_shared(sse_frame(EventKind::Checkpoint, ver, &jws))
+        self.send_shared(sse_frame(EventKind::Checkpoint, Some(ver), &jws))
             .await
             .then_some(ver)
     }
@@ -255,7 +256,7 @@ impl Sink {
                 // Each event takes its part of the page's share along.
                 let part = jws.len().clamp(1, permit.num_permits().max(1));
                 let global = permit.split(part);
-                let frame = sse_frame(EventKind::Delta, ver, &jws);
+                let frame = sse_frame(EventKind::Delta, Some(ver), &jws);
                 if !self.send(frame, jws.len(), global).await {
                     return Replay::Closed;
                 }
@@ -301,8 +302,17 @@ async fn feed(
     let (ver, jws) = sink.authority.checkpoint();
     if ver >= sent
         && !sink
-            .send_shared(sse_frame(EventKind::Checkpoint, ver, &jws))
+            .send_shared(sse_frame(EventKind::Checkpoint, Some(ver), &jws))
             .await
+    {
+        return;
+    }
+    // The issuer key set, so a subscriber that missed a change while away
+    // has it at once (a few hundred bytes per key: no share of the budget).
+    let (_, issuers) = sink.authority.issuer_set();
+    if !sink
+        .send_shared(sse_frame(EventKind::Issuers, None, &issuers))
+        .await
     {
         return;
     }
@@ -320,6 +330,7 @@ async fn feed(
             Ok(Event::Checkpoint { ver, frame, .. }) if ver >= sent => {
                 sink.send_shared(frame).await
             }
+            Ok(Event::Issuers { frame, .. }) => sink.send_shared(frame).await,
             Ok(_) => true,
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 metrics.lagged_subscribers.inc();
