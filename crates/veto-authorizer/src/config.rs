@@ -1,9 +1,10 @@
 //! The authorizer's settings, and why it can refuse to start.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use veto_core::{CheckConfig, KeySet};
+use veto_core::{CheckConfig, KeySet, SigningKey};
 
 use crate::pop::PopConfig;
 use veto_tls::ClientTls;
@@ -82,6 +83,44 @@ pub struct Config {
     /// compiled-in webpki roots; build one with a private CA bundle with
     /// [`ClientTls::with_ca_file`] (`--ca-file`).
     pub tls: Option<ClientTls>,
+    /// Reports to the registry's fleet view (DESIGN 5), when set.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// How an authorizer reports to the registry's fleet view (DESIGN 5):
+/// signed `veto-report+jwt` reports of what it applied, at start, on
+/// every applied version (at most one per [`FleetConfig::min_gap`]) and
+/// every [`FleetConfig::interval`].
+#[derive(Clone, Debug)]
+pub struct FleetConfig {
+    /// The gateway's name (`[A-Za-z0-9._-]`, 1 to 64 characters).
+    pub name: String,
+    /// The gateway's own Ed25519 key; its RFC 7638 thumbprint is the
+    /// gateway's id.
+    pub key: Arc<SigningKey>,
+    /// The registry's fleet enrolment token: the key is enrolled with it
+    /// once at start (`None`: enrolled by an operator already).
+    pub enrol_token: Option<String>,
+    /// Seconds between reports when nothing changes (default 10 s); the
+    /// registry counts a gateway lost after three such intervals.
+    pub interval: Duration,
+    /// Least time between two reports (default 100 ms): a revocation storm
+    /// is not a report storm.
+    pub min_gap: Duration,
+}
+
+impl FleetConfig {
+    /// Reporting as `name` with `key`, enrolled with `enrol_token` if given;
+    /// default intervals.
+    pub fn new(name: impl Into<String>, key: Arc<SigningKey>, enrol_token: Option<String>) -> Self {
+        Self {
+            name: name.into(),
+            key,
+            enrol_token,
+            interval: Duration::from_secs(10),
+            min_gap: Duration::from_millis(100),
+        }
+    }
 }
 
 impl Config {
@@ -109,6 +148,7 @@ impl Config {
             request_timeout: Duration::from_secs(10),
             pop: PopConfig::default(),
             tls: None,
+            fleet: None,
         }
     }
 }
@@ -126,6 +166,9 @@ pub enum StartError {
     /// fix: its certificate is not trusted, or it refused the credentials.
     #[error(transparent)]
     Bus(veto_bus::ConnectError),
+    /// The fleet settings are unusable.
+    #[error("fleet: {0}")]
+    Fleet(String),
     /// The registry URL is not one this build can reach.
     #[error("registry URL `{url}`: {reason}")]
     RegistryUrl {

@@ -29,6 +29,7 @@
 
 mod cache;
 mod config;
+mod fleet;
 mod incoming;
 mod layer;
 mod metrics;
@@ -43,7 +44,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use veto_core::{Clock, Decision, KeySet, SystemClock, VerifiedChain};
 
-pub use config::{check_registry_url, Config, Issuers, Push, StartError};
+pub use config::{check_registry_url, Config, FleetConfig, Issuers, Push, StartError};
 pub use layer::{
     action_for, bad_target_response, challenge, credential, deny_response, http_status,
     request_htu, request_target, AuthorizeLayer, AuthorizeService, Challenge, Verified,
@@ -83,6 +84,10 @@ impl Authorizer {
             return Err(StartError::NoAuthorityKey);
         }
         check_registry_url(&config.registry)?;
+        if let Some(fleet) = &config.fleet {
+            veto_core::report::check_name(&fleet.name)
+                .map_err(|e| StartError::Fleet(e.to_string()))?;
+        }
         let http = sync::client(&config, true)?;
         let first_bus = match &config.push {
             Push::Nats(bus) => sync::first_connect(bus).await.map_err(StartError::Bus)?,

@@ -39,4 +39,6 @@ pub struct Status {
     pub push_connected: bool,
     /// Revoked entries known.
     pub entries: usize,
+    /// The last sync error, until a verified object applies again.
+    pub last_error: Option<String>,
 }

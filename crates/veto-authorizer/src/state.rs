@@ -64,6 +64,8 @@ pub(crate) struct State {
     push_connected: AtomicBool,
     /// The applied signed issuer key set.
     issuer_set: Mutex<IssuerSet>,
+    /// The last sync error, until a verified object applies again.
+    last_error: Mutex<Option<String>>,
 }
 
 impl State {
@@ -94,6 +96,7 @@ impl State {
             gap_to: AtomicU64::new(0),
             push_connected: AtomicBool::new(false),
             issuer_set: Mutex::new(IssuerSet::new()),
+            last_error: Mutex::new(None),
         }
     }
 
@@ -231,6 +234,7 @@ impl State {
         match result {
             Ok(Applied::Ignored) => {}
             Ok(applied) => {
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 // Signed objects are kept only to be written to the disk
                 // cache; recorded under the apply lock, in applied order.
                 if let Some(disk) = &self.disk {
@@ -357,6 +361,11 @@ impl State {
         self.catch_up.notified()
     }
 
+    /// Records a sync error (kept until a verified object applies).
+    pub fn record_error(&self, error: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+    }
+
     pub fn set_push_connected(&self, connected: bool) {
         self.push_connected.store(connected, Ordering::Relaxed);
     }
@@ -375,6 +384,11 @@ impl State {
             age: st.age(now),
             push_connected: self.push_connected.load(Ordering::Relaxed),
             entries: st.set().len(),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 

@@ -158,6 +158,18 @@ impl Syncer {
             }
             Push::Off => {}
         }
+        if let Some(fleet) = &self.config.fleet {
+            let reporter = crate::fleet::Reporter {
+                fleet: fleet.clone(),
+                registry: self.config.registry.clone(),
+                iss: self.config.iss.clone(),
+                push: crate::fleet::push_name(&self.config.push),
+                policy: crate::fleet::policy_name(self.config.check.policy),
+                state: self.state.clone(),
+                http: self.http.clone(),
+            };
+            tokio::spawn(reporter.run(self.shutdown.subscribe()));
+        }
         if let Some(disk) = self.disk.clone() {
             let stop = self.shutdown.subscribe();
             tokio::spawn(async move { disk.run(stop).await });
@@ -206,6 +218,7 @@ impl SyncError {
 }
 
 fn count(sync: &Syncer, e: &SyncError) {
+    sync.state.record_error(e.to_string());
     let metrics = sync.state.metrics();
     metrics.sync_error(e.kind());
     if let SyncError::Invalid(err) = e {

@@ -24,6 +24,8 @@ pub enum Typ {
     Dpop,
     /// The trusted issuer keys, `veto-issuers+jwt` (DESIGN 3.5).
     Issuers,
+    /// A gateway's report of what it applied, `veto-report+jwt` (DESIGN 5).
+    Report,
 }
 
 impl Typ {
@@ -36,6 +38,7 @@ impl Typ {
             Typ::Checkpoint => "veto-srl-checkpoint+jwt",
             Typ::Dpop => "dpop+jwt",
             Typ::Issuers => "veto-issuers+jwt",
+            Typ::Report => "veto-report+jwt",
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod jws;
 pub mod keyfile;
 mod keys;
 mod reason;
+pub mod report;
 mod set;
 pub mod srl;
 mod sse;

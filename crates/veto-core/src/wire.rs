@@ -26,6 +26,16 @@ pub mod path {
     pub const REVOCATIONS_DELEGATED: &str = "/v1/revocations/delegated";
     /// `POST` (bootstrap admin): create a named API token; `GET`: list them.
     pub const TOKENS: &str = "/v1/tokens";
+    /// `GET` (scope `fleet`): every enrolled gateway and what it applied.
+    pub const FLEET: &str = "/v1/fleet";
+    /// `POST` (an enrolled gateway, signed `veto-report+jwt`): a report.
+    pub const FLEET_REPORTS: &str = "/v1/fleet/reports";
+    /// `POST` (the fleet enrolment token, or scope `fleet`): enrol a
+    /// gateway key; `DELETE {FLEET_GATEWAYS}/{id}` (scope `fleet`) removes it.
+    pub const FLEET_GATEWAYS: &str = "/v1/fleet/gateways";
+    /// `GET {FLEET_VERSIONS}/{N}` (scope `fleet`): when each gateway applied
+    /// version N.
+    pub const FLEET_VERSIONS: &str = "/v1/fleet/versions";
     /// `POST` (admin): mint a root warrant.
     pub const WARRANTS: &str = "/v1/warrants";
     /// `GET`/`POST` (admin): issuer keys; `DELETE {ISSUER_KEYS}/{kid}` retires one.
@@ -298,6 +308,17 @@ error_codes! {
     InvalidScope => "invalid_scope",
     /// A token of that name exists (live or revoked).
     NameTaken => "name_taken",
+    /// A gateway report that is not a valid `veto-report+jwt` for this
+    /// registry now (malformed, forged, other audience, out of time).
+    InvalidReport => "invalid_report",
+    /// A report from a key no gateway is enrolled with (or was removed).
+    NotEnrolled => "not_enrolled",
+    /// A report no newer (by `iat`, `seq`) than one already accepted.
+    StaleReport => "stale_report",
+    /// A gateway key that is not an Ed25519 public JWK.
+    InvalidGatewayKey => "invalid_gateway_key",
+    /// That gateway key is enrolled already (under the name given).
+    AlreadyEnrolled => "already_enrolled",
 }
 
 impl fmt::Display for ErrorCode {

@@ -437,6 +437,8 @@ fn exercise(s: &str) {
     let _ = PublicKey::from_jwk_json(s);
     let _ = SigningKey::from_jwk_json(s);
     let _ = Pattern::parse(s);
+    let _ = veto_core::report::kid(s);
+    let _ = veto_core::report::verify(s, w.signer.key().public(), ISS, NOW, 60);
 }
 
 /// Applies `s` as each signed object it verifies as, to the world's state,
@@ -761,6 +763,10 @@ fn signed_object() -> impl Strategy<Value = String> {
                 "act": [head], "iss": ISS}),
             Typ::Dpop => serde_json::json!({"jti": head, "htm": "GET", "htu": "http://h/", "iat": iat, "ath": head}),
             Typ::Issuers => serde_json::json!({"iss": ISS, "ver": ver, "iat": iat, "keys": []}),
+            Typ::Report => serde_json::json!({"aud": ISS, "name": "gw", "iat": iat, "seq": ver,
+                "ver": ver, "head": head, "fresh": true, "staleness_s": exp, "push": "sse",
+                "push_connected": true, "policy": "fail-closed", "error": null,
+                "interval_s": 10, "veto": "0"}),
         };
         if let (Value::Object(v), Some(Value::Object(extra))) = (&mut v, extra) {
             v.extend(extra.into_iter().take(1));

@@ -26,6 +26,10 @@ fn paths() {
         (path::REVOCATIONS_DELEGATED, "/v1/revocations/delegated"),
         (path::WARRANTS, "/v1/warrants"),
         (path::TOKENS, "/v1/tokens"),
+        (path::FLEET, "/v1/fleet"),
+        (path::FLEET_REPORTS, "/v1/fleet/reports"),
+        (path::FLEET_GATEWAYS, "/v1/fleet/gateways"),
+        (path::FLEET_VERSIONS, "/v1/fleet/versions"),
         (path::ISSUER_KEYS, "/v1/issuer-keys"),
         (path::AUTHORITY, "/v1/authority"),
         (path::JWKS, "/.well-known/jwks.json"),
@@ -162,9 +166,14 @@ fn error_codes() {
         ErrorCode::InvalidName => "invalid_name",
         ErrorCode::InvalidScope => "invalid_scope",
         ErrorCode::NameTaken => "name_taken",
+        ErrorCode::InvalidReport => "invalid_report",
+        ErrorCode::NotEnrolled => "not_enrolled",
+        ErrorCode::StaleReport => "stale_report",
+        ErrorCode::InvalidGatewayKey => "invalid_gateway_key",
+        ErrorCode::AlreadyEnrolled => "already_enrolled",
     };
     // `ALL` lists every variant once (the match above has one arm each).
-    assert_eq!(ErrorCode::ALL.len(), 52);
+    assert_eq!(ErrorCode::ALL.len(), 57);
     let mut seen = std::collections::HashSet::new();
     for &c in ErrorCode::ALL {
         assert!(seen.insert(c), "{c:?} twice in ALL");

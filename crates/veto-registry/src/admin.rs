@@ -32,22 +32,42 @@ impl AdminToken {
     /// `<data_dir>/admin.token`, generated there (mode 0600) on first
     /// start. Either is held to [`check_admin_token`].
     pub(crate) fn load(config: &Config) -> Result<Self, RegistryError> {
-        let (token, path) = match &config.admin_token {
+        Self::load_secret(
+            config.admin_token.as_deref(),
+            "VETO_ADMIN_TOKEN",
+            &config.data_dir.join("admin.token"),
+        )
+    }
+
+    /// The fleet enrolment token (`VETO_FLEET_TOKEN`), or the one in
+    /// `<data_dir>/fleet.token`, generated there (mode 0600) on first
+    /// start; held to [`check_admin_token`] like the admin token.
+    pub(crate) fn load_fleet(config: &Config) -> Result<Self, RegistryError> {
+        Self::load_secret(
+            config.fleet_token.as_deref(),
+            "VETO_FLEET_TOKEN",
+            &config.data_dir.join("fleet.token"),
+        )
+    }
+
+    /// `given` (from the variable `var`), or the token in `file`,
+    /// generated there (mode 0600) when it does not exist.
+    fn load_secret(given: Option<&str>, var: &str, file: &Path) -> Result<Self, RegistryError> {
+        let (token, path) = match given {
             Some(t) => {
-                check_admin_token(t, "VETO_ADMIN_TOKEN")?;
-                (t.clone(), None)
+                check_admin_token(t, var)?;
+                (t.to_owned(), None)
             }
             None => {
-                let path = config.data_dir.join("admin.token");
-                if !path.exists() {
-                    keyfile::write_new(&path, random_token()?.as_bytes(), true)?;
+                if !file.exists() {
+                    keyfile::write_new(file, random_token()?.as_bytes(), true)?;
                 }
-                let t = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+                let t = std::fs::read_to_string(file).map_err(io_err(file))?;
                 let t = t.trim().to_owned();
                 // A file written by hand is held to the same rule; the path
                 // goes to the operator only, never to a client.
-                check_admin_token(&t, &format!("in `{}`", path.display()))?;
-                (t, Some(path))
+                check_admin_token(&t, &format!("in `{}`", file.display()))?;
+                (t, Some(file.to_path_buf()))
             }
         };
         Ok(Self {

@@ -26,10 +26,11 @@ use crate::authority::{Authority, MintFailed, RevokeFailed};
 use crate::budget::ClientBudget;
 use crate::bus::sse::{SseHub, TooManySubscribers};
 use crate::error::RegistryError;
+use crate::fleet::{Fleet, GatewayState, GatewayView};
 use crate::holder::HolderGate;
 use crate::metrics::Metrics;
 use crate::refusal::{bad, err, Refusal};
-use crate::store::{AuditFilter, NewEntry, StoreError, Unwritable};
+use crate::store::{AuditFilter, GatewayRow, NewEntry, ReportRow, StoreError, Unwritable};
 
 /// Largest request body.
 pub const MAX_BODY: usize = 1 << 20;
@@ -62,18 +63,23 @@ pub(crate) struct Api {
     scheme: &'static str,
     /// The live named API tokens.
     tokens: Arc<Tokens>,
+    /// The enrolment token, enrolled gateway keys and commit times.
+    fleet: Arc<Fleet>,
 }
 
 impl Api {
+    /// The API over `authority`; `access` is who may use the admin API
+    /// (the bootstrap token and the named tokens).
     pub(crate) fn new(
         authority: Arc<Authority>,
-        admin: AdminToken,
+        access: (AdminToken, Arc<Tokens>),
         budget: ClientBudget,
         metrics: Arc<Metrics>,
         sse: SseHub,
         scheme: &'static str,
-        tokens: Arc<Tokens>,
+        fleet: Arc<Fleet>,
     ) -> Self {
+        let (admin, tokens) = access;
         Self {
             authority,
             admin,
@@ -83,6 +89,7 @@ impl Api {
             holders: HolderGate::new(),
             scheme,
             tokens,
+            fleet,
         }
     }
 
@@ -242,10 +249,21 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         )
         .route(path::TOKENS, post(create_token).get(list_tokens))
         .route(&format!("{}/{{name}}", path::TOKENS), delete(revoke_token))
+        .route(path::FLEET, get(fleet))
+        .route(
+            &format!("{}/{{id}}", path::FLEET_GATEWAYS),
+            delete(remove_gateway),
+        )
+        .route(
+            &format!("{}/{{ver}}", path::FLEET_VERSIONS),
+            get(fleet_version),
+        )
         .route_layer(middleware::from_fn_with_state(api.clone(), require_admin));
     Router::new()
         .merge(admin)
         .route(path::REVOCATIONS_DELEGATED, post(revoke_delegated))
+        .route(path::FLEET_GATEWAYS, post(enrol_gateway))
+        .route(path::FLEET_REPORTS, post(fleet_report))
         .route(path::SRL, get(snapshot))
         .route(path::SRL_DELTAS, get(deltas))
         .route(path::SRL_CHECKPOINT, get(checkpoint))
@@ -1231,4 +1249,328 @@ async fn issuer_set(State(api): State<Shared>) -> Response {
         api.authority.issuer_set().1,
     )
         .into_response()
+}
+
+// ---------------------------------------------------------------------
+// The fleet (DESIGN 5): enrolment, reports, the fleet view.
+
+/// The bearer token of a request, if it sent exactly one well-formed one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let v = v.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// `POST /v1/fleet/gateways` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrolRequest {
+    name: String,
+    key: Jwk,
+}
+
+/// `POST /v1/fleet/gateways`: enrols a gateway key, with the fleet
+/// enrolment token or an admin token that has the `fleet` scope.
+async fn enrol_gateway(
+    State(api): State<Shared>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<EnrolRequest>,
+) -> Result<Response, Refusal> {
+    let actor = match bearer(&headers) {
+        Some(t) if api.fleet.is_enrolment_token(t) => "fleet-token".to_owned(),
+        Some(t) if api.admin.matches(t) => Principal::bootstrap().name,
+        Some(t) => match api.tokens.find(t) {
+            Some(p) => {
+                api.need(&p, Scope::Fleet)?;
+                p.name
+            }
+            None => {
+                return Err(api.refuse(err(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::Unauthorized,
+                    "wrong token: enrol with the registry's fleet token (`<data-dir>/fleet.token`) or an admin token with the `fleet` scope",
+                )))
+            }
+        },
+        None => {
+            return Err(api.refuse(err(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "missing token: send `Authorization: Bearer <fleet token>`",
+            )))
+        }
+    };
+    veto_core::report::check_name(&req.name)
+        .map_err(|e| api.refuse(bad(ErrorCode::InvalidName, e.to_string())))?;
+    if req.key.d.is_some() {
+        return Err(api.refuse(bad(
+            ErrorCode::InvalidGatewayKey,
+            "`key` holds a private key (`d`): send the public half only",
+        )));
+    }
+    let key = PublicKey::from_jwk(&req.key).map_err(|e| {
+        api.refuse(bad(
+            ErrorCode::InvalidGatewayKey,
+            format!("`key` is not an Ed25519 public JWK: {e}"),
+        ))
+    })?;
+    let row = GatewayRow {
+        id: key.kid().to_owned(),
+        name: req.name.clone(),
+        public_jwk: key.to_jwk().to_json(),
+        enrolled_at: api.authority.now(),
+        removed_at: None,
+    };
+    let added = api
+        .authority
+        .enrol_gateway(&row, &actor)
+        .await
+        .map_err(|e| api.refuse(unavailable(e)))?;
+    if !added {
+        return Err(api.refuse(err(
+            StatusCode::CONFLICT,
+            ErrorCode::AlreadyEnrolled,
+            format!("the key `{}` is enrolled already", row.id),
+        )));
+    }
+    if let Ok(rows) = api.authority.gateways().await {
+        api.fleet.load(&rows);
+    }
+    tracing::info!(id = %row.id, name = %row.name, %actor, "gateway enrolled");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": row.id, "name": row.name})),
+    )
+        .into_response())
+}
+
+/// `DELETE /v1/fleet/gateways/{id}` (scope `fleet`): its reports are
+/// refused from now on.
+async fn remove_gateway(
+    State(api): State<Shared>,
+    Extension(principal): Extension<Principal>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, Refusal> {
+    api.need(&principal, Scope::Fleet)?;
+    let removed = api
+        .authority
+        .remove_gateway(&id, &principal.name)
+        .await
+        .map_err(|e| api.refuse(unavailable(e)))?;
+    if !removed {
+        return Err(api.refuse(err(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("no enrolled gateway `{id}`"),
+        )));
+    }
+    if let Ok(rows) = api.authority.gateways().await {
+        api.fleet.load(&rows);
+    }
+    Ok(Json(json!({"id": id, "removed": true})).into_response())
+}
+
+/// `POST /v1/fleet/reports`: a gateway's signed report (`application/jose`).
+async fn fleet_report(
+    State(api): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let refuse = |status: StatusCode, code: ErrorCode, message: String| {
+        api.metrics.report_refused(code);
+        api.refuse(err(status, code, message))
+    };
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !ctype.eq_ignore_ascii_case("application/jose") {
+        return Err(refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::UnsupportedMediaType,
+            "a report is a compact JWS sent as `Content-Type: application/jose`".into(),
+        ));
+    }
+    if body.len() > veto_core::report::MAX_REPORT_BYTES {
+        return Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::BodyTooLarge,
+            format!(
+                "a report is at most {} bytes",
+                veto_core::report::MAX_REPORT_BYTES
+            ),
+        ));
+    }
+    let token = std::str::from_utf8(&body).map_err(|_| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidReport,
+            "the report is not UTF-8".into(),
+        )
+    })?;
+    let token = token.trim();
+    let kid = veto_core::report::kid(token).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidReport,
+            e.to_string(),
+        )
+    })?;
+    let mut key = api.fleet.key(&kid);
+    if key.is_none() && api.fleet.may_reload() {
+        // Enrolled at another replica since the last read.
+        let rows = api
+            .authority
+            .gateways()
+            .await
+            .map_err(|e| api.refuse(unavailable(e)))?;
+        api.fleet.load(&rows);
+        key = api.fleet.key(&kid);
+    }
+    let Some(key) = key else {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            ErrorCode::NotEnrolled,
+            format!("no gateway is enrolled with the key `{kid}`: enrol it first (veto proxy --fleet-token-file, or veto fleet enrol)"),
+        ));
+    };
+    let payload = crate::fleet::verify(token, &key, api.authority.iss(), api.authority.now())
+        .map_err(|e| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidReport,
+                e.to_string(),
+            )
+        })?;
+    let row = ReportRow {
+        id: kid,
+        iat: payload.iat,
+        seq: payload.seq,
+        received_ms: crate::fleet::now_ms(),
+        ver: payload.ver,
+        report: serde_json::to_string(&payload).unwrap_or_default(),
+    };
+    let fresh = api
+        .authority
+        .record_report(&row)
+        .await
+        .map_err(|e| api.refuse(unavailable(e)))?;
+    if !fresh {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            ErrorCode::StaleReport,
+            format!(
+                "a report no newer than one already accepted (iat {}, seq {}), or from a removed gateway",
+                row.iat, row.seq
+            ),
+        ));
+    }
+    api.metrics.fleet_reports.inc();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Reads the fleet view now, and sets the fleet gauges from it.
+async fn read_fleet(api: &Api) -> Result<(u64, Vec<GatewayView>), Refusal> {
+    let head = api.authority.version();
+    let gateways = api
+        .authority
+        .gateways()
+        .await
+        .map_err(|e| api.refuse(unavailable(e)))?;
+    let reports = api
+        .authority
+        .reports()
+        .await
+        .map_err(|e| api.refuse(unavailable(e)))?;
+    let view = crate::fleet::view(&gateways, &reports, head, crate::fleet::now_ms());
+    for state in GatewayState::ALL {
+        let n = view.iter().filter(|g| g.state == state).count();
+        api.metrics
+            .fleet_gateways
+            .get_or_create(&crate::metrics::StateLabel {
+                state: state.as_str().into(),
+            })
+            .set(n as i64);
+    }
+    let lag = view
+        .iter()
+        .filter(|g| g.state != GatewayState::Lost)
+        .filter_map(|g| g.lag)
+        .max()
+        .unwrap_or(0);
+    api.metrics.fleet_max_lag.set(lag as i64);
+    Ok((head, view))
+}
+
+/// `GET /v1/fleet` (scope `fleet`): every enrolled gateway.
+async fn fleet(
+    State(api): State<Shared>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, Refusal> {
+    api.need(&principal, Scope::Fleet)?;
+    let (head, gateways) = read_fleet(&api).await?;
+    Ok(Json(json!({"head": head, "gateways": gateways})).into_response())
+}
+
+/// `GET /v1/fleet/versions/{N}` (scope `fleet`): when each gateway was
+/// first heard to have applied version N (or a later one).
+async fn fleet_version(
+    State(api): State<Shared>,
+    Extension(principal): Extension<Principal>,
+    axum::extract::Path(ver): axum::extract::Path<String>,
+) -> Result<Response, Refusal> {
+    api.need(&principal, Scope::Fleet)?;
+    let ver: u64 = ver.parse().map_err(|_| {
+        api.refuse(bad(
+            ErrorCode::InvalidSince,
+            format!("`{ver}` is not a version (a non-negative integer)"),
+        ))
+    })?;
+    let (head, gateways) = read_fleet(&api).await?;
+    if ver == 0 || ver > head {
+        return Err(api.refuse(err(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("version {ver} does not exist (the head is {head})"),
+        )));
+    }
+    let applied: std::collections::HashMap<String, u64> = api
+        .authority
+        .applied_since(ver)
+        .await
+        .map_err(|e| api.refuse(unavailable(e)))?
+        .into_iter()
+        .collect();
+    let committed = api.fleet.commit_time(ver);
+    let rows: Vec<_> = gateways
+        .iter()
+        .map(|g| {
+            let at = applied.get(&g.id).copied();
+            json!({
+                "id": g.id,
+                "name": g.name,
+                "state": g.state,
+                "applied_ms": at,
+                "after_ms": at.zip(committed).map(|(a, c)| a.saturating_sub(c)),
+            })
+        })
+        .collect();
+    let enforced = rows.iter().filter(|r| !r["applied_ms"].is_null()).count();
+    let last = rows.iter().filter_map(|r| r["after_ms"].as_u64()).max();
+    Ok(Json(json!({
+        "version": ver,
+        "committed_ms": committed,
+        "enforced": enforced,
+        "of": rows.len(),
+        "last_after_ms": if enforced == rows.len() { last } else { None },
+        "gateways": rows,
+    }))
+    .into_response())
 }

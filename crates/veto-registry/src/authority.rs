@@ -26,8 +26,8 @@ use crate::event::Event;
 use crate::metrics::{KindReason, Metrics};
 use crate::seal::Seal;
 use crate::store::{
-    AuditFilter, AuditRecord, Committed, Loaded, NewEntry, PgStore, SqliteStore, Store, StoreError,
-    TokenRow, Unwritable,
+    AuditFilter, AuditRecord, Committed, GatewayRow, Loaded, NewEntry, PgStore, ReportRow,
+    SqliteStore, Store, StoreError, TokenRow, Unwritable,
 };
 
 /// Most expired entries one pruning version removes.
@@ -491,6 +491,48 @@ impl Authority {
         let (ver, jws) = self.issuer_set();
         tracing::info!(version = ver, "issuer key set changed; pushing it");
         let _ = self.events.send(Event::issuers(ver, jws.into()));
+    }
+
+    /// Every enrolled gateway, removed ones included.
+    pub(crate) async fn gateways(&self) -> Result<Vec<GatewayRow>, StoreError> {
+        self.store.gateways().await
+    }
+
+    /// Enrols a gateway (audited as `actor`); false when its key is
+    /// enrolled already.
+    pub(crate) async fn enrol_gateway(
+        &self,
+        row: &GatewayRow,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        self.store.enrol_gateway(row, actor).await
+    }
+
+    /// Removes a gateway (audited as `actor`); false when no live one has
+    /// that id.
+    pub(crate) async fn remove_gateway(&self, id: &str, actor: &str) -> Result<bool, StoreError> {
+        self.store.remove_gateway(id, self.now(), actor).await
+    }
+
+    /// Keeps a gateway's report; false when it is not newer than the last.
+    pub(crate) async fn record_report(&self, row: &ReportRow) -> Result<bool, StoreError> {
+        self.store.record_report(row).await
+    }
+
+    /// Every gateway's newest report.
+    pub(crate) async fn reports(&self) -> Result<Vec<ReportRow>, StoreError> {
+        self.store.reports().await
+    }
+
+    /// Per gateway, when it was first heard to have applied `ver` or later
+    /// (Unix milliseconds).
+    pub(crate) async fn applied_since(&self, ver: u64) -> Result<Vec<(String, u64)>, StoreError> {
+        self.store.applied_since(ver).await
+    }
+
+    /// Forgets application times older than `before_ms`.
+    pub(crate) async fn prune_applied(&self, before_ms: u64) -> Result<u64, StoreError> {
+        self.store.prune_applied(before_ms).await
     }
 
     /// Every named API token, as stored.

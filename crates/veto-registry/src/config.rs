@@ -20,6 +20,9 @@ pub struct Config {
     pub prune_interval: Duration,
     /// The admin token; generated into the data directory when absent.
     pub admin_token: Option<String>,
+    /// The fleet enrolment token gateways enrol their keys with;
+    /// generated into `<data_dir>/fleet.token` when absent.
+    pub fleet_token: Option<String>,
     /// The authority key file; default `<data_dir>/authority.jwk`, created
     /// on first start.
     pub authority_key: Option<PathBuf>,
@@ -58,6 +61,7 @@ impl Config {
             retention: 100_000,
             prune_interval: Duration::from_secs(60),
             admin_token: None,
+            fleet_token: None,
             authority_key: None,
             max_subscribers: 10_000,
             subscriber_timeout: Duration::from_secs(30),

@@ -41,6 +41,7 @@ mod bus;
 mod config;
 mod error;
 mod event;
+mod fleet;
 mod holder;
 mod metrics;
 mod refusal;
@@ -85,6 +86,8 @@ struct Parts {
     config: Config,
     authority: Arc<Authority>,
     admin: AdminToken,
+    /// The fleet enrolment token.
+    fleet_token: AdminToken,
     metrics: Arc<Metrics>,
     /// The writer's queue, taken by the one [`Registry::serve`].
     write_rx: Mutex<Option<mpsc::Receiver<WriteJob>>>,
@@ -114,9 +117,11 @@ impl Registry {
         let metrics = Arc::new(Metrics::new());
         let (authority, write_rx) = Authority::open(&config, clock, metrics.clone()).await?;
         let admin = AdminToken::load(&config)?;
+        let fleet_token = AdminToken::load_fleet(&config)?;
         Ok(Self {
             inner: Arc::new(Parts {
                 admin,
+                fleet_token,
                 authority: Arc::new(authority),
                 metrics,
                 write_rx: Mutex::new(Some(write_rx)),
@@ -138,6 +143,12 @@ impl Registry {
     /// Where the admin token is, when it was generated into a file.
     pub fn admin_token_path(&self) -> Option<&Path> {
         self.inner.admin.path()
+    }
+
+    /// Where the fleet enrolment token is, when it was generated into a
+    /// file.
+    pub fn fleet_token_path(&self) -> Option<&Path> {
+        self.inner.fleet_token.path()
     }
 
     /// The newest committed version.
@@ -204,9 +215,37 @@ impl Registry {
                 }
             });
         }
+        // The fleet: enrolled keys now (then on a miss, at most once a
+        // second), commit times as versions are pushed, and the per-version
+        // application times pruned to their window every hour.
+        let fleet = Arc::new(fleet::Fleet::new(parts.fleet_token.clone()));
+        fleet.load(&authority.gateways().await?);
+        {
+            let (fleet, authority, mut stop) = (fleet.clone(), authority.clone(), stop_rx.clone());
+            let mut events = authority.subscribe();
+            tokio::spawn(async move {
+                let mut prune = tokio::time::interval(std::time::Duration::from_secs(3600));
+                loop {
+                    tokio::select! {
+                        e = events.recv() => match e {
+                            Ok(event::Event::Delta { ver, .. }) => fleet.committed(ver, fleet::now_ms()),
+                            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                        },
+                        _ = prune.tick() => {
+                            let before = fleet::now_ms().saturating_sub(fleet::HISTORY.as_millis() as u64);
+                            if let Err(e) = authority.prune_applied(before).await {
+                                tracing::warn!(error = %e, "pruning the fleet's application times failed; will retry");
+                            }
+                        }
+                        _ = stop.changed() => break,
+                    }
+                }
+            });
+        }
         let api = api::Api::new(
             authority.clone(),
-            parts.admin.clone(),
+            (parts.admin.clone(), tokens),
             budget,
             parts.metrics.clone(),
             sse,
@@ -215,7 +254,7 @@ impl Registry {
             } else {
                 "http"
             },
-            tokens,
+            fleet,
         );
         let app = api::router(Arc::new(api));
         let limits = stall::ConnLimits {

@@ -18,6 +18,11 @@ pub(crate) struct Code {
     pub code: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StateLabel {
+    pub state: String,
+}
+
 pub(crate) struct Metrics {
     registry: Registry,
     pub version: Gauge,
@@ -38,6 +43,14 @@ pub(crate) struct Metrics {
     pub outbox: Gauge,
     /// Bytes of the client budget in use (set when scraped).
     pub client_buffer_bytes: Gauge,
+    /// Gateway reports accepted.
+    pub fleet_reports: Counter,
+    /// Gateway reports refused, by error code.
+    pub fleet_refused: Family<Code, Counter>,
+    /// Enrolled gateways by state (`live`, `stale`, `lost`).
+    pub fleet_gateways: Family<StateLabel, Gauge>,
+    /// The largest version lag of a live or stale gateway.
+    pub fleet_max_lag: Gauge,
 }
 
 impl Metrics {
@@ -61,6 +74,10 @@ impl Metrics {
             bus_errors: Counter::default(),
             outbox: Gauge::default(),
             client_buffer_bytes: Gauge::default(),
+            fleet_reports: Counter::default(),
+            fleet_refused: Family::default(),
+            fleet_gateways: Family::default(),
+            fleet_max_lag: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("version", "Newest committed version", m.version.clone());
@@ -140,7 +157,36 @@ impl Metrics {
             "Bytes of deltas and snapshots held for clients (replays, queued events, delta listings), of a fixed budget",
             m.client_buffer_bytes.clone(),
         );
+        registry.register(
+            "fleet_reports",
+            "Gateway reports accepted",
+            m.fleet_reports.clone(),
+        );
+        registry.register(
+            "fleet_reports_refused",
+            "Gateway reports refused (forged, unenrolled, out of order), by error code",
+            m.fleet_refused.clone(),
+        );
+        registry.register(
+            "fleet_gateways",
+            "Enrolled gateways by state (live, stale, lost), as of the last fleet read",
+            m.fleet_gateways.clone(),
+        );
+        registry.register(
+            "fleet_max_version_lag",
+            "Most versions a live or stale gateway is behind the head, as of the last fleet read",
+            m.fleet_max_lag.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Counts a gateway report refused with `code`.
+    pub fn report_refused(&self, code: veto_core::wire::ErrorCode) {
+        self.fleet_refused
+            .get_or_create(&Code {
+                code: code.as_str().into(),
+            })
+            .inc();
     }
 
     /// Counts a request refused with `code`.

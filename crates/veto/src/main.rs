@@ -13,7 +13,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            if e.downcast_ref::<cmd::fleet::NotInForce>().is_some() {
+                std::process::ExitCode::from(cmd::fleet::EXIT_NOT_IN_FORCE)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

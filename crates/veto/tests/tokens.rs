@@ -66,6 +66,13 @@ fn endpoints() -> Vec<Endpoint> {
             None,
             Some("keys"),
         ),
+        e(
+            "fleet",
+            reqwest::Method::GET,
+            path::FLEET,
+            None,
+            Some("fleet"),
+        ),
         e("tokens", reqwest::Method::GET, path::TOKENS, None, None),
     ]
 }

@@ -10,8 +10,8 @@ use veto_core::{Head, SrlSigner};
 #[cfg(test)]
 use super::LiveRow;
 use super::{
-    AuditFilter, AuditRecord, Backend, Committed, IssuerKeyRow, Loaded, NewEntry, Pruned,
-    SqliteStore, StoreError, StoreFuture, TokenRow,
+    AuditFilter, AuditRecord, Backend, Committed, GatewayRow, IssuerKeyRow, Loaded, NewEntry,
+    Pruned, ReportRow, SqliteStore, StoreError, StoreFuture, TokenRow,
 };
 
 /// [`SqliteStore`] as a [`Backend`]: every call on the blocking pool.
@@ -137,6 +137,42 @@ impl Backend for OnBlockingPool {
     ) -> StoreFuture<'a, bool> {
         let (name, actor) = (name.to_owned(), actor.to_owned());
         self.run(move |s| s.revoke_token(&name, now, &actor))
+    }
+
+    fn gateways(&self) -> StoreFuture<'_, Vec<GatewayRow>> {
+        self.run(SqliteStore::gateways)
+    }
+
+    fn enrol_gateway<'a>(&'a self, row: &'a GatewayRow, actor: &'a str) -> StoreFuture<'a, bool> {
+        let (row, actor) = (row.clone(), actor.to_owned());
+        self.run(move |s| s.enrol_gateway(&row, &actor))
+    }
+
+    fn remove_gateway<'a>(
+        &'a self,
+        id: &'a str,
+        now: u64,
+        actor: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        let (id, actor) = (id.to_owned(), actor.to_owned());
+        self.run(move |s| s.remove_gateway(&id, now, &actor))
+    }
+
+    fn record_report<'a>(&'a self, row: &'a ReportRow) -> StoreFuture<'a, bool> {
+        let row = row.clone();
+        self.run(move |s| s.record_report(&row))
+    }
+
+    fn reports(&self) -> StoreFuture<'_, Vec<ReportRow>> {
+        self.run(SqliteStore::reports)
+    }
+
+    fn applied_since(&self, ver: u64) -> StoreFuture<'_, Vec<(String, u64)>> {
+        self.run(move |s| s.applied_since(ver))
+    }
+
+    fn prune_applied(&self, before_ms: u64) -> StoreFuture<'_, u64> {
+        self.run(move |s| s.prune_applied(before_ms))
     }
 
     fn seal_issuer_key<'a>(&'a self, kid: &'a str, sealed: &'a str) -> StoreFuture<'a, bool> {

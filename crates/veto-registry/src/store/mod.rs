@@ -232,6 +232,38 @@ pub struct TokenRow {
     pub revoked_at: Option<u64>,
 }
 
+/// An enrolled gateway (an authorizer that reports what it applied).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayRow {
+    /// Its id: the RFC 7638 thumbprint of its Ed25519 key.
+    pub id: String,
+    /// Its operator-given name.
+    pub name: String,
+    /// Its public key, a JWK as JSON text.
+    pub public_jwk: String,
+    /// Enrolled at (Unix seconds).
+    pub enrolled_at: u64,
+    /// Removed at (Unix seconds), if removed.
+    pub removed_at: Option<u64>,
+}
+
+/// A gateway's newest accepted report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportRow {
+    /// The gateway's id.
+    pub id: String,
+    /// The report's `iat` (Unix seconds) and `seq` (per gateway process, increasing): reports are accepted only in increasing (iat, seq) order.
+    pub iat: u64,
+    /// The report's `seq` (see `iat`).
+    pub seq: u64,
+    /// When the registry received it (Unix milliseconds).
+    pub received_ms: u64,
+    /// The version the gateway reports applied.
+    pub ver: u64,
+    /// The verified report payload, JSON text.
+    pub report: String,
+}
+
 /// The state found at start.
 pub struct Loaded {
     /// Newest version.
@@ -315,6 +347,26 @@ pub(crate) trait Backend: Send + Sync {
     /// Revokes a named API token (audited); false when no such live token.
     fn revoke_token<'a>(&'a self, name: &'a str, now: u64, actor: &'a str)
         -> StoreFuture<'a, bool>;
+    /// Every gateway, removed ones included, by enrolment time then id.
+    fn gateways(&self) -> StoreFuture<'_, Vec<GatewayRow>>;
+    /// Enrols a gateway, or re-enrols a removed one (audited); false when
+    /// a live gateway has its id.
+    fn enrol_gateway<'a>(&'a self, row: &'a GatewayRow, actor: &'a str) -> StoreFuture<'a, bool>;
+    /// Removes a live gateway with its report and applied history
+    /// (audited); false when no live gateway has that id.
+    fn remove_gateway<'a>(&'a self, id: &'a str, now: u64, actor: &'a str)
+        -> StoreFuture<'a, bool>;
+    /// Records a live gateway's report if it is newer, by (iat, seq), than
+    /// the one stored; false (nothing written) otherwise.
+    fn record_report<'a>(&'a self, row: &'a ReportRow) -> StoreFuture<'a, bool>;
+    /// Every stored report, by gateway id.
+    fn reports(&self) -> StoreFuture<'_, Vec<ReportRow>>;
+    /// Per gateway id, the earliest receipt of a report applying `ver` or
+    /// later; by id.
+    fn applied_since(&self, ver: u64) -> StoreFuture<'_, Vec<(String, u64)>>;
+    /// Drops applied history received before `before_ms`, except each
+    /// gateway's newest; returns how many rows.
+    fn prune_applied(&self, before_ms: u64) -> StoreFuture<'_, u64>;
     /// Replaces an issuer key stored in clear with its sealed form, only if
     /// it is still in clear (`private_jwk` starts with `{`); false otherwise.
     fn seal_issuer_key<'a>(&'a self, kid: &'a str, sealed: &'a str) -> StoreFuture<'a, bool>;
@@ -500,6 +552,60 @@ impl Store {
         actor: &str,
     ) -> Result<bool, StoreError> {
         self.0.revoke_token(name, now, actor).await
+    }
+
+    /// Every gateway, removed ones included, ordered by enrolment time
+    /// then id.
+    pub async fn gateways(&self) -> Result<Vec<GatewayRow>, StoreError> {
+        self.0.gateways().await
+    }
+
+    /// Enrols a gateway (`row.removed_at` is ignored), audited as
+    /// `gateway_enrol` at `row.enrolled_at`. A removed gateway with the
+    /// same id is enrolled again with `row`'s name, key and time; false
+    /// when a live gateway has that id (nothing changes).
+    pub async fn enrol_gateway(&self, row: &GatewayRow, actor: &str) -> Result<bool, StoreError> {
+        self.0.enrol_gateway(row, actor).await
+    }
+
+    /// Removes a live gateway, dropping its report and its applied
+    /// history, audited as `gateway_remove`; false when no live gateway
+    /// has that id.
+    pub async fn remove_gateway(
+        &self,
+        id: &str,
+        now: u64,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        self.0.remove_gateway(id, now, actor).await
+    }
+
+    /// Records a report, in one transaction: false (nothing written) when
+    /// `row.id` is not a live gateway or the stored report's (iat, seq) is
+    /// not older than `row`'s. Otherwise the report replaces the stored
+    /// one, and when it is the first or its `ver` is higher, `(id, ver,
+    /// received_ms)` joins the applied history.
+    pub async fn record_report(&self, row: &ReportRow) -> Result<bool, StoreError> {
+        self.0.record_report(row).await
+    }
+
+    /// Every stored report, ordered by gateway id.
+    pub async fn reports(&self) -> Result<Vec<ReportRow>, StoreError> {
+        self.0.reports().await
+    }
+
+    /// For each gateway with applied history at `ver` or later, the
+    /// earliest time (Unix milliseconds) a report of such a version was
+    /// received; ordered by gateway id.
+    pub async fn applied_since(&self, ver: u64) -> Result<Vec<(String, u64)>, StoreError> {
+        self.0.applied_since(ver).await
+    }
+
+    /// Deletes applied history received before `before_ms`, but never a
+    /// gateway's newest applied row (its highest version); returns how
+    /// many rows were deleted.
+    pub async fn prune_applied(&self, before_ms: u64) -> Result<u64, StoreError> {
+        self.0.prune_applied(before_ms).await
     }
 
     /// Seals an issuer key stored in clear by an older registry; false when

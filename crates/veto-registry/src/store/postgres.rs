@@ -12,16 +12,20 @@ use tokio::sync::Mutex;
 use tokio_postgres::{Client, Transaction};
 use veto_core::{Head, SrlSigner};
 
-use super::rows::{self, audit_columns, int, issuer_key_columns, opt_int, token_columns, Columns};
+use super::rows::{
+    self, audit_columns, gateway_columns, int, issuer_key_columns, opt_int, report_columns,
+    token_columns, Columns,
+};
 #[cfg(test)]
 use super::LiveRow;
 use super::{
     keys_of, plan, prune_audit, AuditFilter, AuditRecord, AuditRow, Backend, Committed, Existing,
-    IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError, StoreFuture, TokenRow,
+    GatewayRow, IssuerKeyRow, Loaded, NewEntry, Pruned, ReportRow, StoreError, StoreFuture,
+    TokenRow,
 };
 
 /// Migrations, in order; `veto_meta.schema_version` counts those applied.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS veto_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -74,6 +78,34 @@ CREATE TABLE IF NOT EXISTS veto_api_tokens (
     created_at BIGINT NOT NULL,
     revoked_at BIGINT
 );
+"#;
+
+/// The fleet: enrolled gateways, each one's newest accepted report, and
+/// the history of the versions they reported applied (when each was first
+/// heard of), as SQLite has them (`gateways`, ...).
+const SCHEMA_V2: &str = r#"
+CREATE TABLE IF NOT EXISTS veto_gateways (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    public_jwk TEXT NOT NULL,
+    enrolled_at BIGINT NOT NULL,
+    removed_at BIGINT
+);
+CREATE TABLE IF NOT EXISTS veto_gateway_reports (
+    id TEXT PRIMARY KEY,
+    iat BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    received_ms BIGINT NOT NULL,
+    ver BIGINT NOT NULL,
+    report TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS veto_gateway_applied (
+    id TEXT NOT NULL,
+    ver BIGINT NOT NULL,
+    received_ms BIGINT NOT NULL,
+    PRIMARY KEY (id, ver)
+);
+CREATE INDEX IF NOT EXISTS veto_gateway_applied_ver ON veto_gateway_applied (ver);
 "#;
 
 /// The channel replicas are told of new versions on.
@@ -478,6 +510,179 @@ impl Backend for PgStore {
             }
             tx.commit().await?;
             Ok(n == 1)
+        })
+    }
+
+    fn gateways(&self) -> StoreFuture<'_, Vec<GatewayRow>> {
+        Box::pin(async move {
+            let found = self
+                .reader
+                .query(
+                    concat!(
+                        "SELECT ",
+                        gateway_columns!(),
+                        " FROM veto_gateways ORDER BY enrolled_at, id"
+                    ),
+                    &[],
+                )
+                .await?;
+            decode_all(&found, rows::gateway)
+        })
+    }
+
+    fn enrol_gateway<'a>(&'a self, row: &'a GatewayRow, actor: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut w = self.writer.lock().await;
+            let tx = w.transaction().await?;
+            let n = tx
+                .execute(
+                    "INSERT INTO veto_gateways (id, name, public_jwk, enrolled_at) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (id) DO UPDATE SET name = excluded.name, public_jwk = excluded.public_jwk,
+                       enrolled_at = excluded.enrolled_at, removed_at = NULL
+                     WHERE veto_gateways.removed_at IS NOT NULL",
+                    &[&row.id, &row.name, &row.public_jwk, &int(row.enrolled_at)],
+                )
+                .await?;
+            if n == 1 {
+                tx.execute(
+                    "INSERT INTO veto_audit (at, actor, action, id, note) VALUES ($1, $2, 'gateway_enrol', $3, $4)",
+                    &[&int(row.enrolled_at), &actor, &row.id, &row.name],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn remove_gateway<'a>(
+        &'a self,
+        id: &'a str,
+        now: u64,
+        actor: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut w = self.writer.lock().await;
+            let tx = w.transaction().await?;
+            let n = tx
+                .execute(
+                    "UPDATE veto_gateways SET removed_at = $1 WHERE id = $2 AND removed_at IS NULL",
+                    &[&int(now), &id],
+                )
+                .await?;
+            if n == 1 {
+                tx.execute("DELETE FROM veto_gateway_reports WHERE id = $1", &[&id])
+                    .await?;
+                tx.execute("DELETE FROM veto_gateway_applied WHERE id = $1", &[&id])
+                    .await?;
+                tx.execute(
+                    "INSERT INTO veto_audit (at, actor, action, id) VALUES ($1, $2, 'gateway_remove', $3)",
+                    &[&int(now), &actor, &id],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn record_report<'a>(&'a self, row: &'a ReportRow) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut w = self.writer.lock().await;
+            let tx = w.transaction().await?;
+            // The gateway's row, locked: reports of one gateway (to any
+            // replica) and its removal are decided one at a time.
+            let live = tx
+                .query_opt(
+                    "SELECT 1 FROM veto_gateways WHERE id = $1 AND removed_at IS NULL FOR UPDATE",
+                    &[&row.id],
+                )
+                .await?
+                .is_some();
+            if !live {
+                return Ok(false);
+            }
+            let stored = tx
+                .query_opt(
+                    "SELECT iat, seq, ver FROM veto_gateway_reports WHERE id = $1",
+                    &[&row.id],
+                )
+                .await?
+                .map(|r| rows::report_order(&r))
+                .transpose()?;
+            if stored.is_some_and(|(iat, seq, _)| (iat, seq) >= (row.iat, row.seq)) {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO veto_gateway_reports (id, iat, seq, received_ms, ver, report)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET iat = excluded.iat, seq = excluded.seq,
+                   received_ms = excluded.received_ms, ver = excluded.ver, report = excluded.report",
+                &[
+                    &row.id,
+                    &int(row.iat),
+                    &int(row.seq),
+                    &int(row.received_ms),
+                    &int(row.ver),
+                    &row.report,
+                ],
+            )
+            .await?;
+            if stored.is_none_or(|(_, _, ver)| row.ver > ver) {
+                tx.execute(
+                    "INSERT INTO veto_gateway_applied (id, ver, received_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (id, ver) DO NOTHING",
+                    &[&row.id, &int(row.ver), &int(row.received_ms)],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    fn reports(&self) -> StoreFuture<'_, Vec<ReportRow>> {
+        Box::pin(async move {
+            let found = self
+                .reader
+                .query(
+                    concat!(
+                        "SELECT ",
+                        report_columns!(),
+                        " FROM veto_gateway_reports ORDER BY id"
+                    ),
+                    &[],
+                )
+                .await?;
+            decode_all(&found, rows::report)
+        })
+    }
+
+    fn applied_since(&self, ver: u64) -> StoreFuture<'_, Vec<(String, u64)>> {
+        Box::pin(async move {
+            let found = self
+                .reader
+                .query(
+                    "SELECT id, MIN(received_ms) FROM veto_gateway_applied WHERE ver >= $1
+                     GROUP BY id ORDER BY id",
+                    &[&int(ver)],
+                )
+                .await?;
+            decode_all(&found, rows::applied)
+        })
+    }
+
+    fn prune_applied(&self, before_ms: u64) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let n = self
+                .reader
+                .execute(
+                    "DELETE FROM veto_gateway_applied g WHERE g.received_ms < $1
+                       AND g.ver < (SELECT MAX(a.ver) FROM veto_gateway_applied a WHERE a.id = g.id)",
+                    &[&int(before_ms)],
+                )
+                .await?;
+            Ok(n)
         })
     }
 

@@ -9,7 +9,7 @@
 
 use veto_core::{EntryKind, Head, Removed};
 
-use super::{AuditRecord, IssuerKeyRow, StoreError, Stored, TokenRow};
+use super::{AuditRecord, GatewayRow, IssuerKeyRow, ReportRow, StoreError, Stored, TokenRow};
 
 /// A result row, read by column position.
 pub(crate) trait Columns {
@@ -202,4 +202,53 @@ pub(crate) fn issuer_key(r: &impl Columns) -> Result<IssuerKeyRow, StoreError> {
         added_at: uint(r.int(2)?),
         retired_at: opt_uint(r.opt_int(3)?),
     })
+}
+
+/// The columns [`gateway`] reads, in order.
+macro_rules! gateway_columns {
+    () => {
+        "id, name, public_jwk, enrolled_at, removed_at"
+    };
+}
+pub(crate) use gateway_columns;
+
+/// Columns: [`gateway_columns!`].
+pub(crate) fn gateway(r: &impl Columns) -> Result<GatewayRow, StoreError> {
+    Ok(GatewayRow {
+        id: r.text(0)?,
+        name: r.text(1)?,
+        public_jwk: r.text(2)?,
+        enrolled_at: uint(r.int(3)?),
+        removed_at: opt_uint(r.opt_int(4)?),
+    })
+}
+
+/// The columns [`report`] reads, in order.
+macro_rules! report_columns {
+    () => {
+        "id, iat, seq, received_ms, ver, report"
+    };
+}
+pub(crate) use report_columns;
+
+/// Columns: [`report_columns!`].
+pub(crate) fn report(r: &impl Columns) -> Result<ReportRow, StoreError> {
+    Ok(ReportRow {
+        id: r.text(0)?,
+        iat: uint(r.int(1)?),
+        seq: uint(r.int(2)?),
+        received_ms: uint(r.int(3)?),
+        ver: uint(r.int(4)?),
+        report: r.text(5)?,
+    })
+}
+
+/// Columns: `iat, seq, ver` (where a stored report stands, for ordering).
+pub(crate) fn report_order(r: &impl Columns) -> Result<(u64, u64, u64), StoreError> {
+    Ok((uint(r.int(0)?), uint(r.int(1)?), uint(r.int(2)?)))
+}
+
+/// Columns: `id, received_ms` (a gateway and a time it applied something).
+pub(crate) fn applied(r: &impl Columns) -> Result<(String, u64), StoreError> {
+    Ok((r.text(0)?, uint(r.int(1)?)))
 }

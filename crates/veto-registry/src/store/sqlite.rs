@@ -12,12 +12,15 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, Params, Row, Statement, Transaction, TransactionBehavior};
 use veto_core::{Head, Removed, SrlSigner};
 
-use super::rows::{self, audit_columns, int, issuer_key_columns, opt_int, token_columns, Columns};
+use super::rows::{
+    self, audit_columns, gateway_columns, int, issuer_key_columns, opt_int, report_columns,
+    token_columns, Columns,
+};
 #[cfg(test)]
 use super::LiveRow;
 use super::{
     keys_of, plan, prune_audit, AuditFilter, AuditRecord, AuditRow, Committed, Existing,
-    IssuerKeyRow, Loaded, NewEntry, Pruned, StoreError, TokenRow,
+    GatewayRow, IssuerKeyRow, Loaded, NewEntry, Pruned, ReportRow, StoreError, TokenRow,
 };
 
 /// The SQLite store.
@@ -28,7 +31,7 @@ pub struct SqliteStore {
 }
 
 /// Migrations, in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -92,6 +95,34 @@ SELECT 1,
        COALESCE((SELECT ver FROM versions ORDER BY ver DESC LIMIT 1), 0),
        COALESCE((SELECT head FROM versions ORDER BY ver DESC LIMIT 1), zeroblob(32));
 CREATE INDEX versions_unpublished ON versions (ver) WHERE published = 0;
+"#;
+
+/// The fleet: enrolled gateways, each one's newest accepted report, and
+/// the history of the versions they reported applied (when each was first
+/// heard of), as PostgreSQL has them (`veto_gateways`, ...).
+const SCHEMA_V3: &str = r#"
+CREATE TABLE IF NOT EXISTS gateways (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    public_jwk TEXT NOT NULL,
+    enrolled_at INTEGER NOT NULL,
+    removed_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS gateway_reports (
+    id TEXT PRIMARY KEY,
+    iat INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    ver INTEGER NOT NULL,
+    report TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gateway_applied (
+    id TEXT NOT NULL,
+    ver INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    PRIMARY KEY (id, ver)
+);
+CREATE INDEX IF NOT EXISTS gateway_applied_ver ON gateway_applied (ver);
 "#;
 
 fn open_conn(path: &Path) -> Result<Connection, StoreError> {
@@ -510,6 +541,143 @@ impl SqliteStore {
         }
         tx.commit()?;
         Ok(n == 1)
+    }
+
+    /// Every gateway, removed ones included, by enrolment time then id.
+    pub(crate) fn gateways(&self) -> Result<Vec<GatewayRow>, StoreError> {
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT ",
+            gateway_columns!(),
+            " FROM gateways ORDER BY enrolled_at, id"
+        ))?;
+        collect(&mut stmt, [], rows::gateway)
+    }
+
+    /// Enrols a gateway, or re-enrols a removed one; false when a live
+    /// gateway has its id.
+    pub(crate) fn enrol_gateway(&self, row: &GatewayRow, actor: &str) -> Result<bool, StoreError> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "INSERT INTO gateways (id, name, public_jwk, enrolled_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, public_jwk = excluded.public_jwk,
+               enrolled_at = excluded.enrolled_at, removed_at = NULL
+             WHERE gateways.removed_at IS NOT NULL",
+            params![row.id, row.name, row.public_jwk, int(row.enrolled_at)],
+        )?;
+        if n == 1 {
+            tx.execute(
+                "INSERT INTO audit (at, actor, action, id, note) VALUES (?1, ?2, 'gateway_enrol', ?3, ?4)",
+                params![int(row.enrolled_at), actor, row.id, row.name],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    /// Removes a live gateway with its report and applied history; false
+    /// when no live gateway has that id.
+    pub(crate) fn remove_gateway(
+        &self,
+        id: &str,
+        now: u64,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE gateways SET removed_at = ?1 WHERE id = ?2 AND removed_at IS NULL",
+            params![int(now), id],
+        )?;
+        if n == 1 {
+            tx.execute("DELETE FROM gateway_reports WHERE id = ?1", [id])?;
+            tx.execute("DELETE FROM gateway_applied WHERE id = ?1", [id])?;
+            tx.execute(
+                "INSERT INTO audit (at, actor, action, id) VALUES (?1, ?2, 'gateway_remove', ?3)",
+                params![int(now), actor, id],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    /// Records a live gateway's report if newer, by (iat, seq), than the
+    /// stored one; its version joins the applied history when it grew.
+    pub(crate) fn record_report(&self, row: &ReportRow) -> Result<bool, StoreError> {
+        let mut conn = self.w();
+        // Immediate: what is read decides what is written.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let live = {
+            let mut stmt =
+                tx.prepare_cached("SELECT 1 FROM gateways WHERE id = ?1 AND removed_at IS NULL")?;
+            !collect(&mut stmt, [&row.id], |r| r.int(0))?.is_empty()
+        };
+        if !live {
+            return Ok(false);
+        }
+        let stored = {
+            let mut stmt =
+                tx.prepare_cached("SELECT iat, seq, ver FROM gateway_reports WHERE id = ?1")?;
+            collect(&mut stmt, [&row.id], rows::report_order)?.pop()
+        };
+        if stored.is_some_and(|(iat, seq, _)| (iat, seq) >= (row.iat, row.seq)) {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO gateway_reports (id, iat, seq, received_ms, ver, report)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO UPDATE SET iat = excluded.iat, seq = excluded.seq,
+               received_ms = excluded.received_ms, ver = excluded.ver, report = excluded.report",
+            params![
+                row.id,
+                int(row.iat),
+                int(row.seq),
+                int(row.received_ms),
+                int(row.ver),
+                row.report
+            ],
+        )?;
+        if stored.is_none_or(|(_, _, ver)| row.ver > ver) {
+            tx.execute(
+                "INSERT INTO gateway_applied (id, ver, received_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id, ver) DO NOTHING",
+                params![row.id, int(row.ver), int(row.received_ms)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Every stored report, by gateway id.
+    pub(crate) fn reports(&self) -> Result<Vec<ReportRow>, StoreError> {
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT ",
+            report_columns!(),
+            " FROM gateway_reports ORDER BY id"
+        ))?;
+        collect(&mut stmt, [], rows::report)
+    }
+
+    /// Per gateway id, the earliest receipt of a version at or after `ver`.
+    pub(crate) fn applied_since(&self, ver: u64) -> Result<Vec<(String, u64)>, StoreError> {
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, MIN(received_ms) FROM gateway_applied WHERE ver >= ?1 GROUP BY id ORDER BY id",
+        )?;
+        collect(&mut stmt, [int(ver)], rows::applied)
+    }
+
+    /// Drops applied history received before `before_ms`, except each
+    /// gateway's newest row.
+    pub(crate) fn prune_applied(&self, before_ms: u64) -> Result<u64, StoreError> {
+        let n = self.w().execute(
+            "DELETE FROM gateway_applied WHERE received_ms < ?1
+               AND ver < (SELECT MAX(a.ver) FROM gateway_applied a WHERE a.id = gateway_applied.id)",
+            [int(before_ms)],
+        )?;
+        Ok(n as u64)
     }
 
     /// Seals an issuer key still stored in clear.

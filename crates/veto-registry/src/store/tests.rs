@@ -12,7 +12,10 @@ use veto_core::{
     SrlVerifier,
 };
 
-use super::{fold_duplicates, plan, Existing, NewEntry, PgStore, SqliteStore, Store, Stored};
+use super::{
+    fold_duplicates, plan, AuditFilter, Existing, GatewayRow, NewEntry, PgStore, ReportRow,
+    SqliteStore, Store, Stored,
+};
 
 fn signer() -> SrlSigner {
     SrlSigner::new(SigningKey::generate().unwrap(), "veto")
@@ -498,4 +501,221 @@ async fn postgres_read_only_errors_are_classified() {
         super::StoreError::from(e).unwritable(),
         super::Unwritable::Other
     );
+}
+
+fn gateway(id: &str, name: &str, enrolled_at: u64) -> GatewayRow {
+    GatewayRow {
+        id: id.into(),
+        name: name.into(),
+        public_jwk: format!(r#"{{"kty":"OKP","crv":"Ed25519","x":"{id}"}}"#),
+        enrolled_at,
+        removed_at: None,
+    }
+}
+
+fn report(id: &str, iat: u64, seq: u64, received_ms: u64, ver: u64) -> ReportRow {
+    ReportRow {
+        id: id.into(),
+        iat,
+        seq,
+        received_ms,
+        ver,
+        report: format!(r#"{{"iat":{iat},"seq":{seq},"ver":{ver}}}"#),
+    }
+}
+
+/// Both stores: enrolment, removal and re-enrolment, reports accepted only
+/// in increasing (iat, seq) order, the applied history and its pruning,
+/// and the audit records.
+async fn fleet(store: &Store) {
+    // Enrol; a live gateway is not enrolled twice.
+    assert!(store
+        .enrol_gateway(&gateway("g1", "edge-1", 100), "admin")
+        .await
+        .unwrap());
+    assert!(store
+        .enrol_gateway(&gateway("g2", "edge-2", 90), "admin")
+        .await
+        .unwrap());
+    assert!(!store
+        .enrol_gateway(&gateway("g1", "other", 150), "admin")
+        .await
+        .unwrap());
+    assert_eq!(
+        store.gateways().await.unwrap(),
+        vec![gateway("g2", "edge-2", 90), gateway("g1", "edge-1", 100)]
+    );
+
+    // Reports: the first is accepted and applies its version.
+    assert!(store
+        .record_report(&report("g1", 1_000, 5, 1_000_100, 3))
+        .await
+        .unwrap());
+    // Older or equal (iat, seq): refused, nothing written.
+    for (iat, seq) in [(1_000, 5), (1_000, 4), (999, 9)] {
+        assert!(
+            !store
+                .record_report(&report("g1", iat, seq, 1_000_200, 9))
+                .await
+                .unwrap(),
+            "({iat}, {seq})"
+        );
+    }
+    assert_eq!(
+        store.reports().await.unwrap(),
+        vec![report("g1", 1_000, 5, 1_000_100, 3)]
+    );
+    // Newer, same version: accepted, no new applied row.
+    assert!(store
+        .record_report(&report("g1", 1_000, 6, 1_000_300, 3))
+        .await
+        .unwrap());
+    // A newer iat with a lower seq (a restarted process): accepted, and a
+    // lower version is not applied history.
+    assert!(store
+        .record_report(&report("g1", 1_001, 0, 1_001_000, 2))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.reports().await.unwrap(),
+        vec![report("g1", 1_001, 0, 1_001_000, 2)]
+    );
+    assert_eq!(
+        store.applied_since(0).await.unwrap(),
+        vec![("g1".into(), 1_000_100)]
+    );
+    // The version grows (from the stored 2): applied.
+    assert!(store
+        .record_report(&report("g1", 1_002, 1, 1_002_000, 5))
+        .await
+        .unwrap());
+    assert!(store
+        .record_report(&report("g1", 1_003, 2, 1_003_000, 7))
+        .await
+        .unwrap());
+    assert!(store
+        .record_report(&report("g2", 1_000, 0, 1_000_500, 5))
+        .await
+        .unwrap());
+
+    // Unknown gateways are refused.
+    assert!(!store
+        .record_report(&report("nope", 2_000, 0, 2_000_000, 9))
+        .await
+        .unwrap());
+
+    // The earliest receipt of each version at or after the one asked.
+    assert_eq!(
+        store.applied_since(3).await.unwrap(),
+        vec![("g1".into(), 1_000_100), ("g2".into(), 1_000_500)]
+    );
+    assert_eq!(
+        store.applied_since(4).await.unwrap(),
+        vec![("g1".into(), 1_002_000), ("g2".into(), 1_000_500)]
+    );
+    assert_eq!(
+        store.applied_since(6).await.unwrap(),
+        vec![("g1".into(), 1_003_000)]
+    );
+    assert!(store.applied_since(8).await.unwrap().is_empty());
+
+    // Pruning keeps each gateway's newest applied row, however old.
+    assert_eq!(store.prune_applied(1_002_500).await.unwrap(), 2);
+    assert_eq!(store.prune_applied(u64::MAX / 4).await.unwrap(), 0);
+    assert_eq!(
+        store.applied_since(0).await.unwrap(),
+        vec![("g1".into(), 1_003_000), ("g2".into(), 1_000_500)]
+    );
+
+    // Removal drops the report and the history, refuses later reports,
+    // and happens once.
+    assert!(store.remove_gateway("g1", 2_000, "admin").await.unwrap());
+    assert!(!store.remove_gateway("g1", 2_001, "admin").await.unwrap());
+    assert!(!store.remove_gateway("nope", 2_001, "admin").await.unwrap());
+    assert!(!store
+        .record_report(&report("g1", 3_000, 0, 3_000_000, 9))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.reports().await.unwrap(),
+        vec![report("g2", 1_000, 0, 1_000_500, 5)]
+    );
+    assert_eq!(
+        store.applied_since(0).await.unwrap(),
+        vec![("g2".into(), 1_000_500)]
+    );
+    let removed = GatewayRow {
+        removed_at: Some(2_000),
+        ..gateway("g1", "edge-1", 100)
+    };
+    assert_eq!(
+        store.gateways().await.unwrap(),
+        vec![gateway("g2", "edge-2", 90), removed]
+    );
+
+    // Re-enrolment takes the new name, key and time; reports start over.
+    let again = GatewayRow {
+        public_jwk: "{}".into(),
+        ..gateway("g1", "edge-1b", 2_500)
+    };
+    assert!(store.enrol_gateway(&again, "ops").await.unwrap());
+    assert!(!store.enrol_gateway(&again, "ops").await.unwrap());
+    assert_eq!(
+        store.gateways().await.unwrap(),
+        vec![gateway("g2", "edge-2", 90), again]
+    );
+    assert!(store
+        .record_report(&report("g1", 900, 0, 3_000_000, 1))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.applied_since(0).await.unwrap(),
+        vec![("g1".into(), 3_000_000), ("g2".into(), 1_000_500)]
+    );
+
+    // Every write that changed something is audited, and only those.
+    let log = store
+        .audit_log(AuditFilter {
+            id: Some("g1".into()),
+            limit: 100,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let got: Vec<_> = log
+        .iter()
+        .map(|a| (a.at, a.actor.as_str(), a.action.as_str(), a.note.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (100, "admin", "gateway_enrol", Some("edge-1")),
+            (2_000, "admin", "gateway_remove", None),
+            (2_500, "ops", "gateway_enrol", Some("edge-1b")),
+        ]
+    );
+    assert!(log.iter().all(|a| a.id.as_deref() == Some("g1")));
+}
+
+#[test]
+fn sqlite_fleet() {
+    let dir = temp_db();
+    let store = Store::sqlite(SqliteStore::open(&dir.join("veto.db")).unwrap());
+    runtime().block_on(fleet(&store));
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn postgres_fleet() {
+    let Ok(base) = std::env::var("VETO_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: VETO_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    runtime().block_on(async {
+        let (store, cleanup) = pg_store(&base).await;
+        fleet(&store).await;
+        drop(store);
+        cleanup.await;
+    });
 }

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod delegate;
 mod demo;
+pub mod fleet;
 mod inspect;
 mod issue;
 mod keys;
@@ -36,7 +37,7 @@ enum Command {
     /// Run the registry (SQLite store, SSE push) on this machine.
     Serve(serve::ServeArgs),
     /// Run the reverse proxy: the authorizer in front of an upstream.
-    Proxy(proxy::ProxyArgs),
+    Proxy(Box<proxy::ProxyArgs>),
     /// Send an HTTP request with a chain and a fresh DPoP proof (curl-like).
     Request(request::RequestArgs),
     /// Print a DPoP proof (RFC 9449) for a method and URL, for any HTTP client.
@@ -54,6 +55,11 @@ enum Command {
     /// Named API tokens with scopes (revoke, mint, audit, keys, fleet).
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
+    /// The fleet: every gateway, what it applied, whether it is live.
+    Status(fleet::StatusArgs),
+    /// Enrol or remove gateway keys.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
 }
 
 /// Runs a parsed command line.
@@ -65,12 +71,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Revoke(a) => revoke::run(a),
-        Command::Proxy(a) => proxy::run(a),
+        Command::Proxy(a) => proxy::run(*a),
         Command::Demo(a) => demo::run(a),
         Command::Request(a) => request::run(a),
         Command::Dpop(a) => request::run_dpop(a),
         Command::Revocations(c) => revoke::run_list(c),
         Command::Srl(c) => srl::run(c),
         Command::Tokens(c) => tokens::run(c),
+        Command::Status(a) => fleet::run_status(a),
+        Command::Fleet(c) => fleet::run(c),
     }
 }

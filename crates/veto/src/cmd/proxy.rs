@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -128,6 +129,26 @@ pub struct ProxyArgs {
     /// Require a server nonce in every proof (`DPoP-Nonce`, RFC 9449 8).
     #[arg(long)]
     pop_nonce: bool,
+    /// Report to the registry's fleet view under this name
+    /// (`[A-Za-z0-9._-]`): what this gateway applied, signed by its own
+    /// key (`veto status`, `veto revoke --wait`).
+    #[arg(long, env = "VETO_GATEWAY_NAME")]
+    name: Option<String>,
+    /// Enrol this gateway's key with the registry's fleet token (the
+    /// registry's `<data-dir>/fleet.token`) at start; without it, an
+    /// operator enrols the key (`veto fleet enrol`).
+    #[arg(long, env = "VETO_FLEET_TOKEN_FILE", requires = "name")]
+    fleet_token_file: Option<PathBuf>,
+    /// This gateway's Ed25519 key (a private JWK, 0600); default
+    /// `<cache-dir>/gateway.jwk`, created on first start (without a cache
+    /// directory, a new key each start).
+    #[arg(long, env = "VETO_GATEWAY_KEY", requires = "name")]
+    gateway_key: Option<PathBuf>,
+    /// Seconds between fleet reports when nothing changes (a report also
+    /// follows every applied version); the registry counts the gateway
+    /// lost after three intervals without one.
+    #[arg(long, default_value = "10s", value_parser = util::parse_duration, requires = "name")]
+    report_interval: u64,
     /// Take the scheme and host a proof must name from `X-Forwarded-Proto`
     /// and `X-Forwarded-Host`: only when every request comes through a
     /// front end that sets both (off by default).
@@ -192,6 +213,24 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
         Policy::FailOpen => StalenessPolicy::FailOpen,
     };
     config.check.issuer = Some(a.iss.clone());
+    if let Some(name) = &a.name {
+        let key = gateway_key(a.gateway_key.as_deref(), a.cache_dir.as_deref())?;
+        let token = match &a.fleet_token_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("reading the fleet token `{}`", p.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        if a.report_interval == 0 || a.report_interval > 3600 {
+            anyhow::bail!("--report-interval {} s: give 1 s to 1 h", a.report_interval);
+        }
+        let mut fleet = veto_authorizer::FleetConfig::new(name.clone(), Arc::new(key), token);
+        fleet.interval = Duration::from_secs(a.report_interval);
+        config.fleet = Some(fleet);
+    }
     config.cache_dir = a.cache_dir;
     if a.pop_window == 0 || a.pop_window > 300 {
         anyhow::bail!(
@@ -284,4 +323,35 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
         .await?;
         Ok(())
     })
+}
+
+/// The gateway's key: `given`, or `<cache_dir>/gateway.jwk` (created 0600
+/// in a 0700 directory on first start), or a new one for this run.
+fn gateway_key(
+    given: Option<&std::path::Path>,
+    cache_dir: Option<&std::path::Path>,
+) -> anyhow::Result<veto_core::SigningKey> {
+    let path = match (given, cache_dir) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(dir)) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating `{}`", dir.display()))?;
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .with_context(|| format!("making `{}` private", dir.display()))?;
+            }
+            let path = dir.join("gateway.jwk");
+            if !path.exists() {
+                keyfile::write_signing_key(&path, &veto_core::SigningKey::generate()?)?;
+            }
+            path
+        }
+        (None, None) => {
+            tracing::warn!("no --gateway-key nor --cache-dir: a new gateway key for this run (it enrols again each start)");
+            return Ok(veto_core::SigningKey::generate()?);
+        }
+    };
+    keyfile::read_signing_key(&path)
+        .with_context(|| format!("reading the gateway key `{}`", path.display()))
 }

@@ -51,6 +51,18 @@ pub struct RevokeArgs {
     /// Free text for the audit log (not published).
     #[arg(long, allow_hyphen_values = true)]
     note: Option<String>,
+    /// After the registry acknowledges, wait until every gateway that is
+    /// not lost reports the revocation's version (one line per gateway);
+    /// exit 3 naming the laggards when --timeout passes first. Needs a
+    /// token with the `fleet` scope.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "10s", value_parser = util::parse_duration, requires = "wait")]
+    timeout: u64,
+    /// With --wait: print one JSON object with every gateway's outcome.
+    #[arg(long, requires = "wait")]
+    json: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -99,6 +111,10 @@ fn run_as_holder(a: RevokeArgs, client: &Client) -> anyhow::Result<()> {
             first.id, first.version
         );
     }
+    if a.wait {
+        let timeout = std::time::Duration::from_secs(a.timeout);
+        return super::fleet::wait(client, first.version, timeout, a.json);
+    }
     Ok(())
 }
 
@@ -146,6 +162,10 @@ pub fn run(a: RevokeArgs) -> anyhow::Result<()> {
         println!("revoked {kind} `{id}` in version {version}");
     } else {
         println!("{kind} `{id}` was already revoked in version {version}");
+    }
+    if a.wait {
+        let timeout = std::time::Duration::from_secs(a.timeout);
+        return super::fleet::wait(&client, version, timeout, a.json);
     }
     Ok(())
 }

@@ -85,6 +85,9 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     config.admin_token = std::env::var("VETO_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
+    config.fleet_token = std::env::var("VETO_FLEET_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
     if let Some(url) = &a.store {
         if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
             anyhow::bail!(
@@ -134,6 +137,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         match registry.admin_token_path() {
             Some(p) => println!("  admin token    : {}", p.display()),
             None => println!("  admin token    : from VETO_ADMIN_TOKEN"),
+        }
+        match registry.fleet_token_path() {
+            Some(p) => println!("  fleet token    : {} (gateways enrol with it: veto proxy --name NAME --fleet-token-file FILE)", p.display()),
+            None => println!("  fleet token    : from VETO_FLEET_TOKEN"),
         }
         if let Some(ca) = &a.client_ca {
             println!("  client certs   : required on the admin API (issued by {})", ca.display());
