@@ -20,6 +20,7 @@
 //!   stays flat; exits non-zero otherwise (a CI gate).
 
 mod fanout;
+mod fleet;
 mod forward;
 mod overhead;
 mod pg;
@@ -56,6 +57,10 @@ enum Cmd {
     /// Sustained load through a real `veto proxy` while revocations stream in (a pass/fail gate).
     #[command(after_help = soak::GATE)]
     Soak(soak::SoakArgs),
+    /// What gateway reports cost the registry (CPU, bytes) at N gateways.
+    FleetReceipts(fleet::ReceiptsArgs),
+    /// `veto revoke --wait` end to end with N in-process gateways (p50/p99).
+    FleetWait(fleet::WaitArgs),
     /// A plain reverse proxy without authorization (the proxy-overhead baseline).
     #[command(hide = true)]
     Forward(forward::ForwardArgs),
@@ -106,6 +111,8 @@ fn main() -> std::process::ExitCode {
             Cmd::ProxyOverhead(a) => overhead::run(a).await,
             Cmd::Soak(a) => soak::run(a).await,
             Cmd::Forward(a) => forward::run(a).await,
+            Cmd::FleetReceipts(a) => fleet::receipts(a).await,
+            Cmd::FleetWait(a) => fleet::wait(a).await,
         }
     });
     match result {

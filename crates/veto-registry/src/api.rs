@@ -1449,6 +1449,16 @@ async fn fleet_report(
                 e.to_string(),
             )
         })?;
+    if !api.fleet.take_report(&kid) {
+        return Err(refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            format!(
+                "over {} reports a second from one gateway: slow down",
+                crate::fleet::REPORTS_PER_SECOND
+            ),
+        ));
+    }
     let row = ReportRow {
         id: kid,
         iat: payload.iat,

@@ -30,6 +30,12 @@ pub const LOST_AFTER_INTERVALS: u64 = 3;
 pub const HISTORY: Duration = Duration::from_secs(24 * 3600);
 /// Most versions whose commit time is remembered (in memory).
 const MAX_COMMIT_TIMES: usize = 100_000;
+/// Reports one gateway may send per second, on average (gateways send at
+/// most 10): an enrolled gateway cannot turn the store into a queue of
+/// its reports.
+pub const REPORTS_PER_SECOND: f64 = 20.0;
+/// Reports one gateway may send in a burst.
+pub const REPORT_BURST: f64 = 10.0;
 /// Least time between two reloads of the enrolled keys on a miss (a
 /// stranger sending reports under unknown key ids cannot turn each into a
 /// store read).
@@ -47,6 +53,9 @@ pub(crate) fn now_ms() -> u64 {
 pub(crate) struct Fleet {
     token: AdminToken,
     keys: RwLock<HashMap<String, PublicKey>>,
+    /// Each enrolled gateway's report budget: tokens left and when they
+    /// were counted (one entry per enrolled key at most).
+    budgets: Mutex<HashMap<String, (f64, Instant)>>,
     reloaded: Mutex<Option<Instant>>,
     committed: Mutex<BTreeMap<u64, u64>>,
 }
@@ -56,6 +65,7 @@ impl Fleet {
         Self {
             token,
             keys: RwLock::new(HashMap::new()),
+            budgets: Mutex::new(HashMap::new()),
             reloaded: Mutex::new(None),
             committed: Mutex::new(BTreeMap::new()),
         }
@@ -68,7 +78,7 @@ impl Fleet {
 
     /// Replaces the enrolled keys with the live gateways of `rows`.
     pub(crate) fn load(&self, rows: &[GatewayRow]) {
-        let keys = rows
+        let keys: HashMap<String, PublicKey> = rows
             .iter()
             .filter(|r| r.removed_at.is_none())
             .filter_map(|r| {
@@ -77,6 +87,10 @@ impl Fleet {
                 Some((r.id.clone(), key))
             })
             .collect();
+        self.budgets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| keys.contains_key(id));
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
         *self.reloaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
@@ -88,6 +102,24 @@ impl Fleet {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()
+    }
+
+    /// Whether a verified report of enrolled gateway `id` fits its budget
+    /// ([`REPORTS_PER_SECOND`], bursts of [`REPORT_BURST`]); takes one
+    /// from it if so.
+    pub(crate) fn take_report(&self, id: &str) -> bool {
+        let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (tokens, at) = budgets.entry(id.to_owned()).or_insert((REPORT_BURST, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * REPORTS_PER_SECOND)
+            .min(REPORT_BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     /// Whether a miss may reload the keys from the store now (at most once

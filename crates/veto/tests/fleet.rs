@@ -308,6 +308,22 @@ async fn forged_replayed_and_unenrolled_reports_are_refused_and_counted() {
     let next = report::sign(&key, &payload("gw", 5, 0));
     assert_eq!(post_report(&registry, &next, jose).await.0, 204);
 
+    // A gateway that floods: past its burst, 429 until its budget refills.
+    let mut limited = 0;
+    for seq in 100..140 {
+        let r = report::sign(&key, &payload("gw", seq, 0));
+        let (status, body) = post_report(&registry, &r, jose).await;
+        match status {
+            204 => {}
+            429 => {
+                assert_eq!(body["error"], "rate_limited");
+                limited += 1;
+            }
+            other => panic!("a flood report answered {other}: {body}"),
+        }
+    }
+    assert!(limited > 0, "40 reports at once were never limited");
+
     // Removed: its reports are refused.
     let (status, body) = registry
         .send(
@@ -318,7 +334,7 @@ async fn forged_replayed_and_unenrolled_reports_are_refused_and_counted() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let after = report::sign(&key, &payload("gw", 6, 0));
+    let after = report::sign(&key, &payload("gw", 200, 0));
     let (status, body) = post_report(&registry, &after, jose).await;
     assert_eq!(
         (status, body["error"].as_str()),
@@ -338,10 +354,8 @@ async fn forged_replayed_and_unenrolled_reports_are_refused_and_counted() {
             "{series}:\n{metrics}"
         );
     }
-    assert_eq!(
-        veto_testkit::metric_value(metrics, "veto_registry_fleet_reports_total"),
-        2.0
-    );
+    let accepted = veto_testkit::metric_value(metrics, "veto_registry_fleet_reports_total");
+    assert_eq!(accepted, 2.0 + 40.0 - f64::from(limited), "{metrics}");
 }
 
 async fn survives_restart(args: &[&str]) {
