@@ -246,6 +246,36 @@ impl RevocationSet {
         self.len
     }
 
+    /// Listed entries per kind: `[warrants, agents, keys]`. Costs one
+    /// look-up per entry changed since the last compaction, not one per
+    /// entry.
+    pub fn counts(&self) -> [usize; 3] {
+        let at = |kind: EntryKind| match kind {
+            EntryKind::Warrant => 0,
+            EntryKind::Agent => 1,
+            EntryKind::Key => 2,
+        };
+        let mut c = [
+            self.base.warrants.len(),
+            self.base.agents.len(),
+            self.base.keys.len(),
+        ];
+        // `added` and `removed` never share a digest.
+        for d in self.removed.iter() {
+            for kind in [EntryKind::Warrant, EntryKind::Agent, EntryKind::Key] {
+                if self.base.get(kind, d).is_some() {
+                    c[at(kind)] -= 1;
+                }
+            }
+        }
+        for (d, &(kind, _)) in self.added.iter() {
+            if self.base.get(kind, d).is_none() {
+                c[at(kind)] += 1;
+            }
+        }
+        c
+    }
+
     /// Whether nothing is listed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -323,6 +353,39 @@ impl RevocationSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_per_kind_follow_inserts_removals_and_compaction() {
+        let dk = |kind, i: u32| Digest::of(kind, &i.to_string());
+        let mut set = RevocationSet::from_sorted(
+            {
+                let mut v: Vec<_> = (0..50).map(|i| dk(EntryKind::Warrant, i)).collect();
+                v.sort_unstable();
+                v
+            },
+            {
+                let mut v: Vec<_> = (0..20).map(|i| (dk(EntryKind::Agent, i), 5)).collect();
+                v.sort_unstable();
+                v
+            },
+            Vec::new(),
+        );
+        assert_eq!(set.counts(), [50, 20, 0]);
+        // A later cutoff for a listed agent is no new entry.
+        assert!(set.insert(EntryKind::Agent, dk(EntryKind::Agent, 3), 9));
+        assert!(set.insert(EntryKind::Key, dk(EntryKind::Key, 1), 0));
+        assert!(set.remove(EntryKind::Warrant, &dk(EntryKind::Warrant, 7)));
+        assert!(set.remove(EntryKind::Agent, &dk(EntryKind::Agent, 3)));
+        assert!(set.insert(EntryKind::Warrant, dk(EntryKind::Warrant, 7), 0));
+        assert_eq!(set.counts(), [50, 19, 1]);
+        assert_eq!(set.counts().iter().sum::<usize>(), set.len());
+        // Many more: the overlay compacts into the base.
+        for i in 100..6000 {
+            set.insert(EntryKind::Warrant, dk(EntryKind::Warrant, i), 0);
+        }
+        assert_eq!(set.counts(), [5950, 19, 1]);
+        assert_eq!(set.counts().iter().sum::<usize>(), set.len());
+    }
 
     fn d(i: u32) -> Digest {
         Digest::of(EntryKind::Warrant, &i.to_string())

@@ -36,6 +36,11 @@ pub mod path {
     /// `GET {FLEET_VERSIONS}/{N}` (scope `fleet`): when each gateway applied
     /// version N.
     pub const FLEET_VERSIONS: &str = "/v1/fleet/versions";
+    /// `GET` (scope `fleet`): server-sent events `fleet`, each the body of
+    /// [`FLEET`], when it changes.
+    pub const FLEET_EVENTS: &str = "/v1/fleet/events";
+    /// `GET`: the operator console (a page; its API calls need a token).
+    pub const UI: &str = "/ui";
     /// `POST` (admin): mint a root warrant.
     pub const WARRANTS: &str = "/v1/warrants";
     /// `GET`/`POST` (admin): issuer keys; `DELETE {ISSUER_KEYS}/{kid}` retires one.

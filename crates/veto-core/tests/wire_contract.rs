@@ -30,6 +30,8 @@ fn paths() {
         (path::FLEET_REPORTS, "/v1/fleet/reports"),
         (path::FLEET_GATEWAYS, "/v1/fleet/gateways"),
         (path::FLEET_VERSIONS, "/v1/fleet/versions"),
+        (path::FLEET_EVENTS, "/v1/fleet/events"),
+        (path::UI, "/ui"),
         (path::ISSUER_KEYS, "/v1/issuer-keys"),
         (path::AUTHORITY, "/v1/authority"),
         (path::JWKS, "/.well-known/jwks.json"),

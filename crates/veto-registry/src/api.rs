@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 use veto_core::wire::{
     path, DelegatedRevokeRequest, ErrorCode, RevokeEntry, RevokeRequest, RevokeResponse,
@@ -250,6 +250,7 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         .route(path::TOKENS, post(create_token).get(list_tokens))
         .route(&format!("{}/{{name}}", path::TOKENS), delete(revoke_token))
         .route(path::FLEET, get(fleet))
+        .route(path::FLEET_EVENTS, get(fleet_events))
         .route(
             &format!("{}/{{id}}", path::FLEET_GATEWAYS),
             delete(remove_gateway),
@@ -273,6 +274,9 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         .route(path::AUTHORITY, get(authority))
         .route(path::HEALTHZ, get(healthz))
         .route(path::METRICS, get(metrics))
+        .route(path::UI, get(crate::console::index))
+        .route(&format!("{}/app.js", path::UI), get(crate::console::script))
+        .route(&format!("{}/app.css", path::UI), get(crate::console::style))
         .fallback(|| async {
             err(
                 StatusCode::NOT_FOUND,
@@ -654,6 +658,7 @@ struct AuditQuery {
     id: Option<String>,
     since: Option<u64>,
     until: Option<u64>,
+    actor: Option<String>,
     after: Option<i64>,
     limit: Option<u32>,
 }
@@ -682,6 +687,7 @@ async fn audit(
         id: q.id,
         since: q.since,
         until: q.until,
+        actor: q.actor,
         after: q.after,
         limit,
     };
@@ -1343,6 +1349,7 @@ async fn enrol_gateway(
     if let Ok(rows) = api.authority.gateways().await {
         api.fleet.load(&rows);
     }
+    api.fleet.changed();
     tracing::info!(id = %row.id, name = %row.name, %actor, "gateway enrolled");
     Ok((
         StatusCode::CREATED,
@@ -1374,6 +1381,7 @@ async fn remove_gateway(
     if let Ok(rows) = api.authority.gateways().await {
         api.fleet.load(&rows);
     }
+    api.fleet.changed();
     Ok(Json(json!({"id": id, "removed": true})).into_response())
 }
 
@@ -1483,6 +1491,7 @@ async fn fleet_report(
         ));
     }
     api.metrics.fleet_reports.inc();
+    api.fleet.changed();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -1525,8 +1534,104 @@ async fn fleet(
     Extension(principal): Extension<Principal>,
 ) -> Result<Response, Refusal> {
     api.need(&principal, Scope::Fleet)?;
-    let (head, gateways) = read_fleet(&api).await?;
-    Ok(Json(json!({"head": head, "gateways": gateways})).into_response())
+    Ok(Json(fleet_body(&api).await?).into_response())
+}
+
+/// The body of `GET /v1/fleet`: the head, the applied state (version,
+/// head digest, entries per kind, the newest checkpoint's `iat`) and every
+/// gateway.
+async fn fleet_body(api: &Api) -> Result<Value, Refusal> {
+    let (head, gateways) = read_fleet(api).await?;
+    let (ver, digest, [warrants, agents, keys]) = api.authority.summary();
+    let (_, checkpoint) = api.authority.checkpoint();
+    let checkpoint_iat = veto_core::jws::UnverifiedJws::parse(&checkpoint, usize::MAX)
+        .ok()
+        .and_then(|j| j.payload_unverified().ok())
+        .and_then(|p| serde_json::from_slice::<Value>(&p).ok())
+        .and_then(|p| p["iat"].as_u64());
+    Ok(json!({
+        "head": head,
+        "state": {
+            "version": ver,
+            "head": digest,
+            "entries": {"warrant": warrants, "agent": agents, "key": keys},
+            "checkpoint_iat": checkpoint_iat,
+        },
+        "gateways": gateways,
+    }))
+}
+
+/// `GET /v1/fleet/events` (scope `fleet`): server-sent events `fleet`,
+/// each the body of `GET /v1/fleet`, at once and then whenever it changes
+/// (a report accepted here, or states aging: read every second), with a
+/// comment every 15 s. At most [`crate::fleet::MAX_FLEET_STREAMS`] open.
+async fn fleet_events(
+    State(api): State<Shared>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, Refusal> {
+    api.need(&principal, Scope::Fleet)?;
+    let Some(slot) = api.fleet.open_stream() else {
+        return Err(api.refuse(err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TooManySubscribers,
+            format!(
+                "{} fleet streams are open: close one, or read GET {}",
+                crate::fleet::MAX_FLEET_STREAMS,
+                path::FLEET
+            ),
+        )));
+    };
+    let changes = api.fleet.watch();
+    let state = (
+        api,
+        changes,
+        slot,
+        String::new(),
+        std::time::Instant::now(),
+        true,
+    );
+    let stream = futures_util::stream::unfold(
+        state,
+        |(api, mut changes, slot, last, mut quiet_since, first)| async move {
+            loop {
+                if !first {
+                    tokio::select! {
+                        _ = changes.changed() => {
+                            // Let a burst of reports land first.
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+                let body = match fleet_body(&api).await {
+                    Ok(b) => b.to_string(),
+                    Err(_) => return None,
+                };
+                if body != last {
+                    let frame = format!("event: fleet\ndata: {body}\n\n");
+                    return Some((
+                        Ok::<_, Infallible>(Bytes::from(frame)),
+                        (api, changes, slot, body, std::time::Instant::now(), false),
+                    ));
+                }
+                if quiet_since.elapsed() >= std::time::Duration::from_secs(15) {
+                    quiet_since = std::time::Instant::now();
+                    return Some((
+                        Ok(Bytes::from_static(b": keep-alive\n\n")),
+                        (api, changes, slot, last, quiet_since, false),
+                    ));
+                }
+            }
+        },
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 /// `GET /v1/fleet/versions/{N}` (scope `fleet`): when each gateway was

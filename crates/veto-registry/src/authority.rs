@@ -493,6 +493,13 @@ impl Authority {
         let _ = self.events.send(Event::issuers(ver, jws.into()));
     }
 
+    /// The applied state for display: version, head, entries per kind
+    /// (`[warrants, agents, keys]`) and the newest checkpoint's `iat`.
+    pub(crate) fn summary(&self) -> (u64, String, [usize; 3]) {
+        let cur = self.read_current();
+        (cur.ver(), cur.head().to_string(), cur.set().counts())
+    }
+
     /// Every enrolled gateway, removed ones included.
     pub(crate) async fn gateways(&self) -> Result<Vec<GatewayRow>, StoreError> {
         self.store.gateways().await

@@ -58,7 +58,15 @@ pub(crate) struct Fleet {
     budgets: Mutex<HashMap<String, (f64, Instant)>>,
     reloaded: Mutex<Option<Instant>>,
     committed: Mutex<BTreeMap<u64, u64>>,
+    /// Bumped when a report is accepted or a gateway enrolled or removed
+    /// here: wakes the console's fleet streams.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Open console fleet streams.
+    streams: std::sync::atomic::AtomicUsize,
 }
+
+/// Most console fleet streams open at once.
+pub const MAX_FLEET_STREAMS: usize = 32;
 
 impl Fleet {
     pub(crate) fn new(token: AdminToken) -> Self {
@@ -68,7 +76,28 @@ impl Fleet {
             budgets: Mutex::new(HashMap::new()),
             reloaded: Mutex::new(None),
             committed: Mutex::new(BTreeMap::new()),
+            changes: tokio::sync::watch::channel(0).0,
+            streams: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Notes a change to the fleet seen here.
+    pub(crate) fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that sees every change noted from now on.
+    pub(crate) fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Takes one of the [`MAX_FLEET_STREAMS`] stream slots; `None` when all
+    /// are taken. The slot is given back when the guard drops.
+    pub(crate) fn open_stream(self: &std::sync::Arc<Self>) -> Option<StreamSlot> {
+        use std::sync::atomic::Ordering;
+        let taken = self.streams.fetch_add(1, Ordering::AcqRel);
+        let slot = StreamSlot(self.clone());
+        (taken < MAX_FLEET_STREAMS).then_some(slot)
     }
 
     /// Whether `given` is the fleet enrolment token (constant time).
@@ -151,6 +180,17 @@ impl Fleet {
             .unwrap_or_else(|p| p.into_inner())
             .get(&ver)
             .copied()
+    }
+}
+
+/// A console fleet stream's slot (see [`Fleet::open_stream`]).
+pub(crate) struct StreamSlot(std::sync::Arc<Fleet>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0
+            .streams
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

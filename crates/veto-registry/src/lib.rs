@@ -39,6 +39,7 @@ mod authority;
 mod budget;
 mod bus;
 mod config;
+mod console;
 mod error;
 mod event;
 mod fleet;

@@ -198,6 +198,8 @@ pub struct AuditFilter {
     pub since: Option<u64>,
     /// Only before this time.
     pub until: Option<u64>,
+    /// Only this actor (the token name, `admin`, or a holder).
+    pub actor: Option<String>,
     /// Only records after this sequence number (pagination cursor).
     pub after: Option<i64>,
     /// At most this many (1..=1000).

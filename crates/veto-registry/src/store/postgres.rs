@@ -388,6 +388,7 @@ impl Backend for PgStore {
                         " FROM veto_audit
                          WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR id = $2) AND ($3::bigint IS NULL OR at >= $3)
                            AND ($4::bigint IS NULL OR at < $4) AND seq > COALESCE($5::bigint, 0)
+                           AND ($7::text IS NULL OR actor = $7)
                          ORDER BY seq LIMIT $6"
                     ),
                     &[
@@ -397,6 +398,7 @@ impl Backend for PgStore {
                         &opt_int(f.until),
                         &f.after,
                         &i64::from(f.limit),
+                        &f.actor,
                     ],
                 )
                 .await?;

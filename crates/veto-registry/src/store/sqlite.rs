@@ -441,6 +441,7 @@ impl SqliteStore {
             " FROM audit
              WHERE (?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR id = ?2) AND (?3 IS NULL OR at >= ?3)
                AND (?4 IS NULL OR at < ?4) AND seq > COALESCE(?5, 0)
+               AND (?7 IS NULL OR actor = ?7)
              ORDER BY seq LIMIT ?6"
         ))?;
         collect(
@@ -451,7 +452,8 @@ impl SqliteStore {
                 opt_int(f.since),
                 opt_int(f.until),
                 f.after,
-                i64::from(f.limit)
+                i64::from(f.limit),
+                f.actor
             ],
             rows::audit_record,
         )

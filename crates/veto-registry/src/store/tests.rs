@@ -695,6 +695,17 @@ async fn fleet(store: &Store) {
         ]
     );
     assert!(log.iter().all(|a| a.id.as_deref() == Some("g1")));
+    // The audit log filtered by actor.
+    let by_ops = store
+        .audit_log(AuditFilter {
+            actor: Some("ops".into()),
+            limit: 100,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_ops.len(), 1);
+    assert_eq!(by_ops[0].note.as_deref(), Some("edge-1b"));
 }
 
 #[test]

@@ -184,6 +184,9 @@ pub struct ListArgs {
     /// Only this id.
     #[arg(long, allow_hyphen_values = true)]
     id: Option<String>,
+    /// Only what this actor did (a token name, `admin`, or a holder).
+    #[arg(long, allow_hyphen_values = true)]
+    actor: Option<String>,
     /// Only at or after this Unix time.
     #[arg(long)]
     since: Option<u64>,
@@ -207,7 +210,7 @@ pub fn run_list(cmd: RevocationsCommand) -> anyhow::Result<()> {
     let RevocationsCommand::List(a) = cmd;
     let client = Client::new(&a.registry)?;
     let mut q = vec![format!("limit={}", a.limit)];
-    for (k, v) in [("kind", a.kind), ("id", a.id)] {
+    for (k, v) in [("kind", a.kind), ("id", a.id), ("actor", a.actor)] {
         if let Some(v) = v {
             q.push(format!("{k}={}", urlencode(&v)));
         }
