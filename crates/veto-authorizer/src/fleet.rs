@@ -26,6 +26,66 @@ pub(crate) struct Reporter {
     pub(crate) http: reqwest::Client,
 }
 
+/// Why an enrolment did not happen.
+pub(crate) enum Enrol {
+    /// The registry answered and refused (a wrong token, a name taken, a
+    /// removed gateway): retrying will not help.
+    Refused(String),
+    /// The registry could not be reached, or failed: retry.
+    Unreachable(String),
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Enrols the gateway's key under its name with the fleet token. An
+/// already enrolled key is fine (a restart); under another name, the
+/// registry keeps the name it has, and that is logged.
+pub(crate) async fn enrol(
+    http: &reqwest::Client,
+    registry: &str,
+    fleet: &FleetConfig,
+    token: &str,
+) -> Result<(), Enrol> {
+    let body = serde_json::json!({
+        "name": fleet.name,
+        "key": fleet.key.public().to_jwk(),
+    });
+    let resp = http
+        .post(format!("{registry}{}", path::FLEET_GATEWAYS))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| Enrol::Unreachable(veto_tls::error_chain(&e)))?;
+    let status = resp.status().as_u16();
+    if status == 201 {
+        tracing::info!(id = fleet.key.kid(), name = %fleet.name, "enrolled in the registry's fleet");
+        return Ok(());
+    }
+    let err: Option<ErrorBody> = resp.json().await.ok();
+    match err {
+        Some(e) if e.error == ErrorCode::AlreadyEnrolled.as_str() => {
+            if !e.message.contains(&format!("`{}`", fleet.name)) {
+                tracing::warn!(message = %e.message, name = %fleet.name, "this key is enrolled under another name; the registry keeps that one (veto fleet remove, then restart, to rename)");
+            }
+            Ok(())
+        }
+        Some(e) if (400..500).contains(&status) => Err(Enrol::Refused(format!(
+            "registry answered {status} {}: {}",
+            e.error, e.message
+        ))),
+        Some(e) => Err(Enrol::Unreachable(format!(
+            "registry answered {status}: {}",
+            e.message
+        ))),
+        None => Err(Enrol::Unreachable(format!("registry answered {status}"))),
+    }
+}
+
 /// The `push` a report names for a transport.
 pub(crate) fn push_name(push: &Push) -> &'static str {
     match push {
@@ -44,15 +104,20 @@ pub(crate) fn policy_name(policy: StalenessPolicy) -> &'static str {
 }
 
 impl Reporter {
-    /// Enrols (when a token is given), then reports until `stop`.
-    pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
-        if let Some(token) = self.fleet.enrol_token.clone() {
+    /// Enrols (when a token is given and `enrolled` is false), then
+    /// reports until `stop`.
+    pub(crate) async fn run(self, enrolled: bool, mut stop: watch::Receiver<bool>) {
+        if let (Some(token), false) = (self.fleet.enrol_token.clone(), enrolled) {
             let mut backoff = Duration::from_millis(200);
             loop {
-                match self.enrol(&token).await {
+                match enrol(&self.http, &self.registry, &self.fleet, &token).await {
                     Ok(()) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot enrol with the registry's fleet");
+                    Err(Enrol::Refused(e)) => {
+                        tracing::error!(error = %e, "the registry refused to enrol this gateway; reports will be refused until an operator enrols its key (veto fleet enrol)");
+                        break;
+                    }
+                    Err(Enrol::Unreachable(e)) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot enrol with the registry's fleet yet");
                     }
                 }
                 tokio::select! {
@@ -65,7 +130,9 @@ impl Reporter {
         let mut versions = self.state.subscribe_versions();
         let mut seq = 0u64;
         loop {
-            seq += 1;
+            // Milliseconds since the epoch, or one more than the last:
+            // increasing across restarts too (unless the clock steps back).
+            seq = (seq + 1).max(now_ms());
             if let Err(e) = self.report(seq).await {
                 self.state.metrics().sync_error("fleet_report");
                 tracing::warn!(error = %e, "fleet report not accepted");
@@ -89,32 +156,6 @@ impl Reporter {
         }
     }
 
-    async fn enrol(&self, token: &str) -> Result<(), String> {
-        let body = serde_json::json!({
-            "name": self.fleet.name,
-            "key": self.fleet.key.public().to_jwk(),
-        });
-        let resp = self
-            .http
-            .post(format!("{}{}", self.registry, path::FLEET_GATEWAYS))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| veto_tls::error_chain(&e))?;
-        let status = resp.status().as_u16();
-        if status == 201 {
-            tracing::info!(id = self.fleet.key.kid(), name = %self.fleet.name, "enrolled in the registry's fleet");
-            return Ok(());
-        }
-        let err: Option<ErrorBody> = resp.json().await.ok();
-        match err {
-            Some(e) if e.error == ErrorCode::AlreadyEnrolled.as_str() => Ok(()),
-            Some(e) => Err(format!("registry answered {status}: {}", e.message)),
-            None => Err(format!("registry answered {status}")),
-        }
-    }
-
     async fn report(&self, seq: u64) -> Result<(), String> {
         let s = self.state.status();
         let payload = ReportPayload {
@@ -126,6 +167,7 @@ impl Reporter {
             head: s.head,
             fresh: s.fresh,
             staleness_s: s.age,
+            fresh_until: s.fresh_until,
             push: self.push.into(),
             push_connected: s.push_connected,
             policy: self.policy.into(),

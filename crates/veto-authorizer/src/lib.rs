@@ -115,11 +115,27 @@ impl Authorizer {
             Prover::new(config.pop.clone(), config.check.skew).map_err(StartError::Random)?,
             disk.clone(),
         ));
-        let sync = Arc::new(Syncer::new(config, http, state.clone(), disk));
+        let (sync_fleet, registry) = (config.fleet.clone(), config.registry.clone());
+        let sync = Arc::new(Syncer::new(config, http.clone(), state.clone(), disk));
         if let Some(saved) = saved {
             sync.restore(saved);
         }
-        sync.spawn(first_bus);
+        // A fleet token the registry refuses is a configuration error, like
+        // a bad certificate: say so now. An unreachable registry is not
+        // (the reporter enrols when it is back).
+        let mut enrolled = false;
+        if let Some(fleet) = &sync_fleet {
+            if let Some(token) = &fleet.enrol_token {
+                match fleet::enrol(&http, &registry, fleet, token).await {
+                    Ok(()) => enrolled = true,
+                    Err(fleet::Enrol::Refused(e)) => return Err(StartError::Fleet(e)),
+                    Err(fleet::Enrol::Unreachable(e)) => {
+                        tracing::warn!(error = %e, "cannot enrol with the registry's fleet at start; retrying in the background");
+                    }
+                }
+            }
+        }
+        sync.spawn(first_bus, enrolled);
         Ok(Self { state, sync })
     }
 

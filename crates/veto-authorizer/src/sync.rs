@@ -144,7 +144,8 @@ impl Syncer {
     /// Starts the sync tasks: issuer key set refresh (first, so the first checks can
     /// verify chains), poller, push, and the disk cache's writer.
     /// `first_bus` is the NATS connection opened at start, if any.
-    pub fn spawn(self: &Arc<Self>, first_bus: Option<veto_bus::Client>) {
+    /// `fleet_enrolled`: the gateway's key was enrolled at start already.
+    pub fn spawn(self: &Arc<Self>, first_bus: Option<veto_bus::Client>, fleet_enrolled: bool) {
         if let Issuers::Signed { refresh } = self.config.issuers {
             tokio::spawn(issuers_loop(self.clone(), refresh));
         }
@@ -168,7 +169,7 @@ impl Syncer {
                 state: self.state.clone(),
                 http: self.http.clone(),
             };
-            tokio::spawn(reporter.run(self.shutdown.subscribe()));
+            tokio::spawn(reporter.run(fleet_enrolled, self.shutdown.subscribe()));
         }
         if let Some(disk) = self.disk.clone() {
             let stop = self.shutdown.subscribe();

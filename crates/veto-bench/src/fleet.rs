@@ -127,6 +127,7 @@ pub(crate) async fn receipts(a: ReceiptsArgs) -> anyhow::Result<()> {
                 head: "AAAA".into(),
                 fresh: true,
                 staleness_s: Some(1),
+                fresh_until: Some(veto_testkit::now() + 299),
                 push: "sse".into(),
                 push_connected: true,
                 policy: "fail-closed".into(),

@@ -28,8 +28,10 @@ pub struct ReportPayload {
     pub name: String,
     /// Signed at.
     pub iat: u64,
-    /// Counts this gateway process's reports: with `iat`, orders them,
-    /// so an old report replayed is refused.
+    /// Orders this gateway's reports, across its restarts too: the Unix
+    /// time in milliseconds when it was made, or one more than the last
+    /// one, whichever is larger. With `iat`, an old report replayed is
+    /// refused.
     pub seq: u64,
     /// The applied revocation state's version.
     pub ver: u64,
@@ -39,6 +41,10 @@ pub struct ReportPayload {
     pub fresh: bool,
     /// Seconds since the newest attestation was signed, if one was seen.
     pub staleness_s: Option<u64>,
+    /// Until when (Unix seconds) its state stays fresh without news: past
+    /// it, a fail-closed gateway denies every request. `None` before it
+    /// has a signed state.
+    pub fresh_until: Option<u64>,
     /// The push transport: `sse`, `nats` or `off`.
     pub push: String,
     /// Whether the push subscription is connected.
@@ -154,7 +160,7 @@ pub fn verify(
             skew,
         });
     }
-    check_name(&p.name)?;
+    check_name(&p.name).map_err(|_| ReportError::Field("`name` is not a gateway name"))?;
     if p.error.as_ref().is_some_and(|e| e.len() > MAX_ERROR_BYTES) {
         return Err(ReportError::Field("`error` is too long"));
     }
@@ -180,23 +186,24 @@ pub fn verify(
 ///
 /// # Errors
 ///
-/// [`ReportError::Field`] naming the rule broken.
-pub fn check_name(name: &str) -> Result<(), ReportError> {
-    if name.is_empty() || name.len() > MAX_NAME_BYTES {
-        return Err(ReportError::Field(
-            "a gateway name is 1 to 64 characters of A-Z a-z 0-9 . _ -",
-        ));
+/// [`NameError`].
+pub fn check_name(name: &str) -> Result<(), NameError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError)
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err(ReportError::Field(
-            "a gateway name is 1 to 64 characters of A-Z a-z 0-9 . _ -",
-        ));
-    }
-    Ok(())
 }
+
+/// A gateway name that breaks the rule of [`check_name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a gateway name is 1 to 64 characters of A-Z a-z 0-9 . _ -")]
+pub struct NameError;
 
 #[cfg(test)]
 mod tests {
@@ -212,6 +219,7 @@ mod tests {
             head: "h".into(),
             fresh: true,
             staleness_s: Some(2),
+            fresh_until: Some(now + 298),
             push: "sse".into(),
             push_connected: true,
             policy: "fail-closed".into(),

@@ -324,6 +324,11 @@ error_codes! {
     InvalidGatewayKey => "invalid_gateway_key",
     /// That gateway key is enrolled already (under the name given).
     AlreadyEnrolled => "already_enrolled",
+    /// The gateway was removed by an operator: only an operator may enrol
+    /// it again.
+    GatewayRemoved => "gateway_removed",
+    /// As many gateways are enrolled as the registry keeps.
+    FleetFull => "fleet_full",
 }
 
 impl fmt::Display for ErrorCode {

@@ -173,9 +173,11 @@ fn error_codes() {
         ErrorCode::StaleReport => "stale_report",
         ErrorCode::InvalidGatewayKey => "invalid_gateway_key",
         ErrorCode::AlreadyEnrolled => "already_enrolled",
+        ErrorCode::GatewayRemoved => "gateway_removed",
+        ErrorCode::FleetFull => "fleet_full",
     };
     // `ALL` lists every variant once (the match above has one arm each).
-    assert_eq!(ErrorCode::ALL.len(), 57);
+    assert_eq!(ErrorCode::ALL.len(), 59);
     let mut seen = std::collections::HashSet::new();
     for &c in ErrorCode::ALL {
         assert!(seen.insert(c), "{c:?} twice in ALL");

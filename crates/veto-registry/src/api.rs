@@ -263,8 +263,14 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
     Router::new()
         .merge(admin)
         .route(path::REVOCATIONS_DELEGATED, post(revoke_delegated))
-        .route(path::FLEET_GATEWAYS, post(enrol_gateway))
-        .route(path::FLEET_REPORTS, post(fleet_report))
+        .route(
+            path::FLEET_GATEWAYS,
+            post(enrol_gateway).layer(DefaultBodyLimit::max(veto_core::report::MAX_REPORT_BYTES)),
+        )
+        .route(
+            path::FLEET_REPORTS,
+            post(fleet_report).layer(DefaultBodyLimit::max(veto_core::report::MAX_REPORT_BYTES)),
+        )
         .route(path::SRL, get(snapshot))
         .route(path::SRL_DELTAS, get(deltas))
         .route(path::SRL_CHECKPOINT, get(checkpoint))
@@ -1283,19 +1289,21 @@ struct EnrolRequest {
 }
 
 /// `POST /v1/fleet/gateways`: enrols a gateway key, with the fleet
-/// enrolment token or an admin token that has the `fleet` scope.
+/// enrolment token or an admin token that has the `fleet` scope. The token
+/// is checked before the body is read. A name is one live gateway's; a
+/// gateway an operator removed comes back only by an operator.
 async fn enrol_gateway(
     State(api): State<Shared>,
     headers: HeaderMap,
-    JsonBody(req): JsonBody<EnrolRequest>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, Refusal> {
-    let actor = match bearer(&headers) {
-        Some(t) if api.fleet.is_enrolment_token(t) => "fleet-token".to_owned(),
-        Some(t) if api.admin.matches(t) => Principal::bootstrap().name,
+    let (actor, operator) = match bearer(&headers) {
+        Some(t) if api.fleet.is_enrolment_token(t) => ("fleet-token".to_owned(), false),
+        Some(t) if api.admin.matches(t) => (Principal::bootstrap().name, true),
         Some(t) => match api.tokens.find(t) {
             Some(p) => {
                 api.need(&p, Scope::Fleet)?;
-                p.name
+                (p.name, true)
             }
             None => {
                 return Err(api.refuse(err(
@@ -1313,6 +1321,14 @@ async fn enrol_gateway(
             )))
         }
     };
+    let body = body.map_err(|e| {
+        api.refuse(err(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::BodyTooLarge,
+            e.body_text(),
+        ))
+    })?;
+    let req: EnrolRequest = parse_json(&body).map_err(|e| api.refuse(e))?;
     veto_core::report::check_name(&req.name)
         .map_err(|e| api.refuse(bad(ErrorCode::InvalidName, e.to_string())))?;
     if req.key.d.is_some() {
@@ -1327,8 +1343,51 @@ async fn enrol_gateway(
             format!("`key` is not an Ed25519 public JWK: {e}"),
         ))
     })?;
+    let id = key.kid().to_owned();
+    let known = api
+        .authority
+        .gateways()
+        .await
+        .map_err(|e| api.refuse(unavailable(e)))?;
+    if let Some(g) = known.iter().find(|g| g.id == id) {
+        if g.removed_at.is_none() {
+            return Err(api.refuse(err(
+                StatusCode::CONFLICT,
+                ErrorCode::AlreadyEnrolled,
+                format!("the key `{id}` is enrolled already, as `{}`", g.name),
+            )));
+        }
+        if !operator {
+            return Err(api.refuse(err(
+                StatusCode::FORBIDDEN,
+                ErrorCode::GatewayRemoved,
+                format!("gateway `{id}` (`{}`) was removed by an operator: only an operator may enrol it again (veto fleet enrol)", g.name),
+            )));
+        }
+    }
+    let live: Vec<&GatewayRow> = known.iter().filter(|g| g.removed_at.is_none()).collect();
+    if let Some(g) = live.iter().find(|g| g.name == req.name) {
+        return Err(api.refuse(err(
+            StatusCode::CONFLICT,
+            ErrorCode::NameTaken,
+            format!(
+                "the name `{}` is gateway `{}`'s: choose another, or remove that one first (veto fleet remove {})",
+                req.name, g.id, g.id
+            ),
+        )));
+    }
+    if live.len() >= crate::fleet::MAX_GATEWAYS {
+        return Err(api.refuse(err(
+            StatusCode::CONFLICT,
+            ErrorCode::FleetFull,
+            format!(
+                "{} gateways are enrolled, as many as the registry keeps: remove gone ones first (veto fleet remove)",
+                crate::fleet::MAX_GATEWAYS
+            ),
+        )));
+    }
     let row = GatewayRow {
-        id: key.kid().to_owned(),
+        id,
         name: req.name.clone(),
         public_jwk: key.to_jwk().to_json(),
         enrolled_at: api.authority.now(),
@@ -1346,9 +1405,7 @@ async fn enrol_gateway(
             format!("the key `{}` is enrolled already", row.id),
         )));
     }
-    if let Ok(rows) = api.authority.gateways().await {
-        api.fleet.load(&rows);
-    }
+    api.fleet.add_key(&row.id, key);
     api.fleet.changed();
     tracing::info!(id = %row.id, name = %row.name, %actor, "gateway enrolled");
     Ok((
@@ -1378,9 +1435,7 @@ async fn remove_gateway(
             format!("no enrolled gateway `{id}`"),
         )));
     }
-    if let Ok(rows) = api.authority.gateways().await {
-        api.fleet.load(&rows);
-    }
+    api.fleet.remove_key(&id);
     api.fleet.changed();
     Ok(Json(json!({"id": id, "removed": true})).into_response())
 }
@@ -1389,7 +1444,7 @@ async fn remove_gateway(
 async fn fleet_report(
     State(api): State<Shared>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, Refusal> {
     let refuse = |status: StatusCode, code: ErrorCode, message: String| {
         api.metrics.report_refused(code);
@@ -1406,6 +1461,16 @@ async fn fleet_report(
             "a report is a compact JWS sent as `Content-Type: application/jose`".into(),
         ));
     }
+    let body = body.map_err(|_| {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::BodyTooLarge,
+            format!(
+                "a report is at most {} bytes",
+                veto_core::report::MAX_REPORT_BYTES
+            ),
+        )
+    })?;
     if body.len() > veto_core::report::MAX_REPORT_BYTES {
         return Err(refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -1457,6 +1522,34 @@ async fn fleet_report(
                 e.to_string(),
             )
         })?;
+    // An old report replayed is refused before it costs the gateway's
+    // budget: a replay cannot silence the gateway.
+    if !api.fleet.is_newer(&kid, payload.iat, payload.seq) {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            ErrorCode::StaleReport,
+            format!(
+                "a report no newer than one already accepted (iat {}, seq {})",
+                payload.iat, payload.seq
+            ),
+        ));
+    }
+    // A version the registry has not committed: another replica's commit
+    // not followed yet, or a lie.
+    if payload.ver > api.authority.version() {
+        api.authority.follow(payload.ver).await;
+        let head = api.authority.version();
+        if payload.ver > head {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidReport,
+                format!(
+                    "the report claims version {}, beyond the head {head}",
+                    payload.ver
+                ),
+            ));
+        }
+    }
     if !api.fleet.take_report(&kid) {
         return Err(refuse(
             StatusCode::TOO_MANY_REQUESTS,
@@ -1490,6 +1583,7 @@ async fn fleet_report(
             ),
         ));
     }
+    api.fleet.accepted(&row.id, row.iat, row.seq);
     api.metrics.fleet_reports.inc();
     api.fleet.changed();
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -1642,10 +1736,17 @@ async fn fleet_version(
     axum::extract::Path(ver): axum::extract::Path<String>,
 ) -> Result<Response, Refusal> {
     api.need(&principal, Scope::Fleet)?;
-    let ver: u64 = ver.parse().map_err(|_| {
+    let digits = !ver.is_empty()
+        && ver.len() <= 19
+        && ver.bytes().all(|b| b.is_ascii_digit())
+        && !(ver.len() > 1 && ver.starts_with('0'));
+    let ver: u64 = ver.parse().ok().filter(|_| digits).ok_or_else(|| {
         api.refuse(bad(
-            ErrorCode::InvalidSince,
-            format!("`{ver}` is not a version (a non-negative integer)"),
+            ErrorCode::InvalidQuery,
+            format!(
+                "`{}` is not a version: digits, no sign or leading zero",
+                ver.chars().take(32).collect::<String>()
+            ),
         ))
     })?;
     let (head, gateways) = read_fleet(&api).await?;
@@ -1667,7 +1768,11 @@ async fn fleet_version(
     let rows: Vec<_> = gateways
         .iter()
         .map(|g| {
-            let at = applied.get(&g.id).copied();
+            // Heard to have applied N or later, and not behind N now.
+            let at = applied
+                .get(&g.id)
+                .copied()
+                .filter(|_| g.applied_version.is_some_and(|v| v >= ver));
             json!({
                 "id": g.id,
                 "name": g.name,

@@ -30,6 +30,8 @@ pub const LOST_AFTER_INTERVALS: u64 = 3;
 pub const HISTORY: Duration = Duration::from_secs(24 * 3600);
 /// Most versions whose commit time is remembered (in memory).
 const MAX_COMMIT_TIMES: usize = 100_000;
+/// Most gateways enrolled at once (removed ones not counted).
+pub const MAX_GATEWAYS: usize = 10_000;
 /// Reports one gateway may send per second, on average (gateways send at
 /// most 10): an enrolled gateway cannot turn the store into a queue of
 /// its reports.
@@ -56,6 +58,9 @@ pub(crate) struct Fleet {
     /// Each enrolled gateway's report budget: tokens left and when they
     /// were counted (one entry per enrolled key at most).
     budgets: Mutex<HashMap<String, (f64, Instant)>>,
+    /// Each enrolled gateway's newest accepted `(iat, seq)`: an old report
+    /// replayed is refused here, before it costs the gateway's budget.
+    newest: Mutex<HashMap<String, (u64, u64)>>,
     reloaded: Mutex<Option<Instant>>,
     committed: Mutex<BTreeMap<u64, u64>>,
     /// Bumped when a report is accepted or a gateway enrolled or removed
@@ -74,6 +79,7 @@ impl Fleet {
             token,
             keys: RwLock::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
+            newest: Mutex::new(HashMap::new()),
             reloaded: Mutex::new(None),
             committed: Mutex::new(BTreeMap::new()),
             changes: tokio::sync::watch::channel(0).0,
@@ -120,8 +126,53 @@ impl Fleet {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|id, _| keys.contains_key(id));
+        self.newest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| keys.contains_key(id));
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
         *self.reloaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Adds one enrolled key (without reading the others again).
+    pub(crate) fn add_key(&self, id: &str, key: PublicKey) {
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), key);
+    }
+
+    /// Forgets one key (its gateway was removed).
+    pub(crate) fn remove_key(&self, id: &str) {
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.budgets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.newest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// Whether `(iat, seq)` is newer than gateway `id`'s newest accepted
+    /// report seen here.
+    pub(crate) fn is_newer(&self, id: &str, iat: u64, seq: u64) -> bool {
+        self.newest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_none_or(|last| (iat, seq) > *last)
+    }
+
+    /// Notes gateway `id`'s newest accepted report.
+    pub(crate) fn accepted(&self, id: &str, iat: u64, seq: u64) {
+        let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        let e = newest.entry(id.to_owned()).or_insert((iat, seq));
+        *e = (*e).max((iat, seq));
     }
 
     /// The enrolled key `id`, if known.
@@ -245,6 +296,9 @@ pub struct GatewayView {
     pub fresh: Option<bool>,
     /// Seconds since its newest attestation was signed.
     pub staleness_s: Option<u64>,
+    /// Until when (Unix seconds) its state stays fresh without news: past
+    /// it, a fail-closed gateway denies every request.
+    pub fresh_until: Option<u64>,
     /// Its push transport (`sse`, `nats`, `off`).
     pub push: Option<String>,
     /// Whether its push subscription was connected.
@@ -300,6 +354,7 @@ pub(crate) fn view(
                 head: report.as_ref().map(|p| p.head.clone()),
                 fresh: report.as_ref().map(|p| p.fresh),
                 staleness_s: report.as_ref().and_then(|p| p.staleness_s),
+                fresh_until: report.as_ref().and_then(|p| p.fresh_until),
                 push: report.as_ref().map(|p| p.push.clone()),
                 push_connected: report.as_ref().map(|p| p.push_connected),
                 policy: report.as_ref().map(|p| p.policy.clone()),
@@ -337,6 +392,7 @@ mod tests {
             head: "h".into(),
             fresh,
             staleness_s: Some(1),
+            fresh_until: Some(300),
             push: "sse".into(),
             push_connected: true,
             policy: "fail-closed".into(),

@@ -153,8 +153,8 @@ async fn revoke_wait_names_a_frozen_gateway_and_succeeds_after_it_resumes() {
     )
     .await;
     assert!(out.status.success(), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let result: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    // With --json, standard output is exactly one JSON object.
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["in_force"], true, "{result}");
     assert_eq!(result["version"], 2);
     assert_eq!(result["gateways"].as_array().unwrap().len(), 3);
@@ -185,6 +185,7 @@ fn payload(name: &str, seq: u64, ver: u64) -> ReportPayload {
         head: "h".into(),
         fresh: true,
         staleness_s: Some(0),
+        fresh_until: Some(now() + 300),
         push: "sse".into(),
         push_connected: true,
         policy: "fail-closed".into(),
@@ -324,6 +325,29 @@ async fn forged_replayed_and_unenrolled_reports_are_refused_and_counted() {
     }
     assert!(limited > 0, "40 reports at once were never limited");
 
+    // A version beyond the registry's head is a lie: refused.
+    let lie = report::sign(&key, &payload("gw", 150, 99));
+    let (status, body) = post_report(&registry, &lie, jose).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_report")),
+        "{body}"
+    );
+    // A name is one live gateway's.
+    let (status, body) = enrol(&registry, &token, "gw", &stranger).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("name_taken")),
+        "{body}"
+    );
+    // Versions are digits.
+    for bad in ["+1", "01", "-1", "1e3", "%2B1"] {
+        let (status, body) = registry
+            .admin_get(&format!("{}/{bad}", path::FLEET_VERSIONS))
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+
     // Removed: its reports are refused.
     let (status, body) = registry
         .send(
@@ -340,11 +364,20 @@ async fn forged_replayed_and_unenrolled_reports_are_refused_and_counted() {
         (status, body["error"].as_str()),
         (403, Some("not_enrolled"))
     );
+    // It comes back only by an operator, not with the fleet token.
+    let (status, body) = enrol(&registry, &token, "gw", &key).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("gateway_removed")),
+        "{body}"
+    );
+    let (status, body) = enrol(&registry, &registry.token(), "gw", &key).await;
+    assert_eq!(status, 201, "{body}");
 
     let metrics = registry.get(path::METRICS).await.1;
     let metrics = metrics.as_str().unwrap();
     for (code, least) in [
-        ("invalid_report", 3.0),
+        ("invalid_report", 4.0),
         ("not_enrolled", 2.0),
         ("stale_report", 1.0),
     ] {
@@ -356,6 +389,53 @@ async fn forged_replayed_and_unenrolled_reports_are_refused_and_counted() {
     }
     let accepted = veto_testkit::metric_value(metrics, "veto_registry_fleet_reports_total");
     assert_eq!(accepted, 2.0 + 40.0 - f64::from(limited), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_wait_without_gateways_confirms_nothing() {
+    let registry = Registry::start(&[]);
+    let out = cli(
+        &registry,
+        &[
+            "revoke",
+            "warrant",
+            "jti-alone",
+            "--wait",
+            "--timeout",
+            "1s",
+        ],
+    )
+    .await;
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(said.contains("no gateway is enrolled"), "{said}");
+    // A token without the fleet scope: refused before anything is revoked.
+    let (status, made) = registry
+        .admin_post(
+            path::TOKENS,
+            &json!({"name": "revoker", "scopes": ["revoke"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let mut cmd = Command::new(veto_bin());
+    cmd.env_remove("VETO_ADMIN_TOKEN")
+        .args([
+            "revoke",
+            "warrant",
+            "jti-unwaited",
+            "--wait",
+            "--registry",
+            &registry.url,
+        ])
+        .args(["--token", made["token"].as_str().unwrap()]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("nothing was revoked"), "{said}");
+    let (_, log) = registry.admin_get(path::REVOCATIONS).await;
+    assert!(!log.to_string().contains("jti-unwaited"), "{log}");
 }
 
 async fn survives_restart(args: &[&str]) {

@@ -175,7 +175,7 @@ fn print_fleet(fleet: &Value) {
         println!(
             "{:<12} {:<20} {:>8} {:>5} {:<6} {:>6} {:<5} {:<11} {:>9}  {}",
             id.chars().take(12).collect::<String>(),
-            text(&g["name"]),
+            clean(&text(&g["name"])),
             text(&g["applied_version"]),
             text(&g["lag"]),
             state,
@@ -185,14 +185,62 @@ fn print_fleet(fleet: &Value) {
             push,
             text(&g["policy"]),
             reported,
-            g["error"].as_str().unwrap_or("")
+            clean(g["error"].as_str().unwrap_or(""))
         );
     }
 }
 
-/// After a revocation acknowledged in `version`: waits until every
-/// gateway that is not lost now reports `version` or later, printing one
-/// line per gateway as it does; [`NotInForce`] after `timeout`.
+/// Text from the fleet shown on a terminal: control characters (a
+/// gateway's error text is the gateway's, or a relay's) escaped.
+fn clean(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// A gateway as the wait prints it: `name (id…)`.
+fn who(g: &Value) -> String {
+    let id = text(&g["id"]);
+    format!(
+        "{} ({})",
+        clean(&text(&g["name"])),
+        id.chars().take(8).collect::<String>()
+    )
+}
+
+/// Whether gateway row `g` enforces `version`: it reports it (or later),
+/// or it is fail-closed and its state is past `fresh_until`, so it denies
+/// every request (`stale`) until it hears from the registry again.
+fn enforces(g: &Value, version: u64, now_s: u64) -> Option<&'static str> {
+    if g["applied_version"].as_u64().is_some_and(|v| v >= version) {
+        return Some("in force");
+    }
+    let closed = g["policy"] == "fail-closed";
+    if closed && g["fresh_until"].as_u64().is_some_and(|t| t <= now_s) {
+        return Some("stale, denying everything (fail-closed)");
+    }
+    None
+}
+
+/// Checks, before anything is revoked, that `client`'s token may read the
+/// fleet (`--wait` needs the `fleet` scope).
+pub fn can_wait(client: &Client) -> anyhow::Result<()> {
+    client.get(path::FLEET, true).map(|_| ()).map_err(|e| {
+        anyhow::anyhow!("--wait reads the fleet, and the token cannot: {e:#}; nothing was revoked")
+    })
+}
+
+/// After a revocation acknowledged in `version`: waits until every enrolled
+/// gateway — lost ones too: a gateway that stopped reporting may still be
+/// allowing requests — enforces it ([`enforces`]), printing one line per
+/// gateway as it does; [`NotInForce`] after `timeout`, or at once when no
+/// gateway is enrolled (nothing confirms the revocation then).
 pub fn wait(
     client: &Client,
     version: u64,
@@ -201,40 +249,21 @@ pub fn wait(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let first = client.get(path::FLEET, true)?;
-    let waited: Vec<Value> = first["gateways"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|g| g["state"] != "lost")
-        .collect();
-    let lost: Vec<String> = first["gateways"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|g| g["state"] == "lost")
-        .map(|g| text(&g["name"]))
-        .collect();
-    if !json_out && !lost.is_empty() {
-        eprintln!("not waiting for lost gateways: {}", lost.join(", "));
-    }
-    if waited.is_empty() && !json_out {
-        eprintln!("no live gateway reports to this registry: nothing to wait for (enrol gateways with `veto proxy --name`)");
-    }
-    let mut done: std::collections::HashMap<String, u64> = Default::default();
+    let waited: Vec<Value> = first["gateways"].as_array().cloned().unwrap_or_default();
+    let mut done: std::collections::HashMap<String, (u64, &'static str)> = Default::default();
     let mut last = first;
     loop {
+        let now_s = util::now();
         for g in last["gateways"].as_array().into_iter().flatten() {
             let id = text(&g["id"]);
-            let applied = g["applied_version"].as_u64().unwrap_or(0);
-            if applied >= version
-                && waited.iter().any(|w| w["id"] == g["id"])
-                && !done.contains_key(&id)
-            {
+            if !waited.iter().any(|w| w["id"] == g["id"]) || done.contains_key(&id) {
+                continue;
+            }
+            if let Some(how) = enforces(g, version, now_s) {
                 let ms = started.elapsed().as_millis() as u64;
-                done.insert(id, ms);
+                done.insert(id, (ms, how));
                 if !json_out {
-                    println!("  in force at {:<20} +{ms} ms", text(&g["name"]));
+                    println!("  {how} at {:<32} +{ms} ms", who(g));
                 }
             }
         }
@@ -257,6 +286,15 @@ pub fn wait(
             .find(|g| &g["id"] == id)
             .and_then(|g| g["after_ms"].as_u64())
     };
+    let now_row = |w: &Value| {
+        last["gateways"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|g| g["id"] == w["id"])
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
     let laggards: Vec<&Value> = waited
         .iter()
         .filter(|w| !done.contains_key(&text(&w["id"])))
@@ -265,17 +303,13 @@ pub fn wait(
         let rows: Vec<Value> = waited
             .iter()
             .map(|w| {
-                let now = last["gateways"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|g| g["id"] == w["id"])
-                    .cloned()
-                    .unwrap_or(Value::Null);
+                let now = now_row(w);
+                let how = done.get(&text(&w["id"])).map(|(_, how)| *how);
                 json!({
                     "id": w["id"],
                     "name": w["name"],
-                    "in_force": done.contains_key(&text(&w["id"])),
+                    "in_force": how.is_some(),
+                    "how": how,
                     "applied_version": now["applied_version"],
                     "state": now["state"],
                     "after_ms": after(&w["id"]),
@@ -284,8 +318,10 @@ pub fn wait(
             .collect();
         println!(
             "{}",
-            json!({"version": version, "in_force": laggards.is_empty(), "gateways": rows, "lost": lost})
+            json!({"version": version, "in_force": !waited.is_empty() && laggards.is_empty(), "gateways": rows})
         );
+    } else if waited.is_empty() {
+        println!("  no gateway is enrolled: nothing confirms version {version} is in force (veto proxy --name)");
     } else if laggards.is_empty() {
         let last_ms = waited.iter().filter_map(|w| after(&w["id"])).max();
         match last_ms {
@@ -297,18 +333,13 @@ pub fn wait(
         }
     } else {
         for w in &laggards {
-            let now = last["gateways"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|g| g["id"] == w["id"])
-                .cloned()
-                .unwrap_or(Value::Null);
+            let now = now_row(w);
             println!(
-                "  NOT in force at {:<20} applied {} < {version}, state {}, last report {}",
-                text(&w["name"]),
+                "  NOT in force at {:<32} applied {} < {version}, state {}, {}, last report {}",
+                who(w),
                 text(&now["applied_version"]),
                 text(&now["state"]),
+                text(&now["policy"]),
                 now["last_report_ms"]
                     .as_u64()
                     .map_or("never".into(), |t| format!(
@@ -318,12 +349,12 @@ pub fn wait(
             );
         }
     }
-    if laggards.is_empty() {
+    if !waited.is_empty() && laggards.is_empty() {
         Ok(())
     } else {
         Err(NotInForce {
             version,
-            laggards: laggards.len(),
+            laggards: laggards.len().max(usize::from(waited.is_empty())),
             of: waited.len(),
             timeout,
         }

@@ -140,8 +140,8 @@ pub struct ProxyArgs {
     #[arg(long, env = "VETO_FLEET_TOKEN_FILE", requires = "name")]
     fleet_token_file: Option<PathBuf>,
     /// This gateway's Ed25519 key (a private JWK, 0600); default
-    /// `<cache-dir>/gateway.jwk`, created on first start (without a cache
-    /// directory, a new key each start).
+    /// `<cache-dir>/gateway.jwk`, created on first start. --name needs one
+    /// or the other.
     #[arg(long, env = "VETO_GATEWAY_KEY", requires = "name")]
     gateway_key: Option<PathBuf>,
     /// Seconds between fleet reports when nothing changes (a report also
@@ -326,7 +326,7 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
 }
 
 /// The gateway's key: `given`, or `<cache_dir>/gateway.jwk` (created 0600
-/// in a 0700 directory on first start), or a new one for this run.
+/// in a 0700 directory on first start); one or the other is required.
 fn gateway_key(
     given: Option<&std::path::Path>,
     cache_dir: Option<&std::path::Path>,
@@ -347,11 +347,20 @@ fn gateway_key(
             }
             path
         }
-        (None, None) => {
-            tracing::warn!("no --gateway-key nor --cache-dir: a new gateway key for this run (it enrols again each start)");
-            return Ok(veto_core::SigningKey::generate()?);
-        }
+        (None, None) => anyhow::bail!(
+            "--name needs a gateway key that outlives this process: give --cache-dir DIR (the key is kept there) or --gateway-key FILE"
+        ),
     };
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path)
+            .with_context(|| format!("reading the gateway key `{}`", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the gateway key is readable by others: chmod 600 it (whoever reads it can report as this gateway)");
+        }
+    }
     keyfile::read_signing_key(&path)
         .with_context(|| format!("reading the gateway key `{}`", path.display()))
 }

@@ -51,10 +51,12 @@ pub struct RevokeArgs {
     /// Free text for the audit log (not published).
     #[arg(long, allow_hyphen_values = true)]
     note: Option<String>,
-    /// After the registry acknowledges, wait until every gateway that is
-    /// not lost reports the revocation's version (one line per gateway);
-    /// exit 3 naming the laggards when --timeout passes first. Needs a
-    /// token with the `fleet` scope.
+    /// After the registry acknowledges, wait until every enrolled gateway
+    /// enforces the revocation: reports its version, or (fail-closed) is
+    /// past its staleness limit and denies everything. One line per
+    /// gateway; exit 3 naming the laggards when --timeout passes first, or
+    /// when no gateway is enrolled. Needs a token with the `fleet` scope
+    /// (checked before revoking).
     #[arg(long)]
     wait: bool,
     /// How long --wait waits.
@@ -88,6 +90,9 @@ fn run_as_holder(a: RevokeArgs, client: &Client) -> anyhow::Result<()> {
         reason: Some(a.reason),
         note: a.note,
     };
+    if a.wait {
+        super::fleet::can_wait(client)?;
+    }
     let resp = client.post_as_holder(
         path::REVOCATIONS_DELEGATED,
         &serde_json::to_value(&body)?,
@@ -100,16 +105,21 @@ fn run_as_holder(a: RevokeArgs, client: &Client) -> anyhow::Result<()> {
         .ok_or_else(|| {
             anyhow::anyhow!("the registry's answer is not a revocation result: {resp}")
         })?;
-    if first.created {
-        println!(
+    let said = if first.created {
+        format!(
             "revoked link {link} (warrant `{}`) in version {}",
             first.id, first.version
-        );
+        )
     } else {
-        println!(
+        format!(
             "link {link} (warrant `{}`) was already revoked in version {}",
             first.id, first.version
-        );
+        )
+    };
+    if a.json {
+        eprintln!("{said}");
+    } else {
+        println!("{said}");
     }
     if a.wait {
         let timeout = std::time::Duration::from_secs(a.timeout);
@@ -148,6 +158,9 @@ pub fn run(a: RevokeArgs) -> anyhow::Result<()> {
             note: a.note,
         }],
     };
+    if a.wait {
+        super::fleet::can_wait(&client)?;
+    }
     let resp = client.post(path::REVOCATIONS, &serde_json::to_value(&request)?)?;
     let Some(first) = serde_json::from_value::<RevokeResponse>(resp.clone())
         .ok()
@@ -158,10 +171,16 @@ pub fn run(a: RevokeArgs) -> anyhow::Result<()> {
         );
     };
     let (kind, id, version) = (first.kind.as_str(), first.id, first.version);
-    if first.created {
-        println!("revoked {kind} `{id}` in version {version}");
+    let said = if first.created {
+        format!("revoked {kind} `{id}` in version {version}")
     } else {
-        println!("{kind} `{id}` was already revoked in version {version}");
+        format!("{kind} `{id}` was already revoked in version {version}")
+    };
+    // With --json, standard output is the one JSON object.
+    if a.json {
+        eprintln!("{said}");
+    } else {
+        println!("{said}");
     }
     if a.wait {
         let timeout = std::time::Duration::from_secs(a.timeout);
