@@ -39,7 +39,7 @@ def start(args, ready):
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if line.strip().startswith(ready):
+        if line.strip().startswith(ready.strip()):
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
             return proc, lines
     sys.exit("".join(lines))
@@ -61,7 +61,7 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="veto-quickstart-"))
     data = tmp / "data"
     registry, lines = start([veto_bin(), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data)], "veto registry listening on")
-    url = lines[-1].split()[-1]
+    url = next(l for l in lines if l.startswith("veto registry listening on")).split()[-1]
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Orders)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     gateway, lines = start([veto_bin(), "proxy", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
@@ -69,7 +69,7 @@ def main():
                             "--authority-key", str(data / "authority.pub.jwk"), "--name", "gw-quickstart",
                             "--fleet-token-file", str(data / "fleet.token"), "--cache-dir", str(tmp / "gw")],
                            "  admin (metrics, health):")
-    gw = lines[0].split()[-1]
+    gw = next(l for l in lines if l.startswith("veto proxy listening on")).split()[-1]
     try:
         token = (data / "admin.token").read_text().strip()
         reg = veto.Registry(url, token=token)

@@ -40,7 +40,7 @@ def start(args: List[str], ready: str) -> Tuple[subprocess.Popen, List[str]]:
         if not line:
             break
         lines.append(line)
-        if line.strip().startswith(ready):
+        if line.strip().startswith(ready.strip()):
             rest = proc.stdout
             threading.Thread(target=lambda: [None for _ in rest], daemon=True).start()
             return proc, lines
@@ -82,7 +82,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     data = tmp / "data"
     bin_ = veto_bin()
     reg, lines = start([bin_, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data)], "veto registry listening on")
-    registry = url_in(lines[-1])
+    registry = url_in(next(l for l in lines if l.startswith("veto registry listening on")))
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     prx, lines = start(
@@ -95,7 +95,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         ],
         "  admin (metrics, health):",
     )
-    proxy = url_in(lines[0])
+    proxy = url_in(next(l for l in lines if l.startswith("veto proxy listening on")))
     try:
         yield Services(registry, data, proxy)
     finally:

@@ -19,7 +19,7 @@ def eventually(what, ok, within=10.0):
     deadline = time.monotonic() + within
     while True:
         value = ok()
-        if value:
+        if value is not None and value is not False:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting until {what}")
@@ -62,7 +62,7 @@ def test_mint_delegate_inspect(chains):
     assert str(child).startswith(str(root) + "~")
     assert veto.Chain(str(child)) == child
     # Wider than the parent, or signed by a key the leaf does not bind: refused.
-    with pytest.raises(ValueError, match="widen|wider|cover"):
+    with pytest.raises(ValueError, match="narrow"):
         child.delegate(worker, agent="x", act=["http:*:/orders/*"], ttl=60)
     with pytest.raises(ValueError):
         root.delegate(worker, agent="x", act=["http:GET:/orders/*"], ttl=60)
