@@ -205,27 +205,81 @@ fn error_codes() -> (Vec<&'static str>, Vec<&'static str>) {
     )
 }
 
-/// What `check` returns to Python: allowed, the denial reason, stale
-/// (allowed only by fail-open), the denial message, the RFC 9449 error.
-type Checked = (
-    bool,
-    Option<&'static str>,
-    bool,
-    Option<String>,
-    Option<&'static str>,
-);
+/// What the authorizer decided: `allowed`; when denied, `reason` (a veto
+/// denial reason such as `revoked`) and `message`; `stale` when only the
+/// fail-open policy let it through; `pop_error` the RFC 9449 error for
+/// `WWW-Authenticate` when the proof was refused. True when allowed.
+#[pyclass(module = "veto._veto", frozen, name = "Decision")]
+struct Decision {
+    #[pyo3(get)]
+    allowed: bool,
+    #[pyo3(get)]
+    reason: Option<&'static str>,
+    #[pyo3(get)]
+    stale: bool,
+    #[pyo3(get)]
+    message: Option<String>,
+    #[pyo3(get)]
+    pop_error: Option<&'static str>,
+}
 
-fn checked(outcome: veto_authorizer::Outcome) -> Checked {
+#[pymethods]
+impl Decision {
+    fn __bool__(&self) -> bool {
+        self.allowed
+    }
+
+    /// Raises the `veto.errors.Denied` subclass named after the reason when
+    /// denied; nothing when allowed.
+    fn raise_for_denial(&self, py: Python<'_>) -> PyResult<()> {
+        let (Some(reason), false) = (self.reason, self.allowed) else {
+            return Ok(());
+        };
+        let error = py
+            .import("veto.errors")?
+            .getattr("error_for")?
+            .call1((reason, self.message.as_deref().unwrap_or("denied")))?;
+        Err(PyErr::from_value(error))
+    }
+
+    fn __repr__(&self) -> String {
+        match (self.allowed, self.reason) {
+            (true, _) => format!("Decision(allowed=True, stale={})", if self.stale { "True" } else { "False" }),
+            (false, reason) => format!(
+                "Decision(allowed=False, reason={:?}, message={:?})",
+                reason.unwrap_or("denied"),
+                self.message.as_deref().unwrap_or("")
+            ),
+        }
+    }
+}
+
+fn checked(outcome: veto_authorizer::Outcome) -> Decision {
     let pop_error = outcome.pop_error.map(|e| e.as_str());
     match outcome.decision {
-        veto_core::Decision::Allow { stale } => (true, None, stale, None, None),
-        veto_core::Decision::Deny(d) => (
-            false,
-            Some(d.reason.as_str()),
-            false,
-            Some(d.message),
+        veto_core::Decision::Allow { stale } => Decision {
+            allowed: true,
+            reason: None,
+            stale,
+            message: None,
+            pop_error: None,
+        },
+        veto_core::Decision::Deny(d) => Decision {
+            allowed: false,
+            reason: Some(d.reason.as_str()),
+            stale: false,
+            message: Some(d.message),
             pop_error,
-        ),
+        },
+    }
+}
+
+/// A chain given as a `str`, or as anything whose `str()` is the chain
+/// (`veto.Chain`): the `str` object, read without a copy.
+fn chain_text<'py>(chain: &Bound<'py, PyAny>) -> PyResult<Bound<'py, pyo3::types::PyString>> {
+    match chain.cast::<pyo3::types::PyString>() {
+        Ok(s) => Ok(s.clone()),
+        Err(_) => chain.str(),
     }
 }
 
@@ -321,16 +375,23 @@ impl Authorizer {
     /// header), `method` and `url` (as the request was addressed), the
     /// proof of possession is checked; without them, the chain is
     /// presented as a bearer token (denied `pop_required` unless `pop` is
-    /// `off`). Returns `(allowed, reason, stale, message, pop_error)`.
+    /// `off`). `chain` is a `str` or a `veto.Chain`. Returns a [`Decision`].
     #[pyo3(signature = (chain, action, dpop=None, method=None, url=None))]
     fn check(
         &self,
-        chain: &str,
+        chain: &Bound<'_, PyAny>,
         action: &str,
         dpop: Option<&str>,
         method: Option<&str>,
         url: Option<&str>,
-    ) -> PyResult<Checked> {
+    ) -> PyResult<Decision> {
+        let text = chain_text(chain)?;
+        let chain = text.to_str()?;
+        if dpop.is_some() && url.is_none() {
+            return Err(PyValueError::new_err(
+                "a DPoP proof is checked against the request it came with: give method= and url= with dpop=",
+            ));
+        }
         let (scheme, chain) = match chain.strip_prefix("DPoP ") {
             Some(c) => (Scheme::Dpop, c),
             None => match dpop {
@@ -370,7 +431,7 @@ impl Authorizer {
         method: &str,
         url: &str,
         action: &str,
-    ) -> PyResult<Checked> {
+    ) -> PyResult<Decision> {
         let auth: Vec<&[u8]> = authorization.iter().map(Vec::as_slice).collect();
         let proofs: Vec<&[u8]> = dpop.iter().map(Vec::as_slice).collect();
         let credential = match dpop::credential(&auth, &proofs) {
@@ -379,13 +440,13 @@ impl Authorizer {
                 let pop_error =
                     matches!(d.reason, DenyReason::PopRequired | DenyReason::PopInvalid)
                         .then_some("invalid_token");
-                return Ok((
-                    false,
-                    Some(d.reason.as_str()),
-                    false,
-                    Some(d.message),
+                return Ok(Decision {
+                    allowed: false,
+                    reason: Some(d.reason.as_str()),
+                    stale: false,
+                    message: Some(d.message),
                     pop_error,
-                ));
+                });
             }
         };
         let htu = dpop::canonical_htu(url).map_err(value_error)?;
@@ -424,6 +485,7 @@ impl Authorizer {
 fn _veto(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Key>()?;
     m.add_class::<Authorizer>()?;
+    m.add_class::<Decision>()?;
     m.add_function(wrap_pyfunction!(mint_offline, m)?)?;
     m.add_function(wrap_pyfunction!(delegate, m)?)?;
     m.add_function(wrap_pyfunction!(links, m)?)?;

@@ -190,33 +190,13 @@ class DPoPAuth:
         return request
 
 
-class Decision:
-    """What the authorizer decided: ``allowed``; when denied, ``reason`` (a
-    veto denial reason such as ``revoked``) and ``message``; ``stale`` when
-    only the fail-open policy let it through; ``pop_error`` the RFC 9449
-    error for ``WWW-Authenticate`` when the proof was refused."""
-
-    __slots__ = ("allowed", "reason", "stale", "message", "pop_error")
-
-    def __init__(self, allowed: bool, reason: Optional[str], stale: bool, message: Optional[str], pop_error: Optional[str]) -> None:
-        self.allowed = allowed
-        self.reason = reason
-        self.stale = stale
-        self.message = message
-        self.pop_error = pop_error
-
-    def __bool__(self) -> bool:
-        return self.allowed
-
-    def raise_for_denial(self) -> None:
-        """Raises the :class:`veto.errors.Denied` subclass of the reason when denied."""
-        if not self.allowed:
-            raise errors.error_for(self.reason or "denied", self.message or "denied")
-
-    def __repr__(self) -> str:
-        if self.allowed:
-            return f"Decision(allowed=True, stale={self.stale})"
-        return f"Decision(allowed=False, reason={self.reason!r}, message={self.message!r})"
+Decision = _veto.Decision
+Decision.__doc__ = """What the authorizer decided (made natively): ``allowed``; when denied,
+``reason`` (a veto denial reason such as ``revoked``) and ``message``;
+``stale`` when only the fail-open policy let it through; ``pop_error`` the
+RFC 9449 error for ``WWW-Authenticate`` when the proof was refused. True
+when allowed; ``raise_for_denial()`` raises the :class:`veto.errors.Denied`
+subclass of the reason."""
 
 
 class Authorizer:
@@ -272,6 +252,7 @@ class Authorizer:
             ca_file=None if ca_file is None else os.fspath(ca_file),
         )
         self.pop = pop
+        self._check = self._native.check
         deadline = time.monotonic() + wait_fresh
         while wait_fresh > 0 and not self.status()["fresh"] and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -289,13 +270,13 @@ class Authorizer:
         (as the request was addressed) the proof of possession is checked;
         without them the chain is a bearer token, denied ``pop_required``
         unless ``pop="off"``."""
-        return Decision(*self._native.check(str(chain), action, dpop, method, url))
+        return self._check(chain, action, dpop, method, url)
 
     def check_headers(self, authorization: List[bytes], dpop: List[bytes], method: str, url: str, action: str) -> Decision:
         """Decides an HTTP request from every value of its ``Authorization``
         and ``DPoP`` headers (veto's rules: exactly one credential, at most
         one proof), its method and URL as addressed, and ``action``."""
-        return Decision(*self._native.check_headers(list(authorization), list(dpop), method, url, action))
+        return self._native.check_headers(list(authorization), list(dpop), method, url, action)
 
     def status(self) -> Dict[str, Any]:
         """The sync state: ``version``, ``head``, ``fresh``, ``fresh_until``,
