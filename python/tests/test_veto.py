@@ -148,6 +148,9 @@ def test_the_authorizer_in_process(services, reg, chains):
         # The same proof again: a replay.
         d = authz.check(child, action="http:GET:/orders/7", dpop=proof, method="GET", url=url)
         assert not d.allowed and d.reason == "pop_invalid"
+        # A proof without the request it came with cannot be checked.
+        with pytest.raises(ValueError, match="method= and url="):
+            authz.check(child, action="http:GET:/orders/7", dpop=proof)
         # No proof under the default policy.
         d = authz.check(child, action="http:GET:/orders/7")
         assert not d.allowed and d.reason == "pop_required"
