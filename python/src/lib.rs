@@ -185,6 +185,15 @@ fn canonical_htu(url: &str) -> PyResult<String> {
     dpop::canonical_htu(url).map_err(value_error)
 }
 
+/// The canonical form of a request path (RFC 3986 dot segments removed,
+/// only unreserved characters percent-decoded), as veto's proxy builds
+/// actions and `htu`; `ValueError` for the encoded `/`, `\\`, `.` and
+/// other ambiguous forms the proxy refuses.
+#[pyfunction]
+fn canonical_path(path: &str) -> PyResult<String> {
+    veto_core::canonical_path(path).map_err(value_error)
+}
+
 /// The HTTP status veto's proxy answers a denial `reason` with.
 #[pyfunction]
 fn deny_status(reason: &str) -> PyResult<u16> {
@@ -244,7 +253,10 @@ impl Decision {
 
     fn __repr__(&self) -> String {
         match (self.allowed, self.reason) {
-            (true, _) => format!("Decision(allowed=True, stale={})", if self.stale { "True" } else { "False" }),
+            (true, _) => format!(
+                "Decision(allowed=True, stale={})",
+                if self.stale { "True" } else { "False" }
+            ),
             (false, reason) => format!(
                 "Decision(allowed=False, reason={:?}, message={:?})",
                 reason.unwrap_or("denied"),
@@ -392,15 +404,14 @@ impl Authorizer {
                 "a DPoP proof is checked against the request it came with: give method= and url= with dpop=",
             ));
         }
-        let (scheme, chain) = match chain.strip_prefix("DPoP ") {
-            Some(c) => (Scheme::Dpop, c),
-            None => match dpop {
-                Some(_) => (Scheme::Dpop, chain.strip_prefix("Bearer ").unwrap_or(chain)),
-                None => (
-                    Scheme::Bearer,
-                    chain.strip_prefix("Bearer ").unwrap_or(chain),
-                ),
-            },
+        // An `Authorization` value, or the bare chain: the scheme names how
+        // it is presented (case-insensitive, RFC 9110 11.1); a bare chain
+        // is DPoP when a proof comes with it.
+        let (scheme, chain) = match chain.split_once(' ') {
+            Some((s, rest)) if s.eq_ignore_ascii_case("dpop") => (Scheme::Dpop, rest),
+            Some((s, rest)) if s.eq_ignore_ascii_case("bearer") => (Scheme::Bearer, rest),
+            _ if dpop.is_some() => (Scheme::Dpop, chain),
+            _ => (Scheme::Bearer, chain),
         };
         let htu = match url {
             Some(u) => dpop::canonical_htu(u).map_err(value_error)?,
@@ -493,6 +504,7 @@ fn _veto(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(canonical_htu, m)?)?;
     m.add_function(wrap_pyfunction!(error_codes, m)?)?;
     m.add_function(wrap_pyfunction!(deny_status, m)?)?;
+    m.add_function(wrap_pyfunction!(canonical_path, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

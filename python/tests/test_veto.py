@@ -233,3 +233,66 @@ def test_canonical_htu_matches_the_proxy():
     assert veto.canonical_htu("HTTP://Example.COM:80/a/./b/../c?x=1#f") == "http://example.com/a/c"
     with pytest.raises(ValueError):
         veto.canonical_htu("ftp://example.com/")
+
+
+def test_careless_inputs_are_refused_clearly(services, reg, tmp_path):
+    k = veto.Key.generate()
+    # A string is not a list of actions (its `*` would permit everything).
+    with pytest.raises(TypeError, match="list of action patterns"):
+        reg.mint(agent="a", act="http:GET:/orders/*", ttl=300, holder=k.public)
+    root = reg.mint(agent="a", act=["http:GET:/orders/*"], ttl=300, holder=k.public)
+    with pytest.raises(TypeError):
+        root.delegate(k, agent="b", act="http:GET:/orders/1", ttl=60)
+    with pytest.raises(ValueError, match="ttl"):
+        root.delegate(k, agent="b", act=["http:GET:/orders/1"], ttl=-5)
+    # The private authority key is never what a service pins.
+    with pytest.raises(ValueError, match="private key"):
+        veto.Authorizer(registry=services.registry, authority_key=services.data / "authority.jwk")
+    # A token read with its newline works; a token that cannot be sent is
+    # refused without repeating it.
+    assert veto.Registry(services.registry, token=services.token + "\n").fleet()["gateways"]
+    with pytest.raises(ValueError) as e:
+        veto.Registry(services.registry, token="secret-token\x01")
+    assert "secret-token" not in str(e.value)
+    with pytest.raises(veto.RegistryUnreachable):
+        veto.Registry("http://127.0.0.1:9", token="x").fleet()
+    # "Bearer " names a bearer presentation, proof or not.
+    authz = veto.Authorizer(registry=services.registry, authority_key=services.authority_key)
+    url = services.proxy + "/orders/1"
+    proof = veto.dpop_proof(root, k, "GET", url)
+    d = authz.check(f"Bearer {root}", action="http:GET:/orders/1", dpop=proof, method="GET", url=url)
+    assert d.reason == "pop_required"
+    d = authz.check(f"dpop {root}", action="http:GET:/orders/1", dpop=proof, method="GET", url=url)
+    assert d.allowed, d
+    authz.close()
+
+
+def test_asgi_paths_are_canonical(services, reg):
+    holder = veto.Key.generate()
+    chain = reg.mint(agent="svc", act=["http:GET:/items/*"], ttl=600, holder=holder.public)
+    authz = veto.Authorizer(registry=services.registry, authority_key=services.authority_key)
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    asgi = veto.VetoMiddleware(app, authz)
+
+    async def run(path, signed_for=None):
+        # A hostile client signs the proof for where it means to land.
+        proof = veto.dpop_proof(chain, holder, "GET", "http://svc.test" + (signed_for or path))
+        headers = {"Authorization": f"DPoP {chain}", "DPoP": proof}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://svc.test") as c:
+            return await c.get(path, headers=headers)
+
+    for sneaky in ["/items/%2e%2e/admin", "/items/..%2fadmin", "/items/%2E%2E/admin", "/items/../admin"]:
+        r = asyncio.run(run(sneaky, signed_for="/admin"))
+        # Refused as not canonical, or (where the client already removed the
+        # dot segments) denied for the path it really names: never served.
+        assert r.json()["error"] in ("malformed", "action_denied"), (sneaky, r.text)
+    assert asyncio.run(run("/items/a%20b")).status_code == 200
+    assert asyncio.run(run("/items/caf%C3%A9")).status_code == 200
+    assert all(not p.startswith("/admin") and ".." not in p for p in seen), seen
+    authz.close()

@@ -79,6 +79,25 @@ class Key:
         return f"Key(kid={self.kid!r})"
 
 
+def _actions(act: Sequence[str]) -> List[str]:
+    # A str is a sequence of one-character strings, and `*` alone permits
+    # everything: never take one as a list of actions.
+    if isinstance(act, (str, bytes)):
+        raise TypeError("act is a list of action patterns, such as [\"http:GET:/orders/*\"], not a string")
+    out = list(act)
+    if not all(isinstance(a, str) for a in out):
+        raise TypeError("every action pattern in act is a str")
+    return out
+
+
+def _seconds(value: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} is a whole number of seconds")
+    if not 0 < value <= 10 * 366 * 86400:
+        raise ValueError(f"{what} must be 1 s to 10 years, not {value}")
+    return value
+
+
 def _jwk_text(key: Union[None, "Key", Mapping[str, Any], str]) -> Optional[str]:
     if key is None:
         return None
@@ -136,7 +155,7 @@ class Chain:
         key this chain's leaf binds), valid ``ttl`` seconds, bound to ``to``
         (the child holder's public key). Raises ``ValueError`` when the child
         would widen the actions or outlive this chain."""
-        return Chain(_veto.delegate(self._text, holder._key, agent, list(act), int(ttl), _jwk_text(to)))
+        return Chain(_veto.delegate(self._text, holder._key, agent, _actions(act), _seconds(ttl, "ttl"), _jwk_text(to)))
 
     def __str__(self) -> str:
         return self._text
@@ -154,7 +173,7 @@ class Chain:
 def mint_offline(issuer: Key, agent: str, act: Sequence[str], ttl: int, holder: Union[None, Key, Mapping[str, Any]] = None, iss: str = "veto") -> Chain:
     """A root warrant signed by ``issuer`` without a registry (for tests and
     closed setups; authorizers must pin that issuer key)."""
-    return Chain(_veto.mint_offline(issuer._key, iss, agent, list(act), int(ttl), _jwk_text(holder)))
+    return Chain(_veto.mint_offline(issuer._key, iss, agent, _actions(act), _seconds(ttl, "ttl"), _jwk_text(holder)))
 
 
 def canonical_htu(url: str) -> str:
@@ -239,6 +258,14 @@ class Authorizer:
         else:
             with open(os.fspath(authority_key), encoding="utf-8") as f:
                 jwk = f.read()
+        try:
+            has_private = "d" in json.loads(jwk)
+        except ValueError:
+            raise ValueError("authority_key is not a JWK (JSON)") from None
+        if has_private:
+            raise ValueError("authority_key holds a private key: pin the public half (<data-dir>/authority.pub.jwk); a service must never hold it")
+        _seconds(max_staleness, "max_staleness")
+        _seconds(poll_interval, "poll_interval")
         self._native = _veto.Authorizer(
             registry,
             jwk,
@@ -256,6 +283,16 @@ class Authorizer:
         deadline = time.monotonic() + wait_fresh
         while wait_fresh > 0 and not self.status()["fresh"] and time.monotonic() < deadline:
             time.sleep(0.02)
+        status = self.status()
+        if wait_fresh > 0 and not status["fresh"]:
+            import warnings
+
+            warnings.warn(
+                f"veto.Authorizer is not in sync with {registry} after {wait_fresh} s, so it denies every request "
+                f"(fail-closed) until it is; last error: {status.get('last_error') or 'none yet'}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def check(
         self,
@@ -310,6 +347,11 @@ class Registry:
 
     def __init__(self, url: str, token: Optional[str] = None, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
+        if token is not None:
+            token = token.strip()
+            if not token or not all(33 <= ord(c) <= 126 for c in token):
+                # Never repeat the token: it would end up in tracebacks and logs.
+                raise ValueError("token must be visible ASCII characters (as read from admin.token, stripped)")
         self.token = token
         self.timeout = timeout
 
@@ -333,12 +375,14 @@ class Registry:
                 raise errors.error_for(err["error"], err["message"], e.code) from None
             except (ValueError, KeyError, TypeError):
                 raise VetoError(f"HTTP {e.code}: {text[:200]!r}", code="http_error", status=e.code) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise RegistryUnreachable(f"cannot reach the registry at {self.url}: {getattr(e, 'reason', e)}") from None
 
     def mint(self, agent: str, act: Sequence[str], ttl: int, holder: Union[Key, Mapping[str, Any]]) -> Chain:
         """A root warrant for ``agent`` (scope ``mint``), valid ``ttl`` seconds,
         bound to ``holder`` (the key that must prove every request)."""
         jwk = holder.public if isinstance(holder, Key) else dict(holder)
-        r = self._call("POST", "/v1/warrants", {"agent": agent, "act": list(act), "ttl": int(ttl), "holder_key": jwk})
+        r = self._call("POST", "/v1/warrants", {"agent": agent, "act": _actions(act), "ttl": _seconds(ttl, "ttl"), "holder_key": jwk})
         return Chain(r["warrant"])
 
     def revoke(
@@ -419,6 +463,12 @@ class Registry:
             time.sleep(0.02)
 
 
+class RegistryUnreachable(VetoError):
+    """The registry could not be reached (refused, timed out, a bad URL)."""
+
+    code = "registry_unreachable"
+
+
 class NotInForce(VetoError):
     """A revocation's version was not reported by every gateway in time;
     ``laggards`` are their fleet rows."""
@@ -451,15 +501,21 @@ def require(authorizer: Authorizer, action: Union[str, Callable[..., str]], chai
             act = action(**kwargs) if callable(action) else action
             authorizer.check(chain, act).raise_for_denial()
 
+        def check_args(args: tuple) -> None:
+            if args and callable(action):
+                raise TypeError(f"{fn.__name__}: call it with keyword arguments; its action is computed from them")
+
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
+                check_args(args)
                 decide(kwargs)
                 return await fn(*args, **kwargs)
             return run_async
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
+            check_args(args)
             decide(kwargs)
             return fn(*args, **kwargs)
         return run
@@ -470,6 +526,6 @@ def require(authorizer: Authorizer, action: Union[str, Callable[..., str]], chai
 from .asgi import VetoMiddleware  # noqa: E402  (needs the names above)
 
 __all__ = [
-    "Authorizer", "Chain", "Decision", "Denied", "DPoPAuth", "Key", "NotInForce", "Registry",
+    "Authorizer", "Chain", "Decision", "Denied", "DPoPAuth", "Key", "NotInForce", "Registry", "RegistryUnreachable",
     "VetoError", "VetoMiddleware", "canonical_htu", "dpop_proof", "errors", "mint_offline", "require",
 ]

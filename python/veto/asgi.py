@@ -4,6 +4,7 @@ is decided by a :class:`veto.Authorizer` before the app sees it."""
 from __future__ import annotations
 
 import json
+import urllib.parse
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from . import _veto
@@ -27,7 +28,7 @@ class VetoMiddleware:
     def __init__(self, app: Callable[..., Awaitable[None]], authorizer: Any, action: Optional[Callable[[Scope], str]] = None, only_http: bool = True) -> None:
         self.app = app
         self.authorizer = authorizer
-        self.action = action or (lambda scope: f"http:{scope['method']}:{scope['path']}")
+        self.action = action or (lambda scope: f"http:{scope['method']}:{scope['veto_path']}")
         self.only_http = only_http
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -41,7 +42,24 @@ class VetoMiddleware:
             await self._deny(send, "malformed", "more than one Host header", None)
             return
         host = hosts[0].decode("latin-1") if hosts else (f"{scope['server'][0]}:{scope['server'][1]}" if scope.get("server") else "localhost")
-        url = f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}{scope['path']}"
+        # The path as sent (`raw_path`; `path` is already decoded), in the
+        # one canonical form the proxy uses. A request whose path is not
+        # already canonical (dot segments, encoded unreserved characters)
+        # is refused: the app must see exactly the path that was authorized.
+        raw = scope.get("raw_path")
+        sent = raw.decode("latin-1") if isinstance(raw, (bytes, bytearray)) else urllib.parse.quote(scope["path"], safe="/:@!$&'()*+,;=-._~%")
+        sent = sent.split("?", 1)[0]
+        try:
+            path = _veto.canonical_path(sent)
+        except ValueError as e:
+            await self._deny(send, "malformed", f"request path: {e}", None)
+            return
+        if path != sent:
+            await self._deny(send, "malformed", f"the path `{sent[:128]}` is not in canonical form (`{path[:128]}`): send that", None)
+            return
+        url = f"{scope.get('scheme', 'http')}://{host}{path}"
+        scope = dict(scope)
+        scope["veto_path"] = path
         try:
             action = self.action(scope)
         except Exception as e:  # an action the app cannot name is a malformed request

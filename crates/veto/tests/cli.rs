@@ -354,6 +354,29 @@ async fn every_command_answers_with_its_exit_code_and_output() {
         "does not verify against the pinned key",
     );
 
+    // A gateway never pins the authority's private key file.
+    let private = reg.data_dir().join("authority.jwk");
+    let r = run(
+        &reg,
+        cwd,
+        &[
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--authority-key",
+            private.to_str().unwrap(),
+        ],
+    );
+    fails(
+        &r,
+        "a proxy given the private authority key",
+        "holds a private key",
+    );
+
     // Without a token, the admin commands say where to find one.
     let out = veto_command(reg.dir().path())
         .current_dir(cwd)

@@ -164,8 +164,8 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
     let keys = a
         .authority_key
         .iter()
-        .map(|p| keyfile::read_public_key(p))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|p| pinned_public_key(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     veto_authorizer::check_registry_url(&a.registry)
         .context("--registry must be an http:// or https:// URL of the registry")?;
     let client_tls = veto_tls::ClientTls::with_ca_file(a.bus.ca_file.as_deref())?;
@@ -187,8 +187,8 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
         let issuers = a
             .issuer_key
             .iter()
-            .map(|p| keyfile::read_public_key(p))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|p| pinned_public_key(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         config.issuers = Issuers::Pinned(KeySet::new(issuers));
     }
     config.push = match (a.bus.settings()?, a.no_push) {
@@ -363,4 +363,20 @@ fn gateway_key(
     }
     keyfile::read_signing_key(&path)
         .with_context(|| format!("reading the gateway key `{}`", path.display()))
+}
+
+/// A public key to pin, from a JWK file; a private key file is refused: a
+/// gateway needs, and must never hold, only the public half.
+fn pinned_public_key(path: &std::path::Path) -> anyhow::Result<veto_core::PublicKey> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading `{}`", path.display()))?;
+    let jwk: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("`{}` is not a JWK (JSON)", path.display()))?;
+    if jwk.get("d").is_some() {
+        anyhow::bail!(
+            "`{}` holds a private key: pin the public half (the registry writes it to `<data-dir>/authority.pub.jwk`); a gateway must never hold the private key",
+            path.display()
+        );
+    }
+    Ok(keyfile::read_public_key(path)?)
 }
