@@ -357,13 +357,10 @@ fn unusable_urls_and_tls_files_are_refused_at_start() {
     let ca = TestCa::new("veto test CA");
     let (cert, key) = ca.write_server(dir.path(), "proxy", &["127.0.0.1"]);
     let not_pem = write(dir.path(), "not-pem.crt", "hello\n");
-    let key_file = dir.path().join("k.jwk");
-    let out = veto_command(dir.path())
-        .args(["keys", "generate", "--out"])
-        .arg(&key_file)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    // A gateway pins the authority's public key (a private one is refused).
+    let key_file = dir.path().join("k.pub.jwk");
+    let signing = veto_core::SigningKey::generate().unwrap();
+    veto_core::keyfile::write_public_key(&key_file, signing.public()).unwrap();
     let proxy = |args: &[&str]| {
         let mut cmd = veto_command(dir.path());
         cmd.args([
