@@ -35,12 +35,6 @@ pub(crate) enum Enrol {
     Unreachable(String),
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Enrols the gateway's key under its name with the fleet token. An
 /// already enrolled key is fine (a restart); under another name, the
 /// registry keeps the name it has, and that is logged.
@@ -132,7 +126,7 @@ impl Reporter {
         loop {
             // Milliseconds since the epoch, or one more than the last:
             // increasing across restarts too (unless the clock steps back).
-            seq = (seq + 1).max(now_ms());
+            seq = (seq + 1).max(veto_core::SystemClock::now_ms());
             if let Err(e) = self.report(seq).await {
                 self.state.metrics().sync_error("fleet_report");
                 tracing::warn!(error = %e, "fleet report not accepted");

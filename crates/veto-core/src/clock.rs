@@ -19,6 +19,16 @@ impl Clock for SystemClock {
     }
 }
 
+impl SystemClock {
+    /// Now, in Unix milliseconds (for measurements shown to people, such as
+    /// when a gateway's report arrived; protocol times stay in seconds).
+    pub fn now_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
 /// A clock that only moves when told to, for tests.
 #[cfg(any(test, feature = "test-util"))]
 #[derive(Debug, Default)]

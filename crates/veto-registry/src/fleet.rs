@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use veto_core::report::{ReportError, ReportPayload};
@@ -45,9 +45,7 @@ const RELOAD_GAP: Duration = Duration::from_secs(1);
 
 /// Now in Unix milliseconds.
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    veto_core::SystemClock::now_ms()
 }
 
 /// The enrolment token, the enrolled keys as read from the store, and the

@@ -214,6 +214,12 @@ impl Registry {
         .await
     }
 
+    /// `DELETE {path}` with the admin token.
+    pub async fn admin_delete(&self, path: &str) -> (u16, Value) {
+        self.send(self.http.delete(self.at(path)).bearer_auth(self.token()))
+            .await
+    }
+
     /// `POST /v1/revocations {"entries": entries}`.
     pub async fn revoke(&self, entries: Value) -> (u16, Value) {
         self.admin_post(

@@ -10,13 +10,6 @@ pub fn now() -> u64 {
     SystemClock.now()
 }
 
-/// Now in Unix milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Parses a duration such as `90`, `90s`, `15m`, `12h`, `30d`.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
     let text = text.trim();

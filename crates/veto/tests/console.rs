@@ -132,15 +132,29 @@ async fn until_text(c: &Client, id: &str, what: &str, ok: impl Fn(&str) -> bool)
     }
 }
 
-async fn sign_in(c: &Client, token: &str) {
-    let input = c.find(Locator::Id("token")).await.unwrap();
-    input.send_keys(token).await.unwrap();
-    c.find(Locator::Css("#signin-form button"))
+/// Types `text` into the field `#id`.
+async fn type_into(c: &Client, id: &str, text: &str) {
+    c.find(Locator::Id(id))
+        .await
+        .unwrap()
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
+/// Clicks the element `css` names.
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
+}
+
+async fn sign_in(c: &Client, token: &str) {
+    type_into(c, "token", token).await;
+    click(c, "#signin-form button").await;
 }
 
 /// The state cell of gateway `name`'s row in the fleet table.
@@ -254,24 +268,14 @@ async fn the_console_in_a_real_browser() {
     assert_eq!(stored, json!([registry.token(), "", 0]));
 
     // Revoke, and watch it reach both gateways.
-    c.find(Locator::Id("rv-id"))
-        .await
-        .unwrap()
-        .send_keys("jti-from-the-console")
-        .await
-        .unwrap();
+    type_into(&c, "rv-id", "jti-from-the-console").await;
     c.find(Locator::Id("rv-reason"))
         .await
         .unwrap()
         .select_by_value("key_compromise")
         .await
         .unwrap();
-    c.find(Locator::Css("#revoke-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#revoke-form button").await;
     let conv = until_text(&c, "conv-summary", "the convergence", |t| {
         t.contains("enforced by 2 of 2 gateways")
     })
@@ -284,18 +288,8 @@ async fn the_console_in_a_real_browser() {
     shot(&c, "revoked.png").await;
 
     // The audit log shows it, with the actor.
-    c.find(Locator::Id("au-actor"))
-        .await
-        .unwrap()
-        .send_keys("admin")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#audit-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&c, "au-actor", "admin").await;
+    click(&c, "#audit-form button").await;
     until_text(&c, "audit-table", "the audit log", |t| {
         t.contains("jti-from-the-console") && t.contains("key_compromise")
     })
@@ -334,29 +328,14 @@ async fn the_console_in_a_real_browser() {
         .await;
     assert_eq!(status, 201, "{made}");
     let auditor = made["token"].as_str().unwrap().to_owned();
-    c.find(Locator::Id("signout"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#signout").await;
     sign_in(&c, &auditor).await;
     until_text(&c, "fleet-summary", "no fleet scope", |t| {
         t.contains("does not have the fleet scope")
     })
     .await;
-    c.find(Locator::Id("rv-id"))
-        .await
-        .unwrap()
-        .send_keys("jti-the-auditor-may-not-revoke")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#revoke-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&c, "rv-id", "jti-the-auditor-may-not-revoke").await;
+    click(&c, "#revoke-form button").await;
     until_text(&c, "revoke-result", "a refused revocation", |t| {
         t.contains("Not revoked") && t.contains("revoke")
     })

@@ -350,12 +350,7 @@ async fn forged_replayed_and_unenrolled_reports_are_refused_and_counted() {
 
     // Removed: its reports are refused.
     let (status, body) = registry
-        .send(
-            registry
-                .http()
-                .delete(registry.at(&format!("{}/{}", path::FLEET_GATEWAYS, key.kid())))
-                .bearer_auth(registry.token()),
-        )
+        .admin_delete(&format!("{}/{}", path::FLEET_GATEWAYS, key.kid()))
         .await;
     assert_eq!(status, 200, "{body}");
     let after = report::sign(&key, &payload("gw", 200, 0));

@@ -39,12 +39,7 @@ async fn the_signed_issuer_set_follows_additions_and_retirements() {
     assert_eq!((second.ver, second.keys.keys().len()), (2, 2));
 
     let (status, body) = registry
-        .send(
-            registry
-                .http()
-                .delete(registry.at(&format!("{}/{first_kid}", path::ISSUER_KEYS)))
-                .bearer_auth(registry.token()),
-        )
+        .admin_delete(&format!("{}/{first_kid}", path::ISSUER_KEYS))
         .await;
     assert_eq!(status, 200, "{body}");
     let third = fetch().await;
@@ -152,12 +147,7 @@ async fn issuer_keys_added_and_retired_reach_every_proxy_by_push() {
     let (_, keys) = registry.admin_get(path::ISSUER_KEYS).await;
     let first_kid = keys["keys"][0]["kid"].as_str().unwrap().to_owned();
     let (status, body) = registry
-        .send(
-            registry
-                .http()
-                .delete(registry.at(&format!("{}/{first_kid}", path::ISSUER_KEYS)))
-                .bearer_auth(registry.token()),
-        )
+        .admin_delete(&format!("{}/{first_kid}", path::ISSUER_KEYS))
         .await;
     assert_eq!(status, 200, "{body}");
     for (i, p) in proxies.iter().enumerate() {
@@ -432,12 +422,7 @@ async fn issuer_keys_reach_authorizers_over_nats() {
     let (_, keys) = registry.admin_get(path::ISSUER_KEYS).await;
     let first_kid = keys["keys"][0]["kid"].as_str().unwrap().to_owned();
     let (status, body) = registry
-        .send(
-            registry
-                .http()
-                .delete(registry.at(&format!("{}/{first_kid}", path::ISSUER_KEYS)))
-                .bearer_auth(registry.token()),
-        )
+        .admin_delete(&format!("{}/{first_kid}", path::ISSUER_KEYS))
         .await;
     assert_eq!(status, 200, "{body}");
     eventually("the retired key's root refused over NATS", &|| {

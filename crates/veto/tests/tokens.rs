@@ -197,12 +197,7 @@ async fn each_scope_allows_exactly_its_endpoints() {
 
     // A revoked token stops at once; the list shows it, never a token.
     let (status, body) = registry
-        .send(
-            registry
-                .http()
-                .delete(registry.at(&format!("{}/incident-bot", path::TOKENS)))
-                .bearer_auth(registry.token()),
-        )
+        .admin_delete(&format!("{}/incident-bot", path::TOKENS))
         .await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = call(

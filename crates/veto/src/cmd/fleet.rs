@@ -153,7 +153,7 @@ fn print_fleet(fleet: &Value) {
         "{:<12} {:<20} {:>8} {:>5} {:<6} {:>6} {:<5} {:<11} {:>9}  ERROR",
         "ID", "NAME", "APPLIED", "LAG", "STATE", "STALE", "PUSH", "POLICY", "REPORTED"
     );
-    let now = crate::util::now_ms();
+    let now = veto_core::SystemClock::now_ms();
     for g in &gateways {
         let id = text(&g["id"]);
         let reported = g["last_report_ms"]
@@ -344,7 +344,7 @@ pub fn wait(
                     .as_u64()
                     .map_or("never".into(), |t| format!(
                         "{:.1}s ago",
-                        util::now_ms().saturating_sub(t) as f64 / 1000.0
+                        veto_core::SystemClock::now_ms().saturating_sub(t) as f64 / 1000.0
                     )),
             );
         }
