@@ -408,7 +408,8 @@ impl Authority {
     }
 
     /// Mints a root warrant (DESIGN 3.4) with the newest trusted issuer
-    /// key, and writes its audit record. Returns the chain and its `jti`.
+    /// key (the last in `added_at`, then `kid` order, so every replica
+    /// picks the same one), and writes its audit record. Returns the chain and its `jti`.
     pub(crate) async fn mint(
         &self,
         spec: LinkSpec,
@@ -450,7 +451,8 @@ impl Authority {
             .collect()
     }
 
-    /// Every issuer key, oldest first.
+    /// Every issuer key, oldest first (`added_at` in seconds, then `kid`:
+    /// the store's order, the same at every replica).
     pub(crate) fn issuer_keys(&self) -> Vec<IssuerKeyInfo> {
         let cur = self.read_current();
         let issuers = self.issuers.read().unwrap_or_else(|p| p.into_inner());
@@ -568,14 +570,15 @@ impl Authority {
             .add_issuer_key(key.kid(), &sealed, now, actor)
             .await?;
         let public = key.public().clone();
-        self.issuers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(IssuerKey {
-                key,
-                added_at: now,
-                retired_at: None,
-            });
+        let mut issuers = self.issuers.write().unwrap_or_else(|p| p.into_inner());
+        issuers.push(IssuerKey {
+            key,
+            added_at: now,
+            retired_at: None,
+        });
+        // The store's order, so every replica agrees on the newest key.
+        issuers.sort_by(|a, b| (a.added_at, a.key.kid()).cmp(&(b.added_at, b.key.kid())));
+        drop(issuers);
         self.announce_issuers();
         Ok(public)
     }
