@@ -142,6 +142,45 @@ fn covers(p: &[Tok], c_len: usize, c: impl Fn(usize) -> Tok) -> bool {
     }
 }
 
+// An action program: a set's patterns as bytes, each ended by `END`. A
+// literal is its own byte (patterns refuse control characters, so no
+// literal collides with the three markers).
+const END: u8 = 0x00;
+const SEG: u8 = 0x01;
+const TAIL: u8 = 0x02;
+
+/// Whether some pattern of the action program `prog` (written by
+/// [`ActionSet::write_program`]) matches `action`: [`ActionSet::allows`]
+/// over one contiguous buffer.
+pub(crate) fn program_allows(prog: &[u8], action: &[u8]) -> bool {
+    // Patterns are never empty, so an empty piece is only the one after
+    // the last `END`.
+    prog.split(|&b| b == END)
+        .filter(|p| !p.is_empty())
+        .any(|p| {
+            let (mut i, mut j) = (0, 0);
+            loop {
+                match p.get(i) {
+                    None => return j == action.len(),
+                    Some(&TAIL) => return true,
+                    Some(&SEG) => {
+                        while j < action.len() && !is_sep(action[j]) {
+                            j += 1;
+                        }
+                        i += 1;
+                    }
+                    Some(&x) => {
+                        if action.get(j) != Some(&x) {
+                            return false;
+                        }
+                        i += 1;
+                        j += 1;
+                    }
+                }
+            }
+        })
+}
+
 /// A set of permitted actions (a warrant's `act`).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct ActionSet {
@@ -172,6 +211,19 @@ impl ActionSet {
     /// Whether some pattern matches `action`.
     pub fn allows(&self, action: &str) -> bool {
         self.patterns.iter().any(|p| p.matches(action))
+    }
+
+    /// Appends the patterns as an action program for [`program_allows`]:
+    /// each pattern's tokens, then `END`.
+    pub(crate) fn write_program(&self, out: &mut Vec<u8>) {
+        for p in &self.patterns {
+            out.extend(p.toks.iter().map(|t| match *t {
+                Tok::Lit(b) => b,
+                Tok::Seg => SEG,
+                Tok::Tail => TAIL,
+            }));
+            out.push(END);
+        }
     }
 
     /// Whether every pattern of `self` is covered by some pattern of `parent`.
@@ -344,6 +396,18 @@ mod tests {
             if pp.covers(&cp) {
                 prop_assert!(pp.matches(&action), "{pt} covers {ct} but not {action}");
             }
+        }
+
+        // The flat action program decides exactly like the pattern set.
+        #[test]
+        fn program_allows_like_the_set(
+            pts in proptest::collection::vec(pattern_text(), 0..4),
+            action in action_text(0),
+        ) {
+            let set = ActionSet::parse(&pts).unwrap();
+            let mut prog = Vec::new();
+            set.write_program(&mut prog);
+            prop_assert_eq!(program_allows(&prog, action.as_bytes()), set.allows(&action));
         }
 
         // A literal pattern covers exactly what it matches.

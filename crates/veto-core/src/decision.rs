@@ -264,7 +264,7 @@ impl Checker {
 
     /// The last steps: action, then the freshness policy.
     fn finish(&self, state: &SrlState, chain: &ParsedChain, action: &str, now: u64) -> Decision {
-        if !chain.leaf().actions().allows(action) {
+        if !chain.record().allows(action) {
             return Decision::Deny(Denial::new(
                 DenyReason::ActionDenied,
                 format!("the warrant does not permit `{action}`"),
@@ -283,6 +283,10 @@ impl Checker {
     }
 
     fn time(&self, chain: &ParsedChain, now: u64) -> Step {
+        if chain.record().in_time(now, self.config.skew) {
+            return Ok(());
+        }
+        // Outside: find the link to name.
         for (i, link) in chain.links().iter().enumerate() {
             let c = link.claims();
             if c.exp <= now {
@@ -333,7 +337,7 @@ fn stale_message(state: &SrlState, now: u64, max_staleness: u64) -> String {
 
 /// The revocation step: one probe per id, no enumeration of descendants.
 fn revocation(state: &SrlState, chain: &ParsedChain) -> Step {
-    let Some((kind, digest)) = state.set().first_hit(chain.probes()) else {
+    let Some((kind, digest)) = state.set().first_hit(chain.record()) else {
         return Ok(());
     };
     let links = chain.links();

@@ -23,6 +23,7 @@ pub mod jws;
 pub mod keyfile;
 mod keys;
 mod reason;
+mod record;
 pub mod report;
 mod set;
 pub mod srl;

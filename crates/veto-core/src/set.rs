@@ -11,16 +11,7 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 use crate::entry::{Digest, EntryKind};
-
-/// What the revocation check looks up for a chain, computed once when the
-/// chain is parsed: one probe per link id, per agent (with the oldest
-/// `iat` of its links), and per key that signs or is bound in the chain.
-#[derive(Clone, Debug, Default)]
-pub struct Probes {
-    pub(crate) warrants: Vec<Digest>,
-    pub(crate) agents: Vec<(Digest, u64)>,
-    pub(crate) keys: Vec<Digest>,
-}
+use crate::record::CheckRecord;
 
 impl Hash for Digest {
     // Digests are uniformly distributed already: their first 8 bytes are the hash.
@@ -281,39 +272,37 @@ impl RevocationSet {
         self.len() == 0
     }
 
-    /// The first probe of a chain that is listed: which kind, and for an
-    /// agent the cutoff. Unrevoked chains cost one Bloom probe per id.
-    pub(crate) fn first_hit(&self, probes: &Probes) -> Option<(EntryKind, Digest)> {
+    /// The first probe of a chain's record that is listed: which kind and
+    /// digest. Unrevoked chains cost one Bloom probe per id.
+    pub(crate) fn first_hit(&self, record: &CheckRecord) -> Option<(EntryKind, Digest)> {
         // Test every probe against the filter first, without branching on
         // each, so the memory loads overlap; look further only on a hit.
         let mut any = false;
-        for d in probes.warrants.iter().chain(&probes.keys) {
-            any |= self.bloom.maybe(d);
+        for d in record.warrants().chain(record.keys()) {
+            any |= self.bloom.maybe(&d);
         }
-        for (d, _) in &probes.agents {
-            any |= self.bloom.maybe(d);
+        for (d, _) in record.agents() {
+            any |= self.bloom.maybe(&d);
         }
         if !any {
             return None;
         }
-        if let Some(d) = probes
-            .warrants
-            .iter()
+        if let Some(d) = record
+            .warrants()
             .find(|d| self.get(EntryKind::Warrant, d).is_some())
         {
-            return Some((EntryKind::Warrant, *d));
+            return Some((EntryKind::Warrant, d));
         }
-        if let Some((d, _)) = probes.agents.iter().find(|(d, iat)| {
+        if let Some((d, _)) = record.agents().find(|(d, iat)| {
             self.get(EntryKind::Agent, d)
                 .is_some_and(|before| *iat <= before)
         }) {
-            return Some((EntryKind::Agent, *d));
+            return Some((EntryKind::Agent, d));
         }
-        probes
-            .keys
-            .iter()
+        record
+            .keys()
             .find(|d| self.get(EntryKind::Key, d).is_some())
-            .map(|d| (EntryKind::Key, *d))
+            .map(|d| (EntryKind::Key, d))
     }
 
     /// The effective entries as sorted tables.

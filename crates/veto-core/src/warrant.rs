@@ -10,11 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::action::{ActionSet, PatternError};
 use crate::b64;
-use crate::entry::{Digest, EntryKind};
 use crate::jws::{self, JwsError, Typ, UnverifiedJws};
 use crate::keys::{Jwk, KeyError, KeyResolver, PublicKey, SigningKey};
 use crate::reason::DenyReason;
-use crate::set::Probes;
+use crate::record::CheckRecord;
 
 /// Limits applied while parsing a chain.
 pub mod limits {
@@ -108,7 +107,7 @@ impl Link {
 #[derive(Clone, Debug)]
 pub struct ParsedChain {
     links: Vec<Link>,
-    probes: Probes,
+    record: CheckRecord,
 }
 
 /// A chain whose signatures and chain rules hold. Time validity, revocation
@@ -282,8 +281,8 @@ impl ParsedChain {
         for (i, part) in token.split('~').enumerate() {
             links.push(parse_link(part, i).map_err(|error| ChainError::Link { link: i, error })?);
         }
-        let probes = probes(&links);
-        Ok(Self { links, probes })
+        let record = CheckRecord::build(&links);
+        Ok(Self { links, record })
     }
 
     /// The links, root first.
@@ -302,8 +301,9 @@ impl ParsedChain {
         &self.links[0]
     }
 
-    pub(crate) fn probes(&self) -> &Probes {
-        &self.probes
+    /// What the per-request check reads, in one record.
+    pub(crate) fn record(&self) -> &CheckRecord {
+        &self.record
     }
 
     /// Checks signatures and chain rules against the trusted issuer keys:
@@ -409,31 +409,6 @@ fn parse_link(part: &str, i: usize) -> Result<Link, LinkError> {
         actions,
         holder,
     })
-}
-
-fn probes(links: &[Link]) -> Probes {
-    let mut p = Probes::default();
-    if let Some(kid) = links.first().and_then(Link::kid) {
-        p.keys.push(Digest::of(EntryKind::Key, kid));
-    }
-    for link in links {
-        p.warrants
-            .push(Digest::of(EntryKind::Warrant, &link.claims.jti));
-        let agent = Digest::of(EntryKind::Agent, &link.claims.sub);
-        let iat = link.claims.iat.unwrap_or(0);
-        // The cutoff test is `iat <= before`, so the oldest iat per agent decides.
-        match p.agents.iter_mut().find(|(d, _)| *d == agent) {
-            Some((_, old)) => *old = (*old).min(iat),
-            None => p.agents.push((agent, iat)),
-        }
-        if let Some(h) = &link.holder {
-            let d = Digest::of(EntryKind::Key, h.kid());
-            if !p.keys.contains(&d) {
-                p.keys.push(d);
-            }
-        }
-    }
-    p
 }
 
 /// Why a warrant could not be minted or delegated.

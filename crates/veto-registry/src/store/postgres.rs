@@ -5,12 +5,17 @@
 //! one transaction at a time extends the chain, and it commits the new
 //! head, the versions, the entries and the audit records together. The
 //! commit sends `NOTIFY veto_versions`, so the other replicas learn of it.
-//! Rows are written with `unnest` arrays: a group costs a handful of round
-//! trips whatever its size.
+//! New entries and audit records are written with binary `COPY`, rows
+//! that exist already with `unnest` array upserts: a group costs a handful
+//! of round trips whatever its size.
+
+use std::collections::HashSet;
 
 use tokio::sync::Mutex;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Transaction};
-use veto_core::{Head, SrlSigner};
+use veto_core::{Entry, EntryKind, Head, SrlSigner};
 
 use super::rows::{
     self, audit_columns, gateway_columns, int, issuer_key_columns, opt_int, report_columns,
@@ -765,15 +770,24 @@ async fn commit(
     let keys = keys_of(requests);
     let kinds: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
     let ids: Vec<&str> = keys.iter().map(|(_, id)| id.as_str()).collect();
+    // Every stored row of these keys, pruned ones too: a key with no row
+    // at all is written by COPY, one with a row by the upsert.
     let found = tx
         .query(
-            "SELECT e.kind, e.id, e.ver, e.before, e.expires_at FROM veto_entries e
-             JOIN unnest($1::text[], $2::text[]) AS k(kind, id) ON e.kind = k.kind AND e.id = k.id
-             WHERE e.pruned_ver IS NULL",
+            "SELECT e.kind, e.id, e.ver, e.before, e.expires_at, e.pruned_ver IS NULL FROM veto_entries e
+             JOIN unnest($1::text[], $2::text[]) AS k(kind, id) ON e.kind = k.kind AND e.id = k.id",
             &[&kinds, &ids],
         )
         .await?;
-    let existing: Existing = decode_all(&found, rows::stored)?.into_iter().collect();
+    let mut existing = Existing::new();
+    let mut stored: HashSet<(EntryKind, String)> = HashSet::with_capacity(found.len());
+    for row in &found {
+        let (key, entry) = rows::stored(row)?;
+        if row.try_get::<_, bool>(5)? {
+            existing.insert(key.clone(), entry);
+        }
+        stored.insert(key);
+    }
     let plan = plan(requests, &existing, ver, head, signer, now);
     if let Some(last) = plan.versions.last() {
         let vers: Vec<i64> = plan.versions.iter().map(|v| int(v.ver)).collect();
@@ -785,42 +799,12 @@ async fn commit(
             &[&vers, &heads, &iats, &jwss],
         )
         .await?;
-        let kinds: Vec<&str> = plan.entries.iter().map(|(e, _)| e.kind.as_str()).collect();
-        let ids: Vec<&str> = plan.entries.iter().map(|(e, _)| e.id.as_str()).collect();
-        let reasons: Vec<&str> = plan
+        let (fresh, known): (Vec<_>, Vec<_>) = plan
             .entries
             .iter()
-            .map(|(e, _)| e.reason.as_str())
-            .collect();
-        let revoked_at: Vec<i64> = plan
-            .entries
-            .iter()
-            .map(|(e, _)| int(e.revoked_at))
-            .collect();
-        let befores: Vec<Option<i64>> = plan
-            .entries
-            .iter()
-            .map(|(e, _)| opt_int(e.before))
-            .collect();
-        let expires: Vec<Option<i64>> = plan
-            .entries
-            .iter()
-            .map(|(e, _)| opt_int(e.expires_at))
-            .collect();
-        let evers: Vec<i64> = plan.entries.iter().map(|(_, v)| int(*v)).collect();
-        tx.execute(
-            "INSERT INTO veto_entries (kind, id, reason, revoked_at, before, expires_at, ver)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
-             ON CONFLICT (kind, id) DO UPDATE SET reason = excluded.reason, revoked_at = excluded.revoked_at,
-               before = CASE WHEN veto_entries.pruned_ver IS NOT NULL THEN excluded.before
-                             ELSE GREATEST(veto_entries.before, excluded.before) END,
-               expires_at = CASE WHEN veto_entries.pruned_ver IS NOT NULL THEN excluded.expires_at
-                                 WHEN veto_entries.expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
-                                 ELSE GREATEST(veto_entries.expires_at, excluded.expires_at) END,
-               ver = excluded.ver, pruned_ver = NULL",
-            &[&kinds, &ids, &reasons, &revoked_at, &befores, &expires, &evers],
-        )
-        .await?;
+            .partition(|(e, _)| !stored.contains(&(e.kind, e.id.clone())));
+        copy_entries(tx, &fresh).await?;
+        upsert_entries(tx, &known).await?;
         set_head(tx, last.ver, last.head).await?;
     }
     if !plan.extend.is_empty() {
@@ -840,6 +824,76 @@ async fn commit(
     }
     insert_audit(tx, &plan.audit).await?;
     Ok(plan.results)
+}
+
+/// Writes entries that have no row yet with one binary `COPY` (the head
+/// row is locked, so no other writer can add the same keys meanwhile).
+async fn copy_entries(tx: &Transaction<'_>, entries: &[&(Entry, u64)]) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let sink = tx
+        .copy_in("COPY veto_entries (kind, id, reason, revoked_at, before, expires_at, ver) FROM STDIN BINARY")
+        .await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+        ],
+    );
+    let mut writer = std::pin::pin!(writer);
+    for (e, ver) in entries {
+        writer
+            .as_mut()
+            .write(&[
+                &e.kind.as_str(),
+                &e.id.as_str(),
+                &e.reason.as_str(),
+                &int(e.revoked_at),
+                &opt_int(e.before),
+                &opt_int(e.expires_at),
+                &int(*ver),
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// Writes entries that have a row (live, or pruned and now revoked again)
+/// with an `unnest` upsert that never moves a cutoff earlier or shortens a
+/// life.
+async fn upsert_entries(tx: &Transaction<'_>, entries: &[&(Entry, u64)]) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let kinds: Vec<&str> = entries.iter().map(|(e, _)| e.kind.as_str()).collect();
+    let ids: Vec<&str> = entries.iter().map(|(e, _)| e.id.as_str()).collect();
+    let reasons: Vec<&str> = entries.iter().map(|(e, _)| e.reason.as_str()).collect();
+    let revoked_at: Vec<i64> = entries.iter().map(|(e, _)| int(e.revoked_at)).collect();
+    let befores: Vec<Option<i64>> = entries.iter().map(|(e, _)| opt_int(e.before)).collect();
+    let expires: Vec<Option<i64>> = entries.iter().map(|(e, _)| opt_int(e.expires_at)).collect();
+    let evers: Vec<i64> = entries.iter().map(|(_, v)| int(*v)).collect();
+    tx.execute(
+        "INSERT INTO veto_entries (kind, id, reason, revoked_at, before, expires_at, ver)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
+         ON CONFLICT (kind, id) DO UPDATE SET reason = excluded.reason, revoked_at = excluded.revoked_at,
+           before = CASE WHEN veto_entries.pruned_ver IS NOT NULL THEN excluded.before
+                         ELSE GREATEST(veto_entries.before, excluded.before) END,
+           expires_at = CASE WHEN veto_entries.pruned_ver IS NOT NULL THEN excluded.expires_at
+                             WHEN veto_entries.expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
+                             ELSE GREATEST(veto_entries.expires_at, excluded.expires_at) END,
+           ver = excluded.ver, pruned_ver = NULL",
+        &[&kinds, &ids, &reasons, &revoked_at, &befores, &expires, &evers],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Locks the head row: the serialization point for versions.
@@ -868,22 +922,45 @@ async fn insert_audit(tx: &Transaction<'_>, rows: &[AuditRow]) -> Result<(), Sto
     if rows.is_empty() {
         return Ok(());
     }
-    let at: Vec<i64> = rows.iter().map(|a| int(a.at)).collect();
-    let actor: Vec<&str> = rows.iter().map(|a| a.actor.as_str()).collect();
-    let action: Vec<&str> = rows.iter().map(|a| a.action).collect();
-    let kind: Vec<Option<&str>> = rows.iter().map(|a| a.kind.map(|k| k.as_str())).collect();
-    let id: Vec<Option<&str>> = rows.iter().map(|a| a.id.as_deref()).collect();
-    let reason: Vec<Option<&str>> = rows.iter().map(|a| a.reason.map(|r| r.as_str())).collect();
-    let before: Vec<Option<i64>> = rows.iter().map(|a| opt_int(a.before)).collect();
-    let expires: Vec<Option<i64>> = rows.iter().map(|a| opt_int(a.expires_at)).collect();
-    let note: Vec<Option<&str>> = rows.iter().map(|a| a.note.as_deref()).collect();
-    let ver: Vec<Option<i64>> = rows.iter().map(|a| opt_int(a.ver)).collect();
-    tx.execute(
-        "INSERT INTO veto_audit (at, actor, action, kind, id, reason, before, expires_at, note, ver)
-         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::bigint[])",
-        &[&at, &actor, &action, &kind, &id, &reason, &before, &expires, &note, &ver],
-    )
-    .await?;
+    let sink = tx
+        .copy_in(
+            "COPY veto_audit (at, actor, action, kind, id, reason, before, expires_at, note, ver) FROM STDIN BINARY",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::TEXT,
+            Type::INT8,
+        ],
+    );
+    let mut writer = std::pin::pin!(writer);
+    for a in rows {
+        writer
+            .as_mut()
+            .write(&[
+                &int(a.at),
+                &a.actor.as_str(),
+                &a.action,
+                &a.kind.map(|k| k.as_str()),
+                &a.id.as_deref(),
+                &a.reason.map(|r| r.as_str()),
+                &opt_int(a.before),
+                &opt_int(a.expires_at),
+                &a.note.as_deref(),
+                &opt_int(a.ver),
+            ])
+            .await?;
+    }
+    writer.finish().await?;
     Ok(())
 }
 

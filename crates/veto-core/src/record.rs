@@ -1,0 +1,145 @@
+//! A chain's check record: everything the per-request check reads, built
+//! once when the chain is parsed and laid out in one allocation.
+//!
+//! A verified chain is checked again on every request (revocation, time,
+//! action; DESIGN 4). Read from the parsed links, that touches every link's
+//! claims, three probe vectors and the leaf's pattern vectors — a dozen
+//! scattered heap blocks, each a cache miss once thousands of distinct
+//! chains rotate through a gateway. The record keeps the two time bounds
+//! inline and the probe digests and the leaf's patterns in one contiguous
+//! buffer, so a cache-cold check reads a few adjacent cache lines plus the
+//! revocation set's Bloom blocks. The links stay as they were, for the
+//! messages of a denial.
+//!
+//! Buffer layout (lengths from the counts):
+//!
+//! ```text
+//! warrants: 12-byte digest × n_warrants     one per link `jti`
+//! keys:     12-byte digest × n_keys         the root's `kid`, each bound `cnf` key
+//! agents:   12-byte digest + u64 (LE) iat × n_agents   one per `sub`, its oldest `iat`
+//! actions:  the leaf's patterns as an action program (see `action::write_program`)
+//! ```
+
+use crate::action;
+use crate::entry::{Digest, EntryKind, DIGEST_BYTES};
+use crate::warrant::Link;
+
+const AGENT_BYTES: usize = DIGEST_BYTES + 8;
+
+/// What the per-request check reads of a chain (see the module docs).
+#[derive(Clone, Debug)]
+pub(crate) struct CheckRecord {
+    /// The earliest `exp` of any link (Unix seconds).
+    not_after: u64,
+    /// The latest `max(nbf, iat)` of any link (Unix seconds; 0 when none).
+    not_before: u64,
+    n_warrants: u16,
+    n_keys: u16,
+    n_agents: u16,
+    bytes: Box<[u8]>,
+}
+
+impl CheckRecord {
+    /// Builds the record of `links` (root first, at least one).
+    pub(crate) fn build(links: &[Link]) -> Self {
+        let mut warrants: Vec<Digest> = Vec::with_capacity(links.len());
+        let mut keys: Vec<Digest> = Vec::with_capacity(links.len() + 1);
+        let mut agents: Vec<(Digest, u64)> = Vec::with_capacity(links.len());
+        if let Some(kid) = links.first().and_then(Link::kid) {
+            keys.push(Digest::of(EntryKind::Key, kid));
+        }
+        let (mut not_after, mut not_before) = (u64::MAX, 0u64);
+        for link in links {
+            let c = link.claims();
+            not_after = not_after.min(c.exp);
+            not_before = not_before.max(c.nbf.unwrap_or(0).max(c.iat.unwrap_or(0)));
+            warrants.push(Digest::of(EntryKind::Warrant, &c.jti));
+            let agent = Digest::of(EntryKind::Agent, &c.sub);
+            let iat = c.iat.unwrap_or(0);
+            // The cutoff test is `iat <= before`, so the oldest iat per agent decides.
+            match agents.iter_mut().find(|(d, _)| *d == agent) {
+                Some((_, old)) => *old = (*old).min(iat),
+                None => agents.push((agent, iat)),
+            }
+            if let Some(h) = link.holder() {
+                let d = Digest::of(EntryKind::Key, h.kid());
+                if !keys.contains(&d) {
+                    keys.push(d);
+                }
+            }
+        }
+        let mut bytes = Vec::with_capacity(
+            (warrants.len() + keys.len()) * DIGEST_BYTES + agents.len() * AGENT_BYTES + 64,
+        );
+        for d in warrants.iter().chain(&keys) {
+            bytes.extend_from_slice(&d.0);
+        }
+        for (d, iat) in &agents {
+            bytes.extend_from_slice(&d.0);
+            bytes.extend_from_slice(&iat.to_le_bytes());
+        }
+        if let Some(leaf) = links.last() {
+            leaf.actions().write_program(&mut bytes);
+        }
+        let count = |n: usize| u16::try_from(n).unwrap_or(u16::MAX);
+        Self {
+            not_after,
+            not_before,
+            n_warrants: count(warrants.len()),
+            n_keys: count(keys.len()),
+            n_agents: count(agents.len()),
+            bytes: bytes.into_boxed_slice(),
+        }
+    }
+
+    /// Whether every link is within its validity at `now`, allowing `skew`
+    /// seconds for `nbf`/`iat` (the same test as each link's, combined).
+    pub(crate) fn in_time(&self, now: u64, skew: u64) -> bool {
+        now < self.not_after && self.not_before <= now.saturating_add(skew)
+    }
+
+    fn digests(&self, from: usize, n: u16) -> impl Iterator<Item = Digest> + '_ {
+        self.bytes[from..from + usize::from(n) * DIGEST_BYTES]
+            .chunks_exact(DIGEST_BYTES)
+            .map(digest)
+    }
+
+    /// One digest per link `jti`.
+    pub(crate) fn warrants(&self) -> impl Iterator<Item = Digest> + '_ {
+        self.digests(0, self.n_warrants)
+    }
+
+    /// One digest per key that signs or is bound in the chain.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = Digest> + '_ {
+        self.digests(usize::from(self.n_warrants) * DIGEST_BYTES, self.n_keys)
+    }
+
+    fn agents_at(&self) -> usize {
+        (usize::from(self.n_warrants) + usize::from(self.n_keys)) * DIGEST_BYTES
+    }
+
+    /// One digest per agent, with the oldest `iat` of its links.
+    pub(crate) fn agents(&self) -> impl Iterator<Item = (Digest, u64)> + '_ {
+        let from = self.agents_at();
+        self.bytes[from..from + usize::from(self.n_agents) * AGENT_BYTES]
+            .chunks_exact(AGENT_BYTES)
+            .map(|rec| {
+                let (d, iat) = rec.split_at(DIGEST_BYTES);
+                let mut b = [0u8; 8];
+                b.copy_from_slice(iat);
+                (digest(d), u64::from_le_bytes(b))
+            })
+    }
+
+    /// Whether the leaf's patterns permit `action`.
+    pub(crate) fn allows(&self, action: &str) -> bool {
+        let from = self.agents_at() + usize::from(self.n_agents) * AGENT_BYTES;
+        action::program_allows(&self.bytes[from..], action.as_bytes())
+    }
+}
+
+fn digest(bytes: &[u8]) -> Digest {
+    let mut d = [0u8; DIGEST_BYTES];
+    d.copy_from_slice(bytes);
+    Digest(d)
+}
