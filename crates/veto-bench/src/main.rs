@@ -14,6 +14,8 @@
 //!   N in-process authorizers (SSE or NATS push), or in a real `veto proxy`.
 //! - `proxy-overhead`: wrk through a real `veto proxy` against wrk straight
 //!   to the upstream.
+//! - `proxy-vs-nginx`: `veto proxy` (`--pop off` and `required`) beside
+//!   nginx and a plain forwarder, pinned, with one wrk script.
 //! - `soak`: sustained load through a real `veto proxy` while revocations
 //!   stream in: no request for a chain is allowed once the proxy has applied
 //!   its revocation, transport errors stay negligible, and the proxy's RSS
@@ -23,6 +25,7 @@ mod fanout;
 mod fleet;
 mod forward;
 mod overhead;
+mod peers;
 mod pg;
 mod propagation;
 mod proxy;
@@ -54,6 +57,8 @@ enum Cmd {
     Propagation(propagation::PropagationArgs),
     /// Throughput and p99 through a real `veto proxy` vs straight to the upstream (wrk).
     ProxyOverhead(overhead::OverheadArgs),
+    /// `veto proxy` (--pop off and required) beside nginx and a plain forwarder, same cores, same wrk load.
+    ProxyVsNginx(peers::PeersArgs),
     /// Sustained load through a real `veto proxy` while revocations stream in (a pass/fail gate).
     #[command(after_help = soak::GATE)]
     Soak(soak::SoakArgs),
@@ -109,6 +114,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Fanout(a) => fanout::run(a).await,
             Cmd::Propagation(a) => propagation::run(a).await,
             Cmd::ProxyOverhead(a) => overhead::run(a).await,
+            Cmd::ProxyVsNginx(a) => peers::run(a).await,
             Cmd::Soak(a) => soak::run(a).await,
             Cmd::Forward(a) => forward::run(a).await,
             Cmd::FleetReceipts(a) => fleet::receipts(a).await,

@@ -76,13 +76,13 @@ pub(crate) struct OverheadArgs {
 
 /// What one wrk run reported.
 #[derive(Debug, Clone, PartialEq)]
-struct WrkResult {
-    requests_per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    requests: u64,
-    non_2xx: u64,
-    errors: String,
+pub(crate) struct WrkResult {
+    pub(crate) requests_per_sec: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) requests: u64,
+    pub(crate) non_2xx: u64,
+    pub(crate) errors: String,
 }
 
 /// `1.23us`, `4.56ms`, `1.2s`, `2m` → milliseconds.
@@ -102,7 +102,7 @@ pub(crate) fn parse_duration_ms(s: &str) -> Option<f64> {
     num.trim().parse::<f64>().ok().map(|v| v * mult)
 }
 
-fn parse_wrk(out: &str) -> anyhow::Result<WrkResult> {
+pub(crate) fn parse_wrk(out: &str) -> anyhow::Result<WrkResult> {
     let mut r = WrkResult {
         requests_per_sec: f64::NAN,
         p50_ms: f64::NAN,
@@ -142,7 +142,7 @@ fn parse_wrk(out: &str) -> anyhow::Result<WrkResult> {
 }
 
 /// Pins every thread of process `pid` to `cpu` (`taskset -a -cp`).
-fn pin(pid: u32, cpu: u32) -> anyhow::Result<()> {
+pub(crate) fn pin(pid: u32, cpu: u32) -> anyhow::Result<()> {
     let st = Command::new("taskset")
         .args(["-a", "-cp", &cpu.to_string(), &pid.to_string()])
         .stdout(Stdio::null())
@@ -197,15 +197,29 @@ fn run_wrk(a: &OverheadArgs, url: &str, token: &str) -> anyhow::Result<WrkResult
 }
 
 /// The plain forwarder (`veto-bench forward`), a child process killed on drop.
-struct Forwarder {
+pub(crate) struct Forwarder {
     child: Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Forwarder {
     fn start(upstream: &str) -> anyhow::Result<Self> {
+        Self::start_on(upstream, None)
+    }
+
+    /// Starts the forwarder, on CPU `cpu` only when given (`taskset -c`,
+    /// so its runtime sizes itself for that one core).
+    pub(crate) fn start_on(upstream: &str, cpu: Option<u32>) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating this executable")?;
-        let mut child = Command::new(exe)
+        let mut cmd = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpu.to_string()).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let mut child = cmd
             .arg("forward")
             .arg("--upstream")
             .arg(upstream)
@@ -236,6 +250,13 @@ impl Forwarder {
             .trim()
             .to_owned();
         Ok(f)
+    }
+}
+
+impl Forwarder {
+    /// The forwarder's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

@@ -32,8 +32,28 @@ impl Proxy {
         upstream: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_on(None, veto, keep, reg, upstream, extra).await
+    }
+
+    /// As [`Proxy::start`], on CPU `cpu` only when given (`taskset -c`
+    /// execs the proxy, so its runtime sizes itself for that one core).
+    pub(crate) async fn start_on(
+        cpu: Option<u32>,
+        veto: &Path,
+        keep: bool,
+        reg: &Registry,
+        upstream: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let dir = fresh_dir("proxy")?;
-        let mut cmd = clean_command(veto);
+        let mut cmd = match cpu {
+            Some(cpu) => {
+                let mut c = clean_command(Path::new("taskset"));
+                c.arg("-c").arg(cpu.to_string()).arg(veto);
+                c
+            }
+            None => clean_command(veto),
+        };
         cmd.arg("proxy")
             .arg("--listen")
             .arg("127.0.0.1:0")

@@ -1,0 +1,534 @@
+//! `veto-bench proxy-vs-nginx`: `veto proxy` beside nginx, the reverse
+//! proxy users would otherwise deploy, in one run on the same cores with
+//! the same load generator.
+//!
+//! One in-process upstream (axum, `200 ok`) and one registry (`veto
+//! serve`). In front of the upstream, one after the other: nothing
+//! (direct), **nginx** (Debian's package; `worker_processes 1`,
+//! `access_log off`, HTTP/1.1 keep-alive to the upstream — a plain reverse
+//! proxy), a plain hyper forwarder with no authorization (`veto-bench
+//! forward`), `veto proxy --pop off` and `veto proxy --pop required` (the
+//! default). With pinning (the default; `--no-pin` turns it off), wrk and
+//! the upstream run on CPU 0 and each proxy is started on CPU 1 alone
+//! (`taskset -c 1`, so nginx and the tokio runtimes size themselves for
+//! one core).
+//!
+//! Every target gets the same wrk Lua script and the same headers:
+//! `Authorization: DPoP <depth-1 chain>` and a `DPoP` proof made by the
+//! chain's holder for the `--pop required` proxy's URL, a fresh one per
+//! request from a pool made before that run (sized from the `--pop off`
+//! throughput; a replayed proof would be refused, and any non-2xx fails the
+//! run). The other targets ignore both headers, so the load generator's
+//! work is the same everywhere and only the proxy in the middle differs.
+//!
+//! Reported: requests/s and p50/p99 per target, the ratios `--pop off` /
+//! nginx (target ≥ 0.90) and its added p99 over nginx (target ≤ +0.2 ms),
+//! each proxy's CPU per request (`/proc/<pid>/stat`), and for `--pop
+//! required` the share of its CPU that the proof's Ed25519 verification
+//! explains (requests × one `verify_strict`, timed here on the same
+//! machine) and the extra CPU per request over `--pop off`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use veto_core::dpop::{self, ProofSpec};
+
+use crate::overhead::{parse_wrk, pin, Forwarder, WrkResult};
+use crate::proxy::Proxy;
+use crate::registry::{cpu_secs_of_pid, fresh_dir, Registry};
+use crate::Common;
+use veto_testkit::Upstream;
+
+const TARGET_RATIO: f64 = 0.90;
+const TARGET_ADDED_P99_MS: f64 = 0.2;
+/// The proxy's proof window is 30 s: proofs older than that are refused.
+const MAX_SECS: u64 = 20;
+
+/// Arguments of `veto-bench proxy-vs-nginx`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct PeersArgs {
+    /// wrk's duration per target, in seconds (at most 20: proofs must stay
+    /// inside the proxy's 30 s window).
+    #[arg(long, default_value_t = 8)]
+    secs: u64,
+    /// wrk's open connections (`-c`).
+    #[arg(long, default_value_t = 32)]
+    connections: u32,
+    /// wrk's threads (`-t`).
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
+    /// The wrk binary.
+    #[arg(long, default_value = "wrk")]
+    wrk: String,
+    /// The nginx binary (Debian: `apt-get install -y nginx`).
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    nginx: PathBuf,
+    /// Do not pin (wrk and upstream on CPU 0, each proxy on CPU 1).
+    #[arg(long)]
+    no_pin: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// One target's figures.
+struct Measured {
+    name: &'static str,
+    wrk: WrkResult,
+    /// The proxy's CPU seconds during its run (none for direct).
+    cpu_s: Option<f64>,
+}
+
+impl Measured {
+    fn cpu_us_per_request(&self) -> Option<f64> {
+        self.cpu_s
+            .map(|c| c * 1e6 / (self.wrk.requests.max(1) as f64))
+    }
+}
+
+/// nginx as a plain reverse proxy, a child process killed on drop.
+struct Nginx {
+    child: Child,
+    base: String,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    fn start(bin: &Path, upstream: &str, cpu: Option<u32>) -> anyhow::Result<Self> {
+        let dir = fresh_dir("nginx")?;
+        let port = free_port()?;
+        let up = upstream
+            .strip_prefix("http://")
+            .with_context(|| format!("upstream {upstream} is not http://"))?;
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             \x20 fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             \x20 upstream app {{ server {up}; keepalive 64; }}\n\
+             \x20 server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://app;\n\
+             \x20     proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf).context("writing nginx.conf")?;
+        let mut cmd = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpu.to_string()).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {}: install it (`apt-get install -y nginx`) or pass --nginx PATH",
+                    bin.display()
+                )
+            })?;
+        let n = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+        };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!(
+                    "nginx did not listen on {port} within 10 s; its log:\n{}",
+                    std::fs::read_to_string(n.dir.join("error.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(n)
+    }
+
+    /// CPU seconds of the master and its worker (children of the master).
+    fn cpu_secs(&self) -> anyhow::Result<f64> {
+        let master = self.child.id();
+        let mut total = cpu_secs_of_pid(master)?;
+        for entry in std::fs::read_dir("/proc")? {
+            let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // Field 4 (after the parenthesised name) is the parent pid.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(master) {
+                total += cpu_secs_of_pid(pid).unwrap_or(0.0);
+            }
+        }
+        Ok(total)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The worker exits when its master is gone; its pid file and logs
+        // go with the directory.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The wrk script: every request carries the chain and the next proof of
+/// this thread's pool (`<proofs>.<thread>`, one per line), cycling.
+const SCRIPT: &str = r#"
+local counter = 0
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+end
+function init(args)
+  local f = assert(io.open(args[1], "r"))
+  auth = "DPoP " .. f:read("*l")
+  f:close()
+  proofs = {}
+  n = 0
+  for line in io.lines(args[2] .. "." .. tid) do
+    n = n + 1
+    proofs[n] = line
+  end
+  i = 0
+end
+function request()
+  i = i + 1
+  if i > n then i = 1 end
+  return wrk.format("GET", "/", { ["Authorization"] = auth, ["DPoP"] = proofs[i] })
+end
+"#;
+
+/// Files shared by every wrk run: the script, the chain, the proof pools.
+struct Load {
+    dir: PathBuf,
+}
+
+impl Load {
+    fn new(chain: &str) -> anyhow::Result<Self> {
+        let dir = fresh_dir("wrk")?;
+        std::fs::write(dir.join("script.lua"), SCRIPT)?;
+        std::fs::write(dir.join("chain"), format!("{chain}\n"))?;
+        Ok(Self { dir })
+    }
+
+    /// Writes `per_thread` fresh proofs for each of `threads` pools.
+    fn proofs(
+        &self,
+        threads: u32,
+        per_thread: usize,
+        key: &veto_core::SigningKey,
+        url: &str,
+        chain: &str,
+    ) -> anyhow::Result<()> {
+        let iat = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        for t in 0..threads {
+            let f = std::fs::File::create(self.dir.join(format!("proofs.{t}")))?;
+            let mut w = std::io::BufWriter::new(f);
+            for _ in 0..per_thread {
+                let proof = dpop::make(
+                    key,
+                    &ProofSpec {
+                        method: "GET",
+                        url,
+                        chain,
+                        iat,
+                        nonce: None,
+                    },
+                )?;
+                writeln!(w, "{proof}")?;
+            }
+            w.flush()?;
+        }
+        Ok(())
+    }
+
+    fn run(&self, a: &PeersArgs, url: &str) -> anyhow::Result<WrkResult> {
+        let mut cmd = if a.no_pin {
+            Command::new(&a.wrk)
+        } else {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0", &a.wrk]);
+            c
+        };
+        let out = cmd
+            .arg(format!("-t{}", a.threads))
+            .arg(format!("-c{}", a.connections))
+            .arg(format!("-d{}s", a.secs))
+            .arg("--latency")
+            .arg("-s")
+            .arg(self.dir.join("script.lua"))
+            .arg(url)
+            .arg("--")
+            .arg(self.dir.join("chain"))
+            .arg(self.dir.join("proofs"))
+            .output()
+            .with_context(|| {
+                format!(
+                    "running `{}`: install it (`apt-get install -y wrk`) or pass --wrk PATH",
+                    a.wrk
+                )
+            })?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "wrk failed ({}): {text}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let r = parse_wrk(&text)?;
+        if r.non_2xx > 0 {
+            bail!(
+                "{} of {} responses from {url} were not 2xx (a refused chain, or a replayed proof: the pool ran out)\n{text}",
+                r.non_2xx,
+                r.requests
+            );
+        }
+        Ok(r)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One wrk run against `url`, with the CPU of the process(es) behind it.
+async fn measure(
+    a: &PeersArgs,
+    load: &Load,
+    name: &'static str,
+    url: String,
+    cpu: impl Fn() -> anyhow::Result<f64>,
+) -> anyhow::Result<Measured> {
+    let before = cpu()?;
+    // The in-process upstream keeps running on the runtime's other workers.
+    let wrk = tokio::task::block_in_place(|| load.run(a, &url))?;
+    let used = cpu()? - before;
+    Ok(Measured {
+        name,
+        wrk,
+        cpu_s: Some(used),
+    })
+}
+
+/// Mean µs of one Ed25519 `verify_strict` of a proof's signing input.
+fn verify_floor_us(proof: &str, key: &veto_core::SigningKey) -> anyhow::Result<f64> {
+    use base64::Engine as _;
+    let (input, sig) = proof.rsplit_once('.').context("a proof is a compact JWS")?;
+    let sig: [u8; 64] = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("a proof's signature is 64 bytes"))?;
+    let sig = ed25519_dalek::Signature::from_bytes(&sig);
+    let public = ed25519_dalek::VerifyingKey::from_bytes(key.public().as_bytes())?;
+    let n = 2_000;
+    let start = Instant::now();
+    for _ in 0..n {
+        public
+            .verify_strict(std::hint::black_box(input.as_bytes()), &sig)
+            .context("the proof's signature does not verify")?;
+    }
+    Ok(start.elapsed().as_secs_f64() * 1e6 / f64::from(n))
+}
+
+pub(crate) async fn run(a: PeersArgs) -> anyhow::Result<()> {
+    if a.connections == 0 || a.threads == 0 {
+        bail!("--connections and --threads must be at least 1");
+    }
+    if a.secs == 0 || a.secs > MAX_SECS {
+        bail!(
+            "--secs must be 1 to {MAX_SECS}: proofs older than the proxy's 30 s window are refused"
+        );
+    }
+    let veto = a.common.veto_path()?;
+    let reg = Registry::start(&veto, a.common.keep_data).await?;
+    let result = compare(&a, &veto, &reg).await;
+    let stopped = reg.stop().await;
+    result?;
+    stopped
+}
+
+async fn compare(a: &PeersArgs, veto: &Path, reg: &Registry) -> anyhow::Result<()> {
+    let cpu = (!a.no_pin).then_some(1u32);
+    let upstream = Upstream::start().await?;
+    let client = reqwest::Client::new();
+    let holder = veto_core::SigningKey::generate()?;
+    let (chain, _) = reg
+        .mint_held(
+            &client,
+            "bench-agent",
+            &["http:*:/*"],
+            3600,
+            holder.public(),
+        )
+        .await?;
+    if let Some(_cpu) = cpu {
+        pin(std::process::id(), 0)?;
+    }
+    let load = Load::new(&chain)?;
+    let mut rows: Vec<Measured> = Vec::new();
+
+    // Targets that ignore the proof: a small pool, reused.
+    let off = Proxy::start_on(
+        cpu,
+        veto,
+        a.common.keep_data,
+        reg,
+        &upstream.url,
+        &["--pop", "off"],
+    )
+    .await?;
+    let req = Proxy::start_on(
+        cpu,
+        veto,
+        a.common.keep_data,
+        reg,
+        &upstream.url,
+        &["--pop", "required"],
+    )
+    .await?;
+    let req_url = format!("{}/", req.base);
+    load.proofs(a.threads, 1_000, &holder, &req_url, &chain)?;
+
+    let direct = measure(a, &load, "direct", format!("{}/", upstream.url), || Ok(0.0)).await?;
+    rows.push(Measured {
+        cpu_s: None,
+        ..direct
+    });
+    {
+        let nginx = Nginx::start(&a.nginx, &upstream.url, cpu)?;
+        let url = format!("{}/", nginx.base);
+        rows.push(measure(a, &load, "nginx", url, || nginx.cpu_secs()).await?);
+    }
+    {
+        let fwd = Forwarder::start_on(&upstream.url, cpu)?;
+        let pid = fwd.pid();
+        let url = format!("{}/", fwd.base);
+        rows.push(measure(a, &load, "hyper forwarder", url, || cpu_secs_of_pid(pid)).await?);
+    }
+    let off_pid = off.pid();
+    let m = measure(a, &load, "veto --pop off", format!("{}/", off.base), || {
+        cpu_secs_of_pid(off_pid)
+    })
+    .await;
+    off.stop().await?;
+    let m = m?;
+    let off_rate = m.wrk.requests_per_sec;
+    rows.push(m);
+
+    // `--pop required`: a fresh proof per request, pool sized from `off`.
+    let per_thread =
+        ((off_rate * a.secs as f64 * 1.5) / f64::from(a.threads)).ceil() as usize + 1_000;
+    let made = Instant::now();
+    load.proofs(a.threads, per_thread, &holder, &req_url, &chain)?;
+    eprintln!(
+        "made {} proofs in {:.1} s",
+        per_thread * a.threads as usize,
+        made.elapsed().as_secs_f64()
+    );
+    let req_pid = req.pid();
+    let m = measure(a, &load, "veto --pop required", req_url.clone(), || {
+        cpu_secs_of_pid(req_pid)
+    })
+    .await;
+    let log = req.log_tail();
+    req.stop().await?;
+    let required = m.with_context(|| format!("the --pop required proxy's log:\n{log}"))?;
+    let sample = std::fs::read_to_string(load.dir.join("proofs.0"))?;
+    let floor_us = verify_floor_us(sample.lines().next().unwrap_or_default(), &holder)?;
+    rows.push(required);
+    drop(upstream);
+    report(a, &rows, floor_us, chain.len());
+    Ok(())
+}
+
+fn report(a: &PeersArgs, rows: &[Measured], floor_us: f64, chain_len: usize) {
+    let find = |n: &str| rows.iter().find(|m| m.name == n);
+    println!("== veto-bench proxy-vs-nginx ==");
+    println!(
+        "wrk             : -t{} -c{} -d{}s --latency, Lua script: `Authorization: DPoP <{chain_len}-byte chain>` and a fresh `DPoP` proof per request, the same for every target",
+        a.threads, a.connections, a.secs
+    );
+    if a.no_pin {
+        println!("pinning         : none (everything shares the machine's cores)");
+    } else {
+        println!("pinning         : wrk and the upstream on CPU 0; each proxy started on CPU 1 alone (taskset -c 1)");
+    }
+    for m in rows {
+        let cpu = m
+            .cpu_us_per_request()
+            .map(|c| format!(", proxy CPU {c:.1} µs/request"))
+            .unwrap_or_default();
+        println!(
+            "{:<16}: {:>8.0} req/s, p50 {:.3} ms, p99 {:.3} ms ({} requests){cpu}",
+            m.name, m.wrk.requests_per_sec, m.wrk.p50_ms, m.wrk.p99_ms, m.wrk.requests
+        );
+    }
+    let (Some(nginx), Some(off), Some(req)) = (
+        find("nginx"),
+        find("veto --pop off"),
+        find("veto --pop required"),
+    ) else {
+        return;
+    };
+    let ratio = off.wrk.requests_per_sec / nginx.wrk.requests_per_sec;
+    let added = off.wrk.p99_ms - nginx.wrk.p99_ms;
+    let req_ratio = req.wrk.requests_per_sec / off.wrk.requests_per_sec;
+    let (off_cpu, req_cpu) = (
+        off.cpu_us_per_request().unwrap_or(f64::NAN),
+        req.cpu_us_per_request().unwrap_or(f64::NAN),
+    );
+    let share = floor_us / req_cpu;
+    println!(
+        "--pop off/nginx : {ratio:.3} of nginx's throughput (target ≥ {TARGET_RATIO:.2}: {}), p99 {added:+.3} ms (target ≤ +{TARGET_ADDED_P99_MS} ms: {})",
+        if ratio >= TARGET_RATIO { "met" } else { "NOT met" },
+        if added <= TARGET_ADDED_P99_MS { "met" } else { "NOT met" }
+    );
+    println!(
+        "--pop required  : {req_ratio:.3} of --pop off; proxy CPU {req_cpu:.1} µs/request vs {off_cpu:.1}: +{:.1} µs; one Ed25519 verify_strict {floor_us:.1} µs = {:.0}% of its CPU per request",
+        req_cpu - off_cpu,
+        share * 100.0
+    );
+    let get = |n: &str| find(n).map_or(f64::NAN, |m| m.wrk.requests_per_sec);
+    println!(
+        "bench=proxy-vs-nginx secs={} connections={} direct={:.0} nginx={:.0} forward={:.0} veto_off={:.0} veto_required={:.0} off_over_nginx={ratio:.3} off_added_p99_ms={added:.3} required_over_off={req_ratio:.3} verify_us={floor_us:.1} verify_share={share:.2}",
+        a.secs,
+        a.connections,
+        get("direct"),
+        get("nginx"),
+        get("hyper forwarder"),
+        get("veto --pop off"),
+        get("veto --pop required"),
+    );
+}
