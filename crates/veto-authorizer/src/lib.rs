@@ -197,6 +197,13 @@ impl Authorizer {
         self.state.status()
     }
 
+    /// Until when (Unix seconds) the applied state stays fresh without news
+    /// (`Status::fresh_until` alone, without building the whole status:
+    /// the proxy reads it on every request).
+    pub fn fresh_until(&self) -> Option<u64> {
+        self.state.fresh_until()
+    }
+
     /// Prometheus metrics in the text format.
     pub fn metrics_text(&self) -> String {
         self.state.metrics_text()

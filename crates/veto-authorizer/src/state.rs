@@ -370,6 +370,14 @@ impl State {
         self.push_connected.store(connected, Ordering::Relaxed);
     }
 
+    /// Until when the applied state stays fresh (see [`Status`]).
+    pub fn fresh_until(&self) -> Option<u64> {
+        self.current
+            .load()
+            .state
+            .fresh_until(self.check.max_staleness)
+    }
+
     /// The sync state now.
     pub fn status(&self) -> Status {
         let current = self.current.load();

@@ -23,9 +23,9 @@
 //!
 //! Reported: requests/s and p50/p99 per target, the ratios `--pop off` /
 //! nginx (target ≥ 0.90) and its added p99 over nginx (target ≤ +0.2 ms),
-//! each proxy's CPU per request (`/proc/<pid>/stat`), and for `--pop
-//! required` the share of its CPU that the proof's Ed25519 verification
-//! explains (requests × one `verify_strict`, timed here on the same
+//! each proxy's CPU per request (`/proc/<pid>/stat`, all and user space),
+//! and for `--pop required` the share of its CPU (all, and user space) that
+//! one Ed25519 `verify_strict` per request explains (timed here on the same
 //! machine) and the extra CPU per request over `--pop off`.
 
 use std::io::Write as _;
@@ -39,7 +39,7 @@ use veto_core::dpop::{self, ProofSpec};
 
 use crate::overhead::{parse_wrk, pin, Forwarder, WrkResult};
 use crate::proxy::Proxy;
-use crate::registry::{cpu_secs_of_pid, fresh_dir, Registry};
+use crate::registry::{cpu_times_of_pid, fresh_dir, Registry};
 use crate::Common;
 use veto_testkit::Upstream;
 
@@ -78,14 +78,16 @@ pub(crate) struct PeersArgs {
 struct Measured {
     name: &'static str,
     wrk: WrkResult,
-    /// The proxy's CPU seconds during its run (none for direct).
-    cpu_s: Option<f64>,
+    /// The proxy's CPU seconds during its run, in user space and in the
+    /// kernel (none for direct).
+    cpu_s: Option<(f64, f64)>,
 }
 
 impl Measured {
-    fn cpu_us_per_request(&self) -> Option<f64> {
-        self.cpu_s
-            .map(|c| c * 1e6 / (self.wrk.requests.max(1) as f64))
+    /// µs of CPU per request: (user + kernel, user).
+    fn cpu_us_per_request(&self) -> Option<(f64, f64)> {
+        let n = self.wrk.requests.max(1) as f64;
+        self.cpu_s.map(|(u, k)| ((u + k) * 1e6 / n, u * 1e6 / n))
     }
 }
 
@@ -159,10 +161,11 @@ impl Nginx {
         Ok(n)
     }
 
-    /// CPU seconds of the master and its worker (children of the master).
-    fn cpu_secs(&self) -> anyhow::Result<f64> {
+    /// CPU seconds (user, kernel) of the master and its worker (children
+    /// of the master).
+    fn cpu_times(&self) -> anyhow::Result<(f64, f64)> {
         let master = self.child.id();
-        let mut total = cpu_secs_of_pid(master)?;
+        let (mut user, mut kernel) = cpu_times_of_pid(master)?;
         for entry in std::fs::read_dir("/proc")? {
             let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
@@ -176,10 +179,12 @@ impl Nginx {
                 .and_then(|(_, rest)| rest.split_whitespace().nth(1))
                 .and_then(|p| p.parse::<u32>().ok());
             if ppid == Some(master) {
-                total += cpu_secs_of_pid(pid).unwrap_or(0.0);
+                let (u, k) = cpu_times_of_pid(pid).unwrap_or((0.0, 0.0));
+                user += u;
+                kernel += k;
             }
         }
-        Ok(total)
+        Ok((user, kernel))
     }
 }
 
@@ -329,16 +334,16 @@ async fn measure(
     load: &Load,
     name: &'static str,
     url: String,
-    cpu: impl Fn() -> anyhow::Result<f64>,
+    cpu: impl Fn() -> anyhow::Result<(f64, f64)>,
 ) -> anyhow::Result<Measured> {
     let before = cpu()?;
     // The in-process upstream keeps running on the runtime's other workers.
     let wrk = tokio::task::block_in_place(|| load.run(a, &url))?;
-    let used = cpu()? - before;
+    let after = cpu()?;
     Ok(Measured {
         name,
         wrk,
-        cpu_s: Some(used),
+        cpu_s: Some((after.0 - before.0, after.1 - before.1)),
     })
 }
 
@@ -421,7 +426,10 @@ async fn compare(a: &PeersArgs, veto: &Path, reg: &Registry) -> anyhow::Result<(
     let req_url = format!("{}/", req.base);
     load.proofs(a.threads, 1_000, &holder, &req_url, &chain)?;
 
-    let direct = measure(a, &load, "direct", format!("{}/", upstream.url), || Ok(0.0)).await?;
+    let direct = measure(a, &load, "direct", format!("{}/", upstream.url), || {
+        Ok((0.0, 0.0))
+    })
+    .await?;
     rows.push(Measured {
         cpu_s: None,
         ..direct
@@ -429,17 +437,17 @@ async fn compare(a: &PeersArgs, veto: &Path, reg: &Registry) -> anyhow::Result<(
     {
         let nginx = Nginx::start(&a.nginx, &upstream.url, cpu)?;
         let url = format!("{}/", nginx.base);
-        rows.push(measure(a, &load, "nginx", url, || nginx.cpu_secs()).await?);
+        rows.push(measure(a, &load, "nginx", url, || nginx.cpu_times()).await?);
     }
     {
         let fwd = Forwarder::start_on(&upstream.url, cpu)?;
         let pid = fwd.pid();
         let url = format!("{}/", fwd.base);
-        rows.push(measure(a, &load, "hyper forwarder", url, || cpu_secs_of_pid(pid)).await?);
+        rows.push(measure(a, &load, "hyper forwarder", url, || cpu_times_of_pid(pid)).await?);
     }
     let off_pid = off.pid();
     let m = measure(a, &load, "veto --pop off", format!("{}/", off.base), || {
-        cpu_secs_of_pid(off_pid)
+        cpu_times_of_pid(off_pid)
     })
     .await;
     off.stop().await?;
@@ -459,7 +467,7 @@ async fn compare(a: &PeersArgs, veto: &Path, reg: &Registry) -> anyhow::Result<(
     );
     let req_pid = req.pid();
     let m = measure(a, &load, "veto --pop required", req_url.clone(), || {
-        cpu_secs_of_pid(req_pid)
+        cpu_times_of_pid(req_pid)
     })
     .await;
     let log = req.log_tail();
@@ -488,10 +496,10 @@ fn report(a: &PeersArgs, rows: &[Measured], floor_us: f64, chain_len: usize) {
     for m in rows {
         let cpu = m
             .cpu_us_per_request()
-            .map(|c| format!(", proxy CPU {c:.1} µs/request"))
+            .map(|(all, user)| format!(", proxy CPU {all:.1} µs/request ({user:.1} in user space)"))
             .unwrap_or_default();
         println!(
-            "{:<16}: {:>8.0} req/s, p50 {:.3} ms, p99 {:.3} ms ({} requests){cpu}",
+            "{:<19}: {:>8.0} req/s, p50 {:.3} ms, p99 {:.3} ms ({} requests){cpu}",
             m.name, m.wrk.requests_per_sec, m.wrk.p50_ms, m.wrk.p99_ms, m.wrk.requests
         );
     }
@@ -505,24 +513,26 @@ fn report(a: &PeersArgs, rows: &[Measured], floor_us: f64, chain_len: usize) {
     let ratio = off.wrk.requests_per_sec / nginx.wrk.requests_per_sec;
     let added = off.wrk.p99_ms - nginx.wrk.p99_ms;
     let req_ratio = req.wrk.requests_per_sec / off.wrk.requests_per_sec;
-    let (off_cpu, req_cpu) = (
-        off.cpu_us_per_request().unwrap_or(f64::NAN),
-        req.cpu_us_per_request().unwrap_or(f64::NAN),
-    );
+    let nan = (f64::NAN, f64::NAN);
+    let (off_cpu, off_user) = off.cpu_us_per_request().unwrap_or(nan);
+    let (req_cpu, req_user) = req.cpu_us_per_request().unwrap_or(nan);
     let share = floor_us / req_cpu;
+    let user_share = floor_us / req_user;
     println!(
-        "--pop off/nginx : {ratio:.3} of nginx's throughput (target ≥ {TARGET_RATIO:.2}: {}), p99 {added:+.3} ms (target ≤ +{TARGET_ADDED_P99_MS} ms: {})",
+        "--pop off/nginx    : {ratio:.3} of nginx's throughput (target ≥ {TARGET_RATIO:.2}: {}), p99 {added:+.3} ms (target ≤ +{TARGET_ADDED_P99_MS} ms: {})",
         if ratio >= TARGET_RATIO { "met" } else { "NOT met" },
         if added <= TARGET_ADDED_P99_MS { "met" } else { "NOT met" }
     );
     println!(
-        "--pop required  : {req_ratio:.3} of --pop off; proxy CPU {req_cpu:.1} µs/request vs {off_cpu:.1}: +{:.1} µs; one Ed25519 verify_strict {floor_us:.1} µs = {:.0}% of its CPU per request",
+        "--pop required     : {req_ratio:.3} of --pop off; proxy CPU {req_cpu:.1} µs/request vs {off_cpu:.1} (+{:.1}), in user space {req_user:.1} vs {off_user:.1} (+{:.1}); one Ed25519 verify_strict {floor_us:.1} µs = {:.0}% of its CPU per request, {:.0}% of its user-space CPU",
         req_cpu - off_cpu,
-        share * 100.0
+        req_user - off_user,
+        share * 100.0,
+        user_share * 100.0
     );
     let get = |n: &str| find(n).map_or(f64::NAN, |m| m.wrk.requests_per_sec);
     println!(
-        "bench=proxy-vs-nginx secs={} connections={} direct={:.0} nginx={:.0} forward={:.0} veto_off={:.0} veto_required={:.0} off_over_nginx={ratio:.3} off_added_p99_ms={added:.3} required_over_off={req_ratio:.3} verify_us={floor_us:.1} verify_share={share:.2}",
+        "bench=proxy-vs-nginx secs={} connections={} direct={:.0} nginx={:.0} forward={:.0} veto_off={:.0} veto_required={:.0} off_over_nginx={ratio:.3} off_added_p99_ms={added:.3} required_over_off={req_ratio:.3} verify_us={floor_us:.1} verify_share={share:.2} verify_share_user={user_share:.2}",
         a.secs,
         a.connections,
         get("direct"),

@@ -329,6 +329,16 @@ pub(crate) fn local_postgres_cpu_secs() -> Option<f64> {
 /// `utime + stime` from a `/proc/<pid>/stat` file. Linux reports them in
 /// USER_HZ ticks, which is 100 per second on every supported architecture.
 fn cpu_secs_of(path: &str) -> anyhow::Result<f64> {
+    let (user, system) = cpu_times_of(path)?;
+    Ok(user + system)
+}
+
+/// CPU time of process `pid` in user space and in the kernel, in seconds.
+pub(crate) fn cpu_times_of_pid(pid: u32) -> anyhow::Result<(f64, f64)> {
+    cpu_times_of(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_times_of(path: &str) -> anyhow::Result<(f64, f64)> {
     let stat = fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     // Fields after the `(comm)`, which may itself contain spaces: state is
     // field 3, utime 14, stime 15.
@@ -344,5 +354,5 @@ fn cpu_secs_of(path: &str) -> anyhow::Result<f64> {
             .parse()?;
         Ok(v as f64 / 100.0)
     };
-    Ok(tick(11)? + tick(12)?)
+    Ok((tick(11)?, tick(12)?))
 }

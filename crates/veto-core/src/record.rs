@@ -92,6 +92,11 @@ impl CheckRecord {
         }
     }
 
+    /// The earliest `exp` of any link (Unix seconds).
+    pub(crate) fn not_after(&self) -> u64 {
+        self.not_after
+    }
+
     /// Whether every link is within its validity at `now`, allowing `skew`
     /// seconds for `nbf`/`iat` (the same test as each link's, combined).
     pub(crate) fn in_time(&self, now: u64, skew: u64) -> bool {

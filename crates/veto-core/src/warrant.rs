@@ -301,6 +301,12 @@ impl ParsedChain {
         &self.links[0]
     }
 
+    /// The earliest `exp` of any link (Unix seconds): when the chain
+    /// stops being valid.
+    pub fn expires_at(&self) -> u64 {
+        self.record.not_after()
+    }
+
     /// What the per-request check reads, in one record.
     pub(crate) fn record(&self) -> &CheckRecord {
         &self.record

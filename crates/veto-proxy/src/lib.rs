@@ -292,15 +292,9 @@ impl StreamGuard {
     /// `fresh_until` (a checkpoint that extends freshness without a new
     /// version is seen when the timer fires and re-arms).
     fn arm(&mut self) {
-        let exp = self
-            .chain
-            .chain()
-            .links()
-            .iter()
-            .map(|l| l.claims().exp)
-            .min();
-        let fresh_until = self.state.authz.status().fresh_until;
-        let next = [exp, fresh_until].into_iter().flatten().min();
+        let exp = self.chain.chain().expires_at();
+        let fresh_until = self.state.authz.fresh_until();
+        let next = [Some(exp), fresh_until].into_iter().flatten().min();
         let now = unix_now();
         // Decisions use whole seconds (`exp <= now` denies), so fire just
         // after the boundary; when it has passed already, look again in a
