@@ -4,7 +4,8 @@
 //!
 //! One in-process upstream (axum, `200 ok`) and one registry (`veto
 //! serve`). In front of the upstream, one after the other: nothing
-//! (direct), **nginx** (Debian's package; `worker_processes 1`,
+//! (direct), **nginx** (Debian's package; one process doing the work of
+//! one worker: `master_process off`, so killing it leaves nothing behind,
 //! `access_log off`, HTTP/1.1 keep-alive to the upstream — a plain reverse
 //! proxy), a plain hyper forwarder with no authorization (`veto-bench
 //! forward`), `veto proxy --pop off` and `veto proxy --pop required` (the
@@ -107,7 +108,7 @@ impl Nginx {
             .with_context(|| format!("upstream {upstream} is not http://"))?;
         let d = dir.display();
         let conf = format!(
-            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
              error_log {d}/error.log warn;\n\
              events {{ worker_connections 4096; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
@@ -161,30 +162,9 @@ impl Nginx {
         Ok(n)
     }
 
-    /// CPU seconds (user, kernel) of the master and its worker (children
-    /// of the master).
+    /// CPU seconds (user, kernel) of the one nginx process.
     fn cpu_times(&self) -> anyhow::Result<(f64, f64)> {
-        let master = self.child.id();
-        let (mut user, mut kernel) = cpu_times_of_pid(master)?;
-        for entry in std::fs::read_dir("/proc")? {
-            let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // Field 4 (after the parenthesised name) is the parent pid.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(master) {
-                let (u, k) = cpu_times_of_pid(pid).unwrap_or((0.0, 0.0));
-                user += u;
-                kernel += k;
-            }
-        }
-        Ok((user, kernel))
+        cpu_times_of_pid(self.child.id())
     }
 }
 
@@ -192,8 +172,6 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // The worker exits when its master is gone; its pid file and logs
-        // go with the directory.
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
