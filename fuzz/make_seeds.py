@@ -27,6 +27,10 @@ def payload(jws):
     return base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))
 
 
+def b64d(text):
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
 def objects(name, kind):
     v = vec(name)
     objs = v["setup"] + ([v["input"]] if v.get("input") else [])
@@ -50,7 +54,15 @@ def main():
         for case in cases:
             jws = objects(case, target)[-1]
             add(target, f"{case}.token", b"\x00" + jws.encode())
-            add(target, f"{case}.payload", b"\x01" + payload(jws))
+            if target == "snapshot":
+                # The vectors hold the text container (JWS `~` base64url
+                # tables): seed the binary one too, and the payload to sign
+                # followed by `\n` and the table bytes.
+                head, tables = jws.split("~")
+                add(target, f"{case}.binary", b"\x00" + head.encode() + b"\n" + b64d(tables))
+                add(target, f"{case}.payload", b"\x01" + payload(head) + b"\n" + b64d(tables))
+            else:
+                add(target, f"{case}.payload", b"\x01" + payload(jws))
 
     # JWS: one of each typ, and a payload to sign.
     for case, kind in [
@@ -58,7 +70,8 @@ def main():
         ("apply-checkpoint-refresh", "checkpoint"),
         ("apply-snapshot-advance", "snapshot"),
     ]:
-        add("jws", f"{case}.token", b"\x00" + objects(case, kind)[-1].encode())
+        # A snapshot's container: its JWS alone.
+        add("jws", f"{case}.token", b"\x00" + objects(case, kind)[-1].split("~")[0].encode())
     chain = vec("allow-chain-depth-3")["token"]
     add("jws", "warrant-root.token", b"\x00" + chain.split("~")[0].encode())
     add("jws", "payload", b"\x01" + payload(chain.split("~")[0]))

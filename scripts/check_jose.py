@@ -22,6 +22,17 @@ allowance), applies the DESIGN 3.5 rule (higher `ver` replaces; the same
 lower `ver` a rollback), and compares the outcome and the keys applied
 afterwards with what the vector expects.
 
+For every snapshot object (`"as": "snapshot"`, the text container: the
+compact JWS, `~`, base64url of the table bytes), it also checks the format
+on its own: the JWS verifies with the pinned authority key as
+`veto-srl+jwt`; its payload is exactly `{iss, ver, head, iat, exp, digest,
+tables: {sha256, warrants, agents, keys}}` with `digest` `sha256-96`; the
+table bytes are exactly `12 * warrants + 20 * agents + 12 * keys` long,
+hash to `tables.sha256`, and each list is strictly ascending by digest.
+The same bytes as the binary container (JWS, `\n`, table bytes) must split
+back to the same JWS and tables; a flipped table byte, a missing record
+and a bare JWS must be refused.
+
 It shares no code with veto. Run from the repository root:
 
     python3 scripts/check_jose.py
@@ -188,6 +199,80 @@ def check_issuer_set_case(tally, name, vector, keys):
         tally.check(False, f"{name}: issuer key set replay: {type(e).__name__}: {e}")
 
 
+SNAPSHOT_TYP = "veto-srl+jwt"
+SNAPSHOT_CLAIMS = {"iss", "ver", "head", "iat", "exp", "digest", "tables"}
+TABLES_CLAIMS = {"sha256", "warrants", "agents", "keys"}
+
+
+def snapshot_problems(authority, container):
+    """What is wrong with a snapshot container (bytes, either form): [] when it is valid."""
+    cut = [i for i in (container.find(b"\n"), container.find(b"~")) if i >= 0]
+    if not cut:
+        return ["no separator after the JWS"]
+    at = min(cut)
+    jws, sep, rest = container[:at].decode("ascii"), container[at:at + 1], container[at + 1:]
+    try:
+        tables = rest if sep == b"\n" else b64url_decode(rest.decode("ascii"))
+    except (ValueError, UnicodeDecodeError) as e:
+        return [f"tables are not base64url: {e}"]
+    parts = jws.split(".")
+    if len(parts) != 3:
+        return ["not a compact JWS"]
+    header = json.loads(b64url_decode(parts[0]))
+    problems = []
+    if header.get("alg") != "EdDSA" or header.get("typ") != SNAPSHOT_TYP:
+        problems.append(f"header {header}")
+    if not verifies(public_key(authority), jws):
+        return problems + ["signature does not verify with the authority key"]
+    payload = json.loads(b64url_decode(parts[1]))
+    if set(payload) != SNAPSHOT_CLAIMS or set(payload["tables"]) != TABLES_CLAIMS:
+        return problems + [f"claims {sorted(payload)}"]
+    if payload["digest"] != "sha256-96":
+        problems.append(f"digest {payload['digest']!r}")
+    t = payload["tables"]
+    w, a, k = t["warrants"], t["agents"], t["keys"]
+    if len(tables) != 12 * w + 20 * a + 12 * k:
+        return problems + [f"tables are {len(tables)} bytes, counts make {12 * w + 20 * a + 12 * k}"]
+    if not re.fullmatch(r"[0-9a-f]{64}", t["sha256"]) or hashlib.sha256(tables).hexdigest() != t["sha256"]:
+        return problems + ["tables do not hash to tables.sha256"]
+    lists = {
+        "warrants": [tables[i:i + 12] for i in range(0, 12 * w, 12)],
+        "agents": [tables[12 * w + i:12 * w + i + 12] for i in range(0, 20 * a, 20)],
+        "keys": [tables[12 * w + 20 * a + i:12 * w + 20 * a + i + 12] for i in range(0, 12 * k, 12)],
+    }
+    for name, digests in lists.items():
+        if any(x >= y for x, y in zip(digests, digests[1:])):
+            problems.append(f"{name} not strictly ascending")
+    return problems
+
+
+def check_snapshot_case(tally, name, vector):
+    """Checks every snapshot object of a vector independently, and hostile siblings of it."""
+    authority = vector["authority_jwk"]
+    objs = vector["setup"] + ([vector["input"]] if vector.get("input") else [])
+    count = 0
+    for i, o in enumerate(o for o in objs if o["as"] == "snapshot"):
+        count += 1
+        what = f"{name}: snapshot {i}"
+        try:
+            text = o["jws"].encode("ascii")
+            problems = snapshot_problems(authority, text)
+            tally.check(not problems, f"{what} (text): {'; '.join(problems)}")
+            jws, tables_b64 = o["jws"].split("~")
+            tables = b64url_decode(tables_b64)
+            binary = jws.encode("ascii") + b"\n" + tables
+            problems = snapshot_problems(authority, binary)
+            tally.check(not problems, f"{what} (binary): {'; '.join(problems)}")
+            if tables:
+                flipped = binary[:-1] + bytes([binary[-1] ^ 1])
+                tally.check(snapshot_problems(authority, flipped), f"{what}: a flipped table byte is refused")
+                tally.check(snapshot_problems(authority, binary[:-12]), f"{what}: a missing record is refused")
+            tally.check(snapshot_problems(authority, jws.encode("ascii")), f"{what}: a bare JWS is refused")
+        except Exception as e:  # a malformed vector is a failure, not a crash
+            tally.check(False, f"{what}: {type(e).__name__}: {e}")
+    return count
+
+
 def self_test(tally):
     # RFC 8037 appendix A: the thumbprint, and a signature over "Example of Ed25519 signing".
     x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
@@ -208,7 +293,7 @@ def main():
     tally = Tally()
     self_test(tally)
     tally.check(len(files) > 0, "tests/vectors/*.json exists")
-    valid = invalid = replayed = 0
+    valid = invalid = replayed = snapshots = 0
     for path in files:
         name = os.path.basename(path)
         try:
@@ -226,12 +311,14 @@ def main():
             check_signature(tally, f"{name}[{i}]", entry, keys)
             valid += entry["valid"] is True
             invalid += entry["valid"] is False
+        snapshots += check_snapshot_case(tally, name, vector)
         if vector.get("input", {}).get("as") == "issuers":
             check_issuer_set_case(tally, name, vector, keys)
             replayed += 1
     print(f"{len(files)} vector files, {valid} validly signed objects, {invalid} tampered or forged, "
-          f"{replayed} issuer key set cases replayed")
+          f"{replayed} issuer key set cases replayed, {snapshots} snapshots checked")
     tally.check(replayed > 0, "issuer key set cases exist")
+    tally.check(snapshots > 0, "snapshots exist")
     print(f"{tally.passed} passed, {tally.failed} failed")
     return 1 if tally.failed else 0
 

@@ -336,21 +336,24 @@ pub mod chain {
 }
 
 pub mod snapshot {
-    //! Snapshots: `SrlVerifier::snapshot` on arbitrary text, and on arbitrary
-    //! payload bytes signed with the trusted authority key (the payload JSON and
-    //! the base64url digest tables behind the signature), then
-    //! `SrlState::apply_snapshot`.
+    //! Snapshots: `SrlVerifier::snapshot` on an arbitrary container (binary
+    //! or text), and on arbitrary payload bytes signed with the trusted
+    //! authority key with arbitrary table bytes beside them (the payload
+    //! JSON, the signed counts and hash, and the records behind the
+    //! signature), then `SrlState::apply_snapshot`.
     //!
-    //! Mode byte (first input byte), rest = input: even, a token; odd, a
-    //! payload to sign as a snapshot.
+    //! Mode byte (first input byte), rest = input: even, a container; odd,
+    //! a payload to sign as a snapshot, then (after the first `\n`, if any)
+    //! the table bytes, made into a binary container.
     //!
     //! Invariants: a verified snapshot re-signed from its loaded set verifies to
-    //! the same version, head, times and set (table encoding round trip);
-    //! applying follows DESIGN 4 (older: rollback refused; same version, other
-    //! head: equivocation; same: refreshed; newer: the state becomes exactly
-    //! the snapshot's) and a refusal leaves the state unchanged.
+    //! the same version, head, times and set (table encoding round trip),
+    //! from either container; applying follows DESIGN 4 (older: rollback
+    //! refused; same version, other head: equivocation; same: refreshed;
+    //! newer: the state becomes exactly the snapshot's) and a refusal leaves
+    //! the state unchanged.
 
-    use super::{fixtures, mode, same_state, token_or_signed, NOW};
+    use super::{fixtures, mode, same_state, NOW};
     use veto_core::jws::Typ;
     use veto_core::{Applied, ApplyError, SrlState};
 
@@ -358,10 +361,17 @@ pub mod snapshot {
     pub fn run(data: &[u8]) {
         let Some((m, rest)) = mode(data) else { return };
         let f = fixtures();
-        let Some(token) = token_or_signed(m, rest, Typ::Snapshot, &f.authority) else {
-            return;
+        let container = if m % 2 == 0 {
+            rest.to_vec()
+        } else {
+            let at = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+            let (payload, tables) = rest.split_at(at);
+            let mut out = veto_core::jws::sign(Typ::Snapshot, &f.authority, payload).into_bytes();
+            out.push(b'\n');
+            out.extend_from_slice(tables.get(1..).unwrap_or_default());
+            out
         };
-        let Ok(snap) = f.verifier.snapshot(&token, NOW) else {
+        let Ok(snap) = f.verifier.snapshot(&container, NOW) else {
             return;
         };
         assert!(snap.iat <= NOW + 5);
@@ -377,6 +387,11 @@ pub mod snapshot {
             (snap.ver, snap.head, snap.iat, snap.exp)
         );
         assert!(again.set == snap.set, "snapshot tables do not round-trip");
+        let text = f
+            .verifier
+            .snapshot(resigned.to_text(), NOW)
+            .expect("re-signed snapshot verifies as text");
+        assert!(text.set == snap.set, "text container does not round-trip");
 
         for base in [SrlState::new(), f.state.clone()] {
             let mut state = base.clone();

@@ -70,7 +70,7 @@ pub struct Config {
     /// (a root warrant and every descendant of it) may use at most 1/16.
     pub chain_cache_bytes: usize,
     /// Largest snapshot read from the registry (default 64 MiB; a
-    /// 1M-entry snapshot is ~21 MB), counted after gzip decompression.
+    /// 1M-entry snapshot is ~12 MB), counted after gzip decompression.
     /// The same cap bounds one push event (a snapshot may be pushed) and
     /// one page of deltas (a larger page is replaced by the snapshot).
     pub max_snapshot_bytes: usize,

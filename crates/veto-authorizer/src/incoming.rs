@@ -3,9 +3,10 @@
 
 use veto_core::{VerifiedCheckpoint, VerifiedDelta, VerifiedSnapshot};
 
-/// A verified object and its compact form (kept for the disk cache).
+/// A verified object and its compact form (kept for the disk cache): a
+/// snapshot's binary container, the others' compact JWS.
 pub(crate) enum Incoming {
-    Snapshot(VerifiedSnapshot, String),
+    Snapshot(VerifiedSnapshot, Vec<u8>),
     Delta(VerifiedDelta, String),
     Checkpoint(VerifiedCheckpoint, String),
 }

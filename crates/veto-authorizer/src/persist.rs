@@ -3,6 +3,12 @@
 //! re-verified on start,
 //! so a restart does not begin empty and trusts nothing it cannot verify.
 //!
+//! Two files: the snapshot's binary container (the JWS, `\n`, the table
+//! bytes), rewritten only when the snapshot changes, and a JSON file of
+//! the compact JWS of the rest. The snapshot is written first: a crash
+//! between the two leaves deltas older than it (ignored as duplicates on
+//! restore) or none, never a state that verifies wrongly.
+//!
 //! [`DiskCache`] keeps the objects to write under its own lock, apart from
 //! the apply path's: the apply path records what it applied
 //! ([`DiskCache::record`]) while it holds its own lock, so the recorded
@@ -21,12 +27,16 @@ use tokio::sync::{watch, Notify};
 use crate::incoming::Incoming;
 
 const FILE: &str = "veto-authorizer-state.json";
+const SNAPSHOT_FILE: &str = "veto-authorizer-snapshot.bin";
 
-/// The signed objects as kept on disk (compact JWS forms, unverified
-/// until they are verified again).
+/// The signed objects as kept on disk (compact JWS forms, and the
+/// snapshot's binary container; unverified until they are verified again).
 #[derive(Default, Serialize, Deserialize)]
 pub(crate) struct Saved {
-    pub snapshot: Option<String>,
+    /// In [`SNAPSHOT_FILE`], not in the JSON (a cache written by an
+    /// older authorizer has a JWS-only `snapshot` here, which is ignored).
+    #[serde(skip)]
+    pub snapshot: Option<Vec<u8>>,
     pub deltas: Vec<String>,
     pub checkpoint: Option<String>,
     /// The authority-signed issuer key set last applied (never a JWKS; a
@@ -40,6 +50,8 @@ struct Objects {
     saved: Saved,
     /// Changed since last written.
     dirty: bool,
+    /// The snapshot changed since last written.
+    snapshot_dirty: bool,
 }
 
 /// The signed objects recorded for the disk cache, and where they go.
@@ -66,7 +78,10 @@ impl DiskCache {
             objects: Mutex::new(Objects::default()),
             changed: Notify::new(),
         };
-        let saved = read(&dir.join(FILE));
+        let saved = read(&dir.join(FILE)).map(|mut saved| {
+            saved.snapshot = std::fs::read(dir.join(SNAPSHOT_FILE)).ok();
+            saved
+        });
         Ok((cache, saved))
     }
 
@@ -78,12 +93,14 @@ impl DiskCache {
     /// lock). A snapshot replaces everything before it.
     pub fn record(&self, incoming: Incoming) {
         {
-            let mut o = self.objects();
+            let mut guard = self.objects();
+            let o = &mut *guard;
             let saved = &mut o.saved;
             match incoming {
                 Incoming::Snapshot(_, t) => {
                     saved.snapshot = Some(t);
                     saved.deltas.clear();
+                    o.snapshot_dirty = true;
                 }
                 Incoming::Delta(_, t) => saved.deltas.push(t),
                 Incoming::Checkpoint(_, t) => saved.checkpoint = Some(t),
@@ -142,17 +159,28 @@ impl DiskCache {
     }
 
     async fn write_if_dirty(&self) {
-        let json = {
+        let (json, snapshot) = {
             let mut o = self.objects();
             if !o.dirty {
                 return;
             }
             o.dirty = false;
-            serde_json::to_vec(&o.saved)
+            let snapshot = if std::mem::take(&mut o.snapshot_dirty) {
+                o.saved.snapshot.clone()
+            } else {
+                None
+            };
+            (serde_json::to_vec(&o.saved), snapshot)
         };
         let Ok(json) = json else { return };
-        let path = self.dir.join(FILE);
-        let result = tokio::task::spawn_blocking(move || write_atomic(&path, &json)).await;
+        let dir = self.dir.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            if let Some(bytes) = snapshot {
+                write_atomic(&dir.join(SNAPSHOT_FILE), &bytes)?;
+            }
+            write_atomic(&dir.join(FILE), &json)
+        })
+        .await;
         if let Ok(Err(e)) = result {
             tracing::warn!(error = %e, "cannot write the state cache");
         }

@@ -521,7 +521,9 @@ mod tests {
             .signer
             .snapshot(3, h2, NOW, NOW + 600, &veto_core::RevocationSet::default());
         let s = w.verifier.snapshot(&token, NOW).unwrap();
-        w.state.apply(Incoming::Snapshot(s, token)).unwrap();
+        w.state
+            .apply(Incoming::Snapshot(s, token.into_bytes()))
+            .unwrap();
         assert_eq!((w.state.version(), w.disk.kept_deltas()), (3, 0));
         assert_eq!(w.state.position().attested, Some(NOW));
     }

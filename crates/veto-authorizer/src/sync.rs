@@ -292,6 +292,20 @@ async fn get(
     what: &'static str,
     cap: usize,
 ) -> Result<Option<String>, SyncError> {
+    get_bytes(sync, path, etag, what, cap)
+        .await?
+        .map(|body| utf8(body, what))
+        .transpose()
+}
+
+/// `GET path`: the body (at most `cap` bytes), or `None` on 304.
+async fn get_bytes(
+    sync: &Syncer,
+    path: &str,
+    etag: Option<u64>,
+    what: &'static str,
+    cap: usize,
+) -> Result<Option<Vec<u8>>, SyncError> {
     let mut req = sync.http.get(format!("{}{path}", sync.config.registry));
     if let Some(v) = etag {
         req = req.header("if-none-match", format!("\"{v}\""));
@@ -301,7 +315,7 @@ async fn get(
         .await
         .map_err(|e| SyncError::Connect(veto_tls::error_chain(&e)))?;
     match resp.status().as_u16() {
-        200 => Ok(Some(utf8(read_capped(resp, what, cap).await?, what)?)),
+        200 => Ok(Some(read_capped(resp, what, cap).await?)),
         304 => Ok(None),
         s => Err(SyncError::Status(s)),
     }
@@ -318,10 +332,11 @@ async fn fetch_snapshot(sync: &Arc<Syncer>, conditional: bool) -> Result<(), Syn
     let ver = sync.state.version();
     let etag = (conditional && ver > 0).then_some(ver);
     let cap = sync.config.max_snapshot_bytes;
-    let Some(token) = get(sync, path::SRL, etag, "snapshot", cap).await? else {
+    // The binary container, taken as it came (never trimmed: the table
+    // bytes are binary).
+    let Some(token) = get_bytes(sync, path::SRL, etag, "snapshot", cap).await? else {
         return Ok(());
     };
-    let token = token.trim().to_owned();
     let i = sync.clone();
     let verified = tokio::task::spawn_blocking(move || {
         let v = i.verifier.snapshot(&token, i.now());
@@ -626,13 +641,17 @@ async fn handle_event(
             return Ok(None);
         }
         EventKind::Snapshot => {
+            // The text container; the disk cache keeps the binary one.
             let i = sync.clone();
-            let (v, data) =
-                tokio::task::spawn_blocking(move || (i.verifier.snapshot(&data, now), data))
-                    .await
-                    .map_err(|e| SyncError::Stream(e.to_string()))?;
-            let v = v?;
-            (v.iat, sync.state.apply(Incoming::Snapshot(v, data)))
+            let verified = tokio::task::spawn_blocking(move || {
+                let v = i.verifier.snapshot(data.as_bytes(), now)?;
+                let bytes = veto_core::Snapshot::from_container(data.as_bytes())?.into_bytes();
+                Ok::<_, SrlError>((v, bytes))
+            })
+            .await
+            .map_err(|e| SyncError::Stream(e.to_string()))?;
+            let (v, bytes) = verified?;
+            (v.iat, sync.state.apply(Incoming::Snapshot(v, bytes)))
         }
     };
     Ok(fits(&result).then_some(iat))

@@ -36,8 +36,8 @@ use veto_authorizer::{Authorizer, Config, Push, Status};
 use veto_core::wire::{path, DeltasPage, ErrorBody, ErrorCode, EventKind};
 use veto_core::{
     warrant, Clock as _, Decision, DenyReason, Entry, EntryKind, Head, KeySet, LinkSpec,
-    ManualClock, ParsedChain, Reason, RevocationSet, SigningKey, SrlSigner, StalenessPolicy,
-    SystemClock,
+    ManualClock, ParsedChain, Reason, RevocationSet, SigningKey, Snapshot, SrlSigner,
+    StalenessPolicy, SystemClock,
 };
 
 const ISS: &str = "veto-test";
@@ -56,8 +56,8 @@ struct Published {
     set: RevocationSet,
     /// `deltas[i]` is delta `i + 1`.
     deltas: Vec<String>,
-    /// Served at `/v1/srl` (503 when `None`).
-    snapshot: Option<String>,
+    /// Served at `/v1/srl` as its binary container (503 when `None`).
+    snapshot: Option<Snapshot>,
     /// Served at `/v1/srl/checkpoint` (503 when `None`).
     checkpoint: Option<String>,
     /// `/v1/srl/deltas` answers 410.
@@ -121,7 +121,7 @@ impl Fake {
     }
 
     /// Signs a snapshot of the current version now and serves it.
-    fn publish_snapshot(&self) -> String {
+    fn publish_snapshot(&self) -> Snapshot {
         let now = self.now();
         self.with(|p| {
             let jws = self.signer.snapshot(p.ver, p.head, now, now + TTL, &p.set);
@@ -164,7 +164,7 @@ async fn srl(State(f): State<Shared>) -> Response {
     let status = if body.is_some() { 200 } else { 503 };
     f.log(format!("{} {status}", path::SRL));
     match body {
-        Some(b) => b.into_response(),
+        Some(b) => b.into_bytes().into_response(),
         None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
 }
@@ -509,7 +509,7 @@ async fn a_rolled_back_snapshot_is_refused() {
         .fake
         .signer
         .snapshot(1, head1, h.clock.now(), h.clock.now() + TTL, &set);
-    h.fake.push(EventKind::Snapshot, 1, &old);
+    h.fake.push(EventKind::Snapshot, 1, &old.to_text());
     h.assert_refused(&before, &rejected("rollback"), 1.0).await;
     h.revoke_victim_honestly().await;
 }
@@ -652,7 +652,10 @@ async fn equivocation_is_refused_and_raised() {
     h.fake.push(
         EventKind::Snapshot,
         ver,
-        &h.fake.signer.snapshot(ver, other, now, now + TTL, &set),
+        &h.fake
+            .signer
+            .snapshot(ver, other, now, now + TTL, &set)
+            .to_text(),
     );
     h.assert_refused(&before, "veto_authorizer_equivocations_total", 2.0)
         .await;
@@ -722,8 +725,10 @@ async fn objects_of_the_wrong_type_are_refused() {
             .delta(ver + 1, head, now, vec![entry(&h.victim_jti, now)], vec![]);
     h.fake.push(EventKind::Checkpoint, ver + 1, &delta);
     h.assert_refused(&before, &rejected("wrong_typ"), 2.0).await;
-    // A delta sent as a snapshot event.
-    h.fake.push(EventKind::Snapshot, ver + 1, &delta);
+    // A delta sent as a snapshot event (in a snapshot's container, with
+    // no tables: it is its `typ` that is refused).
+    h.fake
+        .push(EventKind::Snapshot, ver + 1, &format!("{delta}~"));
     h.assert_refused(&before, &rejected("wrong_typ"), 3.0).await;
     h.revoke_victim_honestly().await;
 }
@@ -831,10 +836,15 @@ async fn algorithm_confusion_is_refused() {
         .as_bytes(),
     );
     let snapshot = h.fake.with(|p| p.snapshot.clone()).unwrap();
+    let text = snapshot.to_text();
     h.fake.push(
         EventKind::Snapshot,
         ver,
-        &format!("{sn_header}.{}.", payload_segment(&snapshot)),
+        &format!(
+            "{sn_header}.{}.{}",
+            payload_segment(snapshot.jws()),
+            &text[snapshot.jws().len()..]
+        ),
     );
     h.assert_refused(&before, &rejected("malformed"), forged.len() as f64 + 2.0)
         .await;

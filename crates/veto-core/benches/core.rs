@@ -9,8 +9,9 @@
 //! revocation check, and million-entry snapshots. See BENCHMARKS.md.
 //!
 //! Run: `cargo bench -p veto-core --bench core`
-//! Set `VETO_BENCH_SNAPSHOT_OUT=/tmp/veto-snapshot-1m.jws` to also write the
-//! 1M-entry snapshot to a file (for measuring its gzip size).
+//! Set `VETO_BENCH_SNAPSHOT_OUT=/tmp/veto-snapshot-1m.bin` to also write the
+//! 1M-entry snapshot's binary container (the body of `GET /v1/srl`) to a
+//! file (for measuring its gzip size).
 
 use std::hint::black_box;
 use std::sync::OnceLock;
@@ -20,7 +21,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use veto_core::warrant::{delegate, mint_root};
 use veto_core::{
     CheckConfig, Checker, Digest, EntryKind, Head, KeySet, LinkSpec, ParsedChain, RevocationSet,
-    SigningKey, SrlSigner, SrlState, SrlVerifier, VerifiedChain,
+    SigningKey, Snapshot, SrlSigner, SrlState, SrlVerifier, VerifiedChain,
 };
 
 /// A fixed "now" (Unix seconds); nothing reads the system clock.
@@ -156,7 +157,7 @@ fn revocation_set(n: usize, revoked_jti: Option<&str>) -> RevocationSet {
     RevocationSet::from_sorted(warrants, agents, keys)
 }
 
-fn snapshot_of(set: &RevocationSet) -> String {
+fn snapshot_of(set: &RevocationSet) -> Snapshot {
     let w = world();
     let signer = SrlSigner::new(w.authority.clone(), AUTHORITY);
     signer.snapshot(1, Head::of_payload(b"bench"), NOW - 1, NOW + 3600, set)
@@ -374,9 +375,10 @@ fn bench_snapshot(c: &mut Criterion) {
     let w = world();
     let set = million();
     let signer = SrlSigner::new(w.authority.clone(), AUTHORITY);
-    let token = snapshot_of(set);
+    // The binary container, as `GET /v1/srl` serves it (before gzip).
+    let token = snapshot_of(set).into_bytes();
     eprintln!(
-        "snapshot_1m: {} entries ({} warrants + agents + keys), {} bytes raw ({:.2} MB)",
+        "snapshot_1m: {} entries ({} warrants + agents + keys), {} bytes raw ({:.2} MB, binary container)",
         set.len(),
         set.tables().0.len(),
         token.len(),

@@ -43,8 +43,8 @@ pub use keys::{thumbprint, Jwk, KeyError, KeyResolver, KeySet, PublicKey, Signin
 pub use reason::DenyReason;
 pub use set::RevocationSet;
 pub use srl::{
-    Head, IssuersPayload, SrlError, SrlLimits, SrlSigner, SrlVerifier, VerifiedCheckpoint,
-    VerifiedDelta, VerifiedIssuers, VerifiedSnapshot,
+    Head, IssuersPayload, Snapshot, SrlError, SrlLimits, SrlSigner, SrlVerifier,
+    VerifiedCheckpoint, VerifiedDelta, VerifiedIssuers, VerifiedSnapshot,
 };
 pub use sse::{SseError, SseEvent, SseParser};
 pub use state::{Applied, ApplyError, Attestation, IssuerSet, SrlState};

@@ -125,14 +125,43 @@ pub struct IssuersPayload {
 /// The digest scheme snapshots use.
 pub const DIGEST_SCHEME: &str = "sha256-96";
 
-/// The payload of a snapshot. Each list is one base64url string of
-/// fixed-size records in strictly ascending order: 12-byte digests for
-/// `warrants` and `keys`, 12-byte digest + 8-byte big-endian `before` for
-/// `agents`. That ships a million entries in about 16 MB and loads them
-/// without sorting or hashing.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Bytes of one `warrants` or `keys` record: a digest.
+const DIGEST_RECORD: usize = DIGEST_BYTES;
+/// Bytes of one `agents` record: a digest, then `before` as 8 big-endian bytes.
+const AGENT_RECORD: usize = DIGEST_BYTES + 8;
+
+/// Largest signed header of a snapshot (its compact JWS): the header only
+/// names the tables, so a few hundred bytes; the cap leaves room for a
+/// long `iss`.
+pub const MAX_SNAPSHOT_JWS_BYTES: usize = 8 << 10;
+
+/// Ends the signed header of a snapshot's binary container; the table
+/// bytes follow.
+pub const BINARY_SEPARATOR: u8 = b'\n';
+
+/// Ends the signed header of a snapshot's text container; base64url
+/// (without padding) of the table bytes follows.
+pub const TEXT_SEPARATOR: u8 = b'~';
+
+/// The payload of a snapshot: the claims of the state at `ver`/`head`
+/// and the SHA-256 of its tables, which travel beside the JWS rather
+/// than inside it (so they are never base64url-encoded twice).
+///
+/// The tables are the bytes `warrants ‖ agents ‖ keys`: `tables.warrants`
+/// 12-byte digests, then `tables.agents` records of a 12-byte digest and
+/// an 8-byte big-endian `before`, then `tables.keys` 12-byte digests, each
+/// list in strictly ascending digest order. That ships a million entries
+/// in about 12 MB and loads them without sorting.
+///
+/// A snapshot travels in one of two containers (see [`Snapshot`]):
+/// binary, the compact JWS, `\n` ([`BINARY_SEPARATOR`]), then the table
+/// bytes (the body of `GET /v1/srl`, the authorizer's disk cache); or
+/// text, the compact JWS, `~` ([`TEXT_SEPARATOR`]), then base64url of the
+/// table bytes (an SSE `snapshot` event, a conformance vector). Neither
+/// separator can occur in a compact JWS.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct SnapshotPayload<'a> {
+pub struct SnapshotPayload {
     /// The authority.
     pub iss: String,
     /// The version the snapshot is of.
@@ -145,15 +174,168 @@ pub struct SnapshotPayload<'a> {
     pub exp: u64,
     /// Always [`DIGEST_SCHEME`].
     pub digest: String,
-    /// Revoked warrant digests.
-    #[serde(borrow)]
-    pub warrants: std::borrow::Cow<'a, str>,
-    /// Revoked agent digests with cutoffs.
-    #[serde(borrow)]
-    pub agents: std::borrow::Cow<'a, str>,
-    /// Revoked key digests.
-    #[serde(borrow)]
-    pub keys: std::borrow::Cow<'a, str>,
+    /// What the table bytes beside the JWS hold.
+    pub tables: TablesClaim,
+}
+
+/// The signed description of a snapshot's table bytes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TablesClaim {
+    /// SHA-256 of the table bytes, 64 lowercase hex digits.
+    pub sha256: String,
+    /// How many warrant records come first (12 bytes each).
+    pub warrants: u64,
+    /// How many agent records follow (20 bytes each).
+    pub agents: u64,
+    /// How many key records come last (12 bytes each).
+    pub keys: u64,
+}
+
+impl TablesClaim {
+    /// The table length these counts imply, when it is at most `max`
+    /// bytes: checked before anything is allocated, so a hostile header
+    /// cannot make the verifier allocate.
+    fn len_within(&self, max: usize) -> Result<usize, String> {
+        let records = |n: u64, size: usize| n.checked_mul(size as u64);
+        let len = records(self.warrants, DIGEST_RECORD)
+            .zip(records(self.agents, AGENT_RECORD))
+            .and_then(|(w, a)| w.checked_add(a))
+            .zip(records(self.keys, DIGEST_RECORD))
+            .and_then(|(wa, k)| wa.checked_add(k));
+        match len.and_then(|n| usize::try_from(n).ok()) {
+            Some(n) if n <= max => Ok(n),
+            _ => Err(format!(
+                "the counts ({} warrants, {} agents, {} keys) make tables over the limit of {max} bytes",
+                self.warrants, self.agents, self.keys
+            )),
+        }
+    }
+}
+
+/// A signed snapshot as the signer made it: the compact JWS (the signed
+/// header) and the table bytes, held as the binary container.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    jws: String,
+    /// `jws`, [`BINARY_SEPARATOR`], the table bytes.
+    bytes: Vec<u8>,
+}
+
+impl Snapshot {
+    fn new(jws: String, tables: &[u8]) -> Self {
+        let mut bytes = Vec::with_capacity(jws.len() + 1 + tables.len());
+        bytes.extend_from_slice(jws.as_bytes());
+        bytes.push(BINARY_SEPARATOR);
+        bytes.extend_from_slice(tables);
+        Self { jws, bytes }
+    }
+
+    /// Splits a container (either form) into its signed header and its
+    /// tables, verifying nothing: [`SrlVerifier::snapshot`] is what
+    /// checks it. For converting a verified text container to the binary
+    /// one (e.g. to keep it on disk).
+    pub fn from_container(container: &[u8]) -> Result<Self, SrlError> {
+        let (jws, tables) = split_container(container)?;
+        let tables = match tables {
+            Tables::Binary(t) => std::borrow::Cow::Borrowed(t),
+            Tables::Text(t) => std::borrow::Cow::Owned(
+                b64::decode(t).ok_or_else(|| snapshot_error("the tables are not base64url"))?,
+            ),
+        };
+        Ok(Self::new(jws.to_owned(), &tables))
+    }
+
+    /// The signed header, a compact JWS.
+    pub fn jws(&self) -> &str {
+        &self.jws
+    }
+
+    /// The table bytes.
+    pub fn tables(&self) -> &[u8] {
+        self.bytes.get(self.jws.len() + 1..).unwrap_or_default()
+    }
+
+    /// The binary container, borrowed.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The binary container: the JWS, `\n`, the table bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.bytes.clone()
+    }
+
+    /// The binary container, taking it.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    /// The text container: the JWS, `~`, base64url of the table bytes.
+    pub fn to_text(&self) -> String {
+        let mut out = self.jws.clone();
+        out.push(char::from(TEXT_SEPARATOR));
+        out.push_str(&b64::encode(self.tables()));
+        out
+    }
+}
+
+impl AsRef<[u8]> for Snapshot {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("jws", &self.jws)
+            .field("table_bytes", &self.tables().len())
+            .finish()
+    }
+}
+
+/// The tables of a container, as they came.
+enum Tables<'a> {
+    /// The bytes themselves.
+    Binary(&'a [u8]),
+    /// base64url of them.
+    Text(&'a str),
+}
+
+fn snapshot_error(message: impl Into<String>) -> SrlError {
+    payload_error("snapshot", message)
+}
+
+/// Splits a container at the first separator: a compact JWS holds neither
+/// `\n` nor `~`, so the first one ends it. Looks no further than
+/// [`MAX_SNAPSHOT_JWS_BYTES`] for it.
+fn split_container(container: &[u8]) -> Result<(&str, Tables<'_>), SrlError> {
+    let head = container
+        .get(..=MAX_SNAPSHOT_JWS_BYTES)
+        .unwrap_or(container);
+    let Some(at) = head
+        .iter()
+        .position(|&b| b == BINARY_SEPARATOR || b == TEXT_SEPARATOR)
+    else {
+        return Err(snapshot_error(format!(
+            "no `\\n` or `~` after the signed header within {MAX_SNAPSHOT_JWS_BYTES} bytes: \
+             a snapshot is the compact JWS, then `\\n` and the table bytes, or `~` and their base64url"
+        )));
+    };
+    let (jws, rest) = container.split_at(at);
+    let jws = std::str::from_utf8(jws)
+        .map_err(|_| snapshot_error("the signed header is not a compact JWS (not ASCII)"))?;
+    let (sep, rest) = rest.split_first().unwrap_or((&0, &[]));
+    let tables = if *sep == BINARY_SEPARATOR {
+        Tables::Binary(rest)
+    } else {
+        Tables::Text(
+            std::str::from_utf8(rest)
+                .map_err(|_| snapshot_error("the tables after `~` are not base64url"))?,
+        )
+    };
+    Ok((jws, tables))
 }
 
 /// Size limits for incoming objects.
@@ -258,7 +440,8 @@ impl SrlSigner {
         )
     }
 
-    /// Signs a snapshot of `set` at `ver`/`head`.
+    /// Signs a snapshot of `set` at `ver`/`head`: the table bytes, and a
+    /// JWS naming their SHA-256 and record counts ([`SnapshotPayload`]).
     pub fn snapshot(
         &self,
         ver: u64,
@@ -266,14 +449,17 @@ impl SrlSigner {
         iat: u64,
         exp: u64,
         set: &RevocationSet,
-    ) -> String {
+    ) -> Snapshot {
         let (warrants, agents, keys) = set.tables();
-        let flat = |v: &[Digest]| b64::encode(&v.iter().flat_map(|d| d.0).collect::<Vec<u8>>());
-        let mut agent_bytes = Vec::with_capacity(agents.len() * 20);
+        let mut tables = Vec::with_capacity(
+            (warrants.len() + keys.len()) * DIGEST_RECORD + agents.len() * AGENT_RECORD,
+        );
+        warrants.iter().for_each(|d| tables.extend_from_slice(&d.0));
         for (d, before) in &agents {
-            agent_bytes.extend_from_slice(&d.0);
-            agent_bytes.extend_from_slice(&before.to_be_bytes());
+            tables.extend_from_slice(&d.0);
+            tables.extend_from_slice(&before.to_be_bytes());
         }
+        keys.iter().for_each(|d| tables.extend_from_slice(&d.0));
         let payload = SnapshotPayload {
             iss: self.iss.clone(),
             ver,
@@ -281,15 +467,19 @@ impl SrlSigner {
             iat,
             exp,
             digest: DIGEST_SCHEME.into(),
-            warrants: flat(&warrants).into(),
-            agents: b64::encode(&agent_bytes).into(),
-            keys: flat(&keys).into(),
+            tables: TablesClaim {
+                sha256: Head(Sha256::digest(&tables).into()).to_string(),
+                warrants: warrants.len() as u64,
+                agents: agents.len() as u64,
+                keys: keys.len() as u64,
+            },
         };
-        jws::sign(
+        let jws = jws::sign(
             Typ::Snapshot,
             &self.key,
             &crate::json::payload_bytes(&payload),
-        )
+        );
+        Snapshot::new(jws, &tables)
     }
 }
 
@@ -507,11 +697,37 @@ impl SrlVerifier {
         Ok(VerifiedCheckpoint { payload })
     }
 
-    /// Verifies a snapshot and loads its tables.
-    pub fn snapshot(&self, token: &str, now: u64) -> Result<VerifiedSnapshot, SrlError> {
+    /// Verifies a snapshot in either container (binary or text, see
+    /// [`SnapshotPayload`]) and loads its tables.
+    ///
+    /// In order: the container's size, the split at the first separator,
+    /// the JWS (size, `alg`, `typ`, signature) and its claims as for any
+    /// signed object, the counts against the size limit (before anything
+    /// is allocated), the tables' exact length, their SHA-256 against the
+    /// signed one, and each list's strictly ascending order.
+    pub fn snapshot(
+        &self,
+        container: impl AsRef<[u8]>,
+        now: u64,
+    ) -> Result<VerifiedSnapshot, SrlError> {
+        self.snapshot_bytes(container.as_ref(), now)
+    }
+
+    fn snapshot_bytes(&self, container: &[u8], now: u64) -> Result<VerifiedSnapshot, SrlError> {
         const WHAT: &str = "snapshot";
-        let bytes = self.open(WHAT, token, Typ::Snapshot, self.limits.max_snapshot_bytes)?;
-        let payload: SnapshotPayload<'_> = parse(WHAT, &bytes)?;
+        let max = self.limits.max_snapshot_bytes;
+        if container.len() > max {
+            return Err(SrlError::Jws {
+                what: WHAT,
+                source: JwsError::TooLarge {
+                    len: container.len(),
+                    limit: max,
+                },
+            });
+        }
+        let (token, tables) = split_container(container)?;
+        let bytes = self.open(WHAT, token, Typ::Snapshot, MAX_SNAPSHOT_JWS_BYTES)?;
+        let payload: SnapshotPayload = parse(WHAT, &bytes)?;
         self.check(WHAT, &payload.iss, payload.iat, now)?;
         if payload.digest != DIGEST_SCHEME {
             return Err(payload_error(
@@ -519,25 +735,58 @@ impl SrlVerifier {
                 format!("unknown digest scheme `{}`", payload.digest),
             ));
         }
-        let warrants = digests(WHAT, "warrants", &payload.warrants)?;
-        let keys = digests(WHAT, "keys", &payload.keys)?;
-        let raw = b64::decode(&payload.agents)
-            .ok_or_else(|| payload_error(WHAT, "`agents` is not base64url"))?;
-        if raw.len() % (DIGEST_BYTES + 8) != 0 {
+        let claim = &payload.tables;
+        let sha256 = Head::parse(&claim.sha256).ok_or_else(|| {
+            payload_error(WHAT, "`tables.sha256` must be 64 lowercase hex digits")
+        })?;
+        let len = claim.len_within(max).map_err(|m| payload_error(WHAT, m))?;
+        let decoded;
+        let raw = match tables {
+            Tables::Binary(raw) => raw,
+            Tables::Text(text) => {
+                // Unpadded base64url of `len` bytes has exactly this length.
+                let expected = len / 3 * 4 + [0, 2, 3][len % 3];
+                if text.len() != expected {
+                    return Err(payload_error(
+                        WHAT,
+                        format!(
+                            "the tables are {} base64url characters, the signed counts make {expected}",
+                            text.len()
+                        ),
+                    ));
+                }
+                decoded = b64::decode(text)
+                    .ok_or_else(|| payload_error(WHAT, "the tables are not base64url"))?;
+                &decoded[..]
+            }
+        };
+        if raw.len() != len {
             return Err(payload_error(
                 WHAT,
-                "`agents` is not a whole number of records",
+                format!(
+                    "the tables are {} bytes, the signed counts make {len}",
+                    raw.len()
+                ),
             ));
         }
-        let mut agents = Vec::with_capacity(raw.len() / (DIGEST_BYTES + 8));
-        for rec in raw.chunks_exact(DIGEST_BYTES + 8) {
-            let (d, before) = rec.split_at(DIGEST_BYTES);
-            let mut dd = [0u8; DIGEST_BYTES];
-            dd.copy_from_slice(d);
-            let mut bb = [0u8; 8];
-            bb.copy_from_slice(before);
-            agents.push((Digest(dd), u64::from_be_bytes(bb)));
+        if Sha256::digest(raw)[..] != sha256.0[..] {
+            return Err(payload_error(
+                WHAT,
+                "the tables do not match the signed `tables.sha256`",
+            ));
         }
+        // The lengths were checked against the counts just above.
+        let (w, rest) = raw.split_at(len_of(claim.warrants, DIGEST_RECORD));
+        let (a, k) = rest.split_at(len_of(claim.agents, AGENT_RECORD));
+        let warrants = digests(WHAT, "warrants", w)?;
+        let keys = digests(WHAT, "keys", k)?;
+        let agents: Vec<(Digest, u64)> = a
+            .chunks_exact(AGENT_RECORD)
+            .map(|rec| {
+                let (d, before) = rec.split_at(DIGEST_BYTES);
+                (Digest(array(d)), u64::from_be_bytes(array(before)))
+            })
+            .collect();
         if !agents.windows(2).all(|w| w[0].0 < w[1].0) {
             return Err(payload_error(
                 WHAT,
@@ -554,6 +803,21 @@ impl SrlVerifier {
     }
 }
 
+/// Bytes of `n` records of `size` (`n` was bounded by [`TablesClaim::len_within`]).
+fn len_of(n: u64, size: usize) -> usize {
+    usize::try_from(n)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(size)
+}
+
+/// The first `N` bytes of `bytes` (zero-padded when shorter, which the
+/// callers' fixed-size chunks rule out).
+fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.iter_mut().zip(bytes).for_each(|(o, b)| *o = *b);
+    out
+}
+
 fn payload_error(what: &'static str, message: impl Into<String>) -> SrlError {
     SrlError::Payload {
         what,
@@ -565,22 +829,10 @@ fn parse<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Result<
     serde_json::from_slice(bytes).map_err(|e| payload_error(what, e.to_string()))
 }
 
-fn digests(what: &'static str, field: &str, text: &str) -> Result<Vec<Digest>, SrlError> {
-    let raw = b64::decode(text)
-        .ok_or_else(|| payload_error(what, format!("`{field}` is not base64url")))?;
-    if raw.len() % DIGEST_BYTES != 0 {
-        return Err(payload_error(
-            what,
-            format!("`{field}` is not a whole number of digests"),
-        ));
-    }
+fn digests(what: &'static str, field: &str, raw: &[u8]) -> Result<Vec<Digest>, SrlError> {
     let list: Vec<Digest> = raw
-        .chunks_exact(DIGEST_BYTES)
-        .map(|c| {
-            let mut d = [0u8; DIGEST_BYTES];
-            d.copy_from_slice(c);
-            Digest(d)
-        })
+        .chunks_exact(DIGEST_RECORD)
+        .map(|c| Digest(array(c)))
         .collect();
     if !list.windows(2).all(|w| w[0] < w[1]) {
         return Err(payload_error(
@@ -615,5 +867,278 @@ mod issuer_set_tests {
         ));
         let forged = SrlSigner::new(issuer.clone(), "veto").issuers(8, 100, &[]);
         assert!(verifier.issuers(&forged, 100).is_err());
+    }
+}
+
+#[cfg(test)]
+mod snapshot_container_tests {
+    use super::*;
+    use crate::entry::EntryKind;
+
+    const NOW: u64 = 1_000;
+
+    fn world() -> (SrlSigner, SrlVerifier) {
+        let authority = SigningKey::from_seed(&[5; 32]);
+        let verifier = SrlVerifier::new(KeySet::new([authority.public().clone()]), "veto");
+        (SrlSigner::new(authority, "veto"), verifier)
+    }
+
+    fn set() -> RevocationSet {
+        let mut set = RevocationSet::default();
+        for i in 0..5u8 {
+            set.insert(EntryKind::Warrant, Digest([i * 7 + 1; DIGEST_BYTES]), 0);
+            set.insert(EntryKind::Key, Digest([i * 11 + 2; DIGEST_BYTES]), 0);
+        }
+        set.insert(EntryKind::Agent, Digest([9; DIGEST_BYTES]), 77);
+        set.insert(EntryKind::Agent, Digest([3; DIGEST_BYTES]), 55);
+        set
+    }
+
+    fn snapshot() -> Snapshot {
+        world().0.snapshot(4, Head([1; 32]), NOW, NOW + 60, &set())
+    }
+
+    /// A container with the JWS of `snap` and `tables` in place of its own.
+    fn binary_with(snap: &Snapshot, tables: &[u8]) -> Vec<u8> {
+        Snapshot::new(snap.jws().to_owned(), tables).into_bytes()
+    }
+
+    /// A snapshot signed over `claim` with `tables` beside it.
+    fn signed(claim: TablesClaim, tables: &[u8]) -> Vec<u8> {
+        let (signer, _) = world();
+        let payload = SnapshotPayload {
+            iss: "veto".into(),
+            ver: 4,
+            head: Head([1; 32]),
+            iat: NOW,
+            exp: NOW + 60,
+            digest: DIGEST_SCHEME.into(),
+            tables: claim,
+        };
+        let jws = jws::sign(
+            Typ::Snapshot,
+            signer.key(),
+            &crate::json::payload_bytes(&payload),
+        );
+        Snapshot::new(jws, tables).into_bytes()
+    }
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        Head(Sha256::digest(bytes).into()).to_string()
+    }
+
+    fn refused(container: &[u8], needle: &str) {
+        let (_, verifier) = world();
+        match verifier.snapshot(container, NOW) {
+            Ok(_) => panic!("accepted; expected a refusal naming `{needle}`"),
+            Err(e) => assert!(
+                e.to_string().contains(needle),
+                "refusal `{e}` does not name `{needle}`"
+            ),
+        }
+    }
+
+    #[test]
+    fn both_containers_round_trip_to_the_same_set() {
+        let (_, verifier) = world();
+        let snap = snapshot();
+        let bytes = snap.to_bytes();
+        let text = snap.to_text();
+        assert_eq!(snap.tables().len(), 10 * 12 + 2 * 20);
+        assert_eq!(bytes.len(), snap.jws().len() + 1 + snap.tables().len());
+        assert!(text.starts_with(&format!("{}~", snap.jws())));
+        for container in [&bytes[..], text.as_bytes()] {
+            let v = verifier.snapshot(container, NOW).unwrap();
+            assert_eq!(
+                (v.ver, v.head, v.iat, v.exp),
+                (4, Head([1; 32]), NOW, NOW + 60)
+            );
+            assert!(v.set == set());
+            assert_eq!(v.set.get(EntryKind::Agent, &Digest([9; 12])), Some(77));
+        }
+        // Either container splits back to the same snapshot.
+        assert_eq!(Snapshot::from_container(text.as_bytes()).unwrap(), snap);
+        assert_eq!(Snapshot::from_container(&bytes).unwrap(), snap);
+        // An empty set too.
+        let empty = world()
+            .0
+            .snapshot(0, Head::ZERO, NOW, NOW + 1, &RevocationSet::default());
+        assert!(empty.tables().is_empty());
+        assert!(verifier
+            .snapshot(empty.to_text(), NOW)
+            .unwrap()
+            .set
+            .is_empty());
+        assert!(verifier.snapshot(&empty, NOW).unwrap().set.is_empty());
+    }
+
+    #[test]
+    fn truncated_or_extended_tables_are_refused() {
+        let snap = snapshot();
+        let t = snap.tables();
+        refused(
+            &binary_with(&snap, &t[..t.len() - 1]),
+            "the tables are 159 bytes, the signed counts make 160",
+        );
+        refused(
+            &binary_with(&snap, &[t, b"\0"].concat()),
+            "the tables are 161 bytes",
+        );
+        refused(&binary_with(&snap, &[]), "the tables are 0 bytes");
+        let text = snap.to_text();
+        refused(
+            &text.as_bytes()[..text.len() - 2],
+            "base64url characters, the signed counts make",
+        );
+        refused(format!("{text}AA").as_bytes(), "base64url characters");
+    }
+
+    #[test]
+    fn a_flipped_table_byte_breaks_the_hash() {
+        let snap = snapshot();
+        let mut t = snap.tables().to_vec();
+        t[13] ^= 1;
+        refused(
+            &binary_with(&snap, &t),
+            "do not match the signed `tables.sha256`",
+        );
+        let mut text = snap.to_text().into_bytes();
+        let last = text.len() - 3;
+        text[last] = if text[last] == b'A' { b'B' } else { b'A' };
+        refused(&text, "do not match the signed `tables.sha256`");
+    }
+
+    #[test]
+    fn records_out_of_order_are_refused_even_when_signed() {
+        let snap = snapshot();
+        for (from, size, name) in [(0, 12, "warrants"), (60, 20, "agents"), (100, 12, "keys")] {
+            let mut t = snap.tables().to_vec();
+            let (a, b) = t[from..from + 2 * size].split_at_mut(size);
+            a.swap_with_slice(b);
+            let claim = TablesClaim {
+                sha256: sha256_hex(&t),
+                warrants: 5,
+                agents: 2,
+                keys: 5,
+            };
+            refused(
+                &signed(claim, &t),
+                &format!("`{name}` is not in strictly ascending order"),
+            );
+        }
+    }
+
+    #[test]
+    fn counts_over_the_limit_or_overflowing_are_refused_before_allocating() {
+        let claim = |warrants, agents, keys| TablesClaim {
+            sha256: sha256_hex(b""),
+            warrants,
+            agents,
+            keys,
+        };
+        for c in [
+            claim(u64::MAX, 0, 0),
+            claim(0, u64::MAX / 20 + 1, 0),
+            claim(u64::MAX / 24, 0, u64::MAX / 24),
+            claim(1 << 40, 0, 0),
+            // 256 MiB + 12 bytes: one record over the default limit.
+            claim((256 << 20) / 12 + 1, 0, 0),
+        ] {
+            refused(
+                &signed(c, b""),
+                "make tables over the limit of 268435456 bytes",
+            );
+        }
+        // A container over the limit is refused before it is split.
+        let (_, verifier) = world();
+        let small = verifier.with_limits(SrlLimits {
+            max_snapshot_bytes: 100,
+            ..SrlLimits::default()
+        });
+        assert!(matches!(
+            small.snapshot(snapshot(), NOW),
+            Err(SrlError::Jws {
+                source: JwsError::TooLarge { .. },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_container_without_its_separator_or_with_one_inside_is_refused() {
+        let snap = snapshot();
+        // The plain JWS of old.
+        refused(
+            snap.jws().as_bytes(),
+            "no `\\n` or `~` after the signed header",
+        );
+        refused(b"", "no `\\n` or `~` after the signed header");
+        // A separator inside the JWS cuts it short.
+        let mut inside = snap.to_bytes();
+        inside[10] = b'\n';
+        refused(&inside, "not a compact JWS");
+        let mut inside = snap.to_text().into_bytes();
+        inside[10] = b'~';
+        refused(&inside, "not a compact JWS");
+        // A second `~` in the text tables.
+        let text = snap.to_text();
+        let tilde = format!("{}~{}", &text[..text.len() - 4], &text[text.len() - 3..]);
+        refused(tilde.as_bytes(), "not base64url");
+    }
+
+    #[test]
+    fn a_text_container_with_bad_base64url_is_refused() {
+        let snap = snapshot();
+        let text = snap.to_text();
+        let n = text.len();
+        for bad in [
+            format!("{}*{}", &text[..n - 5], &text[n - 4..]),
+            format!("{}+{}", &text[..n - 5], &text[n - 4..]),
+            // Padding is not base64url here.
+            format!("{}=", &text[..n - 1]),
+        ] {
+            refused(bad.as_bytes(), "not base64url");
+        }
+        // Not text at all after `~`.
+        let mut bytes = text.into_bytes();
+        bytes[n - 2] = 0xff;
+        refused(&bytes, "not base64url");
+    }
+
+    #[test]
+    fn the_header_is_checked_like_any_signed_object() {
+        let snap = snapshot();
+        let (signer, verifier) = world();
+        // Another key, another typ, a bad digest, a hash that is not hex.
+        let forged = SrlSigner::new(SigningKey::from_seed(&[6; 32]), "veto").snapshot(
+            4,
+            Head([1; 32]),
+            NOW,
+            NOW + 60,
+            &set(),
+        );
+        assert!(matches!(
+            verifier.snapshot(&forged, NOW),
+            Err(SrlError::Jws { .. })
+        ));
+        let delta = signer.delta(1, Head::ZERO, NOW, vec![], vec![]).0;
+        refused(
+            &Snapshot::new(delta, snap.tables()).into_bytes(),
+            "wrong object type",
+        );
+        let claim = TablesClaim {
+            sha256: sha256_hex(snap.tables()).to_uppercase(),
+            warrants: 5,
+            agents: 2,
+            keys: 5,
+        };
+        refused(
+            &signed(claim, snap.tables()),
+            "`tables.sha256` must be 64 lowercase hex",
+        );
+        assert!(matches!(
+            verifier.snapshot(&snap, NOW - 100),
+            Err(SrlError::FromFuture { .. })
+        ));
     }
 }

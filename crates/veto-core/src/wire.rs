@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 /// Paths of the registry's HTTP surface (DESIGN 6) and of the admin
 /// endpoints every veto server answers.
 pub mod path {
-    /// `GET`: the current snapshot (compact JWS; ETag = version; gzip).
+    /// `GET`: the current snapshot, its binary container
+    /// ([`super::content_type::SNAPSHOT`]; ETag = version; gzip).
     pub const SRL: &str = "/v1/srl";
     /// `GET ?since=N`: signed deltas after N ([`super::DeltasPage`]), 410 when gone.
     pub const SRL_DELTAS: &str = "/v1/srl/deltas";
@@ -59,6 +60,13 @@ pub mod path {
     pub const READYZ: &str = "/readyz";
     /// `GET`: Prometheus metrics (text format).
     pub const METRICS: &str = "/metrics";
+}
+
+/// Content types of veto's own bodies.
+pub mod content_type {
+    /// A snapshot's binary container: the compact JWS, `\n`, the table
+    /// bytes ([`crate::srl::SnapshotPayload`]).
+    pub const SNAPSHOT: &str = "application/vnd.veto.snapshot";
 }
 
 /// The HTTP headers veto sets or reads besides the standard ones.
@@ -132,7 +140,8 @@ pub mod nats {
 }
 
 /// The `event:` of a server-sent event on [`path::SRL_EVENTS`]; its data
-/// is the compact JWS of the object.
+/// is the compact JWS of the object (for a snapshot, its text container:
+/// the JWS, `~`, base64url of the tables).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventKind {
     /// A signed delta.

@@ -100,7 +100,7 @@ fn seeds_reach_verified_objects() {
         .is_ok());
     assert!(f
         .verifier
-        .snapshot(&token("snapshot", "apply-snapshot-advance.token"), now)
+        .snapshot(token("snapshot", "apply-snapshot-advance.token"), now)
         .is_ok());
     let chain = token("chain", "allow-chain-depth-3.token");
     let state = veto_core::SrlState::new();

@@ -301,15 +301,19 @@ impl Registry {
         set
     }
 
+    /// The snapshot of `ver`, as its text container.
     fn snapshot(&self, ver: u64) -> String {
         let iat = NOW - 200 + ver.min(100);
-        world().signer.snapshot(
-            ver,
-            self.heads[ver as usize],
-            iat,
-            NOW + 300,
-            &self.set(ver),
-        )
+        world()
+            .signer
+            .snapshot(
+                ver,
+                self.heads[ver as usize],
+                iat,
+                NOW + 300,
+                &self.set(ver),
+            )
+            .to_text()
     }
 
     fn checkpoint(&self, ver: u64, age: u64) -> String {
@@ -697,13 +701,15 @@ impl Run<'_> {
                             As::Checkpoint => {
                                 m.checkpoint(ver, self.reg.heads[ver as usize], NOW - 1, NOW + 300)
                             }
-                            As::Snapshot => m.snapshot(
-                                ver,
-                                self.reg.heads[ver as usize],
-                                NOW - 1,
-                                NOW + 300,
-                                &RevocationSet::default(),
-                            ),
+                            As::Snapshot => m
+                                .snapshot(
+                                    ver,
+                                    self.reg.heads[ver as usize],
+                                    NOW - 1,
+                                    NOW + 300,
+                                    &RevocationSet::default(),
+                                )
+                                .to_text(),
                         };
                         (t, "unknown_key")
                     }
@@ -716,7 +722,9 @@ impl Run<'_> {
                     self.forged(As::Checkpoint, &t, verify("wrong_typ"))?;
                 }
                 let ver = self.pick(As::Checkpoint, i).unwrap_or(0);
-                let t = self.token(As::Checkpoint, ver);
+                // In a snapshot's container (no tables), so that it is its
+                // `typ` that is refused.
+                let t = format!("{}~", self.token(As::Checkpoint, ver));
                 self.forged(As::Snapshot, &t, verify("wrong_typ"))
             }
             Step::EquivocatingCheckpoint => {
@@ -729,9 +737,10 @@ impl Run<'_> {
             }
             Step::EquivocatingSnapshot(i) => {
                 let ver = i.index(a as usize + 1) as u64;
-                let t =
-                    w.signer
-                        .snapshot(ver, other_head(ver), NOW - 1, NOW + 300, &self.reg.set(ver));
+                let t = w
+                    .signer
+                    .snapshot(ver, other_head(ver), NOW - 1, NOW + 300, &self.reg.set(ver))
+                    .to_text();
                 let expected = if ver < a {
                     ApplyError::Rollback {
                         applied: a,
@@ -784,7 +793,7 @@ impl Run<'_> {
         prop_assert_eq!(&e, &Outcome::Applied(Applied::Refreshed));
         self.expect(As::Checkpoint, &cp, e)?;
 
-        let final_snapshot = w.verifier.snapshot(&self.reg.snapshot(n), NOW).unwrap();
+        let final_snapshot = w.verifier.snapshot(self.reg.snapshot(n), NOW).unwrap();
         prop_assert_eq!(self.state.ver(), final_snapshot.ver);
         prop_assert_eq!(self.state.head(), final_snapshot.head);
         prop_assert!(self.state.set() == &final_snapshot.set);

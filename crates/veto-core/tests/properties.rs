@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 use veto_core::jws::{self, JwsError, Typ, UnverifiedJws};
 use veto_core::warrant::{delegate, mint_root};
 use veto_core::{
@@ -54,7 +55,9 @@ struct World {
     state: SrlState,
     /// A valid chain of depth 3 that `checker` allows for `ACTION`.
     chain: String,
-    /// A delta, a checkpoint and a (non-empty) snapshot that verify.
+    /// A delta, a checkpoint and a (non-empty) snapshot that verify (the
+    /// snapshot's text container: a changed byte may land in the JWS, the
+    /// separator or the base64url tables).
     delta: String,
     checkpoint: String,
     snapshot: String,
@@ -123,7 +126,7 @@ fn world() -> &'static World {
         adds.iter().for_each(|e| {
             set.insert(e.kind, e.digest(), e.before.unwrap_or(0));
         });
-        let snapshot = signer.snapshot(1, head, NOW - 1, NOW + 300, &set);
+        let snapshot = signer.snapshot(1, head, NOW - 1, NOW + 300, &set).to_text();
         World {
             issuer,
             signer,
@@ -590,6 +593,10 @@ fn assert_delta_model(before: &SrlState, after: &SrlState, d: &VerifiedDelta) {
     assert_eq!(keep_agents(&a0), keep_agents(&a1), "untouched agents");
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn b64(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -699,14 +706,14 @@ fn signed_object() -> impl Strategy<Value = String> {
     use proptest::collection::{btree_map, btree_set, vec};
     let digests = prop_oneof![
         // Sorted, distinct digests (valid), or arbitrary bytes.
-        4 => btree_set(any::<[u8; 12]>(), 0..6).prop_map(|s| b64(&s.into_iter().flatten().collect::<Vec<u8>>())),
-        1 => vec(any::<u8>(), 0..60).prop_map(|b| b64(&b)),
+        4 => btree_set(any::<[u8; 12]>(), 0..6).prop_map(|s| s.into_iter().flatten().collect::<Vec<u8>>()),
+        1 => vec(any::<u8>(), 0..60),
     ];
     let agents = prop_oneof![
         4 => btree_map(any::<[u8; 12]>(), any::<u64>(), 0..6).prop_map(|m| {
-            b64(&m.into_iter().flat_map(|(d, b)| d.into_iter().chain(b.to_be_bytes())).collect::<Vec<u8>>())
+            m.into_iter().flat_map(|(d, b)| d.into_iter().chain(b.to_be_bytes())).collect::<Vec<u8>>()
         }),
-        1 => vec(any::<u8>(), 0..60).prop_map(|b| b64(&b)),
+        1 => vec(any::<u8>(), 0..60),
     ];
     let num = || {
         prop_oneof![
@@ -754,9 +761,15 @@ fn signed_object() -> impl Strategy<Value = String> {
     );
     let extra = proptest::option::weighted(0.2, json());
     (typ(), fields, extra).prop_map(|(typ, (ver, iat, exp, head, warrants, agents, keys, add, rm), extra)| {
+        // A snapshot's tables travel beside its JWS (the text container);
+        // the counts are what the bytes hold in whole records.
+        let tables = [&warrants[..], &agents, &keys].concat();
+        let claim = serde_json::json!({"sha256": hex(&Sha256::digest(&tables)),
+            "warrants": warrants.len() / 12, "agents": agents.len() / 20, "keys": keys.len() / 12});
+        let (warrants, keys) = (b64(&warrants), b64(&keys));
         let mut v = match typ {
             Typ::Snapshot => serde_json::json!({"iss": ISS, "ver": ver, "head": head, "iat": iat, "exp": exp,
-                "digest": "sha256-96", "warrants": warrants, "agents": agents, "keys": keys}),
+                "digest": "sha256-96", "tables": claim}),
             Typ::Delta => serde_json::json!({"iss": ISS, "ver": ver, "prev": head, "iat": iat, "add": add, "rm": rm}),
             Typ::Checkpoint => serde_json::json!({"iss": ISS, "ver": ver, "head": head, "iat": iat, "exp": exp}),
             Typ::Warrant => serde_json::json!({"jti": warrants, "sub": keys, "iat": iat, "exp": exp,
@@ -773,7 +786,12 @@ fn signed_object() -> impl Strategy<Value = String> {
         }
         let w = world();
         let key = if typ == Typ::Warrant { &w.issuer } else { w.signer.key() };
-        jws::sign(typ, key, v.to_string().as_bytes())
+        let token = jws::sign(typ, key, v.to_string().as_bytes());
+        if typ == Typ::Snapshot {
+            format!("{token}~{}", b64(&tables))
+        } else {
+            token
+        }
     })
 }
 

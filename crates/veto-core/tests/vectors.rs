@@ -112,13 +112,21 @@ enum ObjKind {
     Issuers,
 }
 
-/// A published object, and what it is presented as.
+/// A published object, and what it is presented as. A snapshot's `jws`
+/// is its text container: the compact JWS, `~`, base64url of the tables.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Obj {
     #[serde(rename = "as")]
     as_: ObjKind,
     jws: String,
+}
+
+impl Obj {
+    /// The compact JWS: all of `jws`, or a snapshot container's signed header.
+    fn signed(&self) -> &str {
+        self.jws.split('~').next().unwrap_or_default()
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -384,11 +392,11 @@ impl Gen {
         for e in entries {
             set.insert(e.kind, e.digest(), e.before.unwrap_or(0));
         }
-        let jws = self
+        let snap = self
             .authority
             .snapshot(ver, head, NOW - 30, NOW + 270, &set);
-        self.note(&jws, Typ::Snapshot.as_str(), "authority", true);
-        jws
+        self.note(snap.jws(), Typ::Snapshot.as_str(), "authority", true);
+        snap.to_text()
     }
 
     /// A fresh state at version 1 holding `add`: delta 1 and a checkpoint
@@ -473,9 +481,9 @@ impl Gen {
     /// Every JWS in the case, in order of appearance, with what was noted
     /// when it was made.
     fn signatures(&self, v: &Vector) -> Vec<Sig> {
-        let mut all: Vec<&str> = v.setup.iter().map(|o| o.jws.as_str()).collect();
+        let mut all: Vec<&str> = v.setup.iter().map(Obj::signed).collect();
         all.extend(v.token.iter().flat_map(|t| t.split('~')));
-        all.extend(v.input.iter().map(|o| o.jws.as_str()));
+        all.extend(v.input.iter().map(Obj::signed));
         let mut out: Vec<Sig> = Vec::new();
         for jws in all {
             if out.iter().any(|s| s.jws == jws) {
@@ -1431,9 +1439,9 @@ fn run(v: &Vector) {
         );
     }
     let listed = |jws: &str| v.signatures.iter().any(|s| s.jws == jws);
-    let mut present: Vec<&str> = v.setup.iter().map(|o| o.jws.as_str()).collect();
+    let mut present: Vec<&str> = v.setup.iter().map(Obj::signed).collect();
     present.extend(v.token.iter().flat_map(|t| t.split('~')));
-    present.extend(v.input.iter().map(|o| o.jws.as_str()));
+    present.extend(v.input.iter().map(Obj::signed));
     for jws in &present {
         assert!(
             listed(jws) || UnverifiedJws::parse(jws, usize::MAX).is_err(),
@@ -1563,7 +1571,7 @@ signature independently (Python `cryptography`). This README is generated too.
 | `authority_jwk` | the pinned authority public key (signs snapshots, deltas, checkpoints, issuer key sets) |
 | `other_jwks` | other public keys by name: holders `alice`, `bob`, `carol`, and the attacker `mallory` |
 | `config` | `max_depth`, `skew` (s), `max_staleness` (s), `policy` (`fail-closed` or `fail-open`), `issuer` (required root `iss`, or null), and the size limits `max_snapshot_bytes`, `max_delta_bytes`, `max_checkpoint_bytes` |
-| `setup` | objects `{"as": "snapshot" \| "delta" \| "checkpoint" \| "issuers", "jws": …}` verified (at `now`) and applied, in order, to an empty state (version 0) and no issuer key set; each must apply |
+| `setup` | objects `{"as": "snapshot" \| "delta" \| "checkpoint" \| "issuers", "jws": …}` verified (at `now`) and applied, in order, to an empty state (version 0) and no issuer key set; each must apply. A snapshot's `jws` is its text container: the compact JWS (payload `{iss, ver, head, iat, exp, digest: "sha256-96", tables: {sha256, warrants, agents, keys}}`), `~`, then base64url (no padding) of the table bytes: `warrants` 12-byte digests, then `agents` records (12-byte digest, 8-byte big-endian `before`), then `keys` 12-byte digests, each list strictly ascending, their count as signed and their SHA-256 (lowercase hex) equal to `tables.sha256` |
 | `token` | `check`: the chain `root~child~…~leaf`, compact JWS links |
 | `action` | `check`: the requested action |
 | `input` | `apply`: one object, as in `setup`, verified as what `as` says and applied |

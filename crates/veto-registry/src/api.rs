@@ -886,10 +886,12 @@ async fn snapshot(State(api): State<Shared>, headers: HeaderMap) -> Response {
                 .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
             r
         } else {
-            Response::new(Body::from(snap.jws.clone()))
+            Response::new(Body::from(snap.bytes.clone()))
         };
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(JOSE));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(veto_core::wire::content_type::SNAPSHOT),
+        );
         r
     };
     let h = resp.headers_mut();

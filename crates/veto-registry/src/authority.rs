@@ -75,17 +75,35 @@ pub(crate) struct Authority {
     checkpoint: RwLock<Option<(u64, Arc<str>)>>,
 }
 
-/// A signed snapshot (DESIGN 3.2), as served: the compact JWS and its
-/// gzip, shared by every response until the version moves.
+/// A signed snapshot (DESIGN 3.3), as served: its binary container (the
+/// body of `GET /v1/srl`) and that gzipped, shared by every response
+/// until the version moves; the text container (an SSE `snapshot`
+/// event) is made from it on first use.
 pub(crate) struct Snapshot {
     /// The version it attests.
     pub ver: u64,
     /// When it was signed (Unix seconds).
     pub iat: u64,
-    /// The compact JWS.
-    pub jws: Bytes,
-    /// The compact JWS, gzipped.
+    /// The binary container: the compact JWS, `\n`, the table bytes.
+    pub bytes: Bytes,
+    /// The binary container, gzipped.
     pub gzip: Bytes,
+    /// The text container, made on first use.
+    text: std::sync::OnceLock<Arc<str>>,
+}
+
+impl Snapshot {
+    /// The text container: the compact JWS, `~`, base64url of the tables
+    /// (made once, on the first subscriber that needs it).
+    pub fn text(&self) -> Arc<str> {
+        self.text
+            .get_or_init(|| match veto_core::Snapshot::from_container(&self.bytes) {
+                Ok(s) => s.to_text().into(),
+                // The bytes are our own signer's: a split cannot fail.
+                Err(_) => Arc::from(""),
+            })
+            .clone()
+    }
 }
 
 /// An issuer key the registry mints root warrants with.
@@ -360,15 +378,17 @@ impl Authority {
         }
         let this = self.clone();
         let built = tokio::task::spawn_blocking(move || {
-            let jws = this
+            let bytes = this
                 .signer
-                .snapshot(ver, head, now, now + this.attestation_ttl, &set);
-            let gzip = gzip(jws.as_bytes());
+                .snapshot(ver, head, now, now + this.attestation_ttl, &set)
+                .into_bytes();
+            let gzip = gzip(&bytes);
             Snapshot {
                 ver,
                 iat: now,
-                jws: jws.into(),
+                bytes: bytes.into(),
                 gzip: gzip.into(),
+                text: std::sync::OnceLock::new(),
             }
         })
         .await;

@@ -238,7 +238,7 @@ impl Registry {
             .unwrap_or_else(|| panic!("healthz without a version: {body}"))
     }
 
-    /// The current snapshot as served, verified.
+    /// The current snapshot as served (its binary container), verified.
     pub async fn snapshot(&self) -> VerifiedSnapshot {
         let resp = self
             .http
@@ -247,9 +247,9 @@ impl Registry {
             .await
             .unwrap_or_else(|e| panic!("GET {}: {e}", path::SRL));
         assert_eq!(resp.status().as_u16(), 200);
-        let text = resp.text().await.expect("snapshot body");
+        let body = resp.bytes().await.expect("snapshot body");
         self.verifier()
-            .snapshot(&text, now())
+            .snapshot(&body, now())
             .unwrap_or_else(|e| panic!("snapshot does not verify: {e}"))
     }
 

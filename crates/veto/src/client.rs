@@ -130,6 +130,15 @@ impl Client {
     }
 
     fn send(&self, req: reqwest::RequestBuilder, admin: bool) -> anyhow::Result<(u16, String)> {
+        let (status, body) = self.send_bytes(req, admin)?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    fn send_bytes(
+        &self,
+        req: reqwest::RequestBuilder,
+        admin: bool,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
         let req = if admin {
             let token = self.token.as_deref().context(
                 "no admin token: pass --token, --token-file <data-dir>/admin.token, or set VETO_ADMIN_TOKEN",
@@ -145,8 +154,8 @@ impl Client {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot reach the registry at {base}: {}: is `veto serve` running there? (set --registry or VETO_REGISTRY; for a private CA, --ca-file)", veto_tls::error_chain(&e)))?;
             let status = resp.status().as_u16();
-            let text = resp.text().await?;
-            Ok((status, text))
+            let body = resp.bytes().await?;
+            Ok((status, body.to_vec()))
         })
     }
 
@@ -215,6 +224,17 @@ impl Client {
     }
 
     /// A public GET returning the body as text.
+    /// `GET path` (public), the body as bytes (a snapshot's binary container).
+    pub fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let req = self.http.get(format!("{}{path}", self.base));
+        let (s, body) = self.send_bytes(req, false)?;
+        if s >= 400 {
+            Self::check(s, String::from_utf8_lossy(&body).into_owned())?;
+            bail!("registry answered {s}");
+        }
+        Ok(body)
+    }
+
     pub fn get_text(&self, path: &str) -> anyhow::Result<String> {
         let req = self.http.get(format!("{}{path}", self.base));
         let (s, t) = self.send(req, false)?;

@@ -412,6 +412,7 @@ async fn snapshot(State(f): State<Shared>) -> Response {
                     .signer
                     .snapshot(0, Head::ZERO, t, t + 300, &RevocationSet::default()),
             }
+            .into_bytes()
             .into_response()
         }
         Body6c::Huge => ([(header::CONTENT_ENCODING, "gzip")], f.bomb.clone()).into_response(),

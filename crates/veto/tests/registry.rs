@@ -519,10 +519,21 @@ async fn public_api_serves_verifiable_state_and_keys() {
     let resp = plain.get(reg.at(path::SRL)).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(resp.headers()["etag"], "\"3\"");
-    assert_eq!(resp.headers()["content-type"], "application/jose");
+    assert_eq!(
+        resp.headers()["content-type"],
+        veto_core::wire::content_type::SNAPSHOT
+    );
     assert!(resp.headers().get("content-encoding").is_none());
-    let snapshot_jws = resp.text().await.unwrap();
-    let snap = verifier.snapshot(&snapshot_jws, now()).unwrap();
+    // The binary container: the JWS, `\n`, the table bytes.
+    let body = resp.bytes().await.unwrap();
+    let snap = verifier.snapshot(&body, now()).unwrap();
+    let split = veto_core::Snapshot::from_container(&body).unwrap();
+    assert_eq!(split.tables().len(), body.len() - split.jws().len() - 1);
+    assert_eq!(split.tables().len() % 4, 0, "4 records of 12 or 20 bytes");
+    assert!(
+        !split.jws().contains('\n') && body[split.jws().len()] == b'\n',
+        "one `\\n` after the JWS"
+    );
     assert_eq!(snap.ver, 3);
     assert_eq!(snap.set.len(), 4);
     let resp = plain
@@ -553,10 +564,11 @@ async fn public_api_serves_verifiable_state_and_keys() {
     assert_eq!(resp.headers()["content-encoding"], "gzip");
     let raw = resp.bytes().await.unwrap();
     assert_eq!(raw[..2], [0x1f, 0x8b], "gzip magic");
-    let mut unzipped = String::new();
+    let mut unzipped = Vec::new();
     flate2::read::GzDecoder::new(&raw[..])
-        .read_to_string(&mut unzipped)
+        .read_to_end(&mut unzipped)
         .unwrap();
+    assert_eq!(unzipped, body, "the same document inside");
     let again = verifier.snapshot(&unzipped, now()).unwrap();
     assert_eq!(
         (again.ver, again.head, &again.set),
@@ -990,6 +1002,13 @@ async fn deltas_past_retention_are_gone_and_sse_sends_a_snapshot() {
     assert_eq!(
         (e.event.as_str(), e.id.as_deref()),
         (EventKind::Snapshot.as_str(), Some("5"))
+    );
+    // The text container: the JWS, `~`, base64url of the tables.
+    let split = veto_core::Snapshot::from_container(e.data.as_bytes()).unwrap();
+    assert!(
+        e.data.starts_with(&format!("{}~", split.jws())),
+        "{}",
+        e.data
     );
     let mut state = SrlState::new();
     state

@@ -34,7 +34,7 @@ pub const MAX_REPLAY_BYTES: usize = 8 << 20;
 pub const REPLAY_PAGE_BYTES: usize = 1 << 20;
 /// Most deltas in one replay page.
 const REPLAY_PAGE_DELTAS: usize = 256;
-/// Largest snapshot sent inline on an event stream; a subscriber that
+/// Largest snapshot (its text container) sent inline on an event stream; a subscriber that
 /// needs a larger one is sent the current checkpoint, from which it sees
 /// how far behind it is and catches up by pull (`/v1/srl/deltas`, or the
 /// shared `/v1/srl` when those are gone), so no per-subscriber copy of a
@@ -198,13 +198,13 @@ impl Sink {
     /// and pulls). Returns the version the subscriber was brought to.
     async fn send_snapshot(&self) -> Option<u64> {
         let snap = self.authority.snapshot().await;
-        if let Some(snap) = snap.filter(|s| s.jws.len() <= MAX_SSE_SNAPSHOT_BYTES) {
-            let text = std::str::from_utf8(&snap.jws).ok()?;
-            let event = sse_frame(EventKind::Snapshot, Some(snap.ver), text);
-            return self
-                .send(event, snap.jws.len(), None)
-                .await
-                .then_some(snap.ver);
+        // An event's data is text: the text container, whose length is at
+        // most 4/3 of the binary one's (checked before making it).
+        if let Some(snap) = snap.filter(|s| s.bytes.len().div_ceil(3) * 4 <= MAX_SSE_SNAPSHOT_BYTES)
+        {
+            let text = snap.text();
+            let event = sse_frame(EventKind::Snapshot, Some(snap.ver), &text);
+            return self.send(event, text.len(), None).await.then_some(snap.ver);
         }
         self.send_checkpoint().await
     }

@@ -33,9 +33,10 @@ pub fn run(cmd: SrlCommand) -> anyhow::Result<()> {
     let verifier = SrlVerifier::new(KeySet::new([key]), a.iss);
     let client = Client::new(&a.registry)?;
     let now = util::now();
-    let token = client.get_text(veto_core::wire::path::SRL)?;
+    // The binary container: the JWS, `\n`, the table bytes (not trimmed).
+    let body = client.get_bytes(veto_core::wire::path::SRL)?;
     let snapshot = verifier
-        .snapshot(token.trim(), now)
+        .snapshot(&body, now)
         .map_err(|e| anyhow::anyhow!("the snapshot does not verify against the pinned key: {e}"))?;
     let (ver, head, iat, exp) = (snapshot.ver, snapshot.head, snapshot.iat, snapshot.exp);
     let (w, ag, k) = snapshot.set.tables();
@@ -49,10 +50,7 @@ pub fn run(cmd: SrlCommand) -> anyhow::Result<()> {
         Ok(_) => "consistent with the snapshot".to_owned(),
         Err(e) => format!("NOT consistent with the snapshot: {e}"),
     };
-    println!(
-        "snapshot (verified): version {ver}, {} bytes",
-        token.trim().len()
-    );
+    println!("snapshot (verified): version {ver}, {} bytes", body.len());
     println!("  head     {head}");
     println!(
         "  signed   {} ({} s ago), valid until {}",
