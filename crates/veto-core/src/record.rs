@@ -136,6 +136,26 @@ impl CheckRecord {
             })
     }
 
+    /// Calls `f` with every probe digest's bytes as they lie in the
+    /// buffer (warrants, keys, agents), without copying: the Bloom pass
+    /// of the revocation check.
+    #[inline]
+    pub(crate) fn for_each_probe(&self, mut f: impl FnMut(&[u8; DIGEST_BYTES])) {
+        let ids = (usize::from(self.n_warrants) + usize::from(self.n_keys)) * DIGEST_BYTES;
+        let agents = usize::from(self.n_agents) * AGENT_BYTES;
+        let (ids, rest) = self.bytes.split_at(ids.min(self.bytes.len()));
+        for d in ids.chunks_exact(DIGEST_BYTES) {
+            if let Some(d) = d.first_chunk() {
+                f(d);
+            }
+        }
+        for rec in rest[..agents.min(rest.len())].chunks_exact(AGENT_BYTES) {
+            if let Some(d) = rec.first_chunk() {
+                f(d);
+            }
+        }
+    }
+
     /// Whether the leaf's patterns permit `action`.
     pub(crate) fn allows(&self, action: &str) -> bool {
         let from = self.agents_at() + usize::from(self.n_agents) * AGENT_BYTES;

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
-use crate::entry::{Digest, EntryKind};
+use crate::entry::{Digest, EntryKind, DIGEST_BYTES};
 use crate::record::CheckRecord;
 
 impl Hash for Digest {
@@ -60,7 +60,12 @@ impl Bloom {
 
     #[inline]
     fn split(&self, d: &Digest) -> (usize, u64) {
-        let b = &d.0;
+        self.split_raw(&d.0)
+    }
+
+    /// `split` of a digest's 12 bytes as they lie in a check record.
+    #[inline]
+    fn split_raw(&self, b: &[u8; DIGEST_BYTES]) -> (usize, u64) {
         let block = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & self.mask;
         let bits = u64::from_le_bytes([b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11]]);
         (block as usize, bits)
@@ -78,7 +83,12 @@ impl Bloom {
 
     #[inline]
     fn maybe(&self, d: &Digest) -> bool {
-        let (block, mut bits) = self.split(d);
+        self.maybe_raw(&d.0)
+    }
+
+    #[inline]
+    fn maybe_raw(&self, d: &[u8; DIGEST_BYTES]) -> bool {
+        let (block, mut bits) = self.split_raw(d);
         let words = &self.blocks[block];
         let mut all = true;
         for _ in 0..7 {
@@ -278,12 +288,7 @@ impl RevocationSet {
         // Test every probe against the filter first, without branching on
         // each, so the memory loads overlap; look further only on a hit.
         let mut any = false;
-        for d in record.warrants().chain(record.keys()) {
-            any |= self.bloom.maybe(&d);
-        }
-        for (d, _) in record.agents() {
-            any |= self.bloom.maybe(&d);
-        }
+        record.for_each_probe(|d| any |= self.bloom.maybe_raw(d));
         if !any {
             return None;
         }
