@@ -20,11 +20,26 @@
 //! actions:  the leaf's patterns as an action program (see `action::write_program`)
 //! ```
 
-use crate::action;
-use crate::entry::{Digest, EntryKind, DIGEST_BYTES};
-use crate::warrant::Link;
+use crate::action::{self, ActionSet};
+use crate::entry::{Digest, DIGEST_BYTES};
 
 const AGENT_BYTES: usize = DIGEST_BYTES + 8;
+
+/// What a chain is checked against, gathered from its links.
+pub(crate) struct RecordParts<'a> {
+    /// The earliest `exp` of any link (Unix seconds).
+    pub not_after: u64,
+    /// The latest `max(nbf, iat)` of any link (Unix seconds; 0 when none).
+    pub not_before: u64,
+    /// One digest per link `jti`.
+    pub warrants: &'a [Digest],
+    /// The root's `kid` and each bound key, once each.
+    pub keys: &'a [Digest],
+    /// One digest per `sub`, with its oldest `iat`.
+    pub agents: &'a [(Digest, u64)],
+    /// The leaf's patterns.
+    pub actions: Option<&'a ActionSet>,
+}
 
 /// What the per-request check reads of a chain (see the module docs).
 #[derive(Clone, Debug)]
@@ -40,46 +55,29 @@ pub(crate) struct CheckRecord {
 }
 
 impl CheckRecord {
-    /// Builds the record of `links` (root first, at least one).
-    pub(crate) fn build(links: &[Link]) -> Self {
-        let mut warrants: Vec<Digest> = Vec::with_capacity(links.len());
-        let mut keys: Vec<Digest> = Vec::with_capacity(links.len() + 1);
-        let mut agents: Vec<(Digest, u64)> = Vec::with_capacity(links.len());
-        if let Some(kid) = links.first().and_then(Link::kid) {
-            keys.push(Digest::of(EntryKind::Key, kid));
-        }
-        let (mut not_after, mut not_before) = (u64::MAX, 0u64);
-        for link in links {
-            let c = link.claims();
-            not_after = not_after.min(c.exp);
-            not_before = not_before.max(c.nbf.unwrap_or(0).max(c.iat.unwrap_or(0)));
-            warrants.push(Digest::of(EntryKind::Warrant, &c.jti));
-            let agent = Digest::of(EntryKind::Agent, &c.sub);
-            let iat = c.iat.unwrap_or(0);
-            // The cutoff test is `iat <= before`, so the oldest iat per agent decides.
-            match agents.iter_mut().find(|(d, _)| *d == agent) {
-                Some((_, old)) => *old = (*old).min(iat),
-                None => agents.push((agent, iat)),
-            }
-            if let Some(h) = link.holder() {
-                let d = Digest::of(EntryKind::Key, h.kid());
-                if !keys.contains(&d) {
-                    keys.push(d);
-                }
-            }
-        }
+    /// Lays out what [`ParsedChain::parse`](crate::ParsedChain::parse)
+    /// gathered from a chain's links.
+    pub(crate) fn new(parts: RecordParts<'_>) -> Self {
+        let RecordParts {
+            not_after,
+            not_before,
+            warrants,
+            keys,
+            agents,
+            actions,
+        } = parts;
         let mut bytes = Vec::with_capacity(
             (warrants.len() + keys.len()) * DIGEST_BYTES + agents.len() * AGENT_BYTES + 64,
         );
-        for d in warrants.iter().chain(&keys) {
+        for d in warrants.iter().chain(keys) {
             bytes.extend_from_slice(&d.0);
         }
-        for (d, iat) in &agents {
+        for (d, iat) in agents {
             bytes.extend_from_slice(&d.0);
             bytes.extend_from_slice(&iat.to_le_bytes());
         }
-        if let Some(leaf) = links.last() {
-            leaf.actions().write_program(&mut bytes);
+        if let Some(actions) = actions {
+            actions.write_program(&mut bytes);
         }
         let count = |n: usize| u16::try_from(n).unwrap_or(u16::MAX);
         Self {

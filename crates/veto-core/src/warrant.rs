@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::action::{ActionSet, PatternError};
 use crate::b64;
+use crate::entry::{Digest, EntryKind};
 use crate::jws::{self, JwsError, Typ, UnverifiedJws};
 use crate::keys::{Jwk, KeyError, KeyResolver, PublicKey, SigningKey};
 use crate::reason::DenyReason;
-use crate::record::CheckRecord;
+use crate::record::{CheckRecord, RecordParts};
 
 /// Limits applied while parsing a chain.
 pub mod limits {
@@ -281,7 +282,7 @@ impl ParsedChain {
         for (i, part) in token.split('~').enumerate() {
             links.push(parse_link(part, i).map_err(|error| ChainError::Link { link: i, error })?);
         }
-        let record = CheckRecord::build(&links);
+        let record = check_record(&links);
         Ok(Self { links, record })
     }
 
@@ -414,6 +415,47 @@ fn parse_link(part: &str, i: usize) -> Result<Link, LinkError> {
         claims,
         actions,
         holder,
+    })
+}
+
+/// Gathers what the per-request check reads of `links` (root first): one
+/// probe per link `jti`, per agent (with the oldest `iat` of its links)
+/// and per key that signs or is bound in the chain; the time bounds; the
+/// leaf's patterns.
+fn check_record(links: &[Link]) -> CheckRecord {
+    let mut warrants: Vec<Digest> = Vec::with_capacity(links.len());
+    let mut keys: Vec<Digest> = Vec::with_capacity(links.len() + 1);
+    let mut agents: Vec<(Digest, u64)> = Vec::with_capacity(links.len());
+    if let Some(kid) = links.first().and_then(Link::kid) {
+        keys.push(Digest::of(EntryKind::Key, kid));
+    }
+    let (mut not_after, mut not_before) = (u64::MAX, 0u64);
+    for link in links {
+        let c = &link.claims;
+        not_after = not_after.min(c.exp);
+        not_before = not_before.max(c.nbf.unwrap_or(0).max(c.iat.unwrap_or(0)));
+        warrants.push(Digest::of(EntryKind::Warrant, &c.jti));
+        let agent = Digest::of(EntryKind::Agent, &c.sub);
+        let iat = c.iat.unwrap_or(0);
+        // The cutoff test is `iat <= before`, so the oldest iat per agent decides.
+        match agents.iter_mut().find(|(d, _)| *d == agent) {
+            Some((_, old)) => *old = (*old).min(iat),
+            None => agents.push((agent, iat)),
+        }
+        if let Some(h) = &link.holder {
+            let d = Digest::of(EntryKind::Key, h.kid());
+            if !keys.contains(&d) {
+                keys.push(d);
+            }
+        }
+    }
+    CheckRecord::new(RecordParts {
+        not_after,
+        not_before,
+        warrants: &warrants,
+        keys: &keys,
+        agents: &agents,
+        actions: links.last().map(Link::actions),
     })
 }
 
