@@ -111,6 +111,11 @@ impl ChainCache {
         }
     }
 
+    /// A new, empty cache with the same limits (and a new hash key).
+    pub fn empty_like(&self) -> Self {
+        Self::new(self.per_shard * SHARDS, self.budget)
+    }
+
     /// Keyed by a keyed hash of the token's last 64 bytes (the leaf's
     /// signature); a hit still compares the whole token.
     fn key(&self, token: &str) -> u64 {
@@ -226,17 +231,6 @@ impl ChainCache {
                 forget(roots, &old);
             }
         }
-    }
-
-    pub fn clear(&self) {
-        let mut roots = lock(&self.roots);
-        for s in &self.shards {
-            lock(s).clear();
-        }
-        *roots = Roots {
-            seq: roots.seq,
-            ..Roots::default()
-        };
     }
 
     /// Bytes held (estimated).

@@ -31,10 +31,14 @@ pub(crate) struct Position {
 }
 
 /// What a check reads, swapped whole by an apply or a change of issuer
-/// keys.
+/// keys. The verified-chain cache belongs to the checker that verified its
+/// chains: a change of issuer keys starts a new, empty one with the new
+/// checker, so a check that verified a chain under the old keys and
+/// inserts it after the swap writes into a cache no later check reads.
 struct Current {
     state: SrlState,
     checker: Arc<Checker>,
+    cache: Arc<ChainCache>,
 }
 
 /// The authorizer's state. A check never takes a lock of its own (only
@@ -42,8 +46,7 @@ struct Current {
 /// keys are serialized by `apply_lock`.
 ///
 /// Lock order: `apply_lock`, then the disk cache's lock
-/// ([`DiskCache::record`]) or the chain cache's locks
-/// ([`ChainCache::clear`]); neither of those ever takes `apply_lock`.
+/// ([`DiskCache::record`]); that never takes `apply_lock`.
 pub(crate) struct State {
     check: CheckConfig,
     clock: Arc<dyn Clock>,
@@ -52,7 +55,6 @@ pub(crate) struct State {
     apply_lock: Mutex<()>,
     /// Where applied objects are recorded, when there is a cache directory.
     disk: Option<Arc<DiskCache>>,
-    cache: ChainCache,
     prover: Prover,
     metrics: Metrics,
     version_tx: watch::Sender<u64>,
@@ -85,10 +87,10 @@ impl State {
             current: ArcSwap::from_pointee(Current {
                 state: SrlState::new(),
                 checker,
+                cache: Arc::new(cache),
             }),
             apply_lock: Mutex::new(()),
             disk,
-            cache,
             prover,
             metrics: Metrics::new(),
             version_tx,
@@ -134,7 +136,7 @@ impl State {
                 Err(denial)
             }
         };
-        let (mut decision, chain) = match self.cache.get(token) {
+        let (mut decision, chain) = match current.cache.get(token) {
             Some(chain) => {
                 self.metrics.cache_hit();
                 let decision = current.checker.check_verified_proved(
@@ -150,7 +152,7 @@ impl State {
                     decision.reason(),
                     Some(DenyReason::Revoked | DenyReason::Expired)
                 ) {
-                    self.cache.remove(token);
+                    current.cache.remove(token);
                 }
                 (decision, Some(chain))
             }
@@ -208,7 +210,7 @@ impl State {
             Decision::Deny(d) => d.reason == DenyReason::Stale,
         };
         if let (Some(c), true) = (&chain, reusable) {
-            self.cache.insert(token, c.clone());
+            current.cache.insert(token, c.clone());
         }
         (decision, chain)
     }
@@ -244,6 +246,7 @@ impl State {
                 self.current.store(Arc::new(Current {
                     state,
                     checker: current.checker.clone(),
+                    cache: current.cache.clone(),
                 }));
                 self.metrics.applied(kind);
                 if let Applied::Advanced { from, to } = applied {
@@ -320,8 +323,8 @@ impl State {
         self.current.store(Arc::new(Current {
             state: current.state.clone(),
             checker: Arc::new(Checker::new(keys, self.check.clone())),
+            cache: Arc::new(current.cache.empty_like()),
         }));
-        self.cache.clear();
     }
 
     /// The applied version.
@@ -403,13 +406,14 @@ impl State {
     /// Prometheus metrics in the text format.
     pub fn metrics_text(&self) -> String {
         let s = self.status();
+        let current = self.current.load();
         self.metrics.encode(&Gauges {
             version: s.version,
             age: s.age,
             fresh: s.fresh,
             push_connected: s.push_connected,
-            cache_bytes: self.cache.bytes(),
-            cache_chains: self.cache.len(),
+            cache_bytes: current.cache.bytes(),
+            cache_chains: current.cache.len(),
             replay_bytes: self.prover.replay_bytes(),
         })
     }
@@ -526,5 +530,70 @@ mod tests {
             .unwrap();
         assert_eq!((w.state.version(), w.disk.kept_deltas()), (3, 0));
         assert_eq!(w.state.position().attested, Some(NOW));
+    }
+
+    /// A check that verified a chain under the old issuer keys and caches
+    /// it after the keys changed must not leave it for later checks: the
+    /// cache belongs to the checker that verified its chains.
+    #[test]
+    fn a_chain_verified_under_retired_issuer_keys_is_not_cached_past_the_change() {
+        let (old_key, new_key) = (
+            SigningKey::generate().unwrap(),
+            SigningKey::generate().unwrap(),
+        );
+        let state = State::new(
+            CheckConfig::default(),
+            KeySet::new([old_key.public().clone()]),
+            Arc::new(ManualClock::new(NOW)),
+            ChainCache::new(16, 1 << 20),
+            Prover::new(
+                crate::pop::PopConfig {
+                    policy: crate::pop::PopPolicy::Off,
+                    ..crate::pop::PopConfig::default()
+                },
+                5,
+            )
+            .unwrap(),
+            None,
+        );
+        let token = veto_core::warrant::mint_root(
+            &old_key,
+            "veto",
+            veto_core::LinkSpec {
+                sub: "agent".into(),
+                act: vec!["*".into()],
+                iat: NOW,
+                exp: NOW + 600,
+                holder: None,
+            },
+        )
+        .unwrap();
+        let check = || {
+            state.check(&Presented {
+                credential: veto_core::dpop::Credential {
+                    scheme: veto_core::dpop::Scheme::Bearer,
+                    chain: &token,
+                    proof: None,
+                },
+                method: "GET",
+                htu: "http://gw/x",
+                action: "http:GET:/x",
+            })
+        };
+        let untrusted = |o: &Outcome| o.decision.reason() == Some(DenyReason::UntrustedIssuer);
+        // Verified (and cached) under the old keys: not untrusted (stale,
+        // as no state was received, but verified).
+        assert!(!untrusted(&check()));
+        // A check that loaded the old keys, racing the change: it verifies
+        // under them and inserts after the swap.
+        let before = state.current.load_full();
+        state.set_issuers(KeySet::new([new_key.public().clone()]));
+        let (_, raced) = state.check_uncached(&before, &token, "http:GET:/x", NOW, |_| Ok(()));
+        assert!(
+            raced.is_some(),
+            "the racing check verified the chain under the old keys"
+        );
+        // Every later check decides with the new keys.
+        assert!(untrusted(&check()), "{:?}", check().decision);
     }
 }

@@ -464,18 +464,36 @@ fn strip_client_headers(headers: &mut HeaderMap) {
 /// the value is reversible and holds only visible ASCII.
 fn identity_value(text: &str) -> HeaderValue {
     let mut out = String::with_capacity(text.len());
+    escape_identity(&mut out, text);
+    header_value(&out)
+}
+
+/// Whether `b` passes into an identity header as itself.
+fn identity_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b)
+}
+
+/// Appends `text` to `out`, every byte outside [`identity_byte`]
+/// percent-encoded (`%XX`, upper case).
+fn escape_identity(out: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b) {
+        if identity_byte(b) {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xF)]));
         }
     }
+}
+
+fn header_value(escaped: &str) -> HeaderValue {
     #[expect(
         clippy::expect_used,
-        reason = "the text holds only visible ASCII, which every header value may"
+        reason = "escaped text holds only visible ASCII, which every header value may"
     )]
-    HeaderValue::from_str(&out).expect("visible ASCII is a valid header value")
+    HeaderValue::from_str(escaped).expect("visible ASCII is a valid header value")
 }
 
 fn local(status: StatusCode, body: serde_json::Value) -> Response<ProxyBody> {
@@ -590,8 +608,9 @@ async fn handle(
     };
     // The proof names the URI the client addressed: this listener's
     // scheme, the request's authority, the canonical path.
+    // (Not computed when proofs are off: the authorizer ignores them.)
     let htu = match cred.proof {
-        Some(_) => {
+        Some(_) if state.authz.pop().policy != veto_authorizer::PopPolicy::Off => {
             let scheme = if state.config.tls.is_some() {
                 "https"
             } else {
@@ -608,7 +627,7 @@ async fn handle(
                 Err(d) => return deny(&d, None),
             }
         }
-        None => String::new(),
+        _ => String::new(),
     };
     let outcome = state.authz.check_request(&veto_authorizer::Presented {
         credential: cred,
@@ -679,19 +698,18 @@ async fn handle(
     // `sub` holding spaces, control characters or non-ASCII arrives
     // escaped, never dropped and never trimmed or normalized into another
     // name. Every `veto-*` header of the client's is gone already.
-    let delegation = verified
-        .delegation
-        .iter()
-        .map(|sub| identity_value(sub).to_str().unwrap_or_default().to_owned())
-        .collect::<Vec<_>>()
-        .join(",");
+    let mut delegation = String::new();
+    for (i, sub) in verified.delegation.iter().enumerate() {
+        if i > 0 {
+            delegation.push(',');
+        }
+        escape_identity(&mut delegation, sub);
+    }
     headers.insert(
         wire::header::ROOT_AGENT,
         identity_value(&verified.root_agent),
     );
-    if let Ok(v) = HeaderValue::from_str(&delegation) {
-        headers.insert(wire::header::DELEGATION, v);
-    }
+    headers.insert(wire::header::DELEGATION, header_value(&delegation));
     headers.insert(wire::header::AGENT, identity_value(&verified.agent));
     headers.insert(wire::header::WARRANT, identity_value(&verified.warrant));
     if let Some(kid) = &verified.holder {

@@ -418,7 +418,12 @@ async fn issuer_keys_reach_authorizers_over_nats() {
     let eventually = |what: &'static str, ok: &dyn Fn() -> bool| {
         let start = Instant::now();
         while !ok() {
-            assert!(start.elapsed() < WITHIN, "{what} after {WITHIN:?}");
+            assert!(
+                start.elapsed() < WITHIN,
+                "{what} after {WITHIN:?}; the authorizer: {:?}\n{}",
+                authz.status(),
+                authz.metrics_text()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         eprintln!("{what}: {:?}", start.elapsed());
