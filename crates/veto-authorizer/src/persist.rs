@@ -174,6 +174,7 @@ impl DiskCache {
         };
         let Ok(json) = json else { return };
         let dir = self.dir.clone();
+        let wrote_snapshot = snapshot.is_some();
         let result = tokio::task::spawn_blocking(move || {
             if let Some(bytes) = snapshot {
                 write_atomic(&dir.join(SNAPSHOT_FILE), &bytes)?;
@@ -181,8 +182,18 @@ impl DiskCache {
             write_atomic(&dir.join(FILE), &json)
         })
         .await;
-        if let Ok(Err(e)) = result {
-            tracing::warn!(error = %e, "cannot write the state cache");
+        let failed = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = failed {
+            tracing::warn!(error = %e, "cannot write the state cache; trying again");
+            // Written again on the next round, the snapshot included: the
+            // deltas in the JSON chain from it.
+            let mut o = self.objects();
+            o.dirty = true;
+            o.snapshot_dirty |= wrote_snapshot;
         }
     }
 }

@@ -275,23 +275,26 @@ impl State {
         result
     }
 
-    /// Replaces the trusted issuer keys (and forgets every verified chain)
-    /// when they changed.
-    /// Applies an authority-signed issuer key set: a higher version
-    /// replaces the keys; the same version with the same keys changes
-    /// nothing; a lower version (a rollback) or the same version with other
-    /// keys (equivocation) is refused and counted. Returns whether the keys
-    /// changed.
     /// Applies a verified issuer key set ([`IssuerSet::apply`]): true when
-    /// its keys now verify roots. A rollback or an equivocation is counted
+    /// its keys now verify roots, and then its signed bytes `text` go to
+    /// the disk cache. A rollback or an equivocation is counted
     /// (`issuers_rollback`, `issuers_equivocation`) and changes nothing.
-    pub fn apply_issuers(&self, set: VerifiedIssuers) -> Result<bool, ApplyError> {
+    ///
+    /// The keys are installed and recorded while the set's lock is held,
+    /// so a slower apply of an older set (a poll racing a push) can never
+    /// install its keys or write its bytes after a newer set's. Lock order:
+    /// `issuer_set`, then `apply_lock` (which never takes `issuer_set`).
+    pub fn apply_issuers(&self, set: VerifiedIssuers, text: String) -> Result<bool, ApplyError> {
         let mut applied = self.issuer_set.lock().unwrap_or_else(|p| p.into_inner());
         match applied.apply(set) {
             Ok(Applied::Advanced { .. }) => {
                 let keys = applied.keys().cloned().unwrap_or_default();
-                drop(applied);
                 self.set_issuers(keys);
+                if let Some(disk) = &self.disk {
+                    disk.record_issuers(text);
+                    disk.poke();
+                }
+                drop(applied);
                 Ok(true)
             }
             Ok(_) => Ok(false),

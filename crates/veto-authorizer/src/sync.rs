@@ -675,12 +675,7 @@ fn adopt_issuers(
     if pushed && sync.state.issuers_version().is_some_and(|v| set.ver < v) {
         return Ok(());
     }
-    if sync.state.apply_issuers(set)? {
-        if let Some(disk) = &sync.disk {
-            disk.record_issuers(text);
-            disk.poke();
-        }
-    }
+    sync.state.apply_issuers(set, text)?;
     Ok(())
 }
 

@@ -46,7 +46,10 @@ use veto_testkit::Upstream;
 
 const TARGET_RATIO: f64 = 0.90;
 const TARGET_ADDED_P99_MS: f64 = 0.2;
-/// The proxy's proof window is 30 s: proofs older than that are refused.
+/// The proxy's proof window (`--pop-window`, default 30 s): older proofs
+/// are refused.
+const PROOF_WINDOW_SECS: u64 = 30;
+/// The longest wrk run, so the proofs made before it stay in the window.
 const MAX_SECS: u64 = 20;
 
 /// Arguments of `veto-bench proxy-vs-nginx`.
@@ -68,7 +71,7 @@ pub(crate) struct PeersArgs {
     /// The nginx binary (Debian: `apt-get install -y nginx`).
     #[arg(long, default_value = "/usr/sbin/nginx")]
     nginx: PathBuf,
-    /// Do not pin (wrk and upstream on CPU 0, each proxy on CPU 1).
+    /// Do not pin: by default wrk and the upstream run on CPU 0 and each proxy on CPU 1.
     #[arg(long)]
     no_pin: bool,
     #[command(flatten)]
@@ -438,11 +441,21 @@ async fn compare(a: &PeersArgs, veto: &Path, reg: &Registry) -> anyhow::Result<(
         ((off_rate * a.secs as f64 * 1.5) / f64::from(a.threads)).ceil() as usize + 1_000;
     let made = Instant::now();
     load.proofs(a.threads, per_thread, &holder, &req_url, &chain)?;
+    let took = made.elapsed();
     eprintln!(
         "made {} proofs in {:.1} s",
         per_thread * a.threads as usize,
-        made.elapsed().as_secs_f64()
+        took.as_secs_f64()
     );
+    // Every proof carries the `iat` of the start of this pool: the last
+    // request must still fall inside the proxy's window.
+    if took.as_secs() + a.secs + 2 > PROOF_WINDOW_SECS {
+        bail!(
+            "making the proofs took {:.1} s: with --secs {} the last ones would be older than the proxy's {PROOF_WINDOW_SECS} s proof window; use a smaller --secs",
+            took.as_secs_f64(),
+            a.secs
+        );
+    }
     let req_pid = req.pid();
     let m = measure(a, &load, "veto --pop required", req_url.clone(), || {
         cpu_times_of_pid(req_pid)

@@ -341,7 +341,7 @@ fn split_container(container: &[u8]) -> Result<(&str, Tables<'_>), SrlError> {
 /// Size limits for incoming objects.
 #[derive(Clone, Copy, Debug)]
 pub struct SrlLimits {
-    /// Largest snapshot, in bytes (default 256 MiB, ~15M entries).
+    /// Largest snapshot, in bytes (default 256 MiB: ~22M warrant digests of 12 bytes).
     pub max_snapshot_bytes: usize,
     /// Largest delta, in bytes (default 16 MiB).
     pub max_delta_bytes: usize,

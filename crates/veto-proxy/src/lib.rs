@@ -468,9 +468,11 @@ fn identity_value(text: &str) -> HeaderValue {
     header_value(&out)
 }
 
-/// Whether `b` passes into an identity header as itself.
+/// Whether `b` passes into an identity header as itself: RFC 3986
+/// `pchar` without `,`, which separates the hops of `Veto-Delegation` (a
+/// `sub` of `a,b` must not read as two delegators).
 fn identity_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b)
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+;=:@".contains(&b)
 }
 
 /// Appends `text` to `out`, every byte outside [`identity_byte`]
@@ -1075,6 +1077,7 @@ mod tests {
             ("a\0b", "a%00b"),
             ("r\u{202E}lta", "r%E2%80%AElta"),
             ("100%", "100%25"),
+            ("x,billing-service", "x%2Cbilling-service"),
         ] {
             assert_eq!(identity_value(sub).to_str().unwrap(), sent, "{sub:?}");
         }

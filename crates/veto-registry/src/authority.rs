@@ -428,7 +428,7 @@ impl Authority {
     }
 
     /// Mints a root warrant (DESIGN 3.4) with the newest trusted issuer
-    /// key (the last in `added_at`, then `kid` order, so every replica
+    /// key (the last added: the store keeps the order, so every replica
     /// picks the same one), and writes its audit record. Returns the chain and its `jti`.
     pub(crate) async fn mint(
         &self,
@@ -471,8 +471,8 @@ impl Authority {
             .collect()
     }
 
-    /// Every issuer key, oldest first (`added_at` in seconds, then `kid`:
-    /// the store's order, the same at every replica).
+    /// Every issuer key, in the order they were added (the store's order,
+    /// the same at every replica).
     pub(crate) fn issuer_keys(&self) -> Vec<IssuerKeyInfo> {
         let cur = self.read_current();
         let issuers = self.issuers.read().unwrap_or_else(|p| p.into_inner());
@@ -596,8 +596,6 @@ impl Authority {
             added_at: now,
             retired_at: None,
         });
-        // The store's order, so every replica agrees on the newest key.
-        issuers.sort_by(|a, b| (a.added_at, a.key.kid()).cmp(&(b.added_at, b.key.kid())));
         drop(issuers);
         self.announce_issuers();
         Ok(public)

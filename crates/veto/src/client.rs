@@ -223,7 +223,6 @@ impl Client {
         Self::check(s, t)
     }
 
-    /// A public GET returning the body as text.
     /// `GET path` (public), the body as bytes (a snapshot's binary container).
     pub fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
         let req = self.http.get(format!("{}{path}", self.base));
@@ -235,6 +234,7 @@ impl Client {
         Ok(body)
     }
 
+    /// `GET path` (public), the body as text.
     pub fn get_text(&self, path: &str) -> anyhow::Result<String> {
         let req = self.http.get(format!("{}{path}", self.base));
         let (s, t) = self.send(req, false)?;

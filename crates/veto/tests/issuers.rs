@@ -114,23 +114,6 @@ async fn until(proxy: &Proxy, chain: &str, reason: Option<DenyReason>, what: &st
     }
 }
 
-/// Adds an issuer key that is strictly the newest: keys are ordered by
-/// `added_at` (seconds), then `kid`, so this waits for the second to turn.
-async fn add_newest_key(registry: &Registry) -> (u16, serde_json::Value) {
-    let (_, keys) = registry.admin_get(path::ISSUER_KEYS).await;
-    let newest = keys["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["added_at"].as_u64().unwrap())
-        .max()
-        .unwrap_or(0);
-    while now() <= newest {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    registry.admin_post(path::ISSUER_KEYS, &json!({})).await
-}
-
 /// The key listed first: the oldest.
 async fn oldest_kid(registry: &Registry) -> String {
     let (_, keys) = registry.admin_get(path::ISSUER_KEYS).await;
@@ -156,7 +139,7 @@ async fn issuer_keys_added_and_retired_reach_every_proxy_by_push() {
     }
 
     // A second key: roots minted now are signed by it.
-    let (status, added) = add_newest_key(&registry).await;
+    let (status, added) = registry.admin_post(path::ISSUER_KEYS, &json!({})).await;
     assert_eq!(status, 201, "{added}");
     let (second, _) = registry
         .mint("agent-second", &["http:GET:/orders/*"], None)
@@ -438,7 +421,7 @@ async fn issuer_keys_reach_authorizers_over_nats() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let (status, added) = add_newest_key(&registry).await;
+    let (status, added) = registry.admin_post(path::ISSUER_KEYS, &json!({})).await;
     assert_eq!(status, 201, "{added}");
     let (second, _) = registry
         .mint("agent-second", &["http:GET:/orders/*"], None)

@@ -30,7 +30,7 @@ use super::{
 };
 
 /// Migrations, in order; `veto_meta.schema_version` counts those applied.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS veto_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -111,6 +111,13 @@ CREATE TABLE IF NOT EXISTS veto_gateway_applied (
     PRIMARY KEY (id, ver)
 );
 CREATE INDEX IF NOT EXISTS veto_gateway_applied_ver ON veto_gateway_applied (ver);
+"#;
+
+/// The order issuer keys were added in, the same at every replica (the
+/// newest mints; `added_at` is in seconds, so it cannot order keys added
+/// within one). Existing rows are numbered in table order.
+const SCHEMA_V3: &str = r#"
+ALTER TABLE veto_issuer_keys ADD COLUMN IF NOT EXISTS seq BIGSERIAL;
 "#;
 
 /// The channel replicas are told of new versions on.
@@ -419,7 +426,7 @@ impl Backend for PgStore {
                     concat!(
                         "SELECT ",
                         issuer_key_columns!(),
-                        " FROM veto_issuer_keys ORDER BY added_at, kid"
+                        " FROM veto_issuer_keys ORDER BY seq"
                     ),
                     &[],
                 )

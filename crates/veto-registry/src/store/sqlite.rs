@@ -465,7 +465,7 @@ impl SqliteStore {
         let mut stmt = conn.prepare_cached(concat!(
             "SELECT ",
             issuer_key_columns!(),
-            " FROM issuer_keys ORDER BY added_at, kid"
+            " FROM issuer_keys ORDER BY rowid"
         ))?;
         collect(&mut stmt, [], rows::issuer_key)
     }
