@@ -113,6 +113,7 @@ import uuid
 from pathlib import Path
 
 import veto
+from bench_check import veto_bin  # the same binary lookup (VETO_BIN, then target/)
 
 try:
     import tenuo
@@ -121,20 +122,9 @@ try:
 except ImportError as exc:  # pragma: no cover
     sys.exit(f"cannot import tenuo ({exc}): pip install tenuo==0.3.3")
 
-ROOT = Path(__file__).resolve().parents[2]
 TOOL = "orders_get"
 BASE = "http://svc.test"
 POP_WINDOW = 30  # Tenuo's PoP window (POP_TIMESTAMP_WINDOW_SECS, Authorizer pop_window_secs default)
-
-
-def veto_bin():
-    if os.environ.get("VETO_BIN"):
-        return os.environ["VETO_BIN"]
-    bases = [os.environ.get("CARGO_TARGET_DIR"), str(ROOT / "target")]
-    found = [Path(b) / p / "veto" for b in bases if b for p in ("release", "debug") if (Path(b) / p / "veto").exists()]
-    if not found:
-        sys.exit("no veto binary: cargo build --release -p veto, or set VETO_BIN")
-    return str(max(found, key=lambda p: p.stat().st_mtime))
 
 
 def start_registry(data):

@@ -102,7 +102,7 @@ pub(crate) fn parse_duration_ms(s: &str) -> Option<f64> {
     num.trim().parse::<f64>().ok().map(|v| v * mult)
 }
 
-pub(crate) fn parse_wrk(out: &str) -> anyhow::Result<WrkResult> {
+fn parse_wrk(out: &str) -> anyhow::Result<WrkResult> {
     let mut r = WrkResult {
         requests_per_sec: f64::NAN,
         p50_ms: f64::NAN,
@@ -155,28 +155,41 @@ pub(crate) fn pin(pid: u32, cpu: u32) -> anyhow::Result<()> {
 }
 
 fn run_wrk(a: &OverheadArgs, url: &str, token: &str) -> anyhow::Result<WrkResult> {
-    let mut cmd = if a.pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0", &a.wrk]);
-        c
-    } else {
-        Command::new(&a.wrk)
-    };
-    let out = cmd
-        .arg(format!("-t{}", a.threads))
+    let mut cmd = command_on(&a.wrk, a.pin.then_some(0));
+    cmd.arg(format!("-t{}", a.threads))
         .arg(format!("-c{}", a.connections))
         .arg(format!("-d{}", a.duration))
         .arg("--latency")
         .arg("-H")
         .arg(format!("Authorization: Bearer {token}"))
-        .arg(url)
-        .output()
-        .with_context(|| {
-            format!(
-                "running `{}`: install it (`apt-get install -y wrk`) or pass --wrk PATH",
-                a.wrk
-            )
-        })?;
+        .arg(url);
+    wrk_output(cmd, &a.wrk, url, "the warrant was refused?")
+}
+
+/// `program`, on CPU `cpu` alone when given: `taskset -c` execs it, so the
+/// pid is the program's and its runtime sizes itself for that one core.
+pub(crate) fn command_on(program: impl AsRef<std::ffi::OsStr>, cpu: Option<u32>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpu.to_string()).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Runs a prepared wrk command against `url` and parses its report; any
+/// non-2xx answer fails the run, with `refused` as the likely cause.
+pub(crate) fn wrk_output(
+    mut cmd: Command,
+    wrk: &str,
+    url: &str,
+    refused: &str,
+) -> anyhow::Result<WrkResult> {
+    let out = cmd.output().with_context(|| {
+        format!("running `{wrk}`: install it (`apt-get install -y wrk`) or pass --wrk PATH")
+    })?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         bail!(
@@ -188,7 +201,7 @@ fn run_wrk(a: &OverheadArgs, url: &str, token: &str) -> anyhow::Result<WrkResult
     let r = parse_wrk(&text)?;
     if r.non_2xx > 0 {
         bail!(
-            "{} of {} responses from {url} were not 2xx: the warrant was refused?\n{text}",
+            "{} of {} responses from {url} were not 2xx: {refused}\n{text}",
             r.non_2xx,
             r.requests
         );
@@ -211,15 +224,7 @@ impl Forwarder {
     /// so its runtime sizes itself for that one core).
     pub(crate) fn start_on(upstream: &str, cpu: Option<u32>) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating this executable")?;
-        let mut cmd = match cpu {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(cpu.to_string()).arg(exe);
-                c
-            }
-            None => Command::new(exe),
-        };
-        let mut child = cmd
+        let mut child = command_on(exe, cpu)
             .arg("forward")
             .arg("--upstream")
             .arg(upstream)

@@ -31,14 +31,14 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
 use veto_core::dpop::{self, ProofSpec};
 
-use crate::overhead::{parse_wrk, pin, Forwarder, WrkResult};
+use crate::overhead::{command_on, pin, wrk_output, Forwarder, WrkResult};
 use crate::proxy::Proxy;
 use crate::registry::{cpu_times_of_pid, fresh_dir, Registry};
 use crate::Common;
@@ -122,15 +122,7 @@ impl Nginx {
         );
         let path = dir.join("nginx.conf");
         std::fs::write(&path, conf).context("writing nginx.conf")?;
-        let mut cmd = match cpu {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(cpu.to_string()).arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
-        let child = cmd
+        let child = command_on(bin, cpu)
             .arg("-p")
             .arg(&dir)
             .arg("-e")
@@ -258,15 +250,8 @@ impl Load {
     }
 
     fn run(&self, a: &PeersArgs, url: &str) -> anyhow::Result<WrkResult> {
-        let mut cmd = if a.no_pin {
-            Command::new(&a.wrk)
-        } else {
-            let mut c = Command::new("taskset");
-            c.args(["-c", "0", &a.wrk]);
-            c
-        };
-        let out = cmd
-            .arg(format!("-t{}", a.threads))
+        let mut cmd = command_on(&a.wrk, (!a.no_pin).then_some(0));
+        cmd.arg(format!("-t{}", a.threads))
             .arg(format!("-c{}", a.connections))
             .arg(format!("-d{}s", a.secs))
             .arg("--latency")
@@ -275,31 +260,13 @@ impl Load {
             .arg(url)
             .arg("--")
             .arg(self.dir.join("chain"))
-            .arg(self.dir.join("proofs"))
-            .output()
-            .with_context(|| {
-                format!(
-                    "running `{}`: install it (`apt-get install -y wrk`) or pass --wrk PATH",
-                    a.wrk
-                )
-            })?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            bail!(
-                "wrk failed ({}): {text}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let r = parse_wrk(&text)?;
-        if r.non_2xx > 0 {
-            bail!(
-                "{} of {} responses from {url} were not 2xx (a refused chain, or a replayed proof: the pool ran out)\n{text}",
-                r.non_2xx,
-                r.requests
-            );
-        }
-        Ok(r)
+            .arg(self.dir.join("proofs"));
+        wrk_output(
+            cmd,
+            &a.wrk,
+            url,
+            "a refused chain, or a replayed proof (the pool ran out)?",
+        )
     }
 }
 
