@@ -22,10 +22,16 @@
 //! run). The other targets ignore both headers, so the load generator's
 //! work is the same everywhere and only the proxy in the middle differs.
 //!
-//! Reported: requests/s and p50/p99 per target, the ratios `--pop off` /
-//! nginx (target ≥ 0.90) and its added p99 over nginx (target ≤ +0.2 ms),
-//! each proxy's CPU per request (`/proc/<pid>/stat`, all and user space),
-//! and for `--pop required` the share of its CPU (all, and user space) that
+//! Every target runs from the start to the end; `--rounds` (default 3)
+//! times each is measured once, in the order above, since one run on a
+//! shared 2-core machine swings by ±15% (a neighbour's burst lands on one
+//! target and not the next).
+//!
+//! Reported, per round: requests/s and p50/p99 per target and each
+//! proxy's CPU per request (`/proc/<pid>/stat`, all and user space). Then
+//! the medians over the rounds of: `--pop off` / nginx (target ≥ 0.90),
+//! its p99 minus nginx's (target ≤ +0.2 ms), `--pop required` / `off`, and
+//! for `--pop required` the share of its CPU (all, and user space) that
 //! one Ed25519 `verify_strict` per request explains (timed here on the same
 //! machine) and the extra CPU per request over `--pop off`.
 
@@ -74,6 +80,11 @@ pub(crate) struct PeersArgs {
     /// Do not pin: by default wrk and the upstream run on CPU 0 and each proxy on CPU 1.
     #[arg(long)]
     no_pin: bool,
+    /// Rounds: each target runs once per round; the ratios reported are
+    /// the medians of the rounds' ratios (one run on a shared machine
+    /// swings by ±15%).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
     #[command(flatten)]
     common: Common,
 }
@@ -316,8 +327,8 @@ fn verify_floor_us(proof: &str, key: &veto_core::SigningKey) -> anyhow::Result<f
 }
 
 pub(crate) async fn run(a: PeersArgs) -> anyhow::Result<()> {
-    if a.connections == 0 || a.threads == 0 {
-        bail!("--connections and --threads must be at least 1");
+    if a.connections == 0 || a.threads == 0 || a.rounds == 0 {
+        bail!("--connections, --threads and --rounds must be at least 1");
     }
     if a.secs == 0 || a.secs > MAX_SECS {
         bail!(
@@ -350,9 +361,11 @@ async fn compare(a: &PeersArgs, veto: &Path, reg: &Registry) -> anyhow::Result<(
         pin(std::process::id(), 0)?;
     }
     let load = Load::new(&chain)?;
-    let mut rows: Vec<Measured> = Vec::new();
 
-    // Targets that ignore the proof: a small pool, reused.
+    // Every target runs from the start to the end, so each round measures
+    // the same processes.
+    let nginx = Nginx::start(&a.nginx, &upstream.url, cpu)?;
+    let fwd = Forwarder::start_on(&upstream.url, cpu)?;
     let off = Proxy::start_on(
         cpu,
         veto,
@@ -372,131 +385,199 @@ async fn compare(a: &PeersArgs, veto: &Path, reg: &Registry) -> anyhow::Result<(
     )
     .await?;
     let req_url = format!("{}/", req.base);
-    load.proofs(a.threads, 1_000, &holder, &req_url, &chain)?;
+    let (fwd_pid, off_pid, req_pid) = (fwd.pid(), off.pid(), req.pid());
 
-    let direct = measure(a, &load, "direct", format!("{}/", upstream.url), || {
-        Ok((0.0, 0.0))
-    })
-    .await?;
-    rows.push(Measured {
-        cpu_s: None,
-        ..direct
-    });
-    {
-        let nginx = Nginx::start(&a.nginx, &upstream.url, cpu)?;
+    let mut rounds: Vec<Vec<Measured>> = Vec::new();
+    for round in 1..=a.rounds {
+        eprintln!("round {round} of {}", a.rounds);
+        let mut rows = Vec::new();
+        // Targets that ignore the proof: a small pool, reused.
+        load.proofs(a.threads, 1_000, &holder, &req_url, &chain)?;
+        let direct = measure(a, &load, "direct", format!("{}/", upstream.url), || {
+            Ok((0.0, 0.0))
+        })
+        .await?;
+        rows.push(Measured {
+            cpu_s: None,
+            ..direct
+        });
         let url = format!("{}/", nginx.base);
         rows.push(measure(a, &load, "nginx", url, || nginx.cpu_times()).await?);
-    }
-    {
-        let fwd = Forwarder::start_on(&upstream.url, cpu)?;
-        let pid = fwd.pid();
         let url = format!("{}/", fwd.base);
-        rows.push(measure(a, &load, "hyper forwarder", url, || cpu_times_of_pid(pid)).await?);
-    }
-    let off_pid = off.pid();
-    let m = measure(a, &load, "veto --pop off", format!("{}/", off.base), || {
-        cpu_times_of_pid(off_pid)
-    })
-    .await;
-    off.stop().await?;
-    let m = m?;
-    let off_rate = m.wrk.requests_per_sec;
-    rows.push(m);
-
-    // `--pop required`: a fresh proof per request, pool sized from `off`.
-    let per_thread =
-        ((off_rate * a.secs as f64 * 1.5) / f64::from(a.threads)).ceil() as usize + 1_000;
-    let made = Instant::now();
-    load.proofs(a.threads, per_thread, &holder, &req_url, &chain)?;
-    let took = made.elapsed();
-    eprintln!(
-        "made {} proofs in {:.1} s",
-        per_thread * a.threads as usize,
-        took.as_secs_f64()
-    );
-    // Every proof carries the `iat` of the start of this pool: the last
-    // request must still fall inside the proxy's window.
-    if took.as_secs() + a.secs + 2 > PROOF_WINDOW_SECS {
-        bail!(
-            "making the proofs took {:.1} s: with --secs {} the last ones would be older than the proxy's {PROOF_WINDOW_SECS} s proof window; use a smaller --secs",
-            took.as_secs_f64(),
-            a.secs
+        rows.push(
+            measure(a, &load, "hyper forwarder", url, || {
+                cpu_times_of_pid(fwd_pid)
+            })
+            .await?,
         );
+        let m = measure(a, &load, "veto --pop off", format!("{}/", off.base), || {
+            cpu_times_of_pid(off_pid)
+        })
+        .await
+        .with_context(|| format!("the --pop off proxy's log:\n{}", off.log_tail()))?;
+        let off_rate = m.wrk.requests_per_sec;
+        rows.push(m);
+
+        // `--pop required`: a fresh proof per request, the pool sized from
+        // the last round's `required` rate (twice it), or in the first
+        // round from `off` (1.5 times): making proofs takes time, and they
+        // must all stay inside the proxy's window.
+        let expected = match rounds.last().and_then(|r: &Vec<Measured>| r.last()) {
+            Some(last) => last.wrk.requests_per_sec * 2.0,
+            None => off_rate * 1.5,
+        };
+        let per_thread =
+            ((expected * a.secs as f64) / f64::from(a.threads)).ceil() as usize + 1_000;
+        let made = Instant::now();
+        load.proofs(a.threads, per_thread, &holder, &req_url, &chain)?;
+        let took = made.elapsed();
+        eprintln!(
+            "made {} proofs in {:.1} s",
+            per_thread * a.threads as usize,
+            took.as_secs_f64()
+        );
+        // Every proof carries the `iat` of the start of this pool: the last
+        // request must still fall inside the proxy's window.
+        if took.as_secs() + a.secs + 2 > PROOF_WINDOW_SECS {
+            bail!(
+                "making the proofs took {:.1} s: with --secs {} the last ones would be older than the proxy's {PROOF_WINDOW_SECS} s proof window; use a smaller --secs",
+                took.as_secs_f64(),
+                a.secs
+            );
+        }
+        let m = measure(a, &load, "veto --pop required", req_url.clone(), || {
+            cpu_times_of_pid(req_pid)
+        })
+        .await
+        .with_context(|| format!("the --pop required proxy's log:\n{}", req.log_tail()))?;
+        rows.push(m);
+        rounds.push(rows);
     }
-    let req_pid = req.pid();
-    let m = measure(a, &load, "veto --pop required", req_url.clone(), || {
-        cpu_times_of_pid(req_pid)
-    })
-    .await;
-    let log = req.log_tail();
+    off.stop().await?;
     req.stop().await?;
-    let required = m.with_context(|| format!("the --pop required proxy's log:\n{log}"))?;
+    drop((nginx, fwd));
     let sample = std::fs::read_to_string(load.dir.join("proofs.0"))?;
     let floor_us = verify_floor_us(sample.lines().next().unwrap_or_default(), &holder)?;
-    rows.push(required);
     drop(upstream);
-    report(a, &rows, floor_us, chain.len());
+    report(a, &rounds, floor_us, chain.len());
     Ok(())
 }
 
-fn report(a: &PeersArgs, rows: &[Measured], floor_us: f64, chain_len: usize) {
-    let find = |n: &str| rows.iter().find(|m| m.name == n);
+/// One round's figures.
+struct Round {
+    off_over_nginx: f64,
+    added_p99_ms: f64,
+    required_over_off: f64,
+    /// µs of CPU per request (all, user space).
+    off_cpu: (f64, f64),
+    required_cpu: (f64, f64),
+}
+
+/// The median of `v` (NaN when empty).
+fn median(v: impl IntoIterator<Item = f64>) -> f64 {
+    crate::stats::percentile(&crate::stats::sorted(v.into_iter().collect()), 0.5)
+}
+
+fn report(a: &PeersArgs, rounds: &[Vec<Measured>], floor_us: f64, chain_len: usize) {
     println!("== veto-bench proxy-vs-nginx ==");
     println!(
-        "wrk             : -t{} -c{} -d{}s --latency, Lua script: `Authorization: DPoP <{chain_len}-byte chain>` and a fresh `DPoP` proof per request, the same for every target",
-        a.threads, a.connections, a.secs
+        "wrk             : -t{} -c{} -d{}s --latency, Lua script: `Authorization: DPoP <{chain_len}-byte chain>` and a fresh `DPoP` proof per request, the same for every target; {} rounds, each target once per round",
+        a.threads, a.connections, a.secs, rounds.len()
     );
     if a.no_pin {
         println!("pinning         : none (everything shares the machine's cores)");
     } else {
         println!("pinning         : wrk and the upstream on CPU 0; each proxy started on CPU 1 alone (taskset -c 1)");
     }
-    for m in rows {
-        let cpu = m
-            .cpu_us_per_request()
-            .map(|(all, user)| format!(", proxy CPU {all:.1} µs/request ({user:.1} in user space)"))
-            .unwrap_or_default();
-        println!(
-            "{:<19}: {:>8.0} req/s, p50 {:.3} ms, p99 {:.3} ms ({} requests){cpu}",
-            m.name, m.wrk.requests_per_sec, m.wrk.p50_ms, m.wrk.p99_ms, m.wrk.requests
-        );
+    for (i, rows) in rounds.iter().enumerate() {
+        for m in rows {
+            let cpu = m
+                .cpu_us_per_request()
+                .map(|(all, user)| {
+                    format!(", proxy CPU {all:.1} µs/request ({user:.1} in user space)")
+                })
+                .unwrap_or_default();
+            println!(
+                "round {} {:<19}: {:>8.0} req/s, p50 {:.3} ms, p99 {:.3} ms ({} requests){cpu}",
+                i + 1,
+                m.name,
+                m.wrk.requests_per_sec,
+                m.wrk.p50_ms,
+                m.wrk.p99_ms,
+                m.wrk.requests
+            );
+        }
     }
-    let (Some(nginx), Some(off), Some(req)) = (
-        find("nginx"),
-        find("veto --pop off"),
-        find("veto --pop required"),
-    ) else {
-        return;
+    let of = |rows: &[Measured], n: &str| {
+        rows.iter()
+            .find(|m| m.name == n)
+            .map(|m| (m.wrk.clone(), m.cpu_us_per_request()))
     };
-    let ratio = off.wrk.requests_per_sec / nginx.wrk.requests_per_sec;
-    let added = off.wrk.p99_ms - nginx.wrk.p99_ms;
-    let req_ratio = req.wrk.requests_per_sec / off.wrk.requests_per_sec;
-    let nan = (f64::NAN, f64::NAN);
-    let (off_cpu, off_user) = off.cpu_us_per_request().unwrap_or(nan);
-    let (req_cpu, req_user) = req.cpu_us_per_request().unwrap_or(nan);
+    let mut per_round = Vec::new();
+    for rows in rounds {
+        let (Some((nginx, _)), Some((off, off_cpu)), Some((req, req_cpu))) = (
+            of(rows, "nginx"),
+            of(rows, "veto --pop off"),
+            of(rows, "veto --pop required"),
+        ) else {
+            continue;
+        };
+        let nan = (f64::NAN, f64::NAN);
+        per_round.push(Round {
+            off_over_nginx: off.requests_per_sec / nginx.requests_per_sec,
+            added_p99_ms: off.p99_ms - nginx.p99_ms,
+            required_over_off: req.requests_per_sec / off.requests_per_sec,
+            off_cpu: off_cpu.unwrap_or(nan),
+            required_cpu: req_cpu.unwrap_or(nan),
+        });
+    }
+    let med = |f: fn(&Round) -> f64| median(per_round.iter().map(f));
+    let ratio = med(|r| r.off_over_nginx);
+    let added = med(|r| r.added_p99_ms);
+    let req_ratio = med(|r| r.required_over_off);
+    let (off_cpu, off_user) = (med(|r| r.off_cpu.0), med(|r| r.off_cpu.1));
+    let (req_cpu, req_user) = (med(|r| r.required_cpu.0), med(|r| r.required_cpu.1));
     let share = floor_us / req_cpu;
     let user_share = floor_us / req_user;
+    let list = |f: fn(&Round) -> f64| {
+        per_round
+            .iter()
+            .map(|r| format!("{:.3}", f(r)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     println!(
-        "--pop off/nginx    : {ratio:.3} of nginx's throughput (target ≥ {TARGET_RATIO:.2}: {}), p99 {added:+.3} ms (target ≤ +{TARGET_ADDED_P99_MS} ms: {})",
+        "--pop off/nginx    : median {ratio:.3} of nginx's throughput ({}; target ≥ {TARGET_RATIO:.2}: {}), p99 median {added:+.3} ms ({}; target ≤ +{TARGET_ADDED_P99_MS} ms: {})",
+        list(|r| r.off_over_nginx),
         if ratio >= TARGET_RATIO { "met" } else { "NOT met" },
+        list(|r| r.added_p99_ms),
         if added <= TARGET_ADDED_P99_MS { "met" } else { "NOT met" }
     );
     println!(
-        "--pop required     : {req_ratio:.3} of --pop off; proxy CPU {req_cpu:.1} µs/request vs {off_cpu:.1} (+{:.1}), in user space {req_user:.1} vs {off_user:.1} (+{:.1}); one Ed25519 verify_strict {floor_us:.1} µs = {:.0}% of its CPU per request, {:.0}% of its user-space CPU",
+        "--pop required     : median {req_ratio:.3} of --pop off ({}); proxy CPU {req_cpu:.1} µs/request vs {off_cpu:.1} (+{:.1}), in user space {req_user:.1} vs {off_user:.1} (+{:.1}); one Ed25519 verify_strict {floor_us:.1} µs = {:.0}% of its CPU per request, {:.0}% of its user-space CPU",
+        list(|r| r.required_over_off),
         req_cpu - off_cpu,
         req_user - off_user,
         share * 100.0,
         user_share * 100.0
     );
-    let get = |n: &str| find(n).map_or(f64::NAN, |m| m.wrk.requests_per_sec);
+    let rate = |n: &str| {
+        median(
+            rounds
+                .iter()
+                .filter_map(|rows| of(rows, n))
+                .map(|(w, _)| w.requests_per_sec),
+        )
+    };
     println!(
-        "bench=proxy-vs-nginx secs={} connections={} direct={:.0} nginx={:.0} forward={:.0} veto_off={:.0} veto_required={:.0} off_over_nginx={ratio:.3} off_added_p99_ms={added:.3} required_over_off={req_ratio:.3} verify_us={floor_us:.1} verify_share={share:.2} verify_share_user={user_share:.2}",
+        "bench=proxy-vs-nginx secs={} connections={} rounds={} direct={:.0} nginx={:.0} forward={:.0} veto_off={:.0} veto_required={:.0} off_over_nginx={ratio:.3} off_added_p99_ms={added:.3} required_over_off={req_ratio:.3} verify_us={floor_us:.1} verify_share={share:.2} verify_share_user={user_share:.2}",
         a.secs,
         a.connections,
-        get("direct"),
-        get("nginx"),
-        get("hyper forwarder"),
-        get("veto --pop off"),
-        get("veto --pop required"),
+        rounds.len(),
+        rate("direct"),
+        rate("nginx"),
+        rate("hyper forwarder"),
+        rate("veto --pop off"),
+        rate("veto --pop required"),
     );
 }

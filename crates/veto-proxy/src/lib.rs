@@ -31,9 +31,10 @@
 //!   `upstream_timeout`.
 //! - A response that is still streaming (chunked body, SSE) or an upgraded
 //!   connection (WebSocket) is cut off as soon as its chain is denied: it
-//!   is re-checked on every newly applied version and on a timer armed at
-//!   the chain's earliest `exp` and at the state's `fresh_until`, so expiry
-//!   and (under fail-closed) staleness end it too. Cuts are counted in
+//!   is re-checked on every newly applied version and, on the proxy's one
+//!   tick just after each whole second, once the chain's earliest `exp` or
+//!   the state's `fresh_until` has come, so expiry and (under fail-closed)
+//!   staleness end it too (no timer per request). Cuts are counted in
 //!   `veto_proxy_streams_cut_total{reason}`.
 //! - TLS (one stack, [`veto_tls`]): the agents' listener and the admin
 //!   listener each serve HTTPS when given a [`ServerTls`] (reloaded when
@@ -43,7 +44,6 @@
 mod routes;
 
 use std::convert::Infallible;
-use std::future::Future as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -66,7 +66,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio_stream::wrappers::WatchStream;
-use veto_authorizer::{Authorizer, Verified};
+use veto_authorizer::Authorizer;
 use veto_core::wire::{self, path, ErrorBody, ErrorCode};
 use veto_core::{Denial, VerifiedChain};
 
@@ -176,6 +176,10 @@ struct CutReason {
 struct Metrics {
     registry: Registry,
     requests: Family<Outcome, Counter>,
+    /// `requests{outcome="allow"}` and `{outcome="allow_stale"}`, looked
+    /// up once.
+    allow: Counter,
+    allow_stale: Counter,
     upstream_errors: Counter,
     streams_cut: Family<CutReason, Counter>,
 }
@@ -192,9 +196,23 @@ impl Metrics {
 
 struct State {
     authz: Authorizer,
+    /// The applied version, sent on every change and every second
+    /// ([`pace`]): what open streams re-check on.
+    rechecks: tokio::sync::watch::Receiver<u64>,
     config: ProxyConfig,
+    upstream: UpstreamBase,
     client: Client<HttpsConnector<HttpConnector>, Incoming>,
     metrics: Metrics,
+}
+
+impl State {
+    /// A receiver of [`State::rechecks`] that has seen the version sent
+    /// last, and that version.
+    fn rechecks_from_now(&self) -> (tokio::sync::watch::Receiver<u64>, u64) {
+        let mut rx = self.rechecks.clone();
+        let version = *rx.borrow_and_update();
+        (rx, version)
+    }
 }
 
 /// The response body: a local answer, or the upstream's guarded stream.
@@ -257,14 +275,21 @@ pub struct Guarded {
 }
 
 /// Watches one open stream's chain: re-checks it on every newly applied
-/// version and on a timer at the next moment the decision can change by
-/// itself (the chain's earliest `exp`, the state's `fresh_until`).
+/// version, and on the proxy's second tick once the next moment the
+/// decision can change by itself has come (the chain's earliest `exp`, the
+/// state's `fresh_until`). Decisions use whole seconds (`exp <= now`
+/// denies), so a tick just after each second boundary cuts as soon as a
+/// per-stream timer would, without arming one per request.
 struct StreamGuard {
-    versions: WatchStream<u64>,
+    /// The applied version, sent again on every tick ([`pace`]).
+    rechecks: WatchStream<u64>,
     state: Arc<State>,
     chain: Arc<VerifiedChain>,
     action: String,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The version last decided on, and the Unix second from which the
+    /// decision must be made again without news (0: at the first tick).
+    version: u64,
+    next: u64,
 }
 
 /// Unix seconds now.
@@ -274,49 +299,69 @@ fn unix_now() -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
+/// How long after a whole second the tick comes (decisions change at
+/// whole seconds; the margin keeps the tick on the far side of one).
+const TICK_MARGIN: Duration = Duration::from_millis(20);
+
+/// Sends the applied version to every open stream's guard whenever a new
+/// one is applied and once a second just after the boundary, until the
+/// authorizer goes away.
+async fn pace(
+    mut versions: tokio::sync::watch::Receiver<u64>,
+    rechecks: tokio::sync::watch::Sender<u64>,
+) {
+    loop {
+        let now = unix_now();
+        let to_next_second = Duration::from_secs(now.as_secs() + 1) - now;
+        tokio::select! {
+            changed = versions.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep(to_next_second + TICK_MARGIN) => {}
+        }
+        rechecks.send_replace(*versions.borrow_and_update());
+    }
+}
+
 impl StreamGuard {
-    fn new(state: Arc<State>, chain: Arc<VerifiedChain>, action: String) -> Self {
-        let mut guard = Self {
-            versions: WatchStream::from_changes(state.authz.versions()),
+    /// Watches `chain` from the moment `seen` was taken: take it with
+    /// [`State::rechecks_from_now`] before deciding, so a version applied
+    /// while deciding is re-checked.
+    fn new(
+        state: Arc<State>,
+        seen: (tokio::sync::watch::Receiver<u64>, u64),
+        chain: Arc<VerifiedChain>,
+        action: String,
+    ) -> Self {
+        let (rechecks, version) = seen;
+        Self {
+            rechecks: WatchStream::from_changes(rechecks),
             state,
             chain,
             action,
-            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-        };
-        guard.arm();
-        guard
-    }
-
-    /// Arms the timer at the next second boundary where the decision can
-    /// change without news: the earliest `exp` in the chain, or the state's
-    /// `fresh_until` (a checkpoint that extends freshness without a new
-    /// version is seen when the timer fires and re-arms).
-    fn arm(&mut self) {
-        let exp = self.chain.chain().expires_at();
-        let fresh_until = self.state.authz.fresh_until();
-        let next = [Some(exp), fresh_until].into_iter().flatten().min();
-        let now = unix_now();
-        // Decisions use whole seconds (`exp <= now` denies), so fire just
-        // after the boundary; when it has passed already, look again in a
-        // second rather than spin.
-        let wait = match next.map(Duration::from_secs) {
-            Some(at) if at > now => at - now + Duration::from_millis(20),
-            _ => Duration::from_secs(1),
-        };
-        self.timer
-            .as_mut()
-            .reset(tokio::time::Instant::now() + wait);
+            version,
+            next: 0,
+        }
     }
 
     /// Decides the chain again now; `Some(denial)` (counted as a cut) when
-    /// it is denied.
+    /// it is denied. Otherwise notes when to decide again without news:
+    /// the earliest `exp` in the chain, or the state's `fresh_until` (a
+    /// checkpoint that extends freshness without a new version is seen
+    /// when that second comes).
     fn check_now(&mut self) -> Option<Denial> {
         match self.state.authz.recheck(&self.chain, &self.action) {
             veto_core::Decision::Deny(d) => {
                 self.count_cut(&d);
                 Some(d)
             }
-            veto_core::Decision::Allow { .. } => None,
+            veto_core::Decision::Allow { .. } => {
+                let exp = self.chain.chain().expires_at();
+                self.next = self.state.authz.fresh_until().map_or(exp, |f| f.min(exp));
+                None
+            }
         }
     }
 
@@ -334,26 +379,22 @@ impl StreamGuard {
     /// `Some(denial)` once the chain is denied: revoked, expired, or the
     /// state stale under fail-closed (fail-open allows, so never cuts).
     fn poll_cut(&mut self, cx: &mut Context<'_>) -> Option<Denial> {
-        loop {
-            let mut recheck = false;
-            while let Poll::Ready(Some(_)) = Pin::new(&mut self.versions).poll_next(cx) {
-                recheck = true;
-            }
-            let fired = self.timer.as_mut().poll(cx).is_ready();
-            if !(recheck || fired) {
-                return None;
-            }
-            if let Some(d) = self.check_now() {
-                return Some(d);
-            }
-            if fired {
-                self.arm();
-            }
-            // Loop: poll the re-armed timer so it registers the waker.
-            if !fired {
-                return None;
-            }
+        let mut version = None;
+        while let Poll::Ready(Some(v)) = Pin::new(&mut self.rechecks).poll_next(cx) {
+            version = Some(v);
         }
+        let v = version?;
+        if v == self.version && unix_now().as_secs() < self.next {
+            return None;
+        }
+        self.version = v;
+        self.check_now()
+    }
+
+    /// [`Self::poll_cut`] without waiting: `Some(denial)` when a version
+    /// applied or a second that came since the last look denies the chain.
+    fn cut_now(&mut self) -> Option<Denial> {
+        self.poll_cut(&mut Context::from_waker(std::task::Waker::noop()))
     }
 }
 
@@ -372,6 +413,7 @@ impl Body for Guarded {
     }
 }
 
+/// Hop-by-hop headers (RFC 9110 7.6.1), never forwarded either way.
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "http2-settings",
@@ -383,32 +425,6 @@ const HOP_BY_HOP: [&str; 9] = [
     "transfer-encoding",
     "upgrade",
 ];
-
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        if !(keep_upgrade && name == header::UPGRADE) {
-            headers.remove(name);
-        }
-    }
-    for name in HOP_BY_HOP {
-        if keep_upgrade && name == "upgrade" {
-            continue;
-        }
-        headers.remove(name);
-    }
-    // The client's `Connection` may list other headers (even the proxy's
-    // own); an upgrade forwards only `Connection: upgrade`.
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-}
 
 /// Client headers never forwarded, besides hop-by-hop ones: each restates
 /// the request's method, target or origin, and an upstream (or framework,
@@ -440,22 +456,197 @@ const OVERRIDES: [&str; 19] = [
     "true-client-ip",
 ];
 
-/// Removes every client header that could alias or override what the
-/// proxy decided: names with `_` (CGI/WSGI read `Veto_Agent` as
-/// `HTTP_VETO_AGENT`, the same as `Veto-Agent`; nginx drops them too),
-/// every `veto-*` header (the proxy's own namespace), and the
-/// [`OVERRIDES`]. All repeats of each go.
-fn strip_client_headers(headers: &mut HeaderMap) {
+/// The credential headers, consumed here and never forwarded.
+const CREDENTIALS: [&str; 2] = ["authorization", wire::header::DPOP];
+
+/// Which headers [`strip`] removes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strip {
+    /// A response: hop-by-hop headers.
+    Response,
+    /// A request: hop-by-hop headers (`Upgrade` kept when `upgrade`), the
+    /// credentials, `Host`, and every client header that could alias or
+    /// override what the proxy decided: names with `_` (CGI/WSGI read
+    /// `Veto_Agent` as `HTTP_VETO_AGENT`, the same as `Veto-Agent`; nginx
+    /// drops them too), every `veto-*` header (the proxy's own namespace),
+    /// and the [`OVERRIDES`].
+    Request { upgrade: bool },
+}
+
+/// Removes, in one pass over the names present, every header `what`
+/// names, and every header the `Connection` header lists (RFC 9110
+/// 7.6.1); all repeats of each go. An upgrade forwards only
+/// `Connection: upgrade`: the client's may list other headers, even the
+/// proxy's own.
+fn strip(headers: &mut HeaderMap, what: Strip) {
+    let upgrade = what == Strip::Request { upgrade: true };
+    // Names listed in `Connection`; almost always none.
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| {
-            let n = n.as_str();
-            n.contains('_') || n.starts_with("veto-") || OVERRIDES.contains(&n)
+        .filter(|name| {
+            let n = name.as_str();
+            if upgrade && *name == header::UPGRADE {
+                return false;
+            }
+            HOP_BY_HOP.contains(&n)
+                || listed.contains(name)
+                || match what {
+                    Strip::Response => false,
+                    Strip::Request { .. } => {
+                        *name == header::HOST
+                            || CREDENTIALS.contains(&n)
+                            || n.contains('_')
+                            || n.starts_with("veto-")
+                            || OVERRIDES.contains(&n)
+                    }
+                }
         })
         .cloned()
         .collect();
     for name in doomed {
         headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// The header names the proxy sets, made once.
+mod names {
+    use http::HeaderName;
+    use veto_core::wire::header;
+
+    pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    pub(crate) static ROOT_AGENT: HeaderName = HeaderName::from_static(header::ROOT_AGENT);
+    pub(crate) static DELEGATION: HeaderName = HeaderName::from_static(header::DELEGATION);
+    pub(crate) static AGENT: HeaderName = HeaderName::from_static(header::AGENT);
+    pub(crate) static WARRANT: HeaderName = HeaderName::from_static(header::WARRANT);
+    pub(crate) static HOLDER: HeaderName = HeaderName::from_static(header::HOLDER);
+    pub(crate) static STALE: HeaderName = HeaderName::from_static(header::STALE);
+}
+
+/// Who vouched for what (DESIGN 3.1), as the header values the upstream
+/// gets, made for one verified chain and the holder key its request
+/// proved. Always sent, percent-encoded: a `sub` holding spaces, control
+/// characters or non-ASCII arrives escaped, never dropped and never
+/// trimmed or normalized into another name.
+struct Identity {
+    /// The chain these values were made from (compared by pointer: the
+    /// authorizer hands out one `Arc` per verified chain).
+    chain: Arc<VerifiedChain>,
+    /// The holder thumbprint they were made with.
+    holder: Option<String>,
+    values: Vec<(&'static HeaderName, HeaderValue)>,
+}
+
+impl Identity {
+    fn new(chain: &Arc<VerifiedChain>, holder: Option<&str>) -> Self {
+        let c = chain.chain();
+        let mut delegation = String::new();
+        for (i, link) in c.links().iter().enumerate() {
+            if i > 0 {
+                delegation.push(',');
+            }
+            escape_identity(&mut delegation, &link.claims().sub);
+        }
+        let mut values = vec![
+            (&names::ROOT_AGENT, identity_value(&c.root().claims().sub)),
+            (&names::DELEGATION, header_value(&delegation)),
+            (&names::AGENT, identity_value(&c.leaf().claims().sub)),
+            (&names::WARRANT, identity_value(&c.leaf().claims().jti)),
+        ];
+        if let Some(kid) = holder {
+            values.push((&names::HOLDER, identity_value(kid)));
+        }
+        Self {
+            chain: chain.clone(),
+            holder: holder.map(str::to_owned),
+            values,
+        }
+    }
+
+    fn is_for(&self, chain: &Arc<VerifiedChain>, holder: Option<&str>) -> bool {
+        Arc::ptr_eq(&self.chain, chain) && self.holder.as_deref() == holder
+    }
+
+    /// Sets every value, replacing any of the same name.
+    fn insert_into(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.values {
+            headers.insert((*name).clone(), value.clone());
+        }
+    }
+}
+
+/// One client connection: its peer's address as an `X-Forwarded-For` hop,
+/// and the identity headers of the last chain it presented (an agent
+/// keeps presenting one chain on its connection, so they are made once).
+struct Conn {
+    peer: HeaderValue,
+    last: std::sync::Mutex<Option<Arc<Identity>>>,
+}
+
+impl Conn {
+    fn new(peer: SocketAddr) -> Self {
+        Self {
+            peer: header_value(&peer.ip().to_string()),
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The identity headers for `chain` proved by `holder`: the last ones
+    /// when they were made for the same, else new ones.
+    fn identity(&self, chain: &Arc<VerifiedChain>, holder: Option<&str>) -> Arc<Identity> {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*last {
+            Some(id) if id.is_for(chain, holder) => id.clone(),
+            _ => {
+                let id = Arc::new(Identity::new(chain, holder));
+                *last = Some(id.clone());
+                id
+            }
+        }
+    }
+}
+
+/// The upstream's base URI, split once so each request's URI is the base
+/// path (without a trailing `/`) followed by exactly the canonical target
+/// that was authorized, query unchanged.
+struct UpstreamBase {
+    scheme: Option<http::uri::Scheme>,
+    authority: Option<http::uri::Authority>,
+    path: String,
+}
+
+impl UpstreamBase {
+    fn new(upstream: &Uri) -> Self {
+        Self {
+            scheme: upstream.scheme().cloned(),
+            authority: upstream.authority().cloned(),
+            path: upstream.path().trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// The URI for `target`, or `None` when it does not form one.
+    fn uri(&self, target: &veto_core::Target) -> Option<Uri> {
+        use std::fmt::Write as _;
+        let mut pq = String::with_capacity(self.path.len() + 64);
+        pq.push_str(&self.path);
+        write!(pq, "{target}").ok()?;
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = self.scheme.clone();
+        parts.authority = self.authority.clone();
+        parts.path_and_query = Some(http::uri::PathAndQuery::try_from(pq).ok()?);
+        Uri::from_parts(parts).ok()
     }
 }
 
@@ -579,7 +770,7 @@ fn refused_upgrade(config: &ProxyConfig, asked: &[String]) -> Option<String> {
 
 async fn handle(
     state: Arc<State>,
-    peer: SocketAddr,
+    conn: Arc<Conn>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let target = match veto_authorizer::request_target(req.method(), req.uri()) {
@@ -631,34 +822,34 @@ async fn handle(
         }
         _ => String::new(),
     };
+    let seen = state.rechecks_from_now();
     let outcome = state.authz.check_request(&veto_authorizer::Presented {
         credential: cred,
         method: req.method().as_str(),
         htu: &htu,
         action: &action,
     });
-    let (verified, chain) = match (Verified::from_outcome(&outcome), &outcome.chain) {
-        (Some(v), Some(chain)) => (v, chain.clone()),
-        _ => match &outcome.decision {
-            veto_core::Decision::Deny(d) => return deny(d, Some(&outcome)),
-            veto_core::Decision::Allow { .. } => {
-                return Ok(error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ErrorCode::Internal,
-                    "allowed without a verified chain",
-                ))
-            }
-        },
+    let (stale, chain) = match (&outcome.decision, &outcome.chain) {
+        (veto_core::Decision::Allow { stale }, Some(chain)) => (*stale, chain.clone()),
+        (veto_core::Decision::Deny(d), _) => return deny(d, Some(&outcome)),
+        (veto_core::Decision::Allow { .. }, None) => {
+            return Ok(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "allowed without a verified chain",
+            ))
+        }
     };
-    state.metrics.outcome(if verified.stale {
-        "allow_stale"
+    if stale {
+        state.metrics.allow_stale.inc();
     } else {
-        "allow"
-    });
+        state.metrics.allow.inc();
+    }
+    let identity = conn.identity(&chain, outcome.holder.as_deref());
     // Watch the chain from the decision on: a revocation applied while the
     // upstream has the request (its body still arriving, its head not sent
     // yet) ends the request, and one applied after the head ends the stream.
-    let mut guard = StreamGuard::new(state.clone(), chain, action);
+    let mut guard = StreamGuard::new(state.clone(), seen, chain, action);
 
     // An upgrade is asked only as RFC 9110 7.8 says: HTTP/1.1 with
     // `upgrade` listed in `Connection`. Otherwise `Upgrade` is an ordinary
@@ -667,15 +858,7 @@ async fn handle(
         && req.version() == http::Version::HTTP_11
         && connection_lists(req.headers(), "upgrade");
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let mut parts = state.config.upstream.clone().into_parts();
-    let base = parts
-        .path_and_query
-        .as_ref()
-        .map(|p| p.path().trim_end_matches('/').to_owned())
-        .unwrap_or_default();
-    // Exactly the canonical form that was authorized, query unchanged.
-    parts.path_and_query = format!("{base}{target}").parse().ok();
-    let Ok(uri) = Uri::from_parts(parts) else {
+    let Some(uri) = state.upstream.uri(&target) else {
         return Ok(error(
             StatusCode::BAD_REQUEST,
             ErrorCode::BadRequest,
@@ -684,42 +867,24 @@ async fn handle(
     };
     *req.uri_mut() = uri;
     let headers = req.headers_mut();
-    strip_hop_by_hop(headers, upgrade);
-    strip_client_headers(headers);
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(wire::header::DPOP);
-    headers.remove(header::HOST);
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
-    }
-    // Who vouched for what (DESIGN 3.1), always sent, percent-encoded: a
-    // `sub` holding spaces, control characters or non-ASCII arrives
-    // escaped, never dropped and never trimmed or normalized into another
-    // name. Every `veto-*` header of the client's is gone already.
-    let mut delegation = String::new();
-    for (i, sub) in verified.delegation.iter().enumerate() {
-        if i > 0 {
-            delegation.push(',');
+    strip(headers, Strip::Request { upgrade });
+    let xff = match headers.get(&names::X_FORWARDED_FOR) {
+        Some(prev) => {
+            let mut hops = prev.as_bytes().to_vec();
+            hops.extend_from_slice(b", ");
+            hops.extend_from_slice(conn.peer.as_bytes());
+            HeaderValue::from_bytes(&hops).ok()
         }
-        escape_identity(&mut delegation, sub);
+        None => Some(conn.peer.clone()),
+    };
+    if let Some(v) = xff {
+        headers.insert(names::X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(
-        wire::header::ROOT_AGENT,
-        identity_value(&verified.root_agent),
-    );
-    headers.insert(wire::header::DELEGATION, header_value(&delegation));
-    headers.insert(wire::header::AGENT, identity_value(&verified.agent));
-    headers.insert(wire::header::WARRANT, identity_value(&verified.warrant));
-    if let Some(kid) = &verified.holder {
-        headers.insert(wire::header::HOLDER, identity_value(kid));
-    }
+    // Every `veto-*` header of the client's is gone already.
+    identity.insert_into(headers);
     // Only the proxy says whether the decision was stale.
-    if verified.stale {
-        headers.insert(wire::header::STALE, HeaderValue::from_static("1"));
+    if stale {
+        headers.insert(names::STALE.clone(), HeaderValue::from_static("1"));
     }
 
     let timeout = state.config.upstream_timeout;
@@ -764,9 +929,9 @@ async fn handle(
             ));
         }
     };
-    // A version applied just as the head arrived: decide again before
-    // relaying anything.
-    if let Some(denial) = guard.check_now() {
+    // A version applied (or a second come) just as the head arrived:
+    // decide again before relaying anything.
+    if let Some(denial) = guard.cut_now() {
         return Ok(veto_authorizer::deny_response(
             &denial,
             &veto_authorizer::challenge(&state.authz, &denial, None),
@@ -790,7 +955,7 @@ async fn handle(
         let (parts, _) = resp.into_parts();
         return Ok(Response::from_parts(parts, ProxyBody::from(String::new())));
     }
-    strip_hop_by_hop(resp.headers_mut(), false);
+    strip(resp.headers_mut(), Strip::Response);
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(
         parts,
@@ -829,8 +994,18 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let mut registry = Registry::with_prefix("veto_proxy");
+    let requests = Family::<Outcome, Counter>::default();
+    let counter = |outcome: &str| {
+        requests
+            .get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            })
+            .clone()
+    };
     let metrics = Metrics {
-        requests: Family::default(),
+        allow: counter("allow"),
+        allow_stale: counter("allow_stale"),
+        requests: requests.clone(),
         upstream_errors: Counter::default(),
         streams_cut: Family::default(),
         registry: Registry::default(),
@@ -865,8 +1040,13 @@ pub async fn serve(
         .wrap_connector(connector);
     let tls = config.tls.clone();
     let admin_tls = config.admin_tls.clone();
+    let versions = authz.versions();
+    let (rechecks_tx, rechecks) = tokio::sync::watch::channel(*versions.borrow());
+    tokio::spawn(pace(versions, rechecks_tx));
     let state = Arc::new(State {
+        rechecks,
         client: Client::builder(TokioExecutor::new()).build(connector),
+        upstream: UpstreamBase::new(&config.upstream),
         authz,
         config,
         metrics: Metrics {
@@ -910,7 +1090,8 @@ pub async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             let timeout = state.config.header_read_timeout;
-            let svc = service_fn(move |req| handle(state.clone(), peer, req));
+            let conn = Arc::new(Conn::new(peer));
+            let svc = service_fn(move |req| handle(state.clone(), conn.clone(), req));
             let result = match tls {
                 None => {
                     http1(timeout)
@@ -1061,10 +1242,63 @@ mod tests {
         ] {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        strip_client_headers(&mut h);
+        strip(&mut h, Strip::Request { upgrade: false });
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["accept", "x-forwarded-for"]);
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        left
+    }
+
+    #[test]
+    fn credentials_host_hop_by_hop_and_listed_headers_are_never_forwarded() {
+        let sent = [
+            ("authorization", "DPoP a"),
+            ("authorization", "Bearer b"),
+            ("dpop", "proof"),
+            ("host", "proxy.example"),
+            ("connection", "keep-alive, x-secret, Veto-Agent"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic x"),
+            ("x-secret", "1"),
+            ("upgrade", "websocket"),
+            ("accept", "*/*"),
+        ];
+        let mut h = headers(&sent);
+        strip(&mut h, Strip::Request { upgrade: false });
+        assert_eq!(names(&h), ["accept"]);
+
+        // An upgrade keeps `Upgrade` and forwards only `Connection: upgrade`.
+        let mut h = headers(&sent);
+        strip(&mut h, Strip::Request { upgrade: true });
+        assert_eq!(names(&h), ["accept", "connection", "upgrade"]);
+        assert_eq!(h.get_all(header::CONNECTION).iter().count(), 1);
+        assert_eq!(h[header::CONNECTION], "upgrade");
+
+        // A response loses hop-by-hop and listed headers only.
+        let mut h = headers(&[
+            ("connection", "x-internal"),
+            ("x-internal", "1"),
+            ("transfer-encoding", "chunked"),
+            ("veto-agent", "kept: the upstream's own"),
+            ("content-type", "text/plain"),
+        ]);
+        strip(&mut h, Strip::Response);
+        assert_eq!(names(&h), ["content-type", "veto-agent"]);
     }
 
     #[test]
