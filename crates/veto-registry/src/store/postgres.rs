@@ -278,7 +278,7 @@ impl Backend for PgStore {
     ) -> StoreFuture<'_, Vec<Committed>> {
         Box::pin(async move {
             let mut w = self.writer.lock().await;
-            let tx = w.transaction().await?;
+            let tx = begin_by_key(&mut w).await?;
             let results = commit(&tx, &requests, &signer, now).await?;
             tx.commit().await?;
             Ok(results)
@@ -288,7 +288,7 @@ impl Backend for PgStore {
     fn prune(&self, signer: SrlSigner, now: u64, limit: usize) -> StoreFuture<'_, Option<Pruned>> {
         Box::pin(async move {
             let mut w = self.writer.lock().await;
-            let tx = w.transaction().await?;
+            let tx = begin_by_key(&mut w).await?;
             let (ver, head) = lock_head(&tx).await?;
             let found = tx
                 .query(
@@ -310,12 +310,7 @@ impl Backend for PgStore {
             .await?;
             let kinds: Vec<&str> = removed.iter().map(|r| r.kind.as_str()).collect();
             let ids: Vec<&str> = removed.iter().map(|r| r.id.as_str()).collect();
-            tx.execute(
-                "UPDATE veto_entries e SET pruned_ver = $3 FROM unnest($1::text[], $2::text[]) AS k(kind, id)
-                 WHERE e.kind = k.kind AND e.id = k.id",
-                &[&kinds, &ids, &int(ver)],
-            )
-            .await?;
+            tx.execute(MARK_PRUNED, &[&kinds, &ids, &int(ver)]).await?;
             set_head(&tx, ver, new_head).await?;
             let audit = prune_audit(&removed, now, ver);
             insert_audit(&tx, &audit).await?;
@@ -778,7 +773,8 @@ impl Backend for PgStore {
     }
 }
 
-/// Set at the start of every write transaction: its statements find
+/// Set at the start of every transaction that writes entries
+/// ([`begin_by_key`]): its statements find
 /// entries by their primary key, one probe per key, whatever the
 /// planner's statistics say. A table that grows by thousands of rows a
 /// second is analyzed late, and on stale statistics PostgreSQL hashed the
@@ -793,16 +789,18 @@ pub(crate) const STORED_ROWS: &str =
     "SELECT e.kind, e.id, e.ver, e.before, e.expires_at, e.pruned_ver IS NULL FROM veto_entries e
      JOIN unnest($1::text[], $2::text[]) AS k(kind, id) ON e.kind = k.kind AND e.id = k.id";
 
-/// Runs `sql` in `tx` after [`BY_KEY`] (which holds for the rest of
-/// the transaction).
-pub(crate) async fn by_key(
-    tx: &Transaction<'_>,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+/// Begins a transaction that writes revocation state: [`BY_KEY`] holds
+/// for all of it (committing batches and pruning expired entries).
+pub(crate) async fn begin_by_key(client: &mut Client) -> Result<Transaction<'_>, StoreError> {
+    let tx = client.transaction().await?;
     tx.batch_execute(BY_KEY).await?;
-    Ok(tx.query(sql, params).await?)
+    Ok(tx)
 }
+
+/// Marks the keys `$1` (kinds) and `$2` (ids) pruned at version `$3`.
+pub(crate) const MARK_PRUNED: &str =
+    "UPDATE veto_entries e SET pruned_ver = $3 FROM unnest($1::text[], $2::text[]) AS k(kind, id)
+     WHERE e.kind = k.kind AND e.id = k.id";
 
 /// A group of revocation requests, written in `tx` (see [`plan`]).
 async fn commit(
@@ -817,7 +815,7 @@ async fn commit(
     let ids: Vec<&str> = keys.iter().map(|(_, id)| id.as_str()).collect();
     // Every stored row of these keys, pruned ones too: a key with no row
     // at all is written by COPY, one with a row by the upsert.
-    let found = by_key(tx, STORED_ROWS, &[&kinds, &ids]).await?;
+    let found = tx.query(STORED_ROWS, &[&kinds, &ids]).await?;
     let mut existing = Existing::new();
     let mut stored: HashSet<(EntryKind, String)> = HashSet::with_capacity(found.len());
     for row in &found {

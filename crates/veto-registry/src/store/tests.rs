@@ -410,14 +410,25 @@ async fn postgres_batches_look_up_their_keys_by_key_whatever_the_table_size() {
         unset.contains("Seq Scan on veto_entries"),
         "the case this guards against no longer plans a whole-table scan:\n{unset}"
     );
-    let set = plan(
-        super::postgres::by_key(&tx, &explain, &[&kinds, &ids])
-            .await
-            .unwrap(),
-    );
+    tx.rollback().await.unwrap();
+    let tx = super::postgres::begin_by_key(&mut client).await.unwrap();
+    let set = plan(tx.query(&explain, &[&kinds, &ids]).await.unwrap());
     assert!(
         set.contains("Index Scan using veto_entries_pkey") && !set.contains("Seq Scan"),
         "{set}"
+    );
+    // Pruning's update of the same keys: by key too.
+    let prune = plan(
+        tx.query(
+            &format!("EXPLAIN {}", super::postgres::MARK_PRUNED),
+            &[&kinds, &ids, &7_i64],
+        )
+        .await
+        .unwrap(),
+    );
+    assert!(
+        prune.contains("Index Scan using veto_entries_pkey") && !prune.contains("Seq Scan"),
+        "{prune}"
     );
     tx.rollback().await.unwrap();
     drop(client);
