@@ -197,6 +197,11 @@ impl Authorizer {
         self.state.status()
     }
 
+    /// The version applied now: what [`Authorizer::versions`] last sent.
+    pub fn applied_version(&self) -> u64 {
+        self.state.applied_version()
+    }
+
     /// Until when (Unix seconds) the applied state stays fresh without news
     /// (`Status::fresh_until` alone, without building the whole status:
     /// the proxy reads it on every request).

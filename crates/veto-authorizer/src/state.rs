@@ -349,6 +349,11 @@ impl State {
         self.version_tx.subscribe()
     }
 
+    /// The version applied now (the last value sent to subscribers).
+    pub fn applied_version(&self) -> u64 {
+        *self.version_tx.borrow()
+    }
+
     /// Records that a verified object showed version `ver` to exist, and
     /// wakes the catch-up.
     fn note_gap(&self, ver: u64) {

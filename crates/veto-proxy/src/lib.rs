@@ -206,12 +206,12 @@ struct State {
 }
 
 impl State {
-    /// A receiver of [`State::rechecks`] that has seen the version sent
-    /// last, and that version.
+    /// A receiver of [`State::rechecks`] that has seen what was sent last,
+    /// and the authorizer's applied version now.
     fn rechecks_from_now(&self) -> (tokio::sync::watch::Receiver<u64>, u64) {
         let mut rx = self.rechecks.clone();
-        let version = *rx.borrow_and_update();
-        (rx, version)
+        rx.borrow_and_update();
+        (rx, self.authz.applied_version())
     }
 }
 
@@ -305,10 +305,11 @@ const TICK_MARGIN: Duration = Duration::from_millis(20);
 
 /// Sends the applied version to every open stream's guard whenever a new
 /// one is applied and once a second just after the boundary, until the
-/// authorizer goes away.
+/// proxy stops (or the authorizer goes away).
 async fn pace(
     mut versions: tokio::sync::watch::Receiver<u64>,
     rechecks: tokio::sync::watch::Sender<u64>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         let now = unix_now();
@@ -320,6 +321,7 @@ async fn pace(
                 }
             }
             () = tokio::time::sleep(to_next_second + TICK_MARGIN) => {}
+            _ = stop.changed() => return,
         }
         rechecks.send_replace(*versions.borrow_and_update());
     }
@@ -378,13 +380,25 @@ impl StreamGuard {
 
     /// `Some(denial)` once the chain is denied: revoked, expired, or the
     /// state stale under fail-closed (fail-open allows, so never cuts).
+    ///
+    /// Woken by [`pace`]; what decides whether to look again is the
+    /// authorizer's own applied version (never one `pace` has not passed on
+    /// yet) and the clock. Should `pace` ever end, every poll decides again.
     fn poll_cut(&mut self, cx: &mut Context<'_>) -> Option<Denial> {
-        let mut version = None;
-        while let Poll::Ready(Some(v)) = Pin::new(&mut self.rechecks).poll_next(cx) {
-            version = Some(v);
+        let mut woken = false;
+        loop {
+            match Pin::new(&mut self.rechecks).poll_next(cx) {
+                Poll::Ready(Some(_)) => woken = true,
+                Poll::Ready(None) => {
+                    self.next = 0;
+                    woken = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
         }
-        let v = version?;
-        if v == self.version && unix_now().as_secs() < self.next {
+        let v = self.state.authz.applied_version();
+        if v == self.version && !(woken && unix_now().as_secs() >= self.next) {
             return None;
         }
         self.version = v;
@@ -392,7 +406,7 @@ impl StreamGuard {
     }
 
     /// [`Self::poll_cut`] without waiting: `Some(denial)` when a version
-    /// applied or a second that came since the last look denies the chain.
+    /// applied since the decision (or a second that came) denies the chain.
     fn cut_now(&mut self) -> Option<Denial> {
         self.poll_cut(&mut Context::from_waker(std::task::Waker::noop()))
     }
@@ -868,7 +882,12 @@ async fn handle(
     *req.uri_mut() = uri;
     let headers = req.headers_mut();
     strip(headers, Strip::Request { upgrade });
-    let xff = match headers.get(&names::X_FORWARDED_FOR) {
+    // The client's hops are kept when they are visible ASCII; otherwise
+    // only the peer is sent.
+    let xff = match headers
+        .get(&names::X_FORWARDED_FOR)
+        .filter(|v| v.to_str().is_ok())
+    {
         Some(prev) => {
             let mut hops = prev.as_bytes().to_vec();
             hops.extend_from_slice(b", ");
@@ -1042,7 +1061,6 @@ pub async fn serve(
     let admin_tls = config.admin_tls.clone();
     let versions = authz.versions();
     let (rechecks_tx, rechecks) = tokio::sync::watch::channel(*versions.borrow());
-    tokio::spawn(pace(versions, rechecks_tx));
     let state = Arc::new(State {
         rechecks,
         client: Client::builder(TokioExecutor::new()).build(connector),
@@ -1055,6 +1073,7 @@ pub async fn serve(
         },
     });
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(pace(versions, rechecks_tx, stop_rx.clone()));
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);

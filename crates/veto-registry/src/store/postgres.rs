@@ -30,7 +30,7 @@ use super::{
 };
 
 /// Migrations, in order; `veto_meta.schema_version` counts those applied.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS veto_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -118,18 +118,6 @@ CREATE INDEX IF NOT EXISTS veto_gateway_applied_ver ON veto_gateway_applied (ver
 /// within one). Existing rows are numbered in table order.
 const SCHEMA_V3: &str = r#"
 ALTER TABLE veto_issuer_keys ADD COLUMN IF NOT EXISTS seq BIGSERIAL;
-"#;
-
-/// Cheaper writes of batched revocations, same reads:
-/// - the audit index on `(kind, id)` becomes a hash index on `id` (every
-///   lookup by id is by equality; a B-tree insert per audit row cost ~2×
-///   a hash insert); lookups by kind alone scan in `seq` order as before.
-/// - signed versions are stored without TOAST compression (`EXTERNAL`):
-///   a delta is base64url, which pglz shrinks little for its CPU.
-const SCHEMA_V4: &str = r#"
-DROP INDEX IF EXISTS veto_audit_id;
-CREATE INDEX IF NOT EXISTS veto_audit_id_hash ON veto_audit USING hash (id);
-ALTER TABLE veto_versions ALTER COLUMN jws SET STORAGE EXTERNAL;
 "#;
 
 /// The channel replicas are told of new versions on.
@@ -774,12 +762,12 @@ impl Backend for PgStore {
 }
 
 /// Set at the start of every transaction that writes entries
-/// ([`begin_by_key`]): its statements find
-/// entries by their primary key, one probe per key, whatever the
-/// planner's statistics say. A table that grows by thousands of rows a
-/// second is analyzed late, and on stale statistics PostgreSQL hashed the
-/// whole table for every batch (a hash join over a sequential scan): the
-/// cost of a batch grew with the table instead of with the batch.
+/// ([`begin_by_key`]): its statements find entries by their primary key,
+/// one probe per key. Left to its cost model, PostgreSQL hashes the whole
+/// table instead once it holds some tens of thousands of rows (60,000
+/// analyzed rows and a 3,000-key batch plan a hash join over a sequential
+/// scan), so the cost of every batch grew with the table rather than with
+/// the batch (BENCHMARKS.md, item 5 of "Against real peers").
 const BY_KEY: &str =
     "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; SET LOCAL enable_seqscan = off";
 
