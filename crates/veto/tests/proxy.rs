@@ -585,7 +585,13 @@ async fn a_revoked_chain_loses_its_open_stream() {
     let registry = Registry::start(REGISTRY_ARGS);
     let (upstream, _seen) = start_upstream().await;
     let dir = TempDir::new("proxy-stream");
-    let proxy = Proxy::start(&dir, &registry, &upstream, &["--poll-interval", "3600s"]);
+    // One thread: the proxy as one event loop (the default on one core).
+    let proxy = Proxy::start(
+        &dir,
+        &registry,
+        &upstream,
+        &["--poll-interval", "3600s", "--threads", "1"],
+    );
     let (doomed, doomed_jti) = registry.mint("streamer", ACT, None).await;
     let (kept, _) = registry.mint("bystander", ACT, None).await;
     wait_ready(&proxy, &doomed, true).await;

@@ -1039,7 +1039,16 @@ async fn open_streams_are_cut_when_the_state_turns_stale_under_fail_closed_only(
     let mut registry = Registry::start(REGISTRY_ARGS);
     let (upstream, _requests) = start_stream_upstream(Duration::ZERO).await;
     let dir = TempDir::new("stale-streams");
-    let common = ["--max-staleness", "3s", "--poll-interval", "1s"];
+    // One thread (an event loop, the default on one core): the second
+    // tick that cuts stale streams runs beside the requests.
+    let common = [
+        "--max-staleness",
+        "3s",
+        "--poll-interval",
+        "1s",
+        "--threads",
+        "1",
+    ];
     let closed = Proxy::start(&dir, &registry, &upstream, &common);
     let open = Proxy::start(
         &dir,

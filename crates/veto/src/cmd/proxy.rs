@@ -36,6 +36,12 @@ pub struct ProxyArgs {
     /// The upstream service, such as `http://127.0.0.1:9000`.
     #[arg(long, env = "VETO_UPSTREAM")]
     upstream: String,
+    /// Threads serving requests: 0 (the default) is one per core this
+    /// process may use; 1 runs the whole proxy as one event loop on one
+    /// thread (what a single core, such as a container limited to one CPU,
+    /// is best served by).
+    #[arg(long, env = "VETO_PROXY_THREADS", default_value_t = 0)]
+    threads: usize,
     /// The registry.
     #[arg(long, env = "VETO_REGISTRY", default_value = "http://127.0.0.1:8080")]
     registry: String,
@@ -261,7 +267,20 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
     if upgrade_protocols.iter().any(|p| p == "h2c") {
         tracing::warn!("--upgrade-protocols lists `h2c`: it is refused anyway (an h2c connection would carry requests the proxy cannot authorize)");
     }
-    let rt = tokio::runtime::Runtime::new()?;
+    let threads = match a.threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
