@@ -2,7 +2,8 @@
 //! authorization, built like `veto proxy` (hyper server, hyper-util
 //! client, `TCP_NODELAY` both ways, `Authorization` and `Host` dropped), as
 //! the baseline for `proxy-overhead`: what forwarding alone costs on this
-//! machine. Prints `forward listening on http://ADDR`.
+//! machine. Like `veto proxy`, it runs on one thread when the process may
+//! use one core. Prints `forward listening on http://ADDR`.
 
 use clap::Args;
 use hyper::body::Incoming;
