@@ -120,6 +120,63 @@ const SCHEMA_V3: &str = r#"
 ALTER TABLE veto_issuer_keys ADD COLUMN IF NOT EXISTS seq BIGSERIAL;
 "#;
 
+/// The audit log's index on `id`: a hash index. The log is looked up by
+/// `id` by equality only (`audit_log`, the delegated-revocation check),
+/// and a hash index costs a batch about half of what the `(kind, id)`
+/// B-tree of [`SCHEMA_V1`] did (BENCHMARKS.md, item 5 of "Against real
+/// peers"); a lookup by kind alone reads the log in `seq` order, as one
+/// with no filter does. A new database gets it with its tables; one made
+/// by an earlier release gets it from [`audit_id_index`].
+const AUDIT_ID_HASH: &str = "veto_audit_id_hash ON veto_audit USING hash (id)";
+
+/// Replaces an existing database's `(kind, id)` audit B-tree with
+/// [`AUDIT_ID_HASH`] without blocking writes: `CONCURRENTLY`, so outside a
+/// transaction, by the one replica that takes the session advisory lock
+/// (the others go on without waiting, so no replica can wait on another's
+/// build while it waits on them). An index an interrupted build left
+/// invalid (written to, never read) is dropped and built again. The
+/// schema version is left alone: the previous release still starts.
+async fn audit_id_index(client: &Client) -> Result<(), StoreError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('veto_audit_id_hash') AND indisvalid),
+                    to_regclass('veto_audit_id') IS NOT NULL",
+            &[],
+        )
+        .await?;
+    let (hash_valid, btree): (bool, bool) = (row.try_get(0)?, row.try_get(1)?);
+    if hash_valid && !btree {
+        return Ok(());
+    }
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock(7436976)", &[])
+        .await?
+        .try_get(0)?;
+    if !locked {
+        return Ok(());
+    }
+    tracing::info!("replacing the audit log's (kind, id) index with a hash index on id, without blocking writes (once)");
+    let result = async {
+        if !hash_valid {
+            client
+                .batch_execute("DROP INDEX CONCURRENTLY IF EXISTS veto_audit_id_hash")
+                .await?;
+            client
+                .batch_execute(&format!("CREATE INDEX CONCURRENTLY {AUDIT_ID_HASH}"))
+                .await?;
+        }
+        client
+            .batch_execute("DROP INDEX CONCURRENTLY IF EXISTS veto_audit_id")
+            .await?;
+        Ok::<(), StoreError>(())
+    }
+    .await;
+    client
+        .execute("SELECT pg_advisory_unlock(7436976)", &[])
+        .await?;
+    result
+}
+
 /// The channel replicas are told of new versions on.
 pub const CHANNEL: &str = "veto_versions";
 
@@ -180,7 +237,15 @@ impl PgStore {
             )
             .await?;
         }
+        if applied == 0 {
+            // A new database: no rows to index, no writer to block.
+            tx.batch_execute(&format!(
+                "CREATE INDEX IF NOT EXISTS {AUDIT_ID_HASH}; DROP INDEX IF EXISTS veto_audit_id"
+            ))
+            .await?;
+        }
         tx.commit().await?;
+        audit_id_index(&writer).await?;
         let reader = connect(url).await?;
         Ok(Self {
             writer: Mutex::new(writer),

@@ -370,6 +370,80 @@ async fn pg_schema(base: &str) -> (String, impl std::future::Future<Output = ()>
     (url, cleanup)
 }
 
+/// A database made by an earlier release (the `(kind, id)` B-tree on the
+/// audit log) gets the hash index on `id` when a registry connects, built
+/// without blocking writes; an invalid one (an interrupted build) is built
+/// again; a new database has it from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_audit_log_gets_its_hash_index_on_new_and_old_databases() {
+    let Ok(base) = std::env::var("VETO_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: VETO_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let (url, cleanup) = pg_schema(&base).await;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let indexes = || async {
+        let rows = client
+            .query(
+                "SELECT c.relname::text, x.indisvalid FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
+                 WHERE x.indrelid = to_regclass('veto_audit') ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, bool>(1)))
+            .collect::<Vec<_>>()
+    };
+    let expected = vec![
+        ("veto_audit_id_hash".to_owned(), true),
+        ("veto_audit_pkey".to_owned(), true),
+    ];
+    drop(PgStore::connect(&url).await.unwrap());
+    assert_eq!(indexes().await, expected, "a new database");
+
+    // As an earlier release left it, with rows.
+    client
+        .batch_execute(
+            "DROP INDEX veto_audit_id_hash; CREATE INDEX veto_audit_id ON veto_audit (kind, id);
+             INSERT INTO veto_audit (at, actor, action, kind, id)
+             SELECT 1, 'admin', 'revoke', 'warrant', 'w-' || g FROM generate_series(1, 1000) g",
+        )
+        .await
+        .unwrap();
+    let store = Store::postgres(PgStore::connect(&url).await.unwrap());
+    assert_eq!(indexes().await, expected, "an earlier release's database");
+    let found = store
+        .audit_log(AuditFilter {
+            kind: None,
+            id: Some("w-7".into()),
+            since: None,
+            until: None,
+            actor: None,
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    drop(store);
+
+    // An interrupted build.
+    client
+        .batch_execute(
+            "UPDATE pg_index SET indisvalid = false WHERE indexrelid = to_regclass('veto_audit_id_hash')",
+        )
+        .await
+        .unwrap();
+    drop(PgStore::connect(&url).await.unwrap());
+    assert_eq!(indexes().await, expected, "after an interrupted build");
+    drop(client);
+    cleanup.await;
+}
+
 /// A batch's lookup of its keys probes the primary key once per key even
 /// where PostgreSQL's cost model prefers hashing the whole table: 60,000
 /// analyzed rows and 3,000 keys plan a hash join over a sequential scan
