@@ -3,7 +3,7 @@
 //! for what, DESIGN 3.1), made once per connection or per chain.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use veto_core::wire;
@@ -134,9 +134,12 @@ pub(crate) mod names {
 /// characters or non-ASCII arrives escaped, never dropped and never
 /// trimmed or normalized into another name.
 pub(crate) struct Identity {
-    /// The chain these values were made from (compared by pointer: the
-    /// authorizer hands out one `Arc` per verified chain).
-    chain: Arc<VerifiedChain>,
+    /// The chain these values were made from, compared by address (the
+    /// authorizer hands out one `Arc` per verified chain). Weak, so an idle
+    /// connection does not keep a chain the verified-chain cache evicted
+    /// (and its byte budget no longer counts) alive; while this is held the
+    /// allocation, and so the address, is never another chain's.
+    chain: Weak<VerifiedChain>,
     /// The holder thumbprint they were made with.
     holder: Option<String>,
     values: Vec<(&'static HeaderName, HeaderValue)>,
@@ -162,14 +165,14 @@ impl Identity {
             values.push((&names::HOLDER, identity_value(kid)));
         }
         Self {
-            chain: chain.clone(),
+            chain: Arc::downgrade(chain),
             holder: holder.map(str::to_owned),
             values,
         }
     }
 
     fn is_for(&self, chain: &Arc<VerifiedChain>, holder: Option<&str>) -> bool {
-        Arc::ptr_eq(&self.chain, chain) && self.holder.as_deref() == holder
+        std::ptr::eq(self.chain.as_ptr(), Arc::as_ptr(chain)) && self.holder.as_deref() == holder
     }
 
     /// Sets every value, replacing any of the same name.

@@ -578,6 +578,38 @@ async fn the_upstream_sees_the_proxy_identity_not_the_clients() {
         all("veto-stale").is_empty(),
         "a client-sent `Veto-Stale` reached the upstream while fresh: {got:?}"
     );
+
+    // One keep-alive connection presenting one chain, then another, then
+    // the first again: the identity headers (made once per chain a
+    // connection presents) follow the chain of each request.
+    let one = reqwest::Client::builder()
+        .timeout(WITHIN)
+        .pool_max_idle_per_host(1)
+        .http1_only()
+        .build()
+        .unwrap();
+    for (i, (chain, agent, delegation)) in [
+        (&child, "worker", "planner,worker"),
+        (&root, "planner", "planner"),
+        (&child, "worker", "planner,worker"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = format!("/orders/who-{i}");
+        let resp = one
+            .get(proxy.at(&path))
+            .bearer_auth(chain)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        resp.bytes().await.unwrap();
+        let got = seen.last(&path).headers;
+        assert_eq!(got["veto-agent"], agent, "request {i}: {got:?}");
+        assert_eq!(got["veto-delegation"], delegation, "request {i}: {got:?}");
+        assert_eq!(got["veto-warrant"], leaf_jti(chain).as_str(), "request {i}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
