@@ -39,8 +39,8 @@ pub struct Guarded {
 /// denies), so a tick just after each second boundary cuts as soon as a
 /// per-stream timer would, without arming one per request.
 pub(crate) struct StreamGuard {
-    /// The applied version, sent again on every tick ([`pace`]).
-    rechecks: WatchStream<u64>,
+    /// Wakes it on every applied version and every tick ([`pace`]).
+    rechecks: WatchStream<()>,
     state: Arc<State>,
     chain: Arc<VerifiedChain>,
     action: String,
@@ -61,12 +61,12 @@ fn unix_now() -> Duration {
 /// whole seconds; the margin keeps the tick on the far side of one).
 const TICK_MARGIN: Duration = Duration::from_millis(20);
 
-/// Sends the applied version to every open stream's guard whenever a new
-/// one is applied and once a second just after the boundary, until the
-/// proxy stops (or the authorizer goes away).
+/// Wakes every open stream's guard whenever a new version is applied and
+/// once a second just after the boundary, until the proxy stops (or the
+/// authorizer goes away).
 pub(crate) async fn pace(
     mut versions: tokio::sync::watch::Receiver<u64>,
-    rechecks: tokio::sync::watch::Sender<u64>,
+    rechecks: tokio::sync::watch::Sender<()>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -81,7 +81,8 @@ pub(crate) async fn pace(
             () = tokio::time::sleep(to_next_second + TICK_MARGIN) => {}
             _ = stop.changed() => return,
         }
-        rechecks.send_replace(*versions.borrow_and_update());
+        versions.borrow_and_update();
+        rechecks.send_replace(());
     }
 }
 
@@ -91,7 +92,7 @@ impl StreamGuard {
     /// while deciding is re-checked.
     pub(crate) fn new(
         state: Arc<State>,
-        seen: (tokio::sync::watch::Receiver<u64>, u64),
+        seen: (tokio::sync::watch::Receiver<()>, u64),
         chain: Arc<VerifiedChain>,
         action: String,
     ) -> Self {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
+use veto_authorizer::{Outcome, Verified};
 use veto_core::wire;
 use veto_core::VerifiedChain;
 
@@ -146,27 +147,27 @@ pub(crate) struct Identity {
 }
 
 impl Identity {
-    fn new(chain: &Arc<VerifiedChain>, holder: Option<&str>) -> Self {
-        let c = chain.chain();
+    /// The values for `who`, the authorizer's account of `chain`.
+    fn new(chain: &Arc<VerifiedChain>, who: Verified) -> Self {
         let mut delegation = String::new();
-        for (i, link) in c.links().iter().enumerate() {
+        for (i, sub) in who.delegation.iter().enumerate() {
             if i > 0 {
                 delegation.push(',');
             }
-            escape_identity(&mut delegation, &link.claims().sub);
+            escape_identity(&mut delegation, sub);
         }
         let mut values = vec![
-            (&names::ROOT_AGENT, identity_value(&c.root().claims().sub)),
+            (&names::ROOT_AGENT, identity_value(&who.root_agent)),
             (&names::DELEGATION, header_value(&delegation)),
-            (&names::AGENT, identity_value(&c.leaf().claims().sub)),
-            (&names::WARRANT, identity_value(&c.leaf().claims().jti)),
+            (&names::AGENT, identity_value(&who.agent)),
+            (&names::WARRANT, identity_value(&who.warrant)),
         ];
-        if let Some(kid) = holder {
+        if let Some(kid) = &who.holder {
             values.push((&names::HOLDER, identity_value(kid)));
         }
         Self {
             chain: Arc::downgrade(chain),
-            holder: holder.map(str::to_owned),
+            holder: who.holder,
             values,
         }
     }
@@ -219,23 +220,21 @@ impl Conn {
         }
     }
 
-    /// The identity headers for `chain` proved by `holder`: the last ones
-    /// when they were made for the same, else new ones.
-    pub(crate) fn identity(
-        &self,
-        chain: &Arc<VerifiedChain>,
-        holder: Option<&str>,
-    ) -> Arc<Identity> {
+    /// The identity headers of an allowed `outcome`: the last ones when
+    /// they were made for the same chain and holder, else new ones from
+    /// [`Verified::from_outcome`]; `None` for a denial.
+    pub(crate) fn identity(&self, outcome: &Outcome) -> Option<Arc<Identity>> {
+        let chain = outcome.chain.as_ref()?;
         let mut last = self
             .last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match &*last {
-            Some(id) if id.is_for(chain, holder) => id.clone(),
+            Some(id) if id.is_for(chain, outcome.holder.as_deref()) => Some(id.clone()),
             _ => {
-                let id = Arc::new(Identity::new(chain, holder));
+                let id = Arc::new(Identity::new(chain, Verified::from_outcome(outcome)?));
                 *last = Some(id.clone());
-                id
+                Some(id)
             }
         }
     }

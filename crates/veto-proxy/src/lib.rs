@@ -198,9 +198,9 @@ impl Metrics {
 
 struct State {
     authz: Authorizer,
-    /// The applied version, sent on every change and every second
-    /// ([`pace`]): what open streams re-check on.
-    rechecks: tokio::sync::watch::Receiver<u64>,
+    /// Changes on every applied version and every second ([`pace`]): what
+    /// wakes open streams to look again.
+    rechecks: tokio::sync::watch::Receiver<()>,
     config: ProxyConfig,
     upstream: UpstreamBase,
     client: Client<HttpsConnector<HttpConnector>, Incoming>,
@@ -210,7 +210,7 @@ struct State {
 impl State {
     /// A receiver of [`State::rechecks`] that has seen what was sent last,
     /// and the authorizer's applied version now.
-    fn rechecks_from_now(&self) -> (tokio::sync::watch::Receiver<u64>, u64) {
+    fn rechecks_from_now(&self) -> (tokio::sync::watch::Receiver<()>, u64) {
         let mut rx = self.rechecks.clone();
         rx.borrow_and_update();
         (rx, self.authz.applied_version())
@@ -434,23 +434,22 @@ async fn handle(
         htu: &htu,
         action: &action,
     });
-    let (stale, chain) = match (&outcome.decision, &outcome.chain) {
-        (veto_core::Decision::Allow { stale }, Some(chain)) => (*stale, chain.clone()),
-        (veto_core::Decision::Deny(d), _) => return deny(d, Some(&outcome)),
-        (veto_core::Decision::Allow { .. }, None) => {
-            return Ok(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                "allowed without a verified chain",
-            ))
-        }
+    let stale = match &outcome.decision {
+        veto_core::Decision::Allow { stale } => *stale,
+        veto_core::Decision::Deny(d) => return deny(d, Some(&outcome)),
+    };
+    let (Some(chain), Some(identity)) = (outcome.chain.clone(), conn.identity(&outcome)) else {
+        return Ok(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "allowed without a verified chain",
+        ));
     };
     if stale {
         state.metrics.allow_stale.inc();
     } else {
         state.metrics.allow.inc();
     }
-    let identity = conn.identity(&chain, outcome.holder.as_deref());
     // Watch the chain from the decision on: a revocation applied while the
     // upstream has the request (its body still arriving, its head not sent
     // yet) ends the request, and one applied after the head ends the stream.
@@ -614,7 +613,7 @@ pub async fn serve(
     let tls = config.tls.clone();
     let admin_tls = config.admin_tls.clone();
     let versions = authz.versions();
-    let (rechecks_tx, rechecks) = tokio::sync::watch::channel(*versions.borrow());
+    let (rechecks_tx, rechecks) = tokio::sync::watch::channel(());
     let state = Arc::new(State {
         rechecks,
         client: Client::builder(TokioExecutor::new()).build(connector),
